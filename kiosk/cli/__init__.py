@@ -1,0 +1,83 @@
+"""The ``kiosk`` command line: one parser, commands in small modules, errors as one line and a named exit code.
+
+Every ``KioskError`` becomes ``kiosk: error: <message>`` on stderr and its ``ExitCode``; ``--debug`` (or
+``KIOSK_DEBUG=1``) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+from .. import __version__
+from ..config import load_config
+from ..errors import ExitCode, KioskError
+from ..logs import configure
+from . import admin, people, recognize
+
+log = logging.getLogger("kiosk.cli")
+
+EXIT_CODES_HELP = "exit codes: " + ", ".join(f"{c.value}={c.name}" for c in ExitCode)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(ExitCode.USAGE, f"kiosk: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="kiosk",
+        description="face-kiosk: face-recognition access control for the edge.",
+        epilog=EXIT_CODES_HELP,
+    )
+    parser.add_argument("--version", action="version", version=f"face-kiosk {__version__}")
+    parser.add_argument("-c", "--config", help="config file (default: $KIOSK_CONFIG, else built-in defaults)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override logging.level")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    recognize.register(sub)
+    people.register(sub)
+    admin.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = bool(args.debug or os.environ.get("KIOSK_DEBUG"))
+    try:
+        cfg = load_config(args.config)
+        level = "DEBUG" if debug else (args.log_level or cfg.logging.level)
+        # Library chatter (onnxruntime, model loading) stays below WARNING unless asked for.
+        configure(level if (debug or args.log_level) else "WARNING", cfg.logging.format)
+        code: int = args.func(args, cfg)
+        return code
+    except KioskError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"kiosk: error: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        print("kiosk: interrupted", file=sys.stderr)
+        return int(ExitCode.INTERRUPTED)
+    except BrokenPipeError:
+        return int(ExitCode.OK)
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        print(
+            f"kiosk: internal error: {exc.__class__.__name__}: {exc} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return int(ExitCode.FAILURE)
+
+
+def entry() -> None:
+    sys.exit(main())

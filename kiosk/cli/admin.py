@@ -1,0 +1,171 @@
+"""``kiosk check``, ``kiosk models``, ``kiosk eval``, ``kiosk demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import Config
+from ..context import Context
+from ..errors import ExitCode, InputError, KioskError
+from ..imageio import read_image
+from ..manifest import load_manifest
+from ._output import emit_json, table
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("check", help="validate config, model hashes and the gallery", description=cmd_check.__doc__)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("models", help="list the models in the manifest", description=cmd_models.__doc__)
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("eval", help="measure accuracy on labelled photos", description=cmd_eval.__doc__)
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--pairs", type=Path, help="CSV with columns path1,path2,same[,fold]")
+    mode.add_argument("--labels", type=Path, help="CSV with columns path,identity (all-pairs protocol)")
+    p.add_argument("--root", type=Path, help="folder the CSV paths are relative to (default: the CSV's folder)")
+    p.add_argument("--json", type=Path, dest="json_out", metavar="OUT", help="write the full report as JSON here")
+    p.add_argument("--plot", type=Path, metavar="OUT.png", help="write score histograms and the ROC as a PNG")
+    p.add_argument("--threshold", type=float, help="also report accuracy, FMR and FNMR at this threshold")
+    p.add_argument("--select", choices=["largest", "central"], default="central",
+                   help="which face to use when a photo has several (default: central, as in LFW)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="enrol and identify on built-in public-domain images", description=cmd_demo.__doc__)
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_models(args: argparse.Namespace, cfg: Config) -> int:
+    """List the models in the manifest with their task, format, licence and hash status."""
+    manifest = load_manifest(cfg.models.manifest)
+    rows, out = [], []
+    for spec in manifest.models.values():
+        try:
+            spec.verify()
+            status = "ok"
+        except KioskError as exc:
+            status = str(exc)
+        active = spec.id in (cfg.models.detector, cfg.models.recognizer)
+        out.append({"id": spec.id, "task": spec.task, "format": spec.format, "licence": spec.licence,
+                    "sha256": spec.sha256, "file": str(spec.path), "active": active, "status": status})
+        rows.append([spec.id + (" *" if active else ""), spec.task, spec.format, spec.licence, spec.sha256[:12],
+                     "ok" if status == "ok" else "BAD"])
+    if args.json:
+        emit_json(out)
+    else:
+        print(table(rows, ["model (* = configured)", "task", "format", "licence", "sha256", "file"]))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
+    """Validate the config, the configured models' hashes, and the gallery (PRAGMA integrity_check, stale
+    templates). Exits non-zero when anything is wrong."""
+    checks: list[dict[str, Any]] = [{"check": "config", "ok": True, "detail": str(cfg.source or "built-in defaults")}]
+    with Context(cfg) as ctx:
+        try:
+            pipeline = ctx.pipeline
+            for role, info in pipeline.models.items():
+                checks.append({"check": f"model {role}", "ok": True, "detail": f"{info['id']} sha256 {info['sha256'][:12]}"})
+        except KioskError as exc:
+            checks.append({"check": "models", "ok": False, "detail": str(exc)})
+            pipeline = None
+        try:
+            problems = ctx.gallery.integrity_check()
+            counts = ctx.gallery.template_counts()
+            n_people = len(ctx.gallery.list_people())
+            detail = f"{cfg.gallery_path}: {n_people} people, " + (
+                ", ".join(f"{n} templates from {m}" for (m, _), n in counts.items()) or "no templates"
+            )
+            checks.append({"check": "gallery", "ok": not problems, "detail": "; ".join(problems) or detail})
+            if pipeline is not None:
+                stale = ctx.stale_warning()
+                checks.append({"check": "stale templates", "ok": stale is None, "detail": stale or "none"})
+        except KioskError as exc:
+            checks.append({"check": "gallery", "ok": False, "detail": str(exc)})
+    ok = all(c["ok"] for c in checks)
+    if args.json:
+        emit_json({"ok": ok, "checks": checks})
+    else:
+        for c in checks:
+            print(f"{'ok  ' if c['ok'] else 'FAIL'}  {c['check']}: {c['detail']}")
+    return 0 if ok else int(ExitCode.FAILURE)
+
+
+def cmd_eval(args: argparse.Namespace, cfg: Config) -> int:
+    """Measure accuracy on labelled photos. --pairs: verification accuracy (10-fold when the CSV has folds),
+    TAR at FAR 1e-2..1e-4, ROC AUC. --labels: all-pairs FNMR at FMR 1e-3..1e-6, rank-1 and open-set DIR.
+    Embeddings are cached per (image sha256, pipeline fingerprint)."""
+    from ..cache import EmbeddingCache, default_cache_path
+    from ..evaluate import evaluate_labels, evaluate_pairs
+    from ..pipeline import Pipeline
+
+    csv_path: Path = args.pairs or args.labels
+    if not csv_path.is_file():
+        raise InputError(f"{csv_path}: file not found")
+    pipeline = Pipeline.from_config(cfg)
+
+    def embed(path: Path) -> tuple[np.ndarray | None, str | None]:
+        try:
+            image = read_image(path, max_pixels=cfg.enroll.max_image_pixels)
+        except KioskError as exc:
+            return None, str(exc)
+        faces = pipeline.analyze(image, select=args.select)
+        if not faces or faces[0].embedding is None:
+            return None, "no face found"
+        return faces[0].embedding, None
+
+    cache = EmbeddingCache(None if args.no_cache else default_cache_path())
+    common: dict[str, Any] = dict(
+        root=args.root, embed=embed, fingerprint=pipeline.fingerprint, cache=cache, models=pipeline.models,
+        plot=args.plot,
+    )
+    if args.pairs:
+        report = evaluate_pairs(csv_path, threshold=args.threshold, **common)
+    else:
+        report = evaluate_labels(csv_path, **common)
+    report["config"] = {"detector": cfg.models.detector, "recognizer": cfg.models.recognizer, "select": args.select}
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    _print_eval(report)
+    return 0
+
+
+def _pct(v: Any) -> str:
+    return "n/a" if v is None else f"{100 * float(v):.2f} %"
+
+
+def _print_eval(r: dict[str, Any]) -> None:
+    if "n_pairs" in r:
+        std = "" if r.get("accuracy_std") is None else f" ± {_pct(r['accuracy_std'])}"
+        print(f"pairs {r['n_pairs']}, images without a usable face {r['n_failed']}")
+        print(f"accuracy {_pct(r['accuracy_mean'])}{std}   best threshold {r['threshold']:.3f}   ROC AUC {r['roc_auc']:.4f}")
+        for far, v in r["tar_at_far"].items():
+            print(f"TAR @ FAR {far}: " + ("n/a (too few impostor pairs)" if v is None else f"{_pct(v['tar'])} (threshold {v['threshold']:.3f})"))
+        if "at_threshold" in r:
+            a = r["at_threshold"]
+            print(f"at threshold {a['threshold']:.3f}: accuracy {_pct(a['accuracy'])}, FMR {_pct(a['fmr'])}, FNMR {_pct(a['fnmr'])}")
+    else:
+        print(f"images {r['n_images']} ({r['n_identities']} identities), without a usable face {r['n_failed']}")
+        print(f"genuine pairs {r['n_genuine']:,}, impostor pairs {r['n_impostor']:,}")
+        for fmr, v in r["fnmr_at_fmr"].items():
+            print(f"FNMR @ FMR {fmr}: " + ("n/a" if v is None else f"{_pct(v['fnmr'])} (threshold {v['threshold']:.3f})"))
+        print(f"closed-set rank-1 {_pct(r['rank1'])}   open-set DIR @ FPIR 1e-2 {_pct(r['dir_at_fpir_1e-2'])}")
+    print(f"{r['seconds']:.1f} s")
+
+
+def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
+    """Enrol two people from the public-domain images that ship with scikit-image (astronaut, cameraman) into a
+    throwaway gallery, then identify new views of them, an unknown face and images with no face."""
+    from ..demo import run_demo
+
+    return run_demo(cfg, as_json=args.json)

@@ -1,0 +1,187 @@
+"""``kiosk enroll``, ``kiosk verify``, ``kiosk identify``."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..config import Config
+from ..context import Context
+from ..enroll import enroll
+from ..errors import ExitCode, InputError, MultipleFacesError, NoFaceError
+from ..imageio import read_image
+from ..match import cosine
+from ..pipeline import FaceResult, Pipeline
+from ._output import emit_json, fmt, table
+
+
+def _when(text: str) -> datetime:
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO date/time: {text!r} (e.g. 2026-12-31 or 2026-12-31T18:00)")
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("enroll", help="enrol a person from one or more photos", description=cmd_enroll.__doc__)
+    p.add_argument("name", help="the person's name (unique, case-insensitive)")
+    p.add_argument("images", nargs="+", type=Path, help="photos of the person; bad ones are rejected with a reason")
+    p.add_argument("--append", action="store_true", help="add templates to an already enrolled person")
+    p.add_argument("--face", type=int, dest="face_index", help="in photos with several faces, use face N (0=leftmost)")
+    p.add_argument("--select", choices=["largest", "central"], help="in photos with several faces, pick one this way")
+    p.add_argument("--allow-duplicate", action="store_true", help="enrol even if the face matches another person")
+    p.add_argument("--valid-from", type=_when, help="access allowed from this date/time (ISO 8601)")
+    p.add_argument("--valid-until", type=_when, help="access allowed until this date/time (ISO 8601)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_enroll)
+
+    p = sub.add_parser("verify", help="compare the faces in two photos (1:1)", description=cmd_verify.__doc__)
+    p.add_argument("image1", type=Path)
+    p.add_argument("image2", type=Path)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("identify", help="find who is in photos (1:N against the gallery)", description=cmd_identify.__doc__)
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--all-faces", action="store_true", help="identify every face, not only the selected one")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_identify)
+
+
+def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:
+    """Enrol NAME from photos. Photos with no face, several faces, poor quality, or a face already enrolled as
+    someone else are rejected with their reason; the good ones are stored (all in one transaction)."""
+    if args.valid_from and args.valid_until and args.valid_until <= args.valid_from:
+        raise InputError("--valid-until must be after --valid-from")
+    with Context(cfg) as ctx:
+        report = enroll(
+            ctx.pipeline,
+            ctx.gallery,
+            args.name,
+            args.images,
+            append=args.append,
+            face_index=args.face_index,
+            select=args.select,
+            allow_duplicate=args.allow_duplicate,
+        )
+        person = report.person
+        assert person is not None
+        if args.valid_from or args.valid_until:
+            ctx.gallery.set_validity(person.id, args.valid_from, args.valid_until)
+            person = ctx.gallery.get_person(person.id)
+    if args.json:
+        emit_json(
+            {
+                "person": {"id": person.id, "name": person.name, "templates": person.templates},
+                "stored": report.stored,
+                "images": [v.as_dict() for v in report.verdicts],
+            }
+        )
+    else:
+        for v in report.verdicts:
+            print(f"  {'ok  ' if v.accepted else 'skip'}  {v.source}: {v.reason}")
+        print(f"enrolled '{person.name}' (id {person.id}): {report.stored} new template(s), {person.templates} in total")
+    return 0
+
+
+def _one_face(pipeline: Pipeline, path: Path, max_pixels: int) -> tuple[FaceResult, int]:
+    image = read_image(path, max_pixels=max_pixels)
+    everyone = pipeline.analyze(image, select="all")
+    if not everyone:
+        raise NoFaceError(f"{path}: no face found")
+    chosen = pipeline.analyze(image)
+    if not chosen:  # pragma: no cover - "all" found faces, a single-face policy always keeps one
+        raise MultipleFacesError(f"{path}: {len(everyone)} faces and none selected")
+    return chosen[0], len(everyone)
+
+
+def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
+    """Compare two photos: the cosine score and a verdict — 'the same person' at or above the accept threshold,
+    'likely the same person' between the two thresholds, 'not the same person' below the lower one."""
+    pipeline = Pipeline.from_config(cfg)
+    a, na = _one_face(pipeline, args.image1, cfg.enroll.max_image_pixels)
+    b, nb = _one_face(pipeline, args.image2, cfg.enroll.max_image_pixels)
+    assert a.embedding is not None and b.embedding is not None
+    score = cosine(a.embedding, b.embedding)
+    t = pipeline.thresholds
+    if score >= t.accept:
+        verdict = "the same person"
+    elif score >= t.likely:
+        verdict = "likely the same person"
+    else:
+        verdict = "not the same person"
+    warnings = [f"{p.name}: {n} faces, compared the {cfg.detection.select} one" for p, n in ((args.image1, na), (args.image2, nb)) if n > 1]
+    warnings += [f"{p.name}: {'; '.join(r.quality.reasons)}" for p, r in ((args.image1, a), (args.image2, b)) if not r.quality.ok]
+    if args.json:
+        emit_json(
+            {
+                "score": score,
+                "verdict": verdict,
+                "thresholds": {"accept": t.accept, "likely": t.likely},
+                "warnings": warnings,
+                "models": pipeline.models,
+            }
+        )
+    else:
+        print(f"score {score:.3f}: {verdict}  (same ≥ {t.accept:.3f}, likely ≥ {t.likely:.3f})")
+        for w in warnings:
+            print(f"  warning: {w}")
+    return 0
+
+
+def cmd_identify(args: argparse.Namespace, cfg: Config) -> int:
+    """Identify the face in each photo against the gallery: the enrolled person, or 'not enrolled', with scores.
+    Unreadable photos and photos without a face are reported per photo; the exit status is non-zero if any failed."""
+    results: list[dict[str, Any]] = []
+    failed = 0
+    with Context(cfg) as ctx:
+        matcher = ctx.matcher()
+        stale = ctx.stale_warning()
+        for path in args.images:
+            try:
+                image = read_image(path, max_pixels=cfg.enroll.max_image_pixels)
+            except InputError as exc:
+                failed += 1
+                results.append({"image": str(path), "error": str(exc)})
+                continue
+            faces = ctx.pipeline.analyze(image, select="all" if args.all_faces else None)
+            if not faces:
+                failed += 1
+                results.append({"image": str(path), "error": "no face found"})
+                continue
+            for i, fr in enumerate(faces):
+                assert fr.embedding is not None
+                m = matcher.match(fr.embedding)
+                results.append(
+                    {
+                        "image": str(path),
+                        "face": i,
+                        "box": [round(float(v), 1) for v in fr.face.box],
+                        "match": m.name if m.accepted else None,
+                        "score": m.score,
+                        "candidate": m.candidate,
+                        "runner_up": m.runner_up,
+                        "runner_up_score": m.runner_up_score,
+                        "threshold": m.threshold,
+                        "reason": m.reason,
+                        "quality_ok": fr.quality.ok,
+                        "quality_reasons": list(fr.quality.reasons),
+                    }
+                )
+    if args.json:
+        emit_json({"results": results, "gallery_templates": len(matcher), "stale_warning": stale})
+    else:
+        rows = []
+        for r in results:
+            if "error" in r:
+                rows.append([Path(r["image"]).name, "-", "error", "-", r["error"]])
+                continue
+            who = r["match"] or "not enrolled"
+            rows.append([Path(r["image"]).name, str(r["face"]), who, fmt(r["score"]), r["reason"]])
+        print(table(rows, ["image", "face", "result", "score", "detail"]))
+        if stale:
+            print(f"warning: {stale}")
+    return int(ExitCode.NO_FACE if failed else ExitCode.OK)

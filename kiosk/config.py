@@ -1,0 +1,255 @@
+"""Configuration: one YAML file, parsed once at startup into frozen dataclasses.
+
+Every field declares its type and (where it has one) its allowed range or choices in ``field(metadata=...)``; the
+parser walks the dataclasses, so unknown keys and bad values fail with the key path and what is allowed:
+``recognition.threshold: must be within 0..1, got 1.4``. ``config.example.yaml`` documents every key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+ENV_CONFIG = "KIOSK_CONFIG"
+
+
+def _range(lo: float | None = None, hi: float | None = None, **kw: Any) -> dict[str, Any]:
+    return {"min": lo, "max": hi, **kw}
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    manifest: Path | None = field(default=None, metadata={"help": "manifest path; default models/manifest.yaml"})
+    detector: str = field(default="yunet", metadata={"help": "detector model id in the manifest"})
+    recognizer: str = field(default="sface", metadata={"help": "recogniser model id in the manifest"})
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    intra_op_threads: int = field(default=2, metadata=_range(1, 64))
+    inter_op_threads: int = field(default=1, metadata=_range(1, 64))
+    tflite_threads: int = field(default=2, metadata=_range(1, 64))
+
+
+@dataclass(frozen=True)
+class DetectionConfig:
+    input_size: int = field(default=320, metadata=_range(64, 4096, multiple_of=32))
+    score_threshold: float | None = field(default=None, metadata=_range(0.0, 1.0))
+    retry_score_threshold: float | None = field(default=0.5, metadata=_range(0.0, 1.0))
+    nms_iou: float | None = field(default=None, metadata=_range(0.0, 1.0))
+    select: str = field(default="largest", metadata={"choices": ("largest", "central", "all")})
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    min_face_px: int = field(default=48, metadata=_range(8, 4096))
+    min_sharpness: float = field(default=20.0, metadata=_range(0.0, None))
+    min_brightness: float = field(default=40.0, metadata=_range(0.0, 255.0))
+    max_brightness: float = field(default=220.0, metadata=_range(0.0, 255.0))
+    max_yaw_deg: float = field(default=40.0, metadata=_range(0.0, 90.0))
+    max_pitch_deg: float = field(default=35.0, metadata=_range(0.0, 90.0))
+    max_roll_deg: float = field(default=30.0, metadata=_range(0.0, 180.0))
+
+
+@dataclass(frozen=True)
+class RecognitionConfig:
+    threshold: float | None = field(default=None, metadata=_range(-1.0, 1.0))
+    margin: float = field(default=0.05, metadata=_range(0.0, 2.0))
+
+
+@dataclass(frozen=True)
+class EnrollConfig:
+    duplicate_threshold: float | None = field(default=None, metadata=_range(-1.0, 1.0))
+    max_templates: int = field(default=10, metadata=_range(1, 100))
+    max_image_pixels: int = field(default=40_000_000, metadata=_range(1, None))
+
+
+@dataclass(frozen=True)
+class GalleryConfig:
+    path: Path | None = None
+    busy_timeout_s: float = field(default=5.0, metadata=_range(0.0, 600.0))
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = field(default="INFO", metadata={"choices": ("DEBUG", "INFO", "WARNING", "ERROR")})
+    format: str = field(default="text", metadata={"choices": ("text", "json")})
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path = Path("~/.local/share/face-kiosk")
+    models: ModelsConfig = ModelsConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    detection: DetectionConfig = DetectionConfig()
+    quality: QualityConfig = QualityConfig()
+    recognition: RecognitionConfig = RecognitionConfig()
+    enroll: EnrollConfig = EnrollConfig()
+    gallery: GalleryConfig = GalleryConfig()
+    logging: LoggingConfig = LoggingConfig()
+    source: Path | None = field(default=None, metadata={"help": "file this config came from"})
+
+    @property
+    def gallery_path(self) -> Path:
+        return (self.gallery.path or self.data_dir / "gallery.db").expanduser()
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: must be a mapping, got {type(value).__name__}")
+        return _build(tp, value, key)  # type: ignore[arg-type]
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: must be a list, got {type(value).__name__}")
+        (item_tp, _) = typing.get_args(tp)
+        return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: must be a string, got {value!r}")
+        return value
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{key}: must be a path string, got {value!r}")
+        return Path(value).expanduser()
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")  # pragma: no cover - schema bug
+
+
+def _check(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
+    if value is None:
+        return
+    lo, hi = meta.get("min"), meta.get("max")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        bounds = f"{lo if lo is not None else '-inf'}..{hi if hi is not None else 'inf'}"
+        raise ConfigError(f"{key}: must be within {bounds}, got {value!r}")
+    mult = meta.get("multiple_of")
+    if mult and value % mult:
+        raise ConfigError(f"{key}: must be a multiple of {mult}, got {value!r}")
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{key}: must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _build(cls: type[Any], data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    for key in data:
+        if key not in fields:
+            path = f"{prefix}.{key}" if prefix else str(key)
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{path}: unknown key (allowed here: {known})")
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name not in data:
+            continue
+        path = f"{prefix}.{name}" if prefix else name
+        value = _coerce(data[name], hints[name], path)
+        _check(value, f.metadata, path)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _cross_checks(cfg: Config) -> None:
+    q = cfg.quality
+    if q.min_brightness >= q.max_brightness:
+        raise ConfigError(
+            f"quality.min_brightness: must be below quality.max_brightness ({q.max_brightness}), "
+            f"got {q.min_brightness}"
+        )
+
+
+def parse_config(data: Any, source: Path | None = None) -> Config:
+    """Turn an already-loaded YAML document into a ``Config`` (raises ``ConfigError`` naming the key)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source or 'config'}: the top level must be a mapping, got {type(data).__name__}")
+    cfg: Config = _build(Config, data)
+    base = source.parent if source is not None else Path.cwd()
+
+    def resolve(p: Path) -> Path:
+        # Relative paths in a config file are relative to that file, not to the working directory.
+        p = p.expanduser()
+        return p if p.is_absolute() else base / p
+
+    cfg = dataclasses.replace(
+        cfg,
+        source=source,
+        data_dir=resolve(cfg.data_dir),
+        gallery=dataclasses.replace(cfg.gallery, path=resolve(cfg.gallery.path) if cfg.gallery.path else None),
+        models=dataclasses.replace(
+            cfg.models, manifest=resolve(cfg.models.manifest) if cfg.models.manifest else None
+        ),
+    )
+    _cross_checks(cfg)
+    return cfg
+
+
+def load_config(path: Path | str | None = None) -> Config:
+    """Load ``path``, else ``$KIOSK_CONFIG``, else built-in defaults."""
+    if path is None:
+        env = os.environ.get(ENV_CONFIG)
+        path = Path(env) if env else None
+    if path is None:
+        return parse_config({})
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    return parse_config(data, source=path)
+
+
+def iter_fields(cls: type[Any] = Config, prefix: str = "") -> typing.Iterator[tuple[str, Any, Any]]:
+    """Yield (key path, default, metadata) for every leaf key; used to check the example config is complete."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name == "source":
+            continue
+        path = f"{prefix}.{f.name}" if prefix else f.name
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            yield from iter_fields(tp, path)  # type: ignore[arg-type]
+        else:
+            yield path, f.default, f.metadata

@@ -1,0 +1,82 @@
+"""The one startup place: config in, pipeline and gallery out (created lazily, closed in reverse order).
+
+The CLI commands and the door loop get their models and database from here and nowhere else, so tests can inject
+a prepared pipeline or an in-memory gallery through the constructor.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from functools import cached_property
+from types import TracebackType
+
+from .config import Config
+from .gallery import Gallery, GalleryMatrix
+from .match import Matcher
+from .pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+
+class Context:
+    def __init__(self, cfg: Config, *, pipeline: Pipeline | None = None, gallery: Gallery | None = None) -> None:
+        self.cfg = cfg
+        if pipeline is not None:
+            self.__dict__["pipeline"] = pipeline
+        if gallery is not None:
+            self.__dict__["gallery"] = gallery
+
+    @cached_property
+    def pipeline(self) -> Pipeline:
+        return Pipeline.from_config(self.cfg)
+
+    @cached_property
+    def gallery(self) -> Gallery:
+        path = self.cfg.gallery_path
+        if not path.exists():
+            # NOTE: the data directory holds biometric templates: owner-only from the moment it exists.
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return Gallery(path, busy_timeout_s=self.cfg.gallery.busy_timeout_s)
+
+    def gallery_matrix(self) -> GalleryMatrix:
+        spec = self.pipeline.embedder.spec
+        return self.gallery.matrix(spec.id, spec.sha256)
+
+    def matcher(self) -> Matcher:
+        m = self.gallery_matrix()
+        return Matcher(
+            m.embeddings,
+            m.person_ids,
+            m.names,
+            threshold=self.pipeline.thresholds.accept,
+            margin=self.cfg.recognition.margin,
+        )
+
+    def stale_warning(self) -> str | None:
+        """One line when people have templates from another model (they are never compared)."""
+        spec = self.pipeline.embedder.spec
+        stale = self.gallery.stale_templates(spec.id, spec.sha256)
+        if not stale:
+            return None
+        names = ", ".join(sorted(stale)[:5]) + (" …" if len(stale) > 5 else "")
+        return (
+            f"{len(stale)} people have templates from another model ({names}); they are not compared. "
+            f"Re-enrol them with `kiosk enroll NAME IMAGE... --append` to use {spec.id}."
+        )
+
+    def close(self) -> None:
+        gallery = self.__dict__.pop("gallery", None)
+        if gallery is not None:
+            gallery.close()
+        self.__dict__.pop("pipeline", None)
+
+    def __enter__(self) -> Context:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
+def default_threads() -> int:
+    return max(1, min(2, os.cpu_count() or 1))

@@ -1,0 +1,171 @@
+"""Enrolment from images: keep the good faces, reject the rest with a reason, store all-or-nothing.
+
+Rejected: unreadable images, no face, several faces (unless the caller picks one), failed quality checks, a face
+that already matches a *different* enrolled person, and an image that does not look like the others being enrolled
+for this person (a wrong photo in the batch). The person and templates are written in one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DuplicateError, FaceError, KioskError, PersonNotFoundError
+from .gallery import Gallery, Person, TemplateIn
+from .imageio import read_image
+from .match import Matcher
+from .pipeline import FaceResult, Pipeline
+from .types import FloatArray
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ImageVerdict:
+    source: str
+    accepted: bool
+    reason: str
+    quality: dict[str, float] = field(default_factory=dict)
+    embedding: FloatArray | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {"source": self.source, "accepted": self.accepted, "reason": self.reason}
+
+
+@dataclass
+class EnrollReport:
+    person: Person | None
+    stored: int
+    verdicts: list[ImageVerdict]
+
+
+def _pick_face(results: list[FaceResult], face_index: int | None, select: str | None) -> FaceResult | str:
+    if not results:
+        return "no face found"
+    if len(results) == 1:
+        return results[0]
+    if face_index is not None:
+        if not 0 <= face_index < len(results):
+            return f"{len(results)} faces found; --face {face_index} is out of range (0..{len(results) - 1})"
+        ordered = sorted(results, key=lambda r: (r.face.box[0], r.face.box[1]))  # left to right
+        return ordered[face_index]
+    if select in ("largest", "central"):
+        return results[0]
+    return f"{len(results)} faces found; pass --face N (0 = leftmost) or --select largest"
+
+
+def assess_images(
+    pipeline: Pipeline,
+    images: list[Path],
+    *,
+    face_index: int | None = None,
+    select: str | None = None,
+    max_pixels: int,
+) -> list[ImageVerdict]:
+    """Per image: read, detect, pick the face, quality-check, embed. Never raises for a bad image."""
+    verdicts: list[ImageVerdict] = []
+    for path in images:
+        source = path.name
+        try:
+            image = read_image(path, max_pixels=max_pixels)
+        except KioskError as exc:
+            verdicts.append(ImageVerdict(source, False, str(exc).replace(str(path) + ": ", "")))
+            continue
+        policy = select if select in ("largest", "central") else "all"
+        picked = _pick_face(pipeline.analyze(image, select=policy, embed_rejected=False), face_index, select)
+        if isinstance(picked, str):
+            verdicts.append(ImageVerdict(source, False, picked))
+            continue
+        if not picked.quality.ok:
+            verdicts.append(ImageVerdict(source, False, "; ".join(picked.quality.reasons), picked.quality.metrics))
+            continue
+        verdicts.append(ImageVerdict(source, True, "ok", picked.quality.metrics, picked.embedding))
+    return verdicts
+
+
+def _check_consistency(verdicts: list[ImageVerdict], likely: float) -> None:
+    """Reject accepted images that do not resemble the majority of the batch (a wrong photo among several)."""
+    good = [v for v in verdicts if v.accepted and v.embedding is not None]
+    if len(good) < 3:
+        if len(good) == 2:
+            a, b = good[0].embedding, good[1].embedding
+            assert a is not None and b is not None
+            if float(a @ b) < likely:
+                for v in good:
+                    v.accepted, v.reason = False, f"the two images do not look like the same person ({a @ b:.2f})"
+        return
+    emb = np.stack([v.embedding for v in good if v.embedding is not None])
+    sims = emb @ emb.T
+    np.fill_diagonal(sims, np.nan)
+    median = np.nanmedian(sims, axis=1)
+    for v, m in zip(good, median, strict=True):
+        if m < likely:
+            v.accepted, v.reason = False, f"does not look like the other images of this person ({m:.2f})"
+
+
+def enroll(
+    pipeline: Pipeline,
+    gallery: Gallery,
+    name: str,
+    images: list[Path],
+    *,
+    append: bool = False,
+    face_index: int | None = None,
+    select: str | None = None,
+    allow_duplicate: bool = False,
+) -> EnrollReport:
+    """Enrol ``name`` from image files. Raises FaceError when no image was usable (nothing is stored then)."""
+    cfg = pipeline.cfg
+    existing: Person | None = None
+    try:
+        existing = gallery.get_person(name)
+    except PersonNotFoundError:
+        pass
+    if existing is not None and not append:
+        raise DuplicateError(f"'{existing.name}' is already enrolled; use --append to add images to them")
+    verdicts = assess_images(
+        pipeline, images, face_index=face_index, select=select, max_pixels=cfg.enroll.max_image_pixels
+    )
+    _check_consistency(verdicts, pipeline.thresholds.likely)
+    spec = pipeline.embedder.spec
+    m = gallery.matrix(spec.id, spec.sha256, include_disabled=True)
+    others = m.person_ids != (existing.id if existing else -1)
+    matcher = Matcher(
+        m.embeddings[others],
+        m.person_ids[others],
+        [n for n, keep in zip(m.names, others, strict=True) if keep],
+        threshold=pipeline.thresholds.duplicate,
+        margin=0.0,
+    )
+    for v in verdicts:
+        if not v.accepted or v.embedding is None or allow_duplicate:
+            continue
+        result = matcher.match(v.embedding)
+        if result.accepted:
+            v.accepted = False
+            v.reason = f"already enrolled as '{result.name}' (score {result.score:.2f})"
+    good = sorted((v for v in verdicts if v.accepted), key=lambda v: -v.quality.get("score", 0.0))
+    room = cfg.enroll.max_templates - (existing.templates if existing else 0)
+    for v in good[max(room, 0) :]:
+        v.accepted, v.reason = False, f"person already has the maximum of {cfg.enroll.max_templates} templates"
+    good = good[: max(room, 0)]
+    if not good:
+        reasons = "; ".join(f"{v.source}: {v.reason}" for v in verdicts)
+        raise FaceError(f"nothing enrolled for '{name}': {reasons}")
+    templates = [
+        TemplateIn(
+            embedding=v.embedding,
+            model_id=spec.id,
+            model_sha256=spec.sha256,
+            quality=float(v.quality.get("score", 0.0)),
+            source=v.source,
+        )
+        for v in good
+        if v.embedding is not None
+    ]
+    person = gallery.enroll(name, templates, append=append)
+    log.info("enrolled person_id=%s templates=%d rejected=%d", person.id, len(templates), len(verdicts) - len(good))
+    return EnrollReport(person=person, stored=len(templates), verdicts=verdicts)
