@@ -27,7 +27,13 @@ TEMPLATES: dict[str, Template] = {
     "arcface_112": Template(
         size=(112, 112),
         points=np.array(
-            [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+            [
+                [38.2946, 51.6963],
+                [73.5318, 51.5014],
+                [56.0252, 71.7366],
+                [41.5493, 92.3655],
+                [70.7299, 92.2041],
+            ],
             dtype=np.float32,
         ),
     ),
@@ -76,5 +82,7 @@ def align(image: Image, face: Face, template: Template) -> Image:
     """Warp the face onto the template; returns a (height, width, 3) BGR crop."""
     dst, idx = template_points(template, face.scheme)
     matrix = similarity_transform(face.landmarks[idx], dst)
-    crop = cv2.warpAffine(image, matrix, template.size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    crop = cv2.warpAffine(
+        image, matrix, template.size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+    )
     return np.ascontiguousarray(crop)

@@ -20,7 +20,9 @@ log = logging.getLogger(__name__)
 
 
 class Context:
-    def __init__(self, cfg: Config, *, pipeline: Pipeline | None = None, gallery: Gallery | None = None) -> None:
+    def __init__(
+        self, cfg: Config, *, pipeline: Pipeline | None = None, gallery: Gallery | None = None
+    ) -> None:
         self.cfg = cfg
         if pipeline is not None:
             self.__dict__["pipeline"] = pipeline
@@ -74,7 +76,9 @@ class Context:
     def __enter__(self) -> Context:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 

@@ -49,7 +49,9 @@ VARIANTS: dict[str, Callable[[Image], Image]] = {
     "rotated 10°": lambda im: _rotate(im, 10.0),
     "70% size": lambda im: cv2.resize(im, None, fx=0.7, fy=0.7, interpolation=cv2.INTER_AREA),
     "darker": lambda im: cv2.convertScaleAbs(im, alpha=0.6, beta=0),
-    "noisy": lambda im: cv2.add(im, np.random.default_rng(0).normal(0, 8, im.shape).astype(np.int16).clip(0, 255).astype(np.uint8)),
+    "noisy": lambda im: cv2.add(
+        im, np.random.default_rng(0).normal(0, 8, im.shape).astype(np.int16).clip(0, 255).astype(np.uint8)
+    ),
 }
 
 
@@ -82,22 +84,40 @@ def run_demo(cfg: Config, as_json: bool = False) -> int:
             def identify(expected: str, label: str, path: Path) -> dict[str, Any]:
                 faces = pipeline.analyze(read_image(path))
                 if not faces or faces[0].embedding is None:
-                    return {"probe": f"{expected} ({label})", "result": "no face", "score": None,
-                            "correct": expected == "(no face)"}
+                    return {
+                        "probe": f"{expected} ({label})",
+                        "result": "no face",
+                        "score": None,
+                        "correct": expected == "(no face)",
+                    }
                 m = ctx.matcher().match(faces[0].embedding)
                 who = m.name if m.accepted else "not enrolled"
-                return {"probe": f"{expected} ({label})", "result": who, "score": m.score,
-                        "correct": who == (expected if expected == "astronaut" else "not enrolled")}
+                return {
+                    "probe": f"{expected} ({label})",
+                    "result": who,
+                    "score": m.score,
+                    "correct": who == (expected if expected == "astronaut" else "not enrolled"),
+                }
 
             def try_enroll(step: str, name: str, path: Path, expect_ok: bool) -> dict[str, Any]:
                 try:
                     r = enroll(pipeline, ctx.gallery, name, [path])
-                    return {"step": step, "probe": path.name, "result": f"enrolled ({r.stored} template)",
-                            "score": None, "correct": expect_ok}
+                    return {
+                        "step": step,
+                        "probe": path.name,
+                        "result": f"enrolled ({r.stored} template)",
+                        "score": None,
+                        "correct": expect_ok,
+                    }
                 except KioskError as exc:
                     reason = str(exc).split(": ", 2)[-1]
-                    return {"step": step, "probe": path.name, "result": f"refused: {reason}", "score": None,
-                            "correct": not expect_ok}
+                    return {
+                        "step": step,
+                        "probe": path.name,
+                        "result": f"refused: {reason}",
+                        "score": None,
+                        "correct": not expect_ok,
+                    }
 
             steps.append(try_enroll("enroll astronaut", "astronaut", files["astronaut"], True))
             steps.append(try_enroll("enroll cameraman", "cameraman", files["cameraman"], False))
@@ -116,7 +136,9 @@ def run_demo(cfg: Config, as_json: bool = False) -> int:
         print(f"face-kiosk demo: throwaway gallery, accept threshold {threshold:.3f}\n")
         rows = []
         for s in steps:
-            rows.append([s["step"], s["probe"], s["result"], fmt(s["score"]), "ok" if s["correct"] else "WRONG"])
+            rows.append(
+                [s["step"], s["probe"], s["result"], fmt(s["score"]), "ok" if s["correct"] else "WRONG"]
+            )
         print(table(rows, ["step", "probe", "result", "score", ""]))
         print(f"\n{n_ok}/{len(checks)} decisions as expected")
     return 0 if n_ok == len(checks) else int(ExitCode.FAILURE)

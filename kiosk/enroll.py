@@ -80,7 +80,9 @@ def assess_images(
             verdicts.append(ImageVerdict(source, False, picked))
             continue
         if not picked.quality.ok:
-            verdicts.append(ImageVerdict(source, False, "; ".join(picked.quality.reasons), picked.quality.metrics))
+            verdicts.append(
+                ImageVerdict(source, False, "; ".join(picked.quality.reasons), picked.quality.metrics)
+            )
             continue
         verdicts.append(ImageVerdict(source, True, "ok", picked.quality.metrics, picked.embedding))
     return verdicts
@@ -95,7 +97,10 @@ def _check_consistency(verdicts: list[ImageVerdict], likely: float) -> None:
             assert a is not None and b is not None
             if float(a @ b) < likely:
                 for v in good:
-                    v.accepted, v.reason = False, f"the two images do not look like the same person ({a @ b:.2f})"
+                    v.accepted, v.reason = (
+                        False,
+                        f"the two images do not look like the same person ({a @ b:.2f})",
+                    )
         return
     emb = np.stack([v.embedding for v in good if v.embedding is not None])
     sims = emb @ emb.T
@@ -150,7 +155,10 @@ def enroll(
     good = sorted((v for v in verdicts if v.accepted), key=lambda v: -v.quality.get("score", 0.0))
     room = cfg.enroll.max_templates - (existing.templates if existing else 0)
     for v in good[max(room, 0) :]:
-        v.accepted, v.reason = False, f"person already has the maximum of {cfg.enroll.max_templates} templates"
+        v.accepted, v.reason = (
+            False,
+            f"person already has the maximum of {cfg.enroll.max_templates} templates",
+        )
     good = good[: max(room, 0)]
     if not good:
         reasons = "; ".join(f"{v.source}: {v.reason}" for v in verdicts)
@@ -167,5 +175,7 @@ def enroll(
         if v.embedding is not None
     ]
     person = gallery.enroll(name, templates, append=append)
-    log.info("enrolled person_id=%s templates=%d rejected=%d", person.id, len(templates), len(verdicts) - len(good))
+    log.info(
+        "enrolled person_id=%s templates=%d rejected=%d", person.id, len(templates), len(verdicts) - len(good)
+    )
     return EnrollReport(person=person, stored=len(templates), verdicts=verdicts)

@@ -395,7 +395,8 @@ class Gallery:
             blocked = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         if blocked and blocked[0]:
             logger.warning(
-                "gallery %s: checkpoint after remove blocked by a reader; SQLite retries later", self.path
+                "gallery %s: a reader blocked the checkpoint; erased templates stay in the WAL for now",
+                self.path,
             )
         logger.info("gallery: removed person id=%d and %d template(s)", person.id, erased)
         return erased
@@ -467,6 +468,15 @@ class Gallery:
         """Number of templates per (model_id, model_sha256)."""
         sql = "SELECT model_id, model_sha256, count(*) AS n FROM templates GROUP BY 1, 2 ORDER BY 1, 2"
         return {(r["model_id"], r["model_sha256"]): int(r["n"]) for r in self._rows(sql)}
+
+    def person_templates(self, ref: str | int) -> dict[str, int]:
+        """One person's template counts keyed by ``"model_id (sha256 prefix)"``."""
+        person = self.get_person(ref)
+        sql = (
+            "SELECT model_id, model_sha256, count(*) AS n FROM templates WHERE person_id = ? "
+            "GROUP BY 1, 2 ORDER BY 1, 2"
+        )
+        return {f"{r['model_id']} ({r['model_sha256'][:12]})": int(r["n"]) for r in self._rows(sql, [person.id])}
 
     # -- events ----------------------------------------------------------------------------------------------
 

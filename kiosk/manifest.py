@@ -145,7 +145,9 @@ def load_manifest(path: Path | None = None) -> Manifest:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ModelError(f"model manifest {path} is not valid YAML ({exc.__class__.__name__}); {REBUILD_HINT}") from exc
+        raise ModelError(
+            f"model manifest {path} is not valid YAML ({exc.__class__.__name__}); {REBUILD_HINT}"
+        ) from exc
     entries = data.get("models") if isinstance(data, dict) else None
     if not isinstance(entries, dict):
         raise ModelError(f"model manifest {path} has no 'models' mapping; {REBUILD_HINT}")

@@ -51,13 +51,17 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "var" / "kiosk" / "gallery.db"
 
 
-def count(path: Path, sql: str, params: tuple[object, ...] = ()) -> int:
-    """Count rows through an independent raw connection, bypassing Gallery entirely."""
+def scalar(path: Path, sql: str, params: tuple[object, ...] = ()) -> object:
+    """First value of a query through an independent raw connection, bypassing Gallery entirely."""
     conn = sqlite3.connect(path)
     try:
-        return int(conn.execute(sql, params).fetchone()[0])
+        return conn.execute(sql, params).fetchone()[0]
     finally:
         conn.close()
+
+
+def count(path: Path, sql: str, params: tuple[object, ...] = ()) -> int:
+    return int(str(scalar(path, sql, params)))
 
 
 # -- opening, file, migrations -------------------------------------------------------------------------------
@@ -74,9 +78,7 @@ def test_new_file_is_private_in_wal_mode_with_pragmas(db_path: Path) -> None:
         assert stat.S_IMODE(wal.stat().st_mode) == 0o600
     assert db_path.parent.is_dir()
     assert stat.S_IMODE(db_path.stat().st_mode) == 0o600
-    conn = sqlite3.connect(db_path)
-    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    conn.close()
+    assert scalar(db_path, "PRAGMA journal_mode") == "wal"
 
 
 def test_existing_file_mode_is_not_widened(tmp_path: Path) -> None:
@@ -92,13 +94,13 @@ def test_migrations_applied_once_and_reopen_applies_nothing(db_path: Path) -> No
         assert g.schema_version() == [name for name, _ in MIGRATIONS] == ["0001_initial"]
         g.add_person("alice")
     stamp = count(db_path, "SELECT count(*) FROM _migrations")
-    applied_at = sqlite3.connect(db_path).execute("SELECT applied FROM _migrations").fetchone()[0]
+    applied_at = str(scalar(db_path, "SELECT applied FROM _migrations"))
     assert datetime.fromisoformat(applied_at).tzinfo is not None
     with Gallery(db_path) as g:
         assert g.schema_version() == ["0001_initial"]
         assert g.get_person("alice").name == "alice"
     assert count(db_path, "SELECT count(*) FROM _migrations") == stamp == 1
-    assert sqlite3.connect(db_path).execute("SELECT applied FROM _migrations").fetchone()[0] == applied_at
+    assert scalar(db_path, "SELECT applied FROM _migrations") == applied_at
 
 
 def test_migration_steps_are_rerunnable(fresh_db: Gallery) -> None:
@@ -460,8 +462,7 @@ def test_unknown_event_field_lists_allowed_ones(fresh_db: Gallery) -> None:
 def test_event_detail_is_stored_as_json(db_path: Path) -> None:
     with Gallery(db_path) as g:
         g.add_event("admin", "ok", detail={"b": 1, "a": [1, 2]})
-    raw = sqlite3.connect(db_path).execute("SELECT detail FROM events").fetchone()[0]
-    assert json.loads(raw) == {"a": [1, 2], "b": 1}
+    assert json.loads(str(scalar(db_path, "SELECT detail FROM events"))) == {"a": [1, 2], "b": 1}
 
 
 # -- locking, corruption, integrity --------------------------------------------------------------------------

@@ -18,7 +18,9 @@ from ._output import emit_json, table
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("check", help="validate config, model hashes and the gallery", description=cmd_check.__doc__)
+    p = sub.add_parser(
+        "check", help="validate config, model hashes and the gallery", description=cmd_check.__doc__
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_check)
 
@@ -30,16 +32,26 @@ def register(sub: Any) -> None:
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--pairs", type=Path, help="CSV with columns path1,path2,same[,fold]")
     mode.add_argument("--labels", type=Path, help="CSV with columns path,identity (all-pairs protocol)")
-    p.add_argument("--root", type=Path, help="folder the CSV paths are relative to (default: the CSV's folder)")
-    p.add_argument("--json", type=Path, dest="json_out", metavar="OUT", help="write the full report as JSON here")
+    p.add_argument(
+        "--root", type=Path, help="folder the CSV paths are relative to (default: the CSV's folder)"
+    )
+    p.add_argument(
+        "--json", type=Path, dest="json_out", metavar="OUT", help="write the full report as JSON here"
+    )
     p.add_argument("--plot", type=Path, metavar="OUT.png", help="write score histograms and the ROC as a PNG")
     p.add_argument("--threshold", type=float, help="also report accuracy, FMR and FNMR at this threshold")
-    p.add_argument("--select", choices=["largest", "central"], default="central",
-                   help="which face to use when a photo has several (default: central, as in LFW)")
+    p.add_argument(
+        "--select",
+        choices=["largest", "central"],
+        default="central",
+        help="which face to use when a photo has several (default: central, as in LFW)",
+    )
     p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("demo", help="enrol and identify on built-in public-domain images", description=cmd_demo.__doc__)
+    p = sub.add_parser(
+        "demo", help="enrol and identify on built-in public-domain images", description=cmd_demo.__doc__
+    )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_demo)
 
@@ -55,10 +67,28 @@ def cmd_models(args: argparse.Namespace, cfg: Config) -> int:
         except KioskError as exc:
             status = str(exc)
         active = spec.id in (cfg.models.detector, cfg.models.recognizer)
-        out.append({"id": spec.id, "task": spec.task, "format": spec.format, "licence": spec.licence,
-                    "sha256": spec.sha256, "file": str(spec.path), "active": active, "status": status})
-        rows.append([spec.id + (" *" if active else ""), spec.task, spec.format, spec.licence, spec.sha256[:12],
-                     "ok" if status == "ok" else "BAD"])
+        out.append(
+            {
+                "id": spec.id,
+                "task": spec.task,
+                "format": spec.format,
+                "licence": spec.licence,
+                "sha256": spec.sha256,
+                "file": str(spec.path),
+                "active": active,
+                "status": status,
+            }
+        )
+        rows.append(
+            [
+                spec.id + (" *" if active else ""),
+                spec.task,
+                spec.format,
+                spec.licence,
+                spec.sha256[:12],
+                "ok" if status == "ok" else "BAD",
+            ]
+        )
     if args.json:
         emit_json(out)
     else:
@@ -69,12 +99,20 @@ def cmd_models(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
     """Validate the config, the configured models' hashes, and the gallery (PRAGMA integrity_check, stale
     templates). Exits non-zero when anything is wrong."""
-    checks: list[dict[str, Any]] = [{"check": "config", "ok": True, "detail": str(cfg.source or "built-in defaults")}]
+    checks: list[dict[str, Any]] = [
+        {"check": "config", "ok": True, "detail": str(cfg.source or "built-in defaults")}
+    ]
     with Context(cfg) as ctx:
         try:
             pipeline = ctx.pipeline
             for role, info in pipeline.models.items():
-                checks.append({"check": f"model {role}", "ok": True, "detail": f"{info['id']} sha256 {info['sha256'][:12]}"})
+                checks.append(
+                    {
+                        "check": f"model {role}",
+                        "ok": True,
+                        "detail": f"{info['id']} sha256 {info['sha256'][:12]}",
+                    }
+                )
         except KioskError as exc:
             checks.append({"check": "models", "ok": False, "detail": str(exc)})
             pipeline = None
@@ -125,14 +163,22 @@ def cmd_eval(args: argparse.Namespace, cfg: Config) -> int:
 
     cache = EmbeddingCache(None if args.no_cache else default_cache_path())
     common: dict[str, Any] = dict(
-        root=args.root, embed=embed, fingerprint=pipeline.fingerprint, cache=cache, models=pipeline.models,
+        root=args.root,
+        embed=embed,
+        fingerprint=pipeline.fingerprint,
+        cache=cache,
+        models=pipeline.models,
         plot=args.plot,
     )
     if args.pairs:
         report = evaluate_pairs(csv_path, threshold=args.threshold, **common)
     else:
         report = evaluate_labels(csv_path, **common)
-    report["config"] = {"detector": cfg.models.detector, "recognizer": cfg.models.recognizer, "select": args.select}
+    report["config"] = {
+        "detector": cfg.models.detector,
+        "recognizer": cfg.models.recognizer,
+        "select": args.select,
+    }
     if args.json_out:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
         args.json_out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -148,18 +194,36 @@ def _print_eval(r: dict[str, Any]) -> None:
     if "n_pairs" in r:
         std = "" if r.get("accuracy_std") is None else f" ± {_pct(r['accuracy_std'])}"
         print(f"pairs {r['n_pairs']}, images without a usable face {r['n_failed']}")
-        print(f"accuracy {_pct(r['accuracy_mean'])}{std}   best threshold {r['threshold']:.3f}   ROC AUC {r['roc_auc']:.4f}")
+        print(
+            f"accuracy {_pct(r['accuracy_mean'])}{std}   best threshold {r['threshold']:.3f}   ROC AUC {r['roc_auc']:.4f}"
+        )
         for far, v in r["tar_at_far"].items():
-            print(f"TAR @ FAR {far}: " + ("n/a (too few impostor pairs)" if v is None else f"{_pct(v['tar'])} (threshold {v['threshold']:.3f})"))
+            print(
+                f"TAR @ FAR {far}: "
+                + (
+                    "n/a (too few impostor pairs)"
+                    if v is None
+                    else f"{_pct(v['tar'])} (threshold {v['threshold']:.3f})"
+                )
+            )
         if "at_threshold" in r:
             a = r["at_threshold"]
-            print(f"at threshold {a['threshold']:.3f}: accuracy {_pct(a['accuracy'])}, FMR {_pct(a['fmr'])}, FNMR {_pct(a['fnmr'])}")
+            print(
+                f"at threshold {a['threshold']:.3f}: accuracy {_pct(a['accuracy'])}, FMR {_pct(a['fmr'])}, FNMR {_pct(a['fnmr'])}"
+            )
     else:
-        print(f"images {r['n_images']} ({r['n_identities']} identities), without a usable face {r['n_failed']}")
+        print(
+            f"images {r['n_images']} ({r['n_identities']} identities), without a usable face {r['n_failed']}"
+        )
         print(f"genuine pairs {r['n_genuine']:,}, impostor pairs {r['n_impostor']:,}")
         for fmr, v in r["fnmr_at_fmr"].items():
-            print(f"FNMR @ FMR {fmr}: " + ("n/a" if v is None else f"{_pct(v['fnmr'])} (threshold {v['threshold']:.3f})"))
-        print(f"closed-set rank-1 {_pct(r['rank1'])}   open-set DIR @ FPIR 1e-2 {_pct(r['dir_at_fpir_1e-2'])}")
+            print(
+                f"FNMR @ FMR {fmr}: "
+                + ("n/a" if v is None else f"{_pct(v['fnmr'])} (threshold {v['threshold']:.3f})")
+            )
+        print(
+            f"closed-set rank-1 {_pct(r['rank1'])}   open-set DIR @ FPIR 1e-2 {_pct(r['dir_at_fpir_1e-2'])}"
+        )
     print(f"{r['seconds']:.1f} s")
 
 

@@ -14,7 +14,9 @@ from ._output import emit_json, table
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("people", help="list and manage enrolled people", description="List and manage enrolled people.")
+    p = sub.add_parser(
+        "people", help="list and manage enrolled people", description="List and manage enrolled people."
+    )
     verbs = p.add_subparsers(dest="verb", metavar="VERB")
     verbs.required = True
     v = verbs.add_parser("list", help="list everyone enrolled", description="List everyone enrolled.")
@@ -28,11 +30,16 @@ def register(sub: Any) -> None:
     v.add_argument("person", help="name or id")
     v.add_argument("new_name")
     v.set_defaults(func=cmd_rename)
-    for verb, doc in (("disable", "stop granting access (templates are kept)"), ("enable", "grant access again")):
+    for verb, doc in (
+        ("disable", "stop granting access (templates are kept)"),
+        ("enable", "grant access again"),
+    ):
         v = verbs.add_parser(verb, help=doc, description=doc[0].upper() + doc[1:] + ".")
         v.add_argument("person", help="name or id")
         v.set_defaults(func=cmd_enable, enabled=verb == "enable")
-    v = verbs.add_parser("remove", help="remove a person and erase their templates", description=cmd_remove.__doc__)
+    v = verbs.add_parser(
+        "remove", help="remove a person and erase their templates", description=cmd_remove.__doc__
+    )
     v.add_argument("person", help="name or id")
     v.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     v.set_defaults(func=cmd_remove)
@@ -69,7 +76,14 @@ def cmd_list(args: argparse.Namespace, cfg: Config) -> int:
         print("nobody is enrolled yet: kiosk enroll NAME IMAGE...")
         return 0
     rows = [
-        [str(p.id), p.name, "yes" if p.enabled else "no", str(p.templates), p.valid_from or "-", p.valid_until or "-"]
+        [
+            str(p.id),
+            p.name,
+            "yes" if p.enabled else "no",
+            str(p.templates),
+            p.valid_from or "-",
+            p.valid_until or "-",
+        ]
         for p in people
     ]
     print(table(rows, ["id", "name", "enabled", "templates", "valid from", "valid until"]))

@@ -21,18 +21,30 @@ def _when(text: str) -> datetime:
     try:
         dt = datetime.fromisoformat(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO date/time: {text!r} (e.g. 2026-12-31 or 2026-12-31T18:00)")
+        raise argparse.ArgumentTypeError(
+            f"not an ISO date/time: {text!r} (e.g. 2026-12-31 or 2026-12-31T18:00)"
+        )
     return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("enroll", help="enrol a person from one or more photos", description=cmd_enroll.__doc__)
+    p = sub.add_parser(
+        "enroll", help="enrol a person from one or more photos", description=cmd_enroll.__doc__
+    )
     p.add_argument("name", help="the person's name (unique, case-insensitive)")
-    p.add_argument("images", nargs="+", type=Path, help="photos of the person; bad ones are rejected with a reason")
+    p.add_argument(
+        "images", nargs="+", type=Path, help="photos of the person; bad ones are rejected with a reason"
+    )
     p.add_argument("--append", action="store_true", help="add templates to an already enrolled person")
-    p.add_argument("--face", type=int, dest="face_index", help="in photos with several faces, use face N (0=leftmost)")
-    p.add_argument("--select", choices=["largest", "central"], help="in photos with several faces, pick one this way")
-    p.add_argument("--allow-duplicate", action="store_true", help="enrol even if the face matches another person")
+    p.add_argument(
+        "--face", type=int, dest="face_index", help="in photos with several faces, use face N (0=leftmost)"
+    )
+    p.add_argument(
+        "--select", choices=["largest", "central"], help="in photos with several faces, pick one this way"
+    )
+    p.add_argument(
+        "--allow-duplicate", action="store_true", help="enrol even if the face matches another person"
+    )
     p.add_argument("--valid-from", type=_when, help="access allowed from this date/time (ISO 8601)")
     p.add_argument("--valid-until", type=_when, help="access allowed until this date/time (ISO 8601)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -44,7 +56,9 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("identify", help="find who is in photos (1:N against the gallery)", description=cmd_identify.__doc__)
+    p = sub.add_parser(
+        "identify", help="find who is in photos (1:N against the gallery)", description=cmd_identify.__doc__
+    )
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--all-faces", action="store_true", help="identify every face, not only the selected one")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -83,7 +97,9 @@ def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:
     else:
         for v in report.verdicts:
             print(f"  {'ok  ' if v.accepted else 'skip'}  {v.source}: {v.reason}")
-        print(f"enrolled '{person.name}' (id {person.id}): {report.stored} new template(s), {person.templates} in total")
+        print(
+            f"enrolled '{person.name}' (id {person.id}): {report.stored} new template(s), {person.templates} in total"
+        )
     return 0
 
 
@@ -113,8 +129,16 @@ def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
         verdict = "likely the same person"
     else:
         verdict = "not the same person"
-    warnings = [f"{p.name}: {n} faces, compared the {cfg.detection.select} one" for p, n in ((args.image1, na), (args.image2, nb)) if n > 1]
-    warnings += [f"{p.name}: {'; '.join(r.quality.reasons)}" for p, r in ((args.image1, a), (args.image2, b)) if not r.quality.ok]
+    warnings = [
+        f"{p.name}: {n} faces, compared the {cfg.detection.select} one"
+        for p, n in ((args.image1, na), (args.image2, nb))
+        if n > 1
+    ]
+    warnings += [
+        f"{p.name}: {'; '.join(r.quality.reasons)}"
+        for p, r in ((args.image1, a), (args.image2, b))
+        if not r.quality.ok
+    ]
     if args.json:
         emit_json(
             {
