@@ -82,7 +82,5 @@ def align(image: Image, face: Face, template: Template) -> Image:
     """Warp the face onto the template; returns a (height, width, 3) BGR crop."""
     dst, idx = template_points(template, face.scheme)
     matrix = similarity_transform(face.landmarks[idx], dst)
-    crop = cv2.warpAffine(
-        image, matrix, template.size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
-    )
+    crop = cv2.warpAffine(image, matrix, template.size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
     return np.ascontiguousarray(crop)

@@ -28,9 +28,7 @@ def _range(lo: float | None = None, hi: float | None = None, **kw: Any) -> dict[
 
 @dataclass(frozen=True)
 class ModelsConfig:
-    manifest: Path | None = field(
-        default=None, metadata={"help": "manifest path; default models/manifest.yaml"}
-    )
+    manifest: Path | None = field(default=None, metadata={"help": "manifest path; default models/manifest.yaml"})
     detector: str = field(default="yunet", metadata={"help": "detector model id in the manifest"})
     recognizer: str = field(default="sface", metadata={"help": "recogniser model id in the manifest"})
 
@@ -188,8 +186,7 @@ def _cross_checks(cfg: Config) -> None:
     q = cfg.quality
     if q.min_brightness >= q.max_brightness:
         raise ConfigError(
-            f"quality.min_brightness: must be below quality.max_brightness ({q.max_brightness}), "
-            f"got {q.min_brightness}"
+            f"quality.min_brightness: must be below quality.max_brightness ({q.max_brightness}), got {q.min_brightness}"
         )
 
 
@@ -211,12 +208,8 @@ def parse_config(data: Any, source: Path | None = None) -> Config:
         cfg,
         source=source,
         data_dir=resolve(cfg.data_dir),
-        gallery=dataclasses.replace(
-            cfg.gallery, path=resolve(cfg.gallery.path) if cfg.gallery.path else None
-        ),
-        models=dataclasses.replace(
-            cfg.models, manifest=resolve(cfg.models.manifest) if cfg.models.manifest else None
-        ),
+        gallery=dataclasses.replace(cfg.gallery, path=resolve(cfg.gallery.path) if cfg.gallery.path else None),
+        models=dataclasses.replace(cfg.models, manifest=resolve(cfg.models.manifest) if cfg.models.manifest else None),
     )
     _cross_checks(cfg)
     return cfg
@@ -241,9 +234,7 @@ def load_config(path: Path | str | None = None) -> Config:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(
-            f"config file {path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})"
-        ) from None
+        raise ConfigError(f"config file {path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
     return parse_config(data, source=path)
 
 

@@ -20,9 +20,7 @@ log = logging.getLogger(__name__)
 
 
 class Context:
-    def __init__(
-        self, cfg: Config, *, pipeline: Pipeline | None = None, gallery: Gallery | None = None
-    ) -> None:
+    def __init__(self, cfg: Config, *, pipeline: Pipeline | None = None, gallery: Gallery | None = None) -> None:
         self.cfg = cfg
         if pipeline is not None:
             self.__dict__["pipeline"] = pipeline

@@ -3,8 +3,8 @@
 In a throwaway gallery it enrols the astronaut (Eileen Collins, NASA photo); refuses the cameraman (head turned
 ~57°: fails the pose check), a photo with no face, and the astronaut again under another name (duplicate); then
 identifies altered views (rotated, rescaled, darker, noisier) of both faces — the astronaut as herself, the
-cameraman as "not enrolled" — and finds no face in photos without one. The images are written to a temp folder and go through the same file path
-as ``kiosk enroll`` / ``kiosk identify``.
+cameraman as "not enrolled" — and finds no face in photos without one. The images are written to a temp folder
+and go through the same file path as ``kiosk enroll`` / ``kiosk identify``.
 """
 
 from __future__ import annotations
@@ -39,19 +39,26 @@ def _skimage_image(name: str) -> Image:
     return as_bgr(arr[..., ::-1] if arr.ndim == 3 else arr)
 
 
-def _rotate(img: Image, deg: float, scale: float = 1.0) -> Image:
+def _u8(a: np.ndarray) -> Image:
+    return np.ascontiguousarray(a, dtype=np.uint8)
+
+
+def _rotate(img: Image, deg: float) -> Image:
     h, w = img.shape[:2]
-    m = cv2.getRotationMatrix2D((w / 2, h / 2), deg, scale)
-    return cv2.warpAffine(img, m, (w, h), borderMode=cv2.BORDER_REFLECT)
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), deg, 1.0)
+    return _u8(cv2.warpAffine(img, m, (w, h), borderMode=cv2.BORDER_REFLECT))
+
+
+def _noisy(img: Image) -> Image:
+    noise = np.random.default_rng(0).normal(0.0, 8.0, img.shape)
+    return _u8(np.clip(img.astype(np.float32) + noise, 0, 255))
 
 
 VARIANTS: dict[str, Callable[[Image], Image]] = {
     "rotated 10°": lambda im: _rotate(im, 10.0),
-    "70% size": lambda im: cv2.resize(im, None, fx=0.7, fy=0.7, interpolation=cv2.INTER_AREA),
-    "darker": lambda im: cv2.convertScaleAbs(im, alpha=0.6, beta=0),
-    "noisy": lambda im: cv2.add(
-        im, np.random.default_rng(0).normal(0, 8, im.shape).astype(np.int16).clip(0, 255).astype(np.uint8)
-    ),
+    "70% size": lambda im: _u8(cv2.resize(im, None, fx=0.7, fy=0.7, interpolation=cv2.INTER_AREA)),
+    "darker": lambda im: _u8(cv2.convertScaleAbs(im, alpha=0.6, beta=0)),
+    "noisy": _noisy,
 }
 
 
@@ -136,9 +143,7 @@ def run_demo(cfg: Config, as_json: bool = False) -> int:
         print(f"face-kiosk demo: throwaway gallery, accept threshold {threshold:.3f}\n")
         rows = []
         for s in steps:
-            rows.append(
-                [s["step"], s["probe"], s["result"], fmt(s["score"]), "ok" if s["correct"] else "WRONG"]
-            )
+            rows.append([s["step"], s["probe"], s["result"], fmt(s["score"]), "ok" if s["correct"] else "WRONG"])
         print(table(rows, ["step", "probe", "result", "score", ""]))
         print(f"\n{n_ok}/{len(checks)} decisions as expected")
     return 0 if n_ok == len(checks) else int(ExitCode.FAILURE)

@@ -48,4 +48,5 @@ class Embedder:
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         if not np.all(np.isfinite(out)) or np.any(norms < 1e-12):
             raise ModelError(f"model '{self.spec.id}' produced a non-finite or zero embedding")
-        return out / norms
+        unit: FloatArray = (out / norms).astype(np.float32, copy=False)
+        return unit

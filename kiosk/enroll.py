@@ -7,6 +7,7 @@ for this person (a wrong photo in the batch). The person and templates are writt
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,9 +81,7 @@ def assess_images(
             verdicts.append(ImageVerdict(source, False, picked))
             continue
         if not picked.quality.ok:
-            verdicts.append(
-                ImageVerdict(source, False, "; ".join(picked.quality.reasons), picked.quality.metrics)
-            )
+            verdicts.append(ImageVerdict(source, False, "; ".join(picked.quality.reasons), picked.quality.metrics))
             continue
         verdicts.append(ImageVerdict(source, True, "ok", picked.quality.metrics, picked.embedding))
     return verdicts
@@ -125,10 +124,8 @@ def enroll(
     """Enrol ``name`` from image files. Raises FaceError when no image was usable (nothing is stored then)."""
     cfg = pipeline.cfg
     existing: Person | None = None
-    try:
+    with contextlib.suppress(PersonNotFoundError):
         existing = gallery.get_person(name)
-    except PersonNotFoundError:
-        pass
     if existing is not None and not append:
         raise DuplicateError(f"'{existing.name}' is already enrolled; use --append to add images to them")
     verdicts = assess_images(
@@ -175,7 +172,5 @@ def enroll(
         if v.embedding is not None
     ]
     person = gallery.enroll(name, templates, append=append)
-    log.info(
-        "enrolled person_id=%s templates=%d rejected=%d", person.id, len(templates), len(verdicts) - len(good)
-    )
+    log.info("enrolled person_id=%s templates=%d rejected=%d", person.id, len(templates), len(verdicts) - len(good))
     return EnrollReport(person=person, stored=len(templates), verdicts=verdicts)

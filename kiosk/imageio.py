@@ -69,9 +69,7 @@ def decode_image(data: bytes, name: str = "image", max_pixels: int = DEFAULT_MAX
     if image is None or image.size == 0:
         raise InputError(f"{name}: not a readable image (corrupt, or a format OpenCV cannot decode)")
     if image.shape[0] * image.shape[1] > max_pixels:
-        raise InputError(
-            f"{name}: image is {image.shape[1]}x{image.shape[0]}, above the limit of {max_pixels:,}"
-        )
+        raise InputError(f"{name}: image is {image.shape[1]}x{image.shape[0]}, above the limit of {max_pixels:,}")
     return np.ascontiguousarray(image)
 
 
@@ -81,9 +79,7 @@ def read_image(path: Path | str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image:
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
-            raise InputError(
-                f"{path}: file is {size / 1e6:.0f} MB, above the {MAX_FILE_BYTES // 2**20} MB limit"
-            )
+            raise InputError(f"{path}: file is {size / 1e6:.0f} MB, above the {MAX_FILE_BYTES // 2**20} MB limit")
         data = path.read_bytes()
     except FileNotFoundError:
         raise InputError(f"{path}: file not found") from None

@@ -129,9 +129,7 @@ class Manifest:
         spec = self.models.get(model_id)
         if spec is None:
             known = ", ".join(sorted(self.models)) or "none"
-            raise ModelMissingError(
-                f"model '{model_id}' is not in {self.path} (known: {known}); {REBUILD_HINT}"
-            )
+            raise ModelMissingError(f"model '{model_id}' is not in {self.path} (known: {known}); {REBUILD_HINT}")
         if task is not None and spec.task != task:
             raise ModelError(f"model '{model_id}' is a {spec.task} model, not a {task} model")
         return spec
@@ -145,9 +143,7 @@ def load_manifest(path: Path | None = None) -> Manifest:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ModelError(
-            f"model manifest {path} is not valid YAML ({exc.__class__.__name__}); {REBUILD_HINT}"
-        ) from exc
+        raise ModelError(f"model manifest {path} is not valid YAML ({exc.__class__.__name__}); {REBUILD_HINT}") from exc
     entries = data.get("models") if isinstance(data, dict) else None
     if not isinstance(entries, dict):
         raise ModelError(f"model manifest {path} has no 'models' mapping; {REBUILD_HINT}")

@@ -81,14 +81,8 @@ class Matcher:
         ru_score = float(scores[1]) if len(ids) > 1 else None
         if score < self.threshold:
             reason = f"best score {score:.3f} below threshold {self.threshold:.3f}"
-            return MatchResult(
-                False, None, None, score, name, ru_name, ru_score, self.threshold, self.margin, reason
-            )
+            return MatchResult(False, None, None, score, name, ru_name, ru_score, self.threshold, self.margin, reason)
         if ru_score is not None and score - ru_score < self.margin:
             reason = f"ambiguous: {score - ru_score:.3f} ahead of {ru_name}, margin {self.margin:.3f} needed"
-            return MatchResult(
-                False, None, None, score, name, ru_name, ru_score, self.threshold, self.margin, reason
-            )
-        return MatchResult(
-            True, pid, name, score, name, ru_name, ru_score, self.threshold, self.margin, "match"
-        )
+            return MatchResult(False, None, None, score, name, ru_name, ru_score, self.threshold, self.margin, reason)
+        return MatchResult(True, pid, name, score, name, ru_name, ru_score, self.threshold, self.margin, "match")

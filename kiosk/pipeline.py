@@ -30,9 +30,7 @@ class FaceResult:
     face: Face
     aligned: Image
     quality: QualityReport
-    embedding: (
-        FloatArray | None
-    )  # None when the face was not embedded (quality rejected and embed_rejected off)
+    embedding: FloatArray | None  # None when the face was not embedded (quality rejected and embed_rejected off)
 
 
 @dataclass(frozen=True)
@@ -60,9 +58,7 @@ class Pipeline:
         self.template = template
         det_thr = detector.spec.thresholds
         self.score_threshold = (
-            cfg.detection.score_threshold
-            if cfg.detection.score_threshold is not None
-            else det_thr.get("score", 0.6)
+            cfg.detection.score_threshold if cfg.detection.score_threshold is not None else det_thr.get("score", 0.6)
         )
         retry = cfg.detection.retry_score_threshold
         self.retry_threshold = min(retry, self.score_threshold) if retry is not None else None
@@ -70,9 +66,7 @@ class Pipeline:
 
     @staticmethod
     def _thresholds(cfg: Config, spec: ModelSpec) -> Thresholds:
-        accept = (
-            cfg.recognition.threshold if cfg.recognition.threshold is not None else spec.thresholds["accept"]
-        )
+        accept = cfg.recognition.threshold if cfg.recognition.threshold is not None else spec.thresholds["accept"]
         likely = min(spec.thresholds.get("likely", accept), accept)
         dup = cfg.enroll.duplicate_threshold if cfg.enroll.duplicate_threshold is not None else accept
         return Thresholds(accept=accept, likely=likely, duplicate=dup)
@@ -140,9 +134,7 @@ class Pipeline:
             return strong
         return [f for f in faces if f.score >= self.retry_threshold]
 
-    def analyze(
-        self, image: Image, *, select: str | None = None, embed_rejected: bool = True
-    ) -> list[FaceResult]:
+    def analyze(self, image: Image, *, select: str | None = None, embed_rejected: bool = True) -> list[FaceResult]:
         """Run every stage on one BGR image. ``select`` overrides ``detection.select`` (largest/central/all)."""
         faces = select_faces(self.detect(image), select or self.cfg.detection.select, image.shape)
         if not faces:

@@ -1,8 +1,9 @@
 """Quality gate: face size, sharpness, brightness and head pose, each rejection with a readable reason.
 
 Pose is a geometric estimate from the landmarks (no 3-D model): roll from the eye line, yaw from how far the nose
-tip sits off the eye midpoint (≈ tan(yaw) in half inter-eye distances), pitch from where the nose sits between the eye line and
-the mouth compared with a frontal face. Good enough to refuse profiles and looking-down faces, not a measurement.
+tip sits off the eye midpoint (≈ tan(yaw) in half inter-eye distances), pitch from where the nose sits between the
+eye line and the mouth compared with a level face. Good enough to refuse profiles and looking-down faces; not a
+measurement.
 """
 
 from __future__ import annotations

@@ -140,7 +140,7 @@ def test_enroll_rejections_keep_what_is_stored(kiosk, photos) -> None:  # type: 
 
 
 def test_enroll_pick_a_face_in_a_group_photo(kiosk, photos) -> None:  # type: ignore[no-untyped-def]
-    code, out, err = kiosk("enroll", "Left", str(photos["multi"]), "--face", "0", "--json")
+    code, _, err = kiosk("enroll", "Left", str(photos["multi"]), "--face", "0", "--json")
     assert code == 0, err
     code, _, err = kiosk("enroll", "Right", str(photos["multi"]), "--face", "9")
     assert code == ExitCode.NO_FACE and "out of range" in err

@@ -30,7 +30,10 @@ def test_defaults() -> None:
         ({"runtime": {"intra_op_threads": 0}}, "runtime.intra_op_threads: must be within 1..64"),
         ({"runtime": {"providers": "CPUExecutionProvider"}}, "runtime.providers: must be a list"),
         ({"runtime": {"providers": [1]}}, "runtime.providers[0]: must be a string"),
-        ({"quality": {"min_brightness": 230}}, "quality.min_brightness: must be below quality.max_brightness"),
+        (
+            {"quality": {"min_brightness": 230}},
+            "quality.min_brightness: must be below quality.max_brightness",
+        ),
         ({"quality": 3}, "quality: must be a mapping"),
         ({"logging": {"level": "LOUD"}}, "logging.level: must be one of"),
         ({"enroll": {"max_templates": True}}, "enroll.max_templates: must be an integer"),

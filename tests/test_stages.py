@@ -81,7 +81,7 @@ def test_quality_rejects_blur_dark_bright_small_and_turned(pipeline, astronaut, 
 def test_head_pose_roll_and_yaw_from_landmarks() -> None:
     lm = np.array([[40, 50], [70, 50], [55, 65], [43, 80], [67, 80]], np.float32)
     face = Face(box=np.array([20, 20, 90, 100], np.float32), landmarks=lm, score=0.9)
-    yaw, pitch, roll = head_pose(face)
+    yaw, _, roll = head_pose(face)
     assert abs(yaw) < 1 and abs(roll) < 1
     c, s = np.cos(np.deg2rad(30)), np.sin(np.deg2rad(30))
     rolled = (lm - lm[2]) @ np.array([[c, s], [-s, c]], np.float32) + lm[2]

@@ -58,8 +58,6 @@ def load_runner(spec: ModelSpec, options: RuntimeOptions | None = None) -> Runne
     """Verify the model file's hash, then open it with the backend its manifest format names."""
     factory = BACKENDS.get(spec.format)
     if factory is None:
-        raise ModelError(
-            f"model '{spec.id}': no backend for format {spec.format!r} (known: {sorted(BACKENDS)})"
-        )
+        raise ModelError(f"model '{spec.id}': no backend for format {spec.format!r} (known: {sorted(BACKENDS)})")
     spec.verify()
     return factory(spec, options or RuntimeOptions())

@@ -18,9 +18,7 @@ def select_providers(requested: tuple[str, ...], available: list[str]) -> list[s
     chosen = [p for p in requested if p in available]
     dropped = [p for p in requested if p not in available]
     if dropped:
-        log.warning(
-            "onnxruntime: providers %s unavailable in this build (have %s); falling back", dropped, available
-        )
+        log.warning("onnxruntime: providers %s unavailable in this build (have %s); falling back", dropped, available)
     if "CPUExecutionProvider" not in chosen:
         chosen.append("CPUExecutionProvider")
     return chosen
@@ -36,9 +34,7 @@ class OnnxRunner:
         so.intra_op_num_threads = options.intra_op_threads
         so.inter_op_num_threads = options.inter_op_threads
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = (
-            3  # NOTE: dynamic-shape models warn on every run at level 2; errors still raise
-        )
+        so.log_severity_level = 3  # NOTE: dynamic-shape models warn on every run at level 2; errors still raise
         providers = select_providers(options.providers, ort.get_available_providers())
         try:
             self._session = ort.InferenceSession(str(spec.path), sess_options=so, providers=providers)

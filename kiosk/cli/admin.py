@@ -18,9 +18,7 @@ from ._output import emit_json, table
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser(
-        "check", help="validate config, model hashes and the gallery", description=cmd_check.__doc__
-    )
+    p = sub.add_parser("check", help="validate config, model hashes and the gallery", description=cmd_check.__doc__)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_check)
 
@@ -32,12 +30,8 @@ def register(sub: Any) -> None:
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--pairs", type=Path, help="CSV with columns path1,path2,same[,fold]")
     mode.add_argument("--labels", type=Path, help="CSV with columns path,identity (all-pairs protocol)")
-    p.add_argument(
-        "--root", type=Path, help="folder the CSV paths are relative to (default: the CSV's folder)"
-    )
-    p.add_argument(
-        "--json", type=Path, dest="json_out", metavar="OUT", help="write the full report as JSON here"
-    )
+    p.add_argument("--root", type=Path, help="folder the CSV paths are relative to (default: the CSV's folder)")
+    p.add_argument("--json", type=Path, dest="json_out", metavar="OUT", help="write the full report as JSON here")
     p.add_argument("--plot", type=Path, metavar="OUT.png", help="write score histograms and the ROC as a PNG")
     p.add_argument("--threshold", type=float, help="also report accuracy, FMR and FNMR at this threshold")
     p.add_argument(
@@ -49,9 +43,7 @@ def register(sub: Any) -> None:
     p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser(
-        "demo", help="enrol and identify on built-in public-domain images", description=cmd_demo.__doc__
-    )
+    p = sub.add_parser("demo", help="enrol and identify on built-in public-domain images", description=cmd_demo.__doc__)
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_demo)
 
@@ -99,9 +91,7 @@ def cmd_models(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
     """Validate the config, the configured models' hashes, and the gallery (PRAGMA integrity_check, stale
     templates). Exits non-zero when anything is wrong."""
-    checks: list[dict[str, Any]] = [
-        {"check": "config", "ok": True, "detail": str(cfg.source or "built-in defaults")}
-    ]
+    checks: list[dict[str, Any]] = [{"check": "config", "ok": True, "detail": str(cfg.source or "built-in defaults")}]
     with Context(cfg) as ctx:
         try:
             pipeline = ctx.pipeline
@@ -194,9 +184,8 @@ def _print_eval(r: dict[str, Any]) -> None:
     if "n_pairs" in r:
         std = "" if r.get("accuracy_std") is None else f" ± {_pct(r['accuracy_std'])}"
         print(f"pairs {r['n_pairs']}, images without a usable face {r['n_failed']}")
-        print(
-            f"accuracy {_pct(r['accuracy_mean'])}{std}   best threshold {r['threshold']:.3f}   ROC AUC {r['roc_auc']:.4f}"
-        )
+        acc = f"accuracy {_pct(r['accuracy_mean'])}{std}"
+        print(f"{acc}   best threshold {r['threshold']:.3f}   ROC AUC {r['roc_auc']:.4f}")
         for far, v in r["tar_at_far"].items():
             print(
                 f"TAR @ FAR {far}: "
@@ -208,22 +197,16 @@ def _print_eval(r: dict[str, Any]) -> None:
             )
         if "at_threshold" in r:
             a = r["at_threshold"]
-            print(
-                f"at threshold {a['threshold']:.3f}: accuracy {_pct(a['accuracy'])}, FMR {_pct(a['fmr'])}, FNMR {_pct(a['fnmr'])}"
-            )
+            rates = f"accuracy {_pct(a['accuracy'])}, FMR {_pct(a['fmr'])}, FNMR {_pct(a['fnmr'])}"
+            print(f"at threshold {a['threshold']:.3f}: {rates}")
     else:
-        print(
-            f"images {r['n_images']} ({r['n_identities']} identities), without a usable face {r['n_failed']}"
-        )
+        print(f"images {r['n_images']} ({r['n_identities']} identities), without a usable face {r['n_failed']}")
         print(f"genuine pairs {r['n_genuine']:,}, impostor pairs {r['n_impostor']:,}")
         for fmr, v in r["fnmr_at_fmr"].items():
             print(
-                f"FNMR @ FMR {fmr}: "
-                + ("n/a" if v is None else f"{_pct(v['fnmr'])} (threshold {v['threshold']:.3f})")
+                f"FNMR @ FMR {fmr}: " + ("n/a" if v is None else f"{_pct(v['fnmr'])} (threshold {v['threshold']:.3f})")
             )
-        print(
-            f"closed-set rank-1 {_pct(r['rank1'])}   open-set DIR @ FPIR 1e-2 {_pct(r['dir_at_fpir_1e-2'])}"
-        )
+        print(f"closed-set rank-1 {_pct(r['rank1'])}   open-set DIR @ FPIR 1e-2 {_pct(r['dir_at_fpir_1e-2'])}")
     print(f"{r['seconds']:.1f} s")
 
 

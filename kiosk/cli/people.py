@@ -14,9 +14,7 @@ from ._output import emit_json, table
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser(
-        "people", help="list and manage enrolled people", description="List and manage enrolled people."
-    )
+    p = sub.add_parser("people", help="list and manage enrolled people", description="List and manage enrolled people.")
     verbs = p.add_subparsers(dest="verb", metavar="VERB")
     verbs.required = True
     v = verbs.add_parser("list", help="list everyone enrolled", description="List everyone enrolled.")
@@ -37,9 +35,7 @@ def register(sub: Any) -> None:
         v = verbs.add_parser(verb, help=doc, description=doc[0].upper() + doc[1:] + ".")
         v.add_argument("person", help="name or id")
         v.set_defaults(func=cmd_enable, enabled=verb == "enable")
-    v = verbs.add_parser(
-        "remove", help="remove a person and erase their templates", description=cmd_remove.__doc__
-    )
+    v = verbs.add_parser("remove", help="remove a person and erase their templates", description=cmd_remove.__doc__)
     v.add_argument("person", help="name or id")
     v.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     v.set_defaults(func=cmd_remove)
@@ -81,8 +77,8 @@ def cmd_list(args: argparse.Namespace, cfg: Config) -> int:
             p.name,
             "yes" if p.enabled else "no",
             str(p.templates),
-            p.valid_from or "-",
-            p.valid_until or "-",
+            str(p.valid_from or "-"),
+            str(p.valid_until or "-"),
         ]
         for p in people
     ]

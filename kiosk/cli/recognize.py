@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,30 +21,19 @@ def _when(text: str) -> datetime:
     try:
         dt = datetime.fromisoformat(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not an ISO date/time: {text!r} (e.g. 2026-12-31 or 2026-12-31T18:00)"
-        )
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+        msg = f"not an ISO date/time: {text!r} (e.g. 2026-12-31 or 2026-12-31T18:00)"
+        raise argparse.ArgumentTypeError(msg) from None
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser(
-        "enroll", help="enrol a person from one or more photos", description=cmd_enroll.__doc__
-    )
+    p = sub.add_parser("enroll", help="enrol a person from one or more photos", description=cmd_enroll.__doc__)
     p.add_argument("name", help="the person's name (unique, case-insensitive)")
-    p.add_argument(
-        "images", nargs="+", type=Path, help="photos of the person; bad ones are rejected with a reason"
-    )
+    p.add_argument("images", nargs="+", type=Path, help="photos of the person; bad ones are rejected with a reason")
     p.add_argument("--append", action="store_true", help="add templates to an already enrolled person")
-    p.add_argument(
-        "--face", type=int, dest="face_index", help="in photos with several faces, use face N (0=leftmost)"
-    )
-    p.add_argument(
-        "--select", choices=["largest", "central"], help="in photos with several faces, pick one this way"
-    )
-    p.add_argument(
-        "--allow-duplicate", action="store_true", help="enrol even if the face matches another person"
-    )
+    p.add_argument("--face", type=int, dest="face_index", help="in photos with several faces, use face N (0=leftmost)")
+    p.add_argument("--select", choices=["largest", "central"], help="in photos with several faces, pick one this way")
+    p.add_argument("--allow-duplicate", action="store_true", help="enrol even if the face matches another person")
     p.add_argument("--valid-from", type=_when, help="access allowed from this date/time (ISO 8601)")
     p.add_argument("--valid-until", type=_when, help="access allowed until this date/time (ISO 8601)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -135,9 +124,7 @@ def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
         if n > 1
     ]
     warnings += [
-        f"{p.name}: {'; '.join(r.quality.reasons)}"
-        for p, r in ((args.image1, a), (args.image2, b))
-        if not r.quality.ok
+        f"{p.name}: {'; '.join(r.quality.reasons)}" for p, r in ((args.image1, a), (args.image2, b)) if not r.quality.ok
     ]
     if args.json:
         emit_json(
