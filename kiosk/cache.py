@@ -101,9 +101,11 @@ class EmbeddingCache:
             self._db.close()
             self._db = None
         aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
-        log.warning(
-            "embedding cache %s is unreadable (%s); moved it to %s, starting afresh", path, err, aside
-        )
+        for n in range(1, 100):  # never overwrite an earlier casualty from the same second
+            if not aside.exists():
+                break
+            aside = aside.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+        log.warning("embedding cache %s is unreadable (%s); moved it to %s, starting afresh", path, err, aside)
         try:
             path.replace(aside)
             for suffix in ("-journal", "-wal", "-shm"):

@@ -84,17 +84,13 @@ def _read_csv(
             missing = [c for c in required if c not in columns]
             unknown = [c for c in columns if c not in required and c not in optional]
             if missing or unknown or len(set(columns)) != len(columns):
-                raise InputError(
-                    f"{csv_path}:1: bad header {','.join(columns)!r}, expected columns {expected}"
-                )
+                raise InputError(f"{csv_path}:1: bad header {','.join(columns)!r}, expected columns {expected}")
             rows = []
             for record in reader:
                 if not record or all(not v.strip() for v in record):
                     continue
                 if len(record) != len(columns):
-                    raise InputError(
-                        f"{csv_path}:{reader.line_num}: expected {len(columns)} fields, got {len(record)}"
-                    )
+                    raise InputError(f"{csv_path}:{reader.line_num}: expected {len(columns)} fields, got {len(record)}")
                 rows.append((reader.line_num, dict(zip(columns, (v.strip() for v in record), strict=True))))
     except FileNotFoundError as err:
         raise InputError(f"{csv_path}: no such file") from err
@@ -133,9 +129,7 @@ def read_labels(csv_path: Path) -> list[LabeledImage]:
         if not row["path"] or not row["identity"]:
             raise InputError(f"{csv_path}:{line}: empty path or identity")
         if row["path"] in seen:
-            raise InputError(
-                f"{csv_path}:{line}: {row['path']} is already listed on line {seen[row['path']]}"
-            )
+            raise InputError(f"{csv_path}:{line}: {row['path']} is already listed on line {seen[row['path']]}")
         seen[row["path"]] = line
         images.append(LabeledImage(row["path"], row["identity"]))
     return images
@@ -391,9 +385,7 @@ def evaluate_labels(
     if len(kept) < len(rows):
         log.info("skipped %d rows labelled %s", len(rows) - len(kept), "/".join(sorted(SPECIAL_IDENTITIES)))
     if not kept:
-        raise InputError(
-            f"{labels_csv}: no labelled images (only {'/'.join(sorted(SPECIAL_IDENTITIES))} rows)"
-        )
+        raise InputError(f"{labels_csv}: no labelled images (only {'/'.join(sorted(SPECIAL_IDENTITIES))} rows)")
     base = root if root is not None else labels_csv.parent
     results = embed_images(
         [r.path for r in kept],

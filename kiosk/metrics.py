@@ -410,9 +410,7 @@ def rank1(embeddings: Embeddings, labels: ArrayLike, block: int = 1024) -> float
     return float(np.mean(codes[gallery][best] == codes[probe_mask]))
 
 
-def dir_at_fpir(
-    embeddings: Embeddings, labels: ArrayLike, fpir: float = 1e-2, block: int = 1024
-) -> dict[str, Any]:
+def dir_at_fpir(embeddings: Embeddings, labels: ArrayLike, fpir: float = 1e-2, block: int = 1024) -> dict[str, Any]:
     """Open-set identification: DIR (detection and identification rate) at a given FPIR.
 
     Failed (None) images are left out entirely. Gallery = the first usable image (input order) of each
@@ -577,9 +575,7 @@ def _plot_histograms(
     series = [(_display_bins(h, lo, hi, 90), colour) for h, colour in ((imp, _RED), (gen, _GREEN)) if h.total]
     peak = max((float(d.max()) for (_, d), _ in series), default=1.0) or 1.0
     floor = min((float(d[d > 0].min()) for (_, d), _ in series if (d > 0).any()), default=peak / 1e3)
-    shown_marks = [
-        (k, v) for k, v in sorted(marks.items(), key=lambda kv: kv[1]) if np.isfinite(v) and lo <= v <= hi
-    ]
+    shown_marks = [(k, v) for k, v in sorted(marks.items(), key=lambda kv: kv[1]) if np.isfinite(v) and lo <= v <= hi]
     legend_lines = [f"genuine (n={gen.total:,})", f"impostor (n={imp.total:,})"]
     legend_lines += [f"{label}: {value:.3f}" for label, value in shown_marks]
     legend_w = max(cv2.getTextSize(t, _FONT, 0.45, 1)[0][0] for t in legend_lines) + 40
@@ -653,7 +649,8 @@ def _plot_roc(img: npt.NDArray[np.uint8], box: tuple[int, int, int, int], fmr: F
     decades = (-6, 0)
     shown = fmr >= 10.0 ** decades[0]
     tar_floor = float(tpr[shown].min()) if shown.any() else 0.0
-    y_lo = max(0.0, min(0.9, math.floor(tar_floor * 10 - 1e-9) / 10))
+    # Zoom the TAR axis onto where the curve is (good models live above 0.99), with a little margin below.
+    y_lo = max(c for c in (0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999) if 1 - c >= 1.25 * (1 - tar_floor))
 
     def px(f: float) -> int:
         v = math.log10(max(f, 10.0 ** decades[0]))
@@ -673,6 +670,16 @@ def _plot_roc(img: npt.NDArray[np.uint8], box: tuple[int, int, int, int], fmr: F
         cv2.line(img, (x0, py(float(t))), (x1, py(float(t))), _GREY, 1)
         cv2.line(img, (x0 - 5, py(float(t))), (x0, py(float(t))), _BLACK, 1)
         _text(img, _fmt_tick(float(t)), (x0 - 8, py(float(t)) + 5), anchor="right")
+    measured = fmr[fmr > 0]
+    if measured.size and measured.min() > 10.0 ** decades[0]:
+        # Below one impostor in n the FAR cannot be measured: grey that part out instead of implying a curve.
+        edge = px(float(measured.min()))
+        overlay = img.copy()
+        cv2.rectangle(overlay, (x0, y0), (edge, y1), (200, 200, 200), -1)
+        cv2.addWeighted(overlay, 0.35, img, 0.65, 0, dst=img)
+        if edge - x0 > 90:
+            _text(img, "too few impostors", ((x0 + edge) // 2, y1 - 24), 0.4, colour=(90, 90, 90), anchor="center")
+            _text(img, "to measure", ((x0 + edge) // 2, y1 - 10), 0.4, colour=(90, 90, 90), anchor="center")
     if fmr.size:
         order = np.lexsort((tpr, fmr))
         points = [(px(float(f)), py(float(t))) for f, t in zip(fmr[order], tpr[order], strict=True)]

@@ -247,3 +247,47 @@ def test_tampered_model_refused(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(["--config", str(cfg), "verify", str(img), str(img)]) == ExitCode.MODEL
     err = capsys.readouterr().err
     assert "is missing" in err and "make models" in err and err.count("\n") == 1
+
+
+def test_blazeface_tflite_detector_runs_the_whole_pipeline(tmp_path: Path, photos, capsys) -> None:  # type: ignore[no-untyped-def]
+    cfg = tmp_path / "blaze.yaml"
+    cfg.write_text(f"data_dir: {tmp_path}\nmodels:\n  detector: blazeface\n")
+    assert main(["--config", str(cfg), "verify", str(photos["abel1"]), str(photos["abel4"]), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["verdict"] == "the same person" and r["models"]["detector"]["id"] == "blazeface"
+    assert main(["--config", str(cfg), "enroll", "Colin", str(photos["colin1"])]) == 0
+    capsys.readouterr()
+    assert main(["--config", str(cfg), "identify", str(photos["colin2"]), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["match"] == "Colin"
+
+
+def test_eval_pairs_and_labels_on_real_photos(kiosk, faces_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    lfw = faces_dir / "lfw"
+    rows = (lfw / "pairs_dev_test.csv").read_text().splitlines()
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("\n".join(rows[:21] + rows[-20:]) + "\n")  # 20 genuine + 20 impostor pairs
+    out_json = tmp_path / "eval.json"
+    plot = tmp_path / "eval.png"
+    code, out, err = kiosk(
+        "eval", "--pairs", str(pairs), "--root", str(lfw), "--json", str(out_json), "--plot", str(plot),
+        "--threshold", "0.4", "--no-cache",
+    )  # fmt: skip
+    assert code == 0, err
+    r = json.loads(out_json.read_text())
+    for key in ("n_pairs", "n_failed", "accuracy_mean", "accuracy_std", "threshold", "tar_at_far", "roc_auc",
+                "seconds", "models", "at_threshold"):  # fmt: skip
+        assert key in r, key
+    assert r["n_pairs"] == 40 and r["accuracy_mean"] >= 0.95
+    assert r["tar_at_far"]["1e-3"] is None  # 20 impostor pairs cannot estimate FAR 1e-3
+    assert r["models"]["recognizer"]["id"] == "sface"
+    assert cv2.imread(str(plot)) is not None
+    labels = tmp_path / "labels.csv"
+    lines = (lfw / "labels.csv").read_text().splitlines()
+    keep = [ln for ln in lines[1:] if ln.split(",")[1] in ("Colin_Powell", "Abel_Pacheco", "AJ_Cook", "Amber_Tamblyn")]
+    labels.write_text("path,identity\n" + "\n".join(keep[:30]) + "\n")
+    code, out, err = kiosk("eval", "--labels", str(labels), "--root", str(lfw), "--json", str(out_json), "--no-cache")
+    assert code == 0, err
+    r = json.loads(out_json.read_text())
+    assert r["n_images"] == 30 and r["rank1"] >= 0.9 and "fnmr_at_fmr" in r and "dir_at_fpir_1e-2" in r
+    code, _, err = kiosk("eval", "--pairs", str(tmp_path / "nope.csv"))
+    assert code == ExitCode.INPUT and "not found" in err
