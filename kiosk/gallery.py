@@ -150,9 +150,7 @@ def _embedding_blob(embedding: Any) -> tuple[bytes, int]:
 
 def _check_window(valid_from: datetime | None, valid_until: datetime | None) -> None:
     if valid_from is not None and valid_until is not None and utc_iso(valid_until) <= utc_iso(valid_from):
-        raise InputError(
-            f"valid_until ({utc_iso(valid_until)}) must be after valid_from ({utc_iso(valid_from)})"
-        )
+        raise InputError(f"valid_until ({utc_iso(valid_until)}) must be after valid_from ({utc_iso(valid_from)})")
 
 
 def _create_private_file(path: Path) -> None:
@@ -203,9 +201,7 @@ class Gallery:
     def __enter__(self) -> Gallery:
         return self
 
-    def __exit__(
-        self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
 
     @contextlib.contextmanager
@@ -256,9 +252,7 @@ class Gallery:
             if name in applied:
                 continue
             with self._write() as db:  # checked again under the lock: another process may have applied it
-                db.execute(
-                    "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied TEXT NOT NULL)"
-                )
+                db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied TEXT NOT NULL)")
                 if db.execute("SELECT 1 FROM _migrations WHERE name = ?", [name]).fetchone():
                     continue
                 step(db)
@@ -301,9 +295,7 @@ class Gallery:
             )
         values = [name, utc_iso(), int(fields["enabled"]), _opt_iso(fields["valid_from"])]
         values += [_opt_iso(fields["valid_until"]), fields["note"]]
-        sql = (
-            "INSERT INTO people (name, created, enabled, valid_from, valid_until, note) VALUES (?,?,?,?,?,?)"
-        )
+        sql = "INSERT INTO people (name, created, enabled, valid_from, valid_until, note) VALUES (?,?,?,?,?,?)"
         person_id = int(db.execute(sql, values).lastrowid or 0)
         logger.info("gallery: added person id=%d", person_id)
         return person_id
@@ -369,9 +361,7 @@ class Gallery:
         logger.info("gallery: person id=%d enabled=%s", person.id, enabled)
         return self.get_person(person.id)
 
-    def set_validity(
-        self, ref: str | int, valid_from: datetime | None, valid_until: datetime | None
-    ) -> Person:
+    def set_validity(self, ref: str | int, valid_from: datetime | None, valid_until: datetime | None) -> Person:
         """Admit a person only while valid_from <= t < valid_until (None = unbounded on that side)."""
         _check_window(valid_from, valid_until)
         person = self.get_person(ref)
@@ -386,9 +376,7 @@ class Gallery:
         """Delete a person and their templates in one transaction; returns the number of templates erased."""
         person = self.get_person(ref)
         with self._write() as db:
-            erased = int(
-                db.execute("SELECT count(*) FROM templates WHERE person_id = ?", [person.id]).fetchone()[0]
-            )
+            erased = int(db.execute("SELECT count(*) FROM templates WHERE person_id = ?", [person.id]).fetchone()[0])
             db.execute("DELETE FROM people WHERE id = ?", [person.id])  # templates go by ON DELETE CASCADE
         # NOTE: secure_delete zeroes freed pages, but the WAL keeps older page copies until a checkpoint.
         with self._guard():
@@ -484,9 +472,7 @@ class Gallery:
         """Append an event (access attempt, enrolment, admin action); returns its id. ``detail`` -> JSON."""
         unknown = sorted(set(fields) - set(EVENT_FIELDS))
         if unknown:
-            raise ValueError(
-                f"unknown event field(s) {', '.join(unknown)}; allowed: {', '.join(EVENT_FIELDS)}"
-            )
+            raise ValueError(f"unknown event field(s) {', '.join(unknown)}; allowed: {', '.join(EVENT_FIELDS)}")
         row: dict[str, Any] = {
             "ts": utc_iso(fields.pop("ts", None)),
             "kind": str(kind),

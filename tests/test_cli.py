@@ -291,3 +291,19 @@ def test_eval_pairs_and_labels_on_real_photos(kiosk, faces_dir: Path, tmp_path: 
     assert r["n_images"] == 30 and r["rank1"] >= 0.9 and "fnmr_at_fmr" in r and "dir_at_fpir_1e-2" in r
     code, _, err = kiosk("eval", "--pairs", str(tmp_path / "nope.csv"))
     assert code == ExitCode.INPUT and "not found" in err
+
+
+def test_enroll_rejects_the_odd_photo_out_and_caps_templates(kiosk, photos, faces_dir: Path, cfg_file: Path) -> None:  # type: ignore[no-untyped-def]
+    colin = sorted((faces_dir / "lfw/images/Colin_Powell").glob("*.jpg"))[:5]
+    code, out, err = kiosk("enroll", "Colin", *map(str, colin[:3]), str(photos["abel1"]), "--json")
+    assert code == 0, err
+    verdicts = {v["source"]: v for v in json.loads(out)["images"]}
+    assert not verdicts["Abel_Pacheco_0001.jpg"]["accepted"]
+    assert "does not look like the other images" in verdicts["Abel_Pacheco_0001.jpg"]["reason"]
+    assert sum(v["accepted"] for v in verdicts.values()) == 3
+    cfg_file.write_text(cfg_file.read_text() + "enroll:\n  max_templates: 4\n")
+    code, out, err = kiosk("enroll", "Colin", *map(str, colin[3:5]), "--append", "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["stored"] == 1 and r["person"]["templates"] == 4
+    assert any("maximum of 4 templates" in v["reason"] for v in r["images"])

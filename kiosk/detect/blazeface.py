@@ -28,7 +28,7 @@ from ..backends import Runner
 from ..errors import ModelError
 from ..manifest import ModelSpec
 from ..types import Face, FloatArray, Image
-from . import check_image, resolve_threshold
+from ._common import check_image, resolve_threshold
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +71,8 @@ def weighted_nms(
     out = []
     while order.size:
         best = order[0]
-        iw = np.clip(
-            np.minimum(boxes[best, 2], boxes[order, 2]) - np.maximum(boxes[best, 0], boxes[order, 0]), 0, None
-        )
-        ih = np.clip(
-            np.minimum(boxes[best, 3], boxes[order, 3]) - np.maximum(boxes[best, 1], boxes[order, 1]), 0, None
-        )
+        iw = np.clip(np.minimum(boxes[best, 2], boxes[order, 2]) - np.maximum(boxes[best, 0], boxes[order, 0]), 0, None)
+        ih = np.clip(np.minimum(boxes[best, 3], boxes[order, 3]) - np.maximum(boxes[best, 1], boxes[order, 1]), 0, None)
         inter = iw * ih
         union = areas[best] + areas[order] - inter
         overlap = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
@@ -105,14 +101,10 @@ class BlazeFaceDetector:
     ) -> None:
         size = spec.input.size
         if size is None or size[0] != size[1]:
-            raise ModelError(
-                f"model '{spec.id}': BlazeFace needs a square input size in the manifest, got {size}"
-            )
+            raise ModelError(f"model '{spec.id}': BlazeFace needs a square input size in the manifest, got {size}")
         for name in ("regressors", "classificators"):
             if name not in runner.output_names:
-                raise ModelError(
-                    f"model '{spec.id}': output {name!r} missing (model has {runner.output_names})"
-                )
+                raise ModelError(f"model '{spec.id}': output {name!r} missing (model has {runner.output_names})")
         self.spec = spec
         self.runner = runner
         self.score_threshold = resolve_threshold(spec, "score", score_threshold)

@@ -17,7 +17,7 @@ from ..backends import Runner
 from ..errors import ModelError
 from ..manifest import ModelSpec
 from ..types import Face, FloatArray, Image
-from . import check_image, nms, resolve_threshold
+from ._common import check_image, nms, resolve_threshold
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +62,7 @@ class YuNetDetector:
         wanted = [f"{k}_{s}" for k in _KINDS for s in STRIDES]
         missing = [n for n in wanted if n not in runner.output_names]
         if missing:
-            raise ModelError(
-                f"model '{spec.id}': YuNet outputs {missing} missing (model has {runner.output_names})"
-            )
+            raise ModelError(f"model '{spec.id}': YuNet outputs {missing} missing (model has {runner.output_names})")
         self._index = {n: runner.output_names.index(n) for n in wanted}
 
     def _blob(self, image: Image) -> tuple[np.ndarray, float, float]:
@@ -91,8 +89,7 @@ class YuNetDetector:
         boxes, kps, scores = [], [], []
         for s in STRIDES:
             cls, obj, bbox, kp = (
-                outs[self._index[f"{k}_{s}"]].reshape(-1, n)
-                for k, n in zip(_KINDS, (1, 1, 4, 10), strict=True)
+                outs[self._index[f"{k}_{s}"]].reshape(-1, n) for k, n in zip(_KINDS, (1, 1, 4, 10), strict=True)
             )
             score = np.sqrt(np.clip(cls[:, 0], 0, 1) * np.clip(obj[:, 0], 0, 1))
             keep = np.flatnonzero(score >= self.score_threshold)
@@ -112,7 +109,5 @@ class YuNetDetector:
         faces = []
         for i in nms(all_boxes, all_scores, self.nms_iou, self.top_k):
             box = (all_boxes[i].reshape(2, 2) / to_orig).reshape(4).astype(np.float32)
-            faces.append(
-                Face(box=box, landmarks=(all_kps[i] / to_orig).astype(np.float32), score=float(all_scores[i]))
-            )
+            faces.append(Face(box=box, landmarks=(all_kps[i] / to_orig).astype(np.float32), score=float(all_scores[i])))
         return faces
