@@ -32,6 +32,7 @@ import numpy.typing as npt
 from . import metrics
 from .cache import EmbeddingCache
 from .errors import FaceError, InputError
+from .plot import plot as plot_scores
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +351,7 @@ def evaluate_pairs(
         marks["given"] = float(threshold)
     if plot is not None:
         fmr, tpr, _ = metrics.roc(genuine, impostor)
-        metrics.plot(plot, genuine, impostor, (fmr, tpr), marks, title=f"pairs: {pairs_csv.name}")
+        plot_scores(plot, genuine, impostor, (fmr, tpr), marks, title=f"pairs: {pairs_csv.name}")
     out["seconds"] = round(time.perf_counter() - started, 3)
     return out
 
@@ -417,7 +418,7 @@ def evaluate_labels(
     }
     if plot is not None:
         marks = {f"FMR {k}": v["threshold"] for k, v in pairs["fnmr_at_fmr"].items() if v is not None}
-        metrics.plot(
+        plot_scores(
             plot,
             pairs["genuine_hist"],
             pairs["impostor_hist"],

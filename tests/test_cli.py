@@ -285,7 +285,7 @@ def test_eval_pairs_and_labels_on_real_photos(kiosk, faces_dir: Path, tmp_path: 
     lines = (lfw / "labels.csv").read_text().splitlines()
     keep = [ln for ln in lines[1:] if ln.split(",")[1] in ("Colin_Powell", "Abel_Pacheco", "AJ_Cook", "Amber_Tamblyn")]
     labels.write_text("path,identity\n" + "\n".join(keep[:30]) + "\n")
-    code, out, err = kiosk("eval", "--labels", str(labels), "--root", str(lfw), "--json", str(out_json), "--no-cache")
+    code, _, err = kiosk("eval", "--labels", str(labels), "--root", str(lfw), "--json", str(out_json), "--no-cache")
     assert code == 0, err
     r = json.loads(out_json.read_text())
     assert r["n_images"] == 30 and r["rank1"] >= 0.9 and "fnmr_at_fmr" in r and "dir_at_fpir_1e-2" in r

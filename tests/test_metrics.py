@@ -11,6 +11,7 @@ import pytest
 
 from kiosk import metrics
 from kiosk.errors import InputError
+from kiosk.plot import plot
 
 # ------------------------------------------------------------------------------------------------ references
 
@@ -315,7 +316,7 @@ def test_plot_writes_a_readable_png(tmp_path: Path) -> None:
     result = metrics.all_pairs(emb, labels, fmrs=(1e-2, 1e-3))
     marks = {f"FMR {k}": v["threshold"] for k, v in result["fnmr_at_fmr"].items() if v}
     out = tmp_path / "sub" / "all_pairs.png"
-    metrics.plot(out, result["genuine_hist"], result["impostor_hist"], metrics.all_pairs_roc(result), marks, log_y=True)
+    plot(out, result["genuine_hist"], result["impostor_hist"], metrics.all_pairs_roc(result), marks, log_y=True)
     img = cv2.imread(str(out))
     assert img is not None and img.shape == (500, 1200, 3)
     b, g, r = (img[..., c].astype(int) for c in range(3))
@@ -326,7 +327,7 @@ def test_plot_writes_a_readable_png(tmp_path: Path) -> None:
     genuine, impostor = brute_all_pairs(emb, labels)
     fmr, tpr, _ = metrics.roc(genuine, impostor)
     raw = tmp_path / "raw.png"
-    metrics.plot(raw, genuine, impostor, (fmr, tpr), {"best": 0.3})  # raw scores are binned by plot itself
+    plot(raw, genuine, impostor, (fmr, tpr), {"best": 0.3})  # raw scores are binned by plot itself
     assert cv2.imread(str(raw)).shape == (500, 1200, 3)
 
 
@@ -334,4 +335,4 @@ def test_plot_unwritable_path_is_an_input_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(InputError, match="cannot write plot"):
-        metrics.plot(blocker / "x.png", [0.5], [0.1], ([0, 1], [0, 1]))
+        plot(blocker / "x.png", [0.5], [0.1], ([0, 1], [0, 1]))

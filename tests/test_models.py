@@ -79,7 +79,7 @@ def test_unknown_model_id_and_wrong_task() -> None:
     manifest = load_manifest()
     with pytest.raises(ModelMissingError, match="known: "):
         manifest.get("arcface_r100")
-    with pytest.raises(ModelError, match="not a embed model|is a detect model"):
+    with pytest.raises(ModelError, match=r"is a detect model, not a embed model"):
         manifest.get("yunet", task="embed")
 
 

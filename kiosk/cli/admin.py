@@ -155,15 +155,17 @@ def cmd_eval(args: argparse.Namespace, cfg: Config) -> int:
     common: dict[str, Any] = dict(
         root=args.root,
         embed=embed,
-        fingerprint=pipeline.fingerprint,
+        # The face-selection policy and the pixel limit change which embedding an image gets: part of the key.
+        fingerprint=f"{pipeline.fingerprint}:{args.select}:{cfg.enroll.max_image_pixels}",
         cache=cache,
         models=pipeline.models,
         plot=args.plot,
     )
-    if args.pairs:
-        report = evaluate_pairs(csv_path, threshold=args.threshold, **common)
-    else:
-        report = evaluate_labels(csv_path, **common)
+    with cache:
+        if args.pairs:
+            report = evaluate_pairs(csv_path, threshold=args.threshold, **common)
+        else:
+            report = evaluate_labels(csv_path, **common)
     report["config"] = {
         "detector": cfg.models.detector,
         "recognizer": cfg.models.recognizer,
