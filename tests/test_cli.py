@@ -273,6 +273,7 @@ def test_eval_pairs_and_labels_on_real_photos(kiosk, faces_dir: Path, tmp_path: 
         "--threshold", "0.4", "--no-cache",
     )  # fmt: skip
     assert code == 0, err
+    assert "accuracy" in out and "TAR @ FAR 1e-2" in out
     r = json.loads(out_json.read_text())
     for key in ("n_pairs", "n_failed", "accuracy_mean", "accuracy_std", "threshold", "tar_at_far", "roc_auc",
                 "seconds", "models", "at_threshold"):  # fmt: skip
