@@ -75,6 +75,59 @@ class EnrollConfig:
 
 
 @dataclass(frozen=True)
+class CameraConfig:
+    source: str = field(
+        default="0",
+        metadata={"help": "camera index, /dev/videoN, rtsp/http URL, video file, image folder, %04d pattern, picamera"},
+    )
+    width: int | None = field(default=640, metadata=_range(16, 8192))
+    height: int | None = field(default=480, metadata=_range(16, 8192))
+    fps: float | None = field(default=None, metadata=_range(0.1, 240.0))
+    fourcc: str | None = field(default=None, metadata={"help": "pixel format for V4L2 cameras, e.g. MJPG or YUYV"})
+    stall_timeout_s: float = field(default=5.0, metadata=_range(0.1, 3600.0))
+    reconnect_min_s: float = field(default=0.5, metadata=_range(0.01, 600.0))
+    reconnect_max_s: float = field(default=30.0, metadata=_range(0.01, 3600.0))
+    replay_realtime: bool = True
+    loop_replay: bool = False
+
+
+@dataclass(frozen=True)
+class DecisionConfig:
+    frames_needed: int = field(default=3, metadata=_range(1, 100))
+    window: int = field(default=5, metadata=_range(1, 100))
+    cooldown_s: float = field(default=10.0, metadata=_range(0.0, 86400.0))
+    deny_interval_s: float = field(default=5.0, metadata=_range(0.0, 86400.0))
+    embed_interval_s: float = field(default=0.0, metadata=_range(0.0, 60.0))
+    track_iou: float = field(default=0.3, metadata=_range(0.0, 1.0))
+    track_max_age_s: float = field(default=1.0, metadata=_range(0.05, 60.0))
+    multi_face: str = field(default="largest", metadata={"choices": ("largest", "all")})
+
+
+@dataclass(frozen=True)
+class DoorConfig:
+    driver: str = field(default="simulated", metadata={"choices": ("simulated", "gpiozero", "jetson")})
+    relay_pin: int = field(default=17, metadata=_range(0, 1000))
+    active_high: bool = True
+    pin_factory: str | None = field(
+        default=None, metadata={"choices": ("lgpio", "rpigpio", "pigpio", "native", "mock")}
+    )
+    pulse_s: float = field(default=3.0, metadata=_range(0.05, 600.0))
+    max_pulse_s: float = field(default=10.0, metadata=_range(0.05, 600.0))
+    contact_pin: int | None = field(default=None, metadata=_range(0, 1000))
+    contact_open_is_high: bool = True
+    held_open_s: float = field(default=30.0, metadata=_range(1.0, 86400.0))
+    exit_button_pin: int | None = field(default=None, metadata=_range(0, 1000))
+
+
+@dataclass(frozen=True)
+class EventsConfig:
+    snapshots: bool = False
+    snapshot_dir: Path | None = None
+    snapshot_max_mb: float = field(default=200.0, metadata=_range(1.0, 1_000_000.0))
+    snapshot_max_age_days: float = field(default=30.0, metadata=_range(0.01, 3650.0))
+
+
+@dataclass(frozen=True)
 class GalleryConfig:
     path: Path | None = None
     busy_timeout_s: float = field(default=5.0, metadata=_range(0.0, 600.0))
@@ -96,12 +149,20 @@ class Config:
     recognition: RecognitionConfig = RecognitionConfig()
     enroll: EnrollConfig = EnrollConfig()
     gallery: GalleryConfig = GalleryConfig()
+    camera: CameraConfig = CameraConfig()
+    decision: DecisionConfig = DecisionConfig()
+    door: DoorConfig = DoorConfig()
+    events: EventsConfig = EventsConfig()
     logging: LoggingConfig = LoggingConfig()
     source: Path | None = field(default=None, metadata={"help": "file this config came from"})
 
     @property
     def gallery_path(self) -> Path:
         return (self.gallery.path or self.data_dir / "gallery.db").expanduser()
+
+    @property
+    def snapshot_dir(self) -> Path:
+        return (self.events.snapshot_dir or self.data_dir / "snapshots").expanduser()
 
 
 def _type_name(tp: Any) -> str:
@@ -183,6 +244,20 @@ def _build(cls: type[Any], data: dict[str, Any], prefix: str = "") -> Any:
 
 
 def _cross_checks(cfg: Config) -> None:
+    d = cfg.decision
+    if d.frames_needed > d.window:
+        raise ConfigError(
+            f"decision.frames_needed: must be at most decision.window ({d.window}), got {d.frames_needed}"
+        )
+    door = cfg.door
+    if door.pulse_s > door.max_pulse_s:
+        raise ConfigError(f"door.pulse_s: must be at most door.max_pulse_s ({door.max_pulse_s}), got {door.pulse_s}")
+    cam = cfg.camera
+    if cam.reconnect_min_s > cam.reconnect_max_s:
+        raise ConfigError(
+            f"camera.reconnect_min_s: must be at most camera.reconnect_max_s ({cam.reconnect_max_s}), "
+            f"got {cam.reconnect_min_s}"
+        )
     q = cfg.quality
     if q.min_brightness >= q.max_brightness:
         raise ConfigError(
@@ -210,6 +285,9 @@ def parse_config(data: Any, source: Path | None = None) -> Config:
         data_dir=resolve(cfg.data_dir),
         gallery=dataclasses.replace(cfg.gallery, path=resolve(cfg.gallery.path) if cfg.gallery.path else None),
         models=dataclasses.replace(cfg.models, manifest=resolve(cfg.models.manifest) if cfg.models.manifest else None),
+        events=dataclasses.replace(
+            cfg.events, snapshot_dir=resolve(cfg.events.snapshot_dir) if cfg.events.snapshot_dir else None
+        ),
     )
     _cross_checks(cfg)
     return cfg
