@@ -154,7 +154,7 @@ class Config:
     door: DoorConfig = DoorConfig()
     events: EventsConfig = EventsConfig()
     logging: LoggingConfig = LoggingConfig()
-    source: Path | None = field(default=None, metadata={"help": "file this config came from"})
+    origin: Path | None = field(default=None, metadata={"help": "file this config came from (not a config key)"})
 
     @property
     def gallery_path(self) -> Path:
@@ -226,7 +226,7 @@ def _check(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
 
 def _build(cls: type[Any], data: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "origin"}
     for key in data:
         if key not in fields:
             path = f"{prefix}.{key}" if prefix else str(key)
@@ -281,7 +281,7 @@ def parse_config(data: Any, source: Path | None = None) -> Config:
 
     cfg = dataclasses.replace(
         cfg,
-        source=source,
+        origin=source,
         data_dir=resolve(cfg.data_dir),
         gallery=dataclasses.replace(cfg.gallery, path=resolve(cfg.gallery.path) if cfg.gallery.path else None),
         models=dataclasses.replace(cfg.models, manifest=resolve(cfg.models.manifest) if cfg.models.manifest else None),
@@ -320,7 +320,7 @@ def iter_fields(cls: type[Any] = Config, prefix: str = "") -> typing.Iterator[tu
     """Yield (key path, default, metadata) for every leaf key; used to check the example config is complete."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if f.name == "source":
+        if f.name == "origin":
             continue
         path = f"{prefix}.{f.name}" if prefix else f.name
         tp = hints[f.name]

@@ -76,7 +76,7 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
     cfg = load_config(f)
     assert cfg.data_dir == f.parent / "data"
     assert cfg.gallery_path == f.parent / "g" / "gallery.db"
-    assert cfg.source == f
+    assert cfg.origin == f
 
 
 def test_env_var_and_missing_and_invalid_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

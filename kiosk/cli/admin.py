@@ -91,7 +91,7 @@ def cmd_models(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
     """Validate the config, the configured models' hashes, and the gallery (PRAGMA integrity_check, stale
     templates). Exits non-zero when anything is wrong."""
-    checks: list[dict[str, Any]] = [{"check": "config", "ok": True, "detail": str(cfg.source or "built-in defaults")}]
+    checks: list[dict[str, Any]] = [{"check": "config", "ok": True, "detail": str(cfg.origin or "built-in defaults")}]
     with Context(cfg) as ctx:
         try:
             pipeline = ctx.pipeline
