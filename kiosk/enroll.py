@@ -19,7 +19,7 @@ from .gallery import Gallery, Person, TemplateIn
 from .imageio import read_image
 from .match import Matcher
 from .pipeline import FaceResult, Pipeline
-from .types import FloatArray
+from .types import FloatArray, Image
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,19 @@ def _pick_face(results: list[FaceResult], face_index: int | None, select: str | 
     return f"{len(results)} faces found; pass --face N (0 = leftmost) or --select largest"
 
 
+def assess_frame(
+    pipeline: Pipeline, image: Image, source: str, *, face_index: int | None = None, select: str | None = None
+) -> ImageVerdict:
+    """Detect, pick the face, quality-check and embed one image (from a file or a camera frame)."""
+    policy = select if select in ("largest", "central") else "all"
+    picked = _pick_face(pipeline.analyze(image, select=policy, embed_rejected=False), face_index, select)
+    if isinstance(picked, str):
+        return ImageVerdict(source, False, picked)
+    if not picked.quality.ok:
+        return ImageVerdict(source, False, "; ".join(picked.quality.reasons), picked.quality.metrics)
+    return ImageVerdict(source, True, "ok", picked.quality.metrics, picked.embedding)
+
+
 def assess_images(
     pipeline: Pipeline,
     images: list[Path],
@@ -66,24 +79,15 @@ def assess_images(
     select: str | None = None,
     max_pixels: int,
 ) -> list[ImageVerdict]:
-    """Per image: read, detect, pick the face, quality-check, embed. Never raises for a bad image."""
+    """Per image: read, then ``assess_frame``. Never raises for a bad image."""
     verdicts: list[ImageVerdict] = []
     for path in images:
-        source = path.name
         try:
             image = read_image(path, max_pixels=max_pixels)
         except KioskError as exc:
-            verdicts.append(ImageVerdict(source, False, str(exc).replace(str(path) + ": ", "")))
+            verdicts.append(ImageVerdict(path.name, False, str(exc).replace(str(path) + ": ", "")))
             continue
-        policy = select if select in ("largest", "central") else "all"
-        picked = _pick_face(pipeline.analyze(image, select=policy, embed_rejected=False), face_index, select)
-        if isinstance(picked, str):
-            verdicts.append(ImageVerdict(source, False, picked))
-            continue
-        if not picked.quality.ok:
-            verdicts.append(ImageVerdict(source, False, "; ".join(picked.quality.reasons), picked.quality.metrics))
-            continue
-        verdicts.append(ImageVerdict(source, True, "ok", picked.quality.metrics, picked.embedding))
+        verdicts.append(assess_frame(pipeline, image, path.name, face_index=face_index, select=select))
     return verdicts
 
 
@@ -110,6 +114,16 @@ def _check_consistency(verdicts: list[ImageVerdict], likely: float) -> None:
             v.accepted, v.reason = False, f"does not look like the other images of this person ({m:.2f})"
 
 
+def existing_person(gallery: Gallery, name: str, append: bool) -> Person | None:
+    """The enrolled person called ``name`` (for --append), or None; DuplicateError when taken without --append."""
+    existing: Person | None = None
+    with contextlib.suppress(PersonNotFoundError):
+        existing = gallery.get_person(name)
+    if existing is not None and not append:
+        raise DuplicateError(f"'{existing.name}' is already enrolled; use --append to add images to them")
+    return existing
+
+
 def enroll(
     pipeline: Pipeline,
     gallery: Gallery,
@@ -122,15 +136,25 @@ def enroll(
     allow_duplicate: bool = False,
 ) -> EnrollReport:
     """Enrol ``name`` from image files. Raises FaceError when no image was usable (nothing is stored then)."""
-    cfg = pipeline.cfg
-    existing: Person | None = None
-    with contextlib.suppress(PersonNotFoundError):
-        existing = gallery.get_person(name)
-    if existing is not None and not append:
-        raise DuplicateError(f"'{existing.name}' is already enrolled; use --append to add images to them")
+    existing_person(gallery, name, append)
     verdicts = assess_images(
-        pipeline, images, face_index=face_index, select=select, max_pixels=cfg.enroll.max_image_pixels
+        pipeline, images, face_index=face_index, select=select, max_pixels=pipeline.cfg.enroll.max_image_pixels
     )
+    return store(pipeline, gallery, name, verdicts, append=append, allow_duplicate=allow_duplicate)
+
+
+def store(
+    pipeline: Pipeline,
+    gallery: Gallery,
+    name: str,
+    verdicts: list[ImageVerdict],
+    *,
+    append: bool = False,
+    allow_duplicate: bool = False,
+) -> EnrollReport:
+    """Apply the batch checks (consistency, duplicates, template cap) and write the good templates atomically."""
+    cfg = pipeline.cfg
+    existing = existing_person(gallery, name, append)
     _check_consistency(verdicts, pipeline.thresholds.likely)
     spec = pipeline.embedder.spec
     m = gallery.matrix(spec.id, spec.sha256, include_disabled=True)

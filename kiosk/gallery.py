@@ -515,6 +515,10 @@ class Gallery:
 
     # -- health ----------------------------------------------------------------------------------------------
 
+    def data_version(self) -> int:
+        """Changes whenever another connection commits: the door loop reloads its templates when it does."""
+        return int(self._rows("PRAGMA data_version")[0]["data_version"])
+
     def integrity_check(self) -> list[str]:
         """Problems found by SQLite's integrity and foreign-key checks; empty when the gallery is healthy."""
         problems = [r["integrity_check"] for r in self._rows("PRAGMA integrity_check")]

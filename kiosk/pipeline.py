@@ -134,21 +134,25 @@ class Pipeline:
             return strong
         return [f for f in faces if f.score >= self.retry_threshold]
 
+    def prepare(self, image: Image, faces: list[Face]) -> list[tuple[Image, QualityReport]]:
+        """Align and quality-check detected faces (cheap); embedding is a separate, costly step."""
+        crops = [align(image, f, self.template) for f in faces]
+        return [(c, assess(f, c, self.cfg.quality)) for f, c in zip(faces, crops, strict=True)]
+
     def analyze(self, image: Image, *, select: str | None = None, embed_rejected: bool = True) -> list[FaceResult]:
         """Run every stage on one BGR image. ``select`` overrides ``detection.select`` (largest/central/all)."""
         faces = select_faces(self.detect(image), select or self.cfg.detection.select, image.shape)
         if not faces:
             return []
-        crops = [align(image, f, self.template) for f in faces]
-        reports = [assess(f, c, self.cfg.quality) for f, c in zip(faces, crops, strict=True)]
-        todo = [i for i, q in enumerate(reports) if q.ok or embed_rejected]
-        vectors = self.embedder.embed([crops[i] for i in todo])
+        prepared = self.prepare(image, faces)
+        todo = [i for i, (_, q) in enumerate(prepared) if q.ok or embed_rejected]
+        vectors = self.embedder.embed([prepared[i][0] for i in todo])
         embeddings: list[FloatArray | None] = [None] * len(faces)
         for row, i in enumerate(todo):
             embeddings[i] = vectors[row]
         return [
             FaceResult(face=f, aligned=c, quality=q, embedding=e)
-            for f, c, q, e in zip(faces, crops, reports, embeddings, strict=True)
+            for f, (c, q), e in zip(faces, prepared, embeddings, strict=True)
         ]
 
     def warmup(self) -> None:
