@@ -1,17 +1,16 @@
-"""``kiosk demo``: the whole recognition path on any machine, with public-domain images from scikit-image.
+"""``kiosk demo``: the real door loop on any machine, with public-domain images from scikit-image.
 
-In a throwaway gallery it enrols the astronaut (Eileen Collins, NASA photo); refuses the cameraman (head turned
-~57°: fails the pose check), a photo with no face, and the astronaut again under another name (duplicate); then
-identifies altered views (rotated, rescaled, darker, noisier) of both faces — the astronaut as herself, the
-cameraman as "not enrolled" — and finds no face in photos without one. The images are written to a temp folder
-and go through the same file path as ``kiosk enroll`` / ``kiosk identify``.
+In a throwaway data folder it enrols the astronaut (Eileen Collins, NASA photo) from one crop, shows that the
+enrolment gate refuses the cameraman (head turned ~57°), a photo with no face and a duplicate, then builds a
+640x480 clip — frames without a face, the astronaut in other crops with motion and lighting changes, the cameraman
+as a stranger — and replays it through ``kiosk run``'s loop with the simulated door, printing every decision and
+door pulse. ``--source 0`` drives a real webcam through the same loop instead of the clip.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,130 +19,145 @@ import numpy as np
 
 from .config import Config
 from .context import Context
+from .decide import Decision
 from .enroll import enroll
 from .errors import BackendUnavailableError, ExitCode, KioskError
-from .imageio import as_bgr, read_image
+from .imageio import as_bgr
 from .types import Image
 
-FACES = {"astronaut": "astronaut", "cameraman": "camera"}
-NO_FACE = ("coffee", "rocket", "coins", "text")
+W, H, FPS = 640, 480, 10
 
 
-def _skimage_image(name: str) -> Image:
+def skimage_image(name: str) -> Image:
+    """A scikit-image sample image as BGR uint8 (those used here ship inside the wheel; no download)."""
     try:
         from skimage import data
     except ImportError as exc:
         raise BackendUnavailableError("the demo needs scikit-image: pip install 'face-kiosk[demo]'") from exc
-    rgb = getattr(data, name)()
-    arr = np.asarray(rgb)
+    arr = np.asarray(getattr(data, name)())
     return as_bgr(arr[..., ::-1] if arr.ndim == 3 else arr)
 
 
-def _u8(a: np.ndarray) -> Image:
-    return np.ascontiguousarray(a, dtype=np.uint8)
+def _canvas(shade: int = 90) -> Image:
+    """A plain wall with a soft gradient, like a corridor behind the person."""
+    ramp = np.linspace(shade - 25, shade + 25, W, dtype=np.float32)
+    return np.ascontiguousarray(np.repeat(np.tile(ramp, (H, 1))[..., None], 3, axis=2).astype(np.uint8))
 
 
-def _rotate(img: Image, deg: float) -> Image:
-    h, w = img.shape[:2]
-    m = cv2.getRotationMatrix2D((w / 2, h / 2), deg, 1.0)
-    return _u8(cv2.warpAffine(img, m, (w, h), borderMode=cv2.BORDER_REFLECT))
+def _paste(canvas: Image, img: Image, size: int, cx: float, cy: float, gain: float) -> Image:
+    face = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+    face = cv2.convertScaleAbs(face, alpha=gain, beta=0)
+    x, y = int(cx - size / 2), int(cy - size / 2)
+    x0, y0 = max(x, 0), max(y, 0)
+    x1, y1 = min(x + size, W), min(y + size, H)
+    out = canvas.copy()
+    out[y0:y1, x0:x1] = face[y0 - y : y1 - y, x0 - x : x1 - x]
+    return out
 
 
-def _noisy(img: Image) -> Image:
-    noise = np.random.default_rng(0).normal(0.0, 8.0, img.shape)
-    return _u8(np.clip(img.astype(np.float32) + noise, 0, 255))
+def build_clip(path: Path) -> dict[str, int]:
+    """Write the demo clip (MJPG .avi, 10 fps) and return the number of frames per segment."""
+    astronaut, cameraman = skimage_image("astronaut"), skimage_image("camera")
+    empty_scene: Image = np.ascontiguousarray(cv2.resize(skimage_image("coffee"), (W, H)), dtype=np.uint8)
+    segments: list[tuple[str, list[Image]]] = [
+        ("no face", [_canvas() for _ in range(10)] + [empty_scene] * 10),
+        # The astronaut walks in from the left, lights flicker between 0.75x and 1.2x.
+        (
+            "astronaut",
+            [_paste(_canvas(), astronaut, 360, 180 + 8 * i, 230 + 2 * i, 0.75 + 0.45 * (i % 5) / 4) for i in range(30)],
+        ),
+        ("nobody", [_canvas(120) for _ in range(15)]),
+        ("cameraman (stranger)", [_paste(_canvas(), cameraman, 380, 420 - 6 * i, 240, 1.0) for i in range(25)]),
+        ("nobody", [_canvas(120) for _ in range(15)]),
+    ]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), FPS, (W, H))
+    if not writer.isOpened():
+        raise KioskError(f"cannot write the demo clip {path}")
+    counts: dict[str, int] = {}
+    try:
+        for name, frames in segments:
+            for f in frames:
+                writer.write(f)
+            counts[name] = counts.get(name, 0) + len(frames)
+    finally:
+        writer.release()
+    return counts
 
 
-VARIANTS: dict[str, Callable[[Image], Image]] = {
-    "rotated 10°": lambda im: _rotate(im, 10.0),
-    "70% size": lambda im: _u8(cv2.resize(im, None, fx=0.7, fy=0.7, interpolation=cv2.INTER_AREA)),
-    "darker": lambda im: _u8(cv2.convertScaleAbs(im, alpha=0.6, beta=0)),
-    "noisy": _noisy,
-}
+def run_demo(cfg: Config, *, source: str | None = None, as_json: bool = False) -> int:
+    from .cli._output import emit_json, fmt
+    from .runner import run_kiosk
 
+    out: dict[str, Any] = {"enrolment": [], "decisions": []}
 
-def run_demo(cfg: Config, as_json: bool = False) -> int:
-    from .cli._output import emit_json, fmt, table
+    def say(text: str) -> None:
+        if not as_json:
+            print(text, flush=True)
 
     with tempfile.TemporaryDirectory(prefix="kiosk-demo-") as tmp:
         root = Path(tmp)
-        cfg = dataclasses.replace(cfg, gallery=dataclasses.replace(cfg.gallery, path=root / "gallery.db"))
-        files: dict[str, Path] = {}
-        for person, name in FACES.items():
-            files[person] = root / f"{person}.png"
-            cv2.imwrite(str(files[person]), _skimage_image(name))
-        probes: list[tuple[str, str, Path]] = []
-        for person in FACES:
-            base = read_image(files[person])
-            for label, fn in VARIANTS.items():
-                path = root / f"{person}-{label.replace(' ', '_').replace('%', '')}.png"
-                cv2.imwrite(str(path), fn(base))
-                probes.append((person, label, path))
-        for name in NO_FACE:
-            path = root / f"{name}.png"
-            cv2.imwrite(str(path), _skimage_image(name))
-            probes.append(("(no face)", name, path))
-
-        steps: list[dict[str, Any]] = []
+        cfg = dataclasses.replace(
+            cfg,
+            data_dir=root,
+            gallery=dataclasses.replace(cfg.gallery, path=root / "gallery.db"),
+            door=dataclasses.replace(cfg.door, driver="simulated"),
+        )
+        photos = {
+            "astronaut": skimage_image("astronaut")[20:260, 120:360],  # one crop: head and shoulders
+            "cameraman": skimage_image("camera"),
+            "coffee": skimage_image("coffee"),
+        }
+        for name, img in photos.items():
+            cv2.imwrite(str(root / f"{name}.png"), img)
+        say("face-kiosk demo — enrolment (throwaway gallery, simulated door)")
         with Context(cfg) as ctx:
-            pipeline = ctx.pipeline
-
-            def identify(expected: str, label: str, path: Path) -> dict[str, Any]:
-                faces = pipeline.analyze(read_image(path))
-                if not faces or faces[0].embedding is None:
-                    return {
-                        "probe": f"{expected} ({label})",
-                        "result": "no face",
-                        "score": None,
-                        "correct": expected == "(no face)",
-                    }
-                m = ctx.matcher().match(faces[0].embedding)
-                who = m.name if m.accepted else "not enrolled"
-                return {
-                    "probe": f"{expected} ({label})",
-                    "result": who,
-                    "score": m.score,
-                    "correct": who == (expected if expected == "astronaut" else "not enrolled"),
-                }
-
-            def try_enroll(step: str, name: str, path: Path, expect_ok: bool) -> dict[str, Any]:
+            for step, name, photo, expect_ok in (
+                ("enrol astronaut from one crop", "astronaut", "astronaut", True),
+                ("enrol cameraman", "cameraman", "cameraman", False),
+                ("enrol a photo with no face", "coffee", "coffee", False),
+                ("enrol the astronaut again as 'eileen'", "eileen", "astronaut", False),
+            ):
                 try:
-                    r = enroll(pipeline, ctx.gallery, name, [path])
-                    return {
-                        "step": step,
-                        "probe": path.name,
-                        "result": f"enrolled ({r.stored} template)",
-                        "score": None,
-                        "correct": expect_ok,
-                    }
+                    r = enroll(ctx.pipeline, ctx.gallery, name, [root / f"{photo}.png"])
+                    result, ok = f"enrolled ({r.stored} template)", expect_ok
                 except KioskError as exc:
-                    reason = str(exc).split(": ", 2)[-1]
-                    return {
-                        "step": step,
-                        "probe": path.name,
-                        "result": f"refused: {reason}",
-                        "score": None,
-                        "correct": not expect_ok,
-                    }
+                    result, ok = f"refused: {str(exc).split(': ', 2)[-1]}", not expect_ok
+                out["enrolment"].append({"step": step, "result": result, "as_expected": ok})
+                say(f"  {'ok   ' if ok else 'WRONG'} {step}: {result}")
 
-            steps.append(try_enroll("enroll astronaut", "astronaut", files["astronaut"], True))
-            steps.append(try_enroll("enroll cameraman", "cameraman", files["cameraman"], False))
-            steps.append(try_enroll("enroll a photo with no face", "coffee", root / "coffee.png", False))
-            steps.append(try_enroll("enroll astronaut as 'eileen'", "eileen", files["astronaut"], False))
-            steps.append({"step": "identify"} | identify("cameraman", "original", files["cameraman"]))
-            for expected, label, path in probes:
-                steps.append({"step": "identify"} | identify(expected, label, path))
-            threshold = pipeline.thresholds.accept
+        clip = root / "door.avi"
+        if source is None:
+            counts = build_clip(clip)
+            say(f"\nreplaying a {sum(counts.values()) / FPS:.0f} s clip at {FPS} fps through the door loop: "
+                + ", then ".join(f"{k} ({v / FPS:.1f} s)" for k, v in counts.items()))  # fmt: skip
+        else:
+            say(f"\nrunning the door loop on {source} (Ctrl-C to stop)")
 
-    checks = [s for s in steps if "correct" in s]
-    n_ok = sum(bool(s["correct"]) for s in checks)
+        def on_decision(d: Decision, door: str) -> None:
+            item = {"outcome": d.outcome, "name": d.name, "score": d.score, "frames": d.frames_used,
+                    "latency_ms": round((d.t - d.first_seen) * 1000), "door": door, "reason": d.reason}  # fmt: skip
+            out["decisions"].append(item)
+            who = d.name or "unknown face"
+            say(f"  {d.outcome.upper():8} {who:14} score {fmt(d.score)}  after {item['latency_ms']} ms  door: {door}")
+
+        stats = run_kiosk(cfg, source=source or str(clip), on_decision=on_decision)
+    out["stats"] = stats.as_dict()
+    granted = [d for d in out["decisions"] if d["outcome"] == "granted"]
+    expected = (
+        all(e["as_expected"] for e in out["enrolment"])
+        and source is None
+        and len(granted) == 1
+        and granted[0]["name"] == "astronaut"
+        and any(d["outcome"] == "denied" for d in out["decisions"])
+    )
+    out["as_expected"] = expected or source is not None
     if as_json:
-        emit_json({"threshold": threshold, "steps": steps, "correct": n_ok, "total": len(checks)})
+        emit_json(out)
     else:
-        print(f"face-kiosk demo: throwaway gallery, accept threshold {threshold:.3f}\n")
-        rows = []
-        for s in steps:
-            rows.append([s["step"], s["probe"], s["result"], fmt(s["score"]), "ok" if s["correct"] else "WRONG"])
-        print(table(rows, ["step", "probe", "result", "score", ""]))
-        print(f"\n{n_ok}/{len(checks)} decisions as expected")
-    return 0 if n_ok == len(checks) else int(ExitCode.FAILURE)
+        s = out["stats"]
+        say(f"\n{s['frames']} frames, {s['granted']} granted, {s['denied']} denied, {s['door_pulses']} door pulse(s); "
+            f"processing {s['fps']} fps")  # fmt: skip
+        if source is None:
+            say("as expected: the astronaut was let in once, the stranger was refused, empty frames did nothing"
+                if expected else "UNEXPECTED decisions: see above")  # fmt: skip
+    return 0 if out["as_expected"] else int(ExitCode.FAILURE)

@@ -17,7 +17,7 @@ from .. import __version__
 from ..config import load_config
 from ..errors import ExitCode, KioskError
 from ..logs import configure
-from . import admin, people, recognize
+from . import admin, door, people, recognize, run
 
 log = logging.getLogger("kiosk.cli")
 
@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     recognize.register(sub)
     people.register(sub)
+    run.register(sub)
+    door.register(sub)
     admin.register(sub)
     return parser
 

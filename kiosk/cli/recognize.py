@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from ..config import Config
 from ..context import Context
-from ..enroll import enroll
-from ..errors import ExitCode, InputError, MultipleFacesError, NoFaceError
+from ..enroll import EnrollReport, enroll
+from ..errors import ExitCode, FaceError, InputError, MultipleFacesError, NoFaceError
 from ..imageio import read_image
 from ..match import cosine
 from ..pipeline import FaceResult, Pipeline
@@ -29,7 +30,11 @@ def _when(text: str) -> datetime:
 def register(sub: Any) -> None:
     p = sub.add_parser("enroll", help="enrol a person from one or more photos", description=cmd_enroll.__doc__)
     p.add_argument("name", help="the person's name (unique, case-insensitive)")
-    p.add_argument("images", nargs="+", type=Path, help="photos of the person; bad ones are rejected with a reason")
+    p.add_argument("images", nargs="*", type=Path, help="photos of the person; bad ones are rejected with a reason")
+    p.add_argument("--camera", action="store_true", help="guided capture from the camera instead of photos")
+    p.add_argument("--source", help="with --camera: override camera.source (index, device, URL, file)")
+    p.add_argument("--frames", type=int, default=5, help="with --camera: good frames to collect (default 5)")
+    p.add_argument("--timeout", type=float, default=60.0, help="with --camera: give up after this many seconds")
     p.add_argument("--append", action="store_true", help="add templates to an already enrolled person")
     p.add_argument("--face", type=int, dest="face_index", help="in photos with several faces, use face N (0=leftmost)")
     p.add_argument("--select", choices=["largest", "central"], help="in photos with several faces, pick one this way")
@@ -59,17 +64,22 @@ def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:
     someone else are rejected with their reason; the good ones are stored (all in one transaction)."""
     if args.valid_from and args.valid_until and args.valid_until <= args.valid_from:
         raise InputError("--valid-until must be after --valid-from")
+    if bool(args.images) == bool(args.camera):
+        raise InputError("give either photos (kiosk enroll NAME IMAGE...) or --camera, not both or neither")
     with Context(cfg) as ctx:
-        report = enroll(
-            ctx.pipeline,
-            ctx.gallery,
-            args.name,
-            args.images,
-            append=args.append,
-            face_index=args.face_index,
-            select=args.select,
-            allow_duplicate=args.allow_duplicate,
-        )
+        if args.camera:
+            report = _enroll_from_camera(args, cfg, ctx)
+        else:
+            report = enroll(
+                ctx.pipeline,
+                ctx.gallery,
+                args.name,
+                args.images,
+                append=args.append,
+                face_index=args.face_index,
+                select=args.select,
+                allow_duplicate=args.allow_duplicate,
+            )
         person = report.person
         assert person is not None
         if args.valid_from or args.valid_until:
@@ -90,6 +100,34 @@ def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:
             f"enrolled '{person.name}' (id {person.id}): {report.stored} new template(s), {person.templates} in total"
         )
     return 0
+
+
+def _enroll_from_camera(args: argparse.Namespace, cfg: Config, ctx: Context) -> EnrollReport:
+    """Guided capture: progress on one terminal line, then the same checks and storage as photo enrolment."""
+    from ..capture import Camera, open_source
+    from ..enroll import existing_person, store
+    from ..guided import guided_capture
+
+    existing_person(ctx.gallery, args.name, args.append)
+    interactive = sys.stderr.isatty()
+
+    def progress(line: str) -> None:
+        if interactive:
+            sys.stderr.write("\r" + line.ljust(72))
+            sys.stderr.flush()
+
+    ctx.pipeline.warmup()
+    with Camera(open_source(args.source or cfg.camera.source, cfg.camera), cfg.camera) as cam:
+        cam.start()
+        good, rejected = guided_capture(
+            ctx.pipeline, cam, target=args.frames, timeout_s=args.timeout, progress=progress
+        )
+    if interactive:
+        sys.stderr.write("\n")
+    if not good:
+        why = ", ".join(f"{n}x {r}" for r, n in sorted(rejected.items(), key=lambda kv: -kv[1])) or "no frames"
+        raise FaceError(f"nothing enrolled for '{args.name}': no good frame ({why})")
+    return store(ctx.pipeline, ctx.gallery, args.name, good, append=args.append, allow_duplicate=args.allow_duplicate)
 
 
 def _one_face(pipeline: Pipeline, path: Path, max_pixels: int) -> tuple[FaceResult, int]:

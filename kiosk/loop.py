@@ -1,0 +1,311 @@
+"""The door loop: newest camera frame → detect → track → (embed → match) → decide → relay → record.
+
+Everything it drives is injected (pipeline, gallery, camera, door, notifier, clock), so the same loop runs on a
+webcam, on a replayed video in tests, and under systemd. It never opens the door except through ``Decider``'s grant,
+and the caller turns the relay off on every exit path (``run_kiosk`` does it in ``finally``).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .capture import Camera, Frame
+from .decide import Decider, Decision, Observation
+from .detect import select_faces
+from .errors import GalleryError
+from .gallery import Gallery
+from .match import Matcher
+from .notify import Notifier
+from .pipeline import Pipeline
+from .snapshots import SnapshotStore
+from .track import Track, Tracker
+
+log = logging.getLogger("kiosk.loop")
+
+MATRIX_REFRESH_S = 1.0  # how often to look for gallery changes (data_version) and validity windows
+VALIDITY_REFRESH_S = 30.0
+STATUS_INTERVAL_S = 2.0
+EVENT_ERROR_LOG_INTERVAL_S = 60.0
+
+
+class DoorLike(Protocol):
+    unlocked: bool
+
+    def pulse(self, seconds: float | None = None) -> float: ...
+
+    def off(self) -> None: ...
+
+    def check(self) -> None: ...
+
+
+@dataclass
+class LoopStats:
+    frames: int = 0
+    faces: int = 0
+    embeddings: int = 0
+    granted: int = 0
+    denied: int = 0
+    pulses: int = 0
+    started: float = 0.0
+    decision_latency_ms: list[float] = field(default_factory=list)
+    frame_ms: deque[float] = field(default_factory=lambda: deque(maxlen=200))
+    last_decision: str = "none yet"
+
+    @property
+    def fps(self) -> float:
+        """Frames processed per second over the recent window (processing rate, not camera rate)."""
+        if not self.frame_ms:
+            return 0.0
+        return 1000.0 / (sum(self.frame_ms) / len(self.frame_ms))
+
+    def as_dict(self) -> dict[str, Any]:
+        lat = sorted(self.decision_latency_ms)
+        return {
+            "frames": self.frames,
+            "faces": self.faces,
+            "embeddings": self.embeddings,
+            "granted": self.granted,
+            "denied": self.denied,
+            "door_pulses": self.pulses,
+            "fps": round(self.fps, 1),
+            "frame_ms_median": round(sorted(self.frame_ms)[len(self.frame_ms) // 2], 2) if self.frame_ms else None,
+            "decision_latency_ms_median": round(lat[len(lat) // 2], 1) if lat else None,
+        }
+
+
+class DoorLoop:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        gallery: Gallery,
+        camera: Camera,
+        door: DoorLike,
+        *,
+        notifier: Notifier | None = None,
+        snapshots: SnapshotStore | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        on_decision: Callable[[Decision, str], None] | None = None,
+        door_events: queue.SimpleQueue[tuple[str, dict[str, Any]]] | None = None,
+    ) -> None:
+        self.cfg = pipeline.cfg
+        self.pipeline = pipeline
+        self.gallery = gallery
+        self.camera = camera
+        self.door = door
+        self.notifier = notifier or Notifier(address="")
+        self.snapshots = snapshots
+        self.clock = clock
+        self.on_decision = on_decision
+        self.door_events = door_events
+        d = self.cfg.decision
+        self.tracker = Tracker(iou_threshold=d.track_iou, max_age_s=d.track_max_age_s)
+        self.decider = Decider(d)
+        self.stats = LoopStats()
+        self.stop_event = threading.Event()
+        self._matcher: Matcher | None = None
+        self._data_version = -1
+        self._matrix_checked = -float("inf")
+        self._matrix_loaded = -float("inf")
+        self._last_status = -float("inf")
+        self._event_error_logged = -float("inf")
+
+    # -- gallery ---------------------------------------------------------------------------------------------
+
+    def matcher(self, now: float) -> Matcher:
+        """The gallery matrix, reloaded when another process changed the gallery or validity windows may have."""
+        if self._matcher is not None and now - self._matrix_checked < MATRIX_REFRESH_S:
+            return self._matcher
+        self._matrix_checked = now
+        version = self.gallery.data_version()
+        if self._matcher is None or version != self._data_version or now - self._matrix_loaded > VALIDITY_REFRESH_S:
+            spec = self.pipeline.embedder.spec
+            m = self.gallery.matrix(spec.id, spec.sha256)
+            self._matcher = Matcher(
+                m.embeddings,
+                m.person_ids,
+                m.names,
+                threshold=self.pipeline.thresholds.accept,
+                margin=self.cfg.recognition.margin,
+            )
+            if version != self._data_version:
+                log.info("gallery loaded: %d templates of %d people", len(m), len(set(m.person_ids.tolist())))
+            self._data_version, self._matrix_loaded = version, now
+        return self._matcher
+
+    # -- one frame -------------------------------------------------------------------------------------------
+
+    def process(self, frame: Frame) -> list[Decision]:
+        """Run one frame through every stage; returns the decisions it produced (already acted on)."""
+        t = frame.t
+        started = time.perf_counter()
+        faces = self.pipeline.detect(frame.image)
+        faces = select_faces(
+            faces, "largest" if self.cfg.decision.multi_face == "largest" else "all", frame.image.shape
+        )
+        tracks, ended = self.tracker.update(faces, t)
+        decisions: list[Decision] = []
+        if tracks:
+            decisions += self._observe(frame, tracks, t)
+        for track in ended:
+            final = self.decider.end_track(track.id, t)
+            if final is not None:
+                decisions.append(final)
+                self._act(final, None, None)
+        self.stats.frames += 1
+        self.stats.faces += len(faces)
+        self.stats.frame_ms.append((time.perf_counter() - started) * 1000.0)
+        return decisions
+
+    def _observe(self, frame: Frame, tracks: list[Track], t: float) -> list[Decision]:
+        prepared = self.pipeline.prepare(frame.image, [tr.face for tr in tracks])
+        interval = self.cfg.decision.embed_interval_s
+        # Faces that fail quality are still embedded (a stranger turned away is still denied and recorded), except
+        # faces too small to mean anything; the decider never counts a quality-failed frame toward a grant.
+        min_px = self.cfg.quality.min_face_px
+        todo = [
+            i
+            for i, (tr, (_, q)) in enumerate(zip(tracks, prepared, strict=True))
+            if q.metrics.get("size_px", 0.0) >= min_px and self.tracker.should_embed(tr, t, q.score, interval)
+        ]
+        vectors = self.pipeline.embedder.embed([prepared[i][0] for i in todo]) if todo else None
+        self.stats.embeddings += len(todo)
+        matcher = self.matcher(t) if todo else None
+        decisions = []
+        for i, (track, (_, quality)) in enumerate(zip(tracks, prepared, strict=True)):
+            match = None
+            if vectors is not None and matcher is not None and i in todo:
+                match = matcher.match(vectors[todo.index(i)])
+                self.tracker.mark_embedded(track, t, quality.score)
+            latency = (self.clock() - t) * 1000.0
+            obs = Observation(
+                t=t, match=match, quality_ok=quality.ok, quality_reasons=quality.reasons, latency_ms=latency
+            )
+            decision = self.decider.observe(track.id, obs, track.first_seen)
+            if decision is not None:
+                decisions.append(decision)
+                self._act(decision, frame, track)
+        return decisions
+
+    # -- acting on a decision --------------------------------------------------------------------------------
+
+    def _act(self, d: Decision, frame: Frame | None, track: Track | None) -> None:
+        door_action = "none"
+        if d.outcome == "granted":
+            applied = self.door.pulse()
+            door_action = f"pulse {applied:.1f}s"
+            self.stats.granted += 1
+            self.stats.pulses += 1
+        else:
+            self.stats.denied += 1
+        latency_ms = (d.t - d.first_seen) * 1000.0
+        self.stats.decision_latency_ms.append(latency_ms)
+        self.stats.last_decision = f"{d.outcome} {d.name or 'unknown'}"
+        # One structured line per decision: who, score, threshold, liveness, latency, outcome. No biometrics.
+        log.info(
+            "decision outcome=%s track=%d person_id=%s name=%s score=%s runner_up=%s threshold=%s frames=%d "
+            "liveness=%s latency_ms=%.0f door=%s reason=%r",
+            d.outcome,
+            d.track_id,
+            d.person_id,
+            d.name,
+            _f(d.score),
+            _f(d.runner_up_score),
+            _f(d.threshold),
+            d.frames_used,
+            d.liveness.status,
+            latency_ms,
+            door_action,
+            d.reason,
+        )
+        snapshot = None
+        if self.snapshots is not None and frame is not None and track is not None:
+            snapshot = self.snapshots.save(frame.image, track.face.box, d.outcome)
+        self._record(d, latency_ms, door_action, snapshot)
+        if self.on_decision is not None:
+            self.on_decision(d, door_action)
+
+    def _record(self, d: Decision, latency_ms: float, door_action: str, snapshot: str | None) -> None:
+        detail: dict[str, Any] = {"reason": d.reason}
+        if snapshot:
+            detail["snapshot"] = snapshot
+        try:
+            self.gallery.add_event(
+                "access",
+                d.outcome,
+                track_id=d.track_id,
+                person_id=d.person_id,
+                person_name=d.name,
+                score=d.score,
+                runner_up=d.runner_up_score,
+                threshold=d.threshold,
+                frames=d.frames_used,
+                liveness=d.liveness.status,
+                latency_ms=latency_ms,
+                door_action=door_action,
+                detail=detail,
+            )
+        except GalleryError as exc:
+            # NOTE: a full disk or a locked database must not stop the door from deciding; log once a minute.
+            now = self.clock()
+            if now - self._event_error_logged > EVENT_ERROR_LOG_INTERVAL_S:
+                self._event_error_logged = now
+                log.error("cannot record event (%s); decisions continue", exc)
+
+    # -- the loop --------------------------------------------------------------------------------------------
+
+    def run(self, *, max_frames: int | None = None, frame_timeout_s: float = 0.25) -> LoopStats:
+        """Process the newest frames until stopped, the replay ends, or ``max_frames``."""
+        self.stats.started = self.clock()
+        self.notifier.ready(status="running")
+        log.info("door loop running (source %s)", self.camera.status().get("source"))
+        while not self.stop_event.is_set():
+            self.notifier.watchdog()
+            frame = self.camera.latest(timeout=frame_timeout_s)
+            now = self.clock()
+            if frame is None:
+                if self.camera.status().get("state") == "ended":
+                    log.info("source ended after %d frames", self.stats.frames)
+                    break
+            else:
+                self.process(frame)
+            self.door.check()  # door-held-open alarm on the loop's clock
+            self._drain_door_events()
+            if now - self._last_status >= STATUS_INTERVAL_S:
+                self._last_status = now
+                state = self.camera.status().get("state")
+                self.notifier.status(f"{self.stats.fps:.1f} fps, camera {state}, last: {self.stats.last_decision}")
+            if max_frames is not None and self.stats.frames >= max_frames:
+                break
+        # Tracks still open at the end are closed so an undecided stranger is still recorded.
+        for track in self.tracker.flush():
+            final = self.decider.end_track(track.id, self.clock())
+            if final is not None:
+                self._act(final, None, None)
+        return self.stats
+
+    def _drain_door_events(self) -> None:
+        """Record door-contact and exit-button events (they arrive from GPIO threads; SQLite is used from here)."""
+        while self.door_events is not None:
+            try:
+                kind, detail = self.door_events.get_nowait()
+            except queue.Empty:
+                return
+            log.info("door event %s %s", kind, detail)
+            try:
+                self.gallery.add_event("door", kind, detail=detail)
+            except GalleryError as exc:
+                log.error("cannot record door event (%s)", exc)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+
+def _f(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
