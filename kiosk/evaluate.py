@@ -16,7 +16,6 @@ never stops a run: it is counted as failed and handled by each protocol's docume
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
 import math
 import sys
@@ -32,6 +31,7 @@ import numpy.typing as npt
 from . import metrics
 from .cache import EmbeddingCache
 from .errors import FaceError, InputError
+from .manifest import sha256_file
 from .plot import plot as plot_scores
 
 log = logging.getLogger(__name__)
@@ -166,14 +166,6 @@ class _Progress:
             self.stream.flush()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _run_embed(embed: EmbedFn, path: Path) -> tuple[Embedded, bool]:
     """Call ``embed``; returns ``((vector, reason), cacheable)``. Face and input errors raised by the pipeline
     count as failures (the image's fault); anything else (a missing model, a bug) propagates."""
@@ -214,7 +206,7 @@ def embed_images(
         for rel in unique:
             full = root / rel
             try:
-                sha = _sha256(full)
+                sha = sha256_file(full)
             except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
                 out[rel] = (None, FILE_NOT_FOUND)
             except OSError as err:

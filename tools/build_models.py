@@ -16,7 +16,6 @@ Usage: ``python -m tools.build_models [--out models/] [--force]``
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.metadata as md
 import shutil
 import sys
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from kiosk.manifest import sha256_file
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,14 +117,6 @@ RECIPES: list[dict[str, Any]] = [
         },
     },
 ]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def locate_source(recipe: dict[str, Any]) -> Path:
