@@ -54,7 +54,8 @@ class LoopStats:
     denied: int = 0
     pulses: int = 0
     started: float = 0.0
-    decision_latency_ms: list[float] = field(default_factory=list)
+    grant_latency_ms: list[float] = field(default_factory=list)  # track first seen → grant (door pulse)
+    deny_latency_ms: list[float] = field(default_factory=list)
     frame_ms: deque[float] = field(default_factory=lambda: deque(maxlen=200))
     last_decision: str = "none yet"
 
@@ -66,7 +67,7 @@ class LoopStats:
         return 1000.0 / (sum(self.frame_ms) / len(self.frame_ms))
 
     def as_dict(self) -> dict[str, Any]:
-        lat = sorted(self.decision_latency_ms)
+        grants, denials = sorted(self.grant_latency_ms), sorted(self.deny_latency_ms)
         return {
             "frames": self.frames,
             "faces": self.faces,
@@ -76,7 +77,8 @@ class LoopStats:
             "door_pulses": self.pulses,
             "fps": round(self.fps, 1),
             "frame_ms_median": round(sorted(self.frame_ms)[len(self.frame_ms) // 2], 2) if self.frame_ms else None,
-            "decision_latency_ms_median": round(lat[len(lat) // 2], 1) if lat else None,
+            "grant_latency_ms_median": round(grants[len(grants) // 2], 1) if grants else None,
+            "deny_latency_ms_median": round(denials[len(denials) // 2], 1) if denials else None,
         }
 
 
@@ -205,7 +207,7 @@ class DoorLoop:
         else:
             self.stats.denied += 1
         latency_ms = (d.t - d.first_seen) * 1000.0
-        self.stats.decision_latency_ms.append(latency_ms)
+        (self.stats.grant_latency_ms if d.outcome == "granted" else self.stats.deny_latency_ms).append(latency_ms)
         self.stats.last_decision = f"{d.outcome} {d.name or 'unknown'}"
         # One structured line per decision: who, score, threshold, liveness, latency, outcome. No biometrics.
         log.info(

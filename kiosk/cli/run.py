@@ -72,7 +72,7 @@ def cmd_run(args: argparse.Namespace, cfg: Config) -> int:
     else:
         print(
             f"{summary['frames']} frames at {summary['fps']} fps (processing), {summary['granted']} granted, "
-            f"{summary['denied']} denied, median decision latency {summary['decision_latency_ms_median']} ms"
+            f"{summary['denied']} denied, median latency to a grant {summary['grant_latency_ms_median']} ms"
         )
     return 0
 
