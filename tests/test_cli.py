@@ -174,7 +174,19 @@ def test_check_and_models(kiosk, cfg_file: Path) -> None:  # type: ignore[no-unt
     code, out, _ = kiosk("check", "--json")
     r = json.loads(out)
     assert code == 0 and r["ok"], r
-    assert {c["check"] for c in r["checks"]} >= {"config", "model detector", "model recognizer", "gallery"}
+    assert {c["check"] for c in r["checks"]} >= {
+        "config",
+        "model detector",
+        "model recognizer",
+        "gallery",
+        "camera",
+        "door",
+    }
+    cfg_file.write_text(cfg_file.read_text() + "camera:\n  source: /nonexistent/clip.mp4\n")
+    code, out, _ = kiosk("check", "--json")
+    r = json.loads(out)
+    assert code == ExitCode.FAILURE and not r["ok"]
+    assert [c["check"] for c in r["checks"] if not c["ok"]] == ["camera"]
     code, out, _ = kiosk("models", "--json")
     ids = {m["id"] for m in json.loads(out)}
     assert {"yunet", "sface", "blazeface"} <= ids

@@ -90,8 +90,8 @@ def cmd_models(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
-    """Validate the config, the configured models' hashes, and the gallery (PRAGMA integrity_check, stale
-    templates). Exits non-zero when anything is wrong."""
+    """Validate the config, the configured models' hashes, the gallery (PRAGMA integrity_check, stale templates),
+    the camera source and the relay driver (neither is opened). Exits non-zero when anything is wrong."""
     checks: list[dict[str, Any]] = [{"check": "config", "ok": True, "detail": str(cfg.origin or "built-in defaults")}]
     with Context(cfg) as ctx:
         try:
@@ -120,6 +120,7 @@ def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
                 checks.append({"check": "stale templates", "ok": stale is None, "detail": stale or "none"})
         except KioskError as exc:
             checks.append({"check": "gallery", "ok": False, "detail": str(exc)})
+    checks += [_check_camera(cfg), _check_door(cfg)]
     ok = all(c["ok"] for c in checks)
     if args.json:
         emit_json({"ok": ok, "checks": checks})
@@ -127,6 +128,39 @@ def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
         for c in checks:
             print(f"{'ok  ' if c['ok'] else 'FAIL'}  {c['check']}: {c['detail']}")
     return 0 if ok else int(ExitCode.FAILURE)
+
+
+def _check_camera(cfg: Config) -> dict[str, Any]:
+    """The camera source spec parses (it is not opened: the running kiosk may hold the device)."""
+    from ..capture import open_source
+
+    try:
+        src = open_source(cfg.camera.source, cfg.camera)
+    except KioskError as exc:
+        return {"check": "camera", "ok": False, "detail": str(exc)}
+    kind = "live" if src.live else "replay"
+    return {"check": "camera", "ok": True, "detail": f"{src.name} ({kind}; not opened, the kiosk may be using it)"}
+
+
+def _check_door(cfg: Config) -> dict[str, Any]:
+    """The relay driver's library is importable (the pin is not touched: the running kiosk may hold it)."""
+    import importlib.util
+
+    needs = {
+        "gpiozero": ("gpiozero", "pip install 'face-kiosk[pi]'"),
+        "jetson": ("Jetson", "pip install 'face-kiosk[jetson]'"),
+    }
+    d = cfg.door
+    where = f"{d.driver}, relay pin {d.relay_pin} active-{'high' if d.active_high else 'low'}, pulse {d.pulse_s:g} s"
+    if d.driver in needs:
+        module, hint = needs[d.driver]
+        if importlib.util.find_spec(module) is None:
+            return {"check": "door", "ok": False, "detail": f"{where}: {module} is not installed ({hint})"}
+    return {
+        "check": "door",
+        "ok": True,
+        "detail": where + ("; use `kiosk door test` to click it" if d.driver != "simulated" else ""),
+    }
 
 
 def cmd_eval(args: argparse.Namespace, cfg: Config) -> int:
