@@ -45,6 +45,15 @@ def _signals(stop: Callable[[], None]) -> Iterator[None]:
             signal.signal(s, h)
 
 
+def _quiet_native_logs() -> None:
+    """OpenCV prints a WARN line on every failed reconnect attempt; for months of unattended running the journal
+    gets our own one line per outage instead (capture.py logs the transitions)."""
+    import cv2
+
+    with contextlib.suppress(AttributeError):
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
 def run_kiosk(
     cfg: Config,
     *,
@@ -59,6 +68,7 @@ def run_kiosk(
 ) -> LoopStats:
     """Build everything from ``cfg`` (tests inject ``door``/``pin_factory``), run the loop, tear down in reverse."""
     t0 = time.monotonic()
+    _quiet_native_logs()
     notifier = notifier or Notifier()
     cam_cfg = cfg.camera if realtime is None else dataclasses.replace(cfg.camera, replay_realtime=realtime)
     door_events: queue.SimpleQueue[tuple[str, dict[str, Any]]] = queue.SimpleQueue()
