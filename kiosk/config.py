@@ -265,6 +265,14 @@ def _cross_checks(cfg: Config) -> None:
         )
 
 
+def _resolve_source(source: str, base: Path) -> str:
+    """A relative file/folder in ``camera.source`` is relative to the config file, like every other path in it;
+    camera indices, devices, URLs and ``picamera`` are left alone."""
+    if source.isdigit() or "://" in source or source == "picamera" or source.startswith("/") or source.startswith("~"):
+        return str(Path(source).expanduser()) if source.startswith("~") else source
+    return str(base / source)
+
+
 def parse_config(data: Any, source: Path | None = None) -> Config:
     """Turn an already-loaded YAML document into a ``Config`` (raises ``ConfigError`` naming the key)."""
     if data is None:
@@ -288,6 +296,7 @@ def parse_config(data: Any, source: Path | None = None) -> Config:
         events=dataclasses.replace(
             cfg.events, snapshot_dir=resolve(cfg.events.snapshot_dir) if cfg.events.snapshot_dir else None
         ),
+        camera=dataclasses.replace(cfg.camera, source=_resolve_source(cfg.camera.source, base)),
     )
     _cross_checks(cfg)
     return cfg

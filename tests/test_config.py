@@ -72,9 +72,12 @@ def test_example_config_documents_every_key_and_parses() -> None:
 def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
     f = tmp_path / "sub" / "kiosk.yaml"
     f.parent.mkdir()
-    f.write_text("data_dir: data\ngallery:\n  path: g/gallery.db\n")
+    f.write_text("data_dir: data\ngallery:\n  path: g/gallery.db\ncamera:\n  source: clips/door.mp4\n")
     cfg = load_config(f)
     assert cfg.data_dir == f.parent / "data"
+    assert cfg.camera.source == str(f.parent / "clips" / "door.mp4")
+    for kept in ("0", "/dev/video2", "rtsp://cam.local/stream", "picamera"):
+        assert parse_config({"camera": {"source": kept}}).camera.source == kept
     assert cfg.gallery_path == f.parent / "g" / "gallery.db"
     assert cfg.origin == f
 
