@@ -83,6 +83,7 @@ class RelayDoor:
         self._opened_at: float | None = None
         self._authorized_open = False
         self._held_reported = False
+        self.fault: HardwareError | None = None  # the off-timer could not lock the relay: check() raises it
         try:
             self._setup(pin_factory)
             # NOTE: every driver drives the relay off as soon as it owns the pin, whatever a crashed run left on it.
@@ -144,8 +145,10 @@ class RelayDoor:
         with self._lock:
             if gen == self._gen and not self._closed:
                 self._relay_timer = None
-                with contextlib.suppress(HardwareError):  # already logged as CRITICAL; no caller to raise to
+                try:
                     self._set(False, "timer")
+                except HardwareError as exc:  # logged as CRITICAL; the loop's next check() raises it
+                    self.fault = exc
 
     def _cancel_relay_timer(self) -> None:
         if self._relay_timer is not None:
@@ -222,7 +225,11 @@ class RelayDoor:
 
     def check(self) -> None:
         """Raise ``door_held_open`` once the door has been open ``held_open_s`` after an unlock, by ``clock``.
-        A timer calls this; a loop with its own clock may call it every frame."""
+        A timer calls this; a loop with its own clock may call it every frame. Raises the off-timer's
+        ``HardwareError`` if it could not lock the relay: the loop then exits, so systemd's ``ExecStopPost=door
+        off`` gets a fresh process to try, and the service restarts."""
+        if self.fault is not None:
+            raise self.fault
         with self._lock:
             opened, now = self._opened_at, self.clock()
             open_s = 0.0 if opened is None else now - opened

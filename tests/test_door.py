@@ -557,3 +557,29 @@ def test_cli_on_pulse_rejects_nonsense(capsys: pytest.CaptureFixture[str]) -> No
 def test_cli_door_off(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli(["door", "off"], door_cfg(pin_factory="mock")) == 0
     assert "relay off (locked)" in capsys.readouterr().out
+
+
+def test_a_relay_that_cannot_be_locked_by_the_timer_stops_the_loop(
+    factory: MockFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the off-timer's write fails, check() (called by the loop every frame) raises, so the process exits and
+    systemd's ExecStopPost=door off gets a fresh process to lock the door."""
+    from kiosk.errors import HardwareError
+
+    with open_door(door_cfg(), pin_factory=factory) as door:
+        door.check()  # healthy: nothing raised
+        door.pulse()
+        real_write = door._write  # type: ignore[attr-defined]
+
+        def broken(on: bool, detail: str) -> None:
+            if not on and detail == "timer":
+                raise OSError("GPIO chip gone")
+            real_write(on, detail)
+
+        monkeypatch.setattr(door, "_write", broken)
+        deadline = time.monotonic() + 2.0
+        while door.fault is None and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            time.sleep(0.005)
+        with pytest.raises(HardwareError, match="cannot switch off"):
+            door.check()
+        monkeypatch.setattr(door, "_write", real_write)
