@@ -7,7 +7,6 @@ a prepared pipeline or an in-memory gallery through the constructor.
 from __future__ import annotations
 
 import logging
-import os
 from functools import cached_property
 from types import TracebackType
 
@@ -78,7 +77,3 @@ class Context:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-def default_threads() -> int:
-    return max(1, min(2, os.cpu_count() or 1))

@@ -59,7 +59,7 @@ def guided_capture(
     """Collect up to ``target`` good, pose-diverse frames; returns them and a count of rejections by reason."""
     good: list[ImageVerdict] = []
     rejected: dict[str, int] = {}
-    start = last_good = clock()
+    start = clock()
     last_good = -float("inf")
     hint = PROMPTS[0]
     while len(good) < target and clock() - start < timeout_s:

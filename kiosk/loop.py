@@ -14,11 +14,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from .capture import Camera, Frame
 from .decide import Decider, Decision, Observation
 from .detect import select_faces
+from .door import Door
 from .errors import GalleryError
 from .gallery import Gallery
 from .match import Matcher
@@ -33,16 +34,6 @@ MATRIX_REFRESH_S = 1.0  # how often to look for gallery changes (data_version) a
 VALIDITY_REFRESH_S = 30.0
 STATUS_INTERVAL_S = 2.0
 EVENT_ERROR_LOG_INTERVAL_S = 60.0
-
-
-class DoorLike(Protocol):
-    unlocked: bool
-
-    def pulse(self, seconds: float | None = None) -> float: ...
-
-    def off(self) -> None: ...
-
-    def check(self) -> None: ...
 
 
 @dataclass
@@ -88,7 +79,7 @@ class DoorLoop:
         pipeline: Pipeline,
         gallery: Gallery,
         camera: Camera,
-        door: DoorLike,
+        door: Door,
         *,
         notifier: Notifier | None = None,
         snapshots: SnapshotStore | None = None,
@@ -179,11 +170,12 @@ class DoorLoop:
         vectors = self.pipeline.embedder.embed([prepared[i][0] for i in todo]) if todo else None
         self.stats.embeddings += len(todo)
         matcher = self.matcher(t) if todo else None
+        row_of = {i: row for row, i in enumerate(todo)}
         decisions = []
         for i, (track, (_, quality)) in enumerate(zip(tracks, prepared, strict=True)):
             match = None
-            if vectors is not None and matcher is not None and i in todo:
-                match = matcher.match(vectors[todo.index(i)])
+            if vectors is not None and matcher is not None and i in row_of:
+                match = matcher.match(vectors[row_of[i]])
                 self.tracker.mark_embedded(track, t, quality.score)
             latency = (self.clock() - t) * 1000.0
             obs = Observation(

@@ -142,6 +142,10 @@ class Pipeline:
     def analyze(self, image: Image, *, select: str | None = None, embed_rejected: bool = True) -> list[FaceResult]:
         """Run every stage on one BGR image. ``select`` overrides ``detection.select`` (largest/central/all)."""
         faces = select_faces(self.detect(image), select or self.cfg.detection.select, image.shape)
+        return self.analyze_faces(image, faces, embed_rejected=embed_rejected)
+
+    def analyze_faces(self, image: Image, faces: list[Face], *, embed_rejected: bool = True) -> list[FaceResult]:
+        """Align, quality-check and embed faces already detected (and selected) in ``image``."""
         if not faces:
             return []
         prepared = self.prepare(image, faces)

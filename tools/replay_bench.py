@@ -59,12 +59,12 @@ from kiosk.capture import Camera, Frame
 from kiosk.config import Config, DecisionConfig, load_config, parse_config
 from kiosk.context import Context
 from kiosk.decide import Decider, Decision, Observation
-from kiosk.door import SimulatedDoor, open_door
+from kiosk.door import Door, SimulatedDoor, open_door
 from kiosk.enroll import enroll
 from kiosk.errors import FaceError
 from kiosk.gallery import Gallery
 from kiosk.imageio import read_image
-from kiosk.loop import DoorLike, DoorLoop
+from kiosk.loop import DoorLoop
 from kiosk.match import MatchResult
 from kiosk.notify import Notifier
 from kiosk.pipeline import Pipeline
@@ -439,7 +439,7 @@ class BenchLoop(DoorLoop):
         pipeline: Pipeline,
         gallery: Gallery,
         camera: Camera,
-        door: DoorLike,
+        door: Door,
         *,
         recorder: Recorder,
         clock: Callable[[], float],

@@ -10,8 +10,9 @@ from typing import Any
 
 from ..config import Config
 from ..context import Context
+from ..detect import select_faces
 from ..enroll import EnrollReport, enroll
-from ..errors import ExitCode, FaceError, InputError, MultipleFacesError, NoFaceError
+from ..errors import ExitCode, FaceError, InputError, NoFaceError
 from ..imageio import read_image
 from ..match import cosine
 from ..pipeline import FaceResult, Pipeline
@@ -132,13 +133,12 @@ def _enroll_from_camera(args: argparse.Namespace, cfg: Config, ctx: Context) -> 
 
 def _one_face(pipeline: Pipeline, path: Path, max_pixels: int) -> tuple[FaceResult, int]:
     image = read_image(path, max_pixels=max_pixels)
-    everyone = pipeline.analyze(image, select="all")
-    if not everyone:
+    faces = pipeline.detect(image)
+    if not faces:
         raise NoFaceError(f"{path}: no face found")
-    chosen = pipeline.analyze(image)
-    if not chosen:  # pragma: no cover - "all" found faces, a single-face policy always keeps one
-        raise MultipleFacesError(f"{path}: {len(everyone)} faces and none selected")
-    return chosen[0], len(everyone)
+    policy = pipeline.cfg.detection.select if pipeline.cfg.detection.select != "all" else "largest"
+    chosen = pipeline.analyze_faces(image, select_faces(faces, policy, image.shape))
+    return chosen[0], len(faces)
 
 
 def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
