@@ -7,7 +7,9 @@ the template's mouth centre taken as the mean of its two mouth corners — no co
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -71,10 +73,20 @@ def similarity_transform(src: FloatArray, dst: FloatArray) -> FloatArray:
     return m.astype(np.float32)
 
 
-def get_template(name: str | None) -> Template:
-    template = TEMPLATES.get(name or "")
+def get_template(ref: str | Mapping[str, Any] | None) -> Template:
+    """A named template from ``TEMPLATES``, or an inline one from the manifest: ``{size: [w, h], points: 5x[x, y]}``."""
+    if isinstance(ref, Mapping):
+        try:
+            size = (int(ref["size"][0]), int(ref["size"][1]))
+            points = np.asarray(ref["points"], dtype=np.float32)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise ModelError(f"inline alignment template is malformed ({exc.__class__.__name__}: {exc})") from None
+        if points.shape != (5, 2) or not np.all(np.isfinite(points)) or min(size) < 8:
+            raise ModelError(f"inline alignment template needs size [w, h] >= 8 and 5 points, got {points.shape}")
+        return Template(size=size, points=points)
+    template = TEMPLATES.get(ref or "")
     if template is None:
-        raise ModelError(f"unknown alignment template {name!r} (known: {', '.join(sorted(TEMPLATES))})")
+        raise ModelError(f"unknown alignment template {ref!r} (known: {', '.join(sorted(TEMPLATES))})")
     return template
 
 

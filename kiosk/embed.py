@@ -32,7 +32,14 @@ class Embedder:
         batch = np.stack(crops).astype(np.float32)  # (N, H, W, 3) BGR
         if self.spec.input.color == "rgb":
             batch = batch[..., ::-1]
-        batch = (batch - self._mean) * self._inv_std
+        if self.spec.input.normalize == "per_image":
+            # FaceNet prewhitening: each crop standardised over all its pixels and channels.
+            flat = batch.reshape(len(batch), -1)
+            mean = flat.mean(axis=1).reshape(-1, 1, 1, 1)
+            std = np.maximum(flat.std(axis=1), 1.0 / np.sqrt(flat.shape[1])).reshape(-1, 1, 1, 1)
+            batch = (batch - mean) / std
+        else:
+            batch = (batch - self._mean) * self._inv_std
         if self.spec.input.layout == "nchw":
             batch = batch.transpose(0, 3, 1, 2)
         return np.ascontiguousarray(batch, dtype=np.float32)

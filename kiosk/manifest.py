@@ -19,6 +19,7 @@ from .errors import ModelError, ModelIntegrityError, ModelMissingError
 REBUILD_HINT = "run `make models` (or `python -m tools.build_models`) to rebuild it"
 TASKS = ("detect", "embed")
 FORMATS = ("onnx", "tflite")
+NORMALIZE = ("fixed", "per_image")
 
 
 def default_models_dir() -> Path:
@@ -46,6 +47,7 @@ class InputSpec:
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     name: str | None = None
     stride: int = 1
+    normalize: str = "fixed"  # "fixed": (x - mean) / std; "per_image": FaceNet prewhitening over the whole crop
 
 
 @dataclass(frozen=True)
@@ -60,13 +62,24 @@ class ModelSpec:
     output_dim: int | None = None
     metric: str | None = None
     landmarks: str | None = None
-    align_template: str | None = None
+    # A template name from kiosk/align.py, or inline: {"size": [w, h], "points": [[x, y] x 5]} (5pt order).
+    align_template: str | dict[str, Any] | None = None
     thresholds: dict[str, float] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     licence: str = "unknown"
+    # Multi-file models (MTCNN's R- and O-nets): each part is a full spec of its own, hash-checked like the main file.
+    parts: dict[str, ModelSpec] = field(default_factory=dict)
+
+    def part(self, name: str) -> ModelSpec:
+        spec = self.parts.get(name)
+        if spec is None:
+            raise ModelError(f"model '{self.id}': manifest has no part {name!r} (has: {sorted(self.parts) or 'none'})")
+        return spec
 
     def verify(self) -> None:
-        """Raise unless the file exists and has the manifest's sha256."""
+        """Raise unless the file (and every part's file) exists and has the manifest's sha256."""
+        for part in self.parts.values():
+            part.verify()
         if not self.path.is_file():
             raise ModelMissingError(f"model '{self.id}': file {self.path} is missing; {REBUILD_HINT}")
         actual = sha256_file(self.path)
@@ -100,7 +113,28 @@ def _parse_entry(model_id: str, entry: dict[str, Any], root: Path, manifest: Pat
         std=tuple(float(v) for v in inp.get("std", (1.0, 1.0, 1.0))),  # type: ignore[arg-type]
         name=inp.get("name"),
         stride=int(inp.get("stride", 1)),
+        normalize=str(inp.get("normalize", "fixed")),
     )
+    if spec_in.normalize not in NORMALIZE:
+        raise ModelError(
+            f"{manifest}: models.{model_id}.input.normalize must be one of {NORMALIZE}, got {spec_in.normalize!r}"
+        )
+    align_template = entry.get("align_template")
+    if align_template is not None and not isinstance(align_template, (str, dict)):
+        raise ModelError(f"{manifest}: models.{model_id}.align_template must be a name or a mapping with size, points")
+    parts: dict[str, ModelSpec] = {}
+    raw_parts = entry.get("parts") or {}
+    if not isinstance(raw_parts, dict):
+        raise ModelError(f"{manifest}: models.{model_id}.parts must be a mapping of name -> {{file, sha256}}")
+    for name, part in raw_parts.items():
+        if not isinstance(part, dict):
+            raise ModelError(f"{manifest}: models.{model_id}.parts.{name} must be a mapping with file and sha256")
+        for key in ("file", "sha256"):
+            if key not in part:
+                raise ModelError(f"{manifest}: models.{model_id}.parts.{name}.{key} is missing; {REBUILD_HINT}")
+        sub = {**entry, **part, "parts": None, "task": task, "format": part.get("format", fmt)}
+        sub["input"] = {**inp, **(part.get("input") or {})}
+        parts[str(name)] = _parse_entry(f"{model_id}.{name}", sub, root, manifest)
     path = Path(_field(entry, "file", model_id, manifest))
     return ModelSpec(
         id=model_id,
@@ -113,10 +147,11 @@ def _parse_entry(model_id: str, entry: dict[str, Any], root: Path, manifest: Pat
         output_dim=entry.get("output_dim"),
         metric=entry.get("metric"),
         landmarks=entry.get("landmarks"),
-        align_template=entry.get("align_template"),
+        align_template=align_template,
         thresholds={k: float(v) for k, v in (entry.get("thresholds") or {}).items()},
         provenance=dict(entry.get("provenance") or {}),
         licence=str(entry.get("licence", "unknown")),
+        parts=parts,
     )
 
 

@@ -90,6 +90,7 @@ class Pipeline:
             score_threshold=floor,
             nms_iou=cfg.detection.nms_iou,
             input_size=cfg.detection.input_size,
+            parts={name: load_runner(part, opts) for name, part in det_spec.parts.items()},
         )
         embedder = Embedder(rec_spec, load_runner(rec_spec, opts))
         template = get_template(rec_spec.align_template)

@@ -304,6 +304,19 @@ def test_eval_pairs_and_labels_on_real_photos(kiosk, faces_dir: Path, tmp_path: 
     assert r["n_images"] == 30 and r["rank1"] >= 0.9 and "fnmr_at_fmr" in r and "dir_at_fpir_1e-2" in r
     code, _, err = kiosk("eval", "--pairs", str(tmp_path / "nope.csv"))
     assert code == ExitCode.INPUT and "not found" in err
+    # --detector / --recognizer pick other manifest entries; an unknown id is a model error naming the known ones.
+    code, _, err = kiosk("eval", "--pairs", str(pairs), "--root", str(lfw), "--recognizer", "nope", "--no-cache")
+    assert code == ExitCode.MODEL and "model 'nope' is not in" in err
+    code, _, err = kiosk("eval", "--pairs", str(pairs), "--root", str(lfw), "--detector", "sface", "--no-cache")
+    assert code == ExitCode.MODEL and "not a detect model" in err
+    code, _, err = kiosk(
+        "eval", "--pairs", str(pairs), "--root", str(lfw), "--detector", "blazeface", "--json", str(out_json),
+        "--no-cache",
+    )  # fmt: skip
+    assert code == 0, err
+    r = json.loads(out_json.read_text())
+    assert r["models"]["detector"]["id"] == "blazeface" and r["config"]["detector"] == "blazeface"
+    assert r["accuracy_mean"] >= 0.95
 
 
 def test_enroll_rejects_the_odd_photo_out_and_caps_templates(kiosk, photos, faces_dir: Path, cfg_file: Path) -> None:  # type: ignore[no-untyped-def]

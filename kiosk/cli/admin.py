@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,10 @@ def register(sub: Any) -> None:
         help="which face to use when a photo has several (default: central, as in LFW)",
     )
     p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
+    p.add_argument("--detector", metavar="ID", help="detector model id from the manifest (default: models.detector)")
+    p.add_argument(
+        "--recognizer", metavar="ID", help="recogniser model id from the manifest (default: models.recognizer)"
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("demo", help="enrol and identify on built-in public-domain images", description=cmd_demo.__doc__)
@@ -174,6 +179,14 @@ def cmd_eval(args: argparse.Namespace, cfg: Config) -> int:
     csv_path: Path = args.pairs or args.labels
     if not csv_path.is_file():
         raise InputError(f"{csv_path}: file not found")
+    cfg = dataclasses.replace(
+        cfg,
+        models=dataclasses.replace(
+            cfg.models,
+            detector=args.detector or cfg.models.detector,
+            recognizer=args.recognizer or cfg.models.recognizer,
+        ),
+    )
     pipeline = Pipeline.from_config(cfg)
 
     def embed(path: Path) -> tuple[np.ndarray | None, str | None]:

@@ -6,6 +6,7 @@ this package never imports an inference runtime.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 from ..backends import Runner
@@ -51,7 +52,20 @@ def select_faces(faces: list[Face], policy: str, image_shape: tuple[int, ...]) -
     return [min(faces, key=off_centre)]
 
 
-DetectorClass = type[YuNetDetector] | type[BlazeFaceDetector]
+class DetectorClass(Protocol):
+    """How every detector is constructed: its spec, the main file's runner, thresholds and any part runners."""
+
+    def __call__(
+        self,
+        spec: ModelSpec,
+        runner: Runner,
+        *,
+        score_threshold: float | None = ...,
+        nms_iou: float | None = ...,
+        input_size: int = ...,
+        parts: Mapping[str, Runner] | None = ...,
+    ) -> Detector: ...
+
 
 DETECTORS: dict[str, DetectorClass] = {
     "yunet": YuNetDetector,
@@ -66,6 +80,7 @@ def build_detector(
     score_threshold: float | None = None,
     nms_iou: float | None = None,
     input_size: int = 320,
+    parts: Mapping[str, Runner] | None = None,
 ) -> Detector:
     """The detector for ``spec.family``; ``None`` thresholds mean the manifest's ``thresholds`` values."""
     if spec.task != "detect":
@@ -74,7 +89,7 @@ def build_detector(
     if cls is None:
         known = ", ".join(sorted(DETECTORS))
         raise ModelError(f"model '{spec.id}': no detector for family {spec.family!r} (known: {known})")
-    return cls(spec, runner, score_threshold=score_threshold, nms_iou=nms_iou, input_size=input_size)
+    return cls(spec, runner, score_threshold=score_threshold, nms_iou=nms_iou, input_size=input_size, parts=parts)
 
 
 __all__ = [

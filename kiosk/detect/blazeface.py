@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 
 import cv2
 import numpy as np
@@ -98,6 +99,7 @@ class BlazeFaceDetector:
         score_threshold: float | None = None,
         nms_iou: float | None = None,
         input_size: int = 320,
+        parts: Mapping[str, Runner] | None = None,  # single-file model: no parts
     ) -> None:
         size = spec.input.size
         if size is None or size[0] != size[1]:

@@ -8,6 +8,7 @@ BGR 0-255 NCHW. Landmark order is the "5pt" scheme: right eye, left eye, nose ti
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from functools import lru_cache
 
 import cv2
@@ -46,6 +47,7 @@ class YuNetDetector:
         nms_iou: float | None = None,
         input_size: int = 320,
         top_k: int = 750,
+        parts: Mapping[str, Runner] | None = None,  # single-file model: no parts
     ) -> None:
         if input_size < 32:
             raise ValueError(f"YuNet input_size must be at least 32, got {input_size}")

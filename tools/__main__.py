@@ -1,0 +1,48 @@
+"""``python -m tools <command>``: the model tools, one module each, dispatched from this table.
+
+torch, TensorFlow and dlib are imported by the commands that need them (the ``tools`` extra), never by the kiosk.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "build": ("tools.build_models", "build the default models from pip packages and write models/manifest.yaml"),
+    "export": ("tools.export", "export your own ArcFace-trained backbone checkpoint (iresnet*, mobilefacenet) to ONNX"),
+    "dlib": ("tools.dlib_resnet", "convert dlib's ResNet face recogniser to PyTorch and ONNX (no dlib needed)"),
+    "mtcnn": ("tools.mtcnn", "export MTCNN's P/R/O nets from facenet-pytorch to ONNX"),
+    "facenet": ("tools.facenet", "convert FaceNet 20180408 (Inception-ResNet-v1) from its GraphDef to ONNX"),
+    "quantize": ("tools.quantize", "static int8 quantisation with calibration on real faces and an accuracy gate"),
+    "tflite": ("tools.tflite_convert", "convert ONNX models to TFLite (fp32 and full int8)"),
+    "report": ("tools.report", "evaluate every model in the manifest and write models/README.md"),
+    "replay-bench": ("tools.replay_bench", "replay enrolled members and strangers through the real door loop"),
+}
+
+
+def usage() -> str:
+    width = max(len(c) for c in COMMANDS)
+    lines = ["usage: python -m tools <command> [--help]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"tools: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    sys.argv[0] = f"python -m tools {name}"
+    result: int = module.main(rest)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
