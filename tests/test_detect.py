@@ -120,10 +120,10 @@ def test_select_faces_policies() -> None:
 
 def test_build_detector_table_and_errors() -> None:
     manifest = load_manifest()
-    assert set(DETECTORS) == {"yunet", "blazeface"}
+    assert set(DETECTORS) == {"yunet", "blazeface", "mtcnn"}
     spec = manifest.get("yunet")
     runner = load_runner(spec)
-    with pytest.raises(ModelError, match=r"'retinaface'.*blazeface, yunet"):
+    with pytest.raises(ModelError, match=r"'retinaface'.*blazeface, mtcnn, yunet"):
         build_detector(dataclasses.replace(spec, family="retinaface"), runner)
     default = build_detector(spec, runner)
     assert (default.score_threshold, default.nms_iou) == (

@@ -15,6 +15,7 @@ from ..manifest import ModelSpec
 from ..types import Face, Image
 from ._common import check_image, nms, resolve_threshold
 from .blazeface import BlazeFaceDetector
+from .mtcnn import MTCNNDetector
 from .yunet import YuNetDetector
 
 SELECT_POLICIES = ("largest", "central", "all")
@@ -70,6 +71,7 @@ class DetectorClass(Protocol):
 DETECTORS: dict[str, DetectorClass] = {
     "yunet": YuNetDetector,
     "blazeface": BlazeFaceDetector,
+    "mtcnn": MTCNNDetector,
 }
 
 
@@ -97,6 +99,7 @@ __all__ = [
     "SELECT_POLICIES",
     "BlazeFaceDetector",
     "Detector",
+    "MTCNNDetector",
     "YuNetDetector",
     "build_detector",
     "check_image",
