@@ -46,11 +46,17 @@ class TfliteRunner:
         self.output_names = [d["name"] for d in self._outputs]
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        resized = False
         for detail in self._inputs:
             value = inputs[detail["name"]]
             if tuple(value.shape) != tuple(detail["shape"]):
                 self._interp.resize_tensor_input(detail["index"], value.shape)
-                self._interp.allocate_tensors()
-            self._interp.set_tensor(detail["index"], value.astype(detail["dtype"], copy=False))
+                resized = True
+        if resized:  # e.g. a batch of N faces after batches of 1, and back: the cached shapes must follow
+            self._interp.allocate_tensors()
+            self._inputs = self._interp.get_input_details()
+            self._outputs = self._interp.get_output_details()
+        for detail in self._inputs:
+            self._interp.set_tensor(detail["index"], inputs[detail["name"]].astype(detail["dtype"], copy=False))
         self._interp.invoke()
         return [self._interp.get_tensor(d["index"]).copy() for d in self._outputs]
