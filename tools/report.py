@@ -230,9 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     face = lfw / "images" / "Colin_Powell" / "Colin_Powell_0001.jpg"
     results = []
     for row in plan(manifest.models, None):
-        kept = previous.get(row.model.id)
-        if args.only and row.model.id not in args.only and kept and kept["sha256"] == row.model.sha256:
-            results.append(kept)  # not asked for and unchanged since the last run
+        if args.only and row.model.id not in args.only:
+            kept = previous.get(row.model.id)
+            if kept and kept["sha256"] == row.model.sha256:
+                results.append(kept)  # not asked for and unchanged since the last run
+            else:
+                print(f"report: {row.model.id}: not in --only and no current figures; left out", flush=True)
             continue
         pairs = run_eval(row, "pairs", pairs_csv, lfw)
         labels = run_eval(row, "labels", labels_csv, lfw)
