@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from kiosk.config import Config
-from kiosk.manifest import ModelSpec, load_manifest
+from kiosk.manifest import ModelSpec, load_manifest, sha256_file
 
 from .registry import ROOT, default_models_dir
 
@@ -77,12 +77,35 @@ def plan(models: dict[str, ModelSpec], only: list[str] | None) -> list[Row]:
     return rows
 
 
-def run_eval(row: Row, mode: str, csv_path: Path, root: Path) -> dict[str, Any]:
-    """``kiosk eval`` through the CLI (same code path, cache and JSON as a user's run)."""
+def _current(report: dict[str, Any], models: dict[str, ModelSpec], row: Row) -> bool:
+    """True when a saved ``kiosk eval`` JSON was made with exactly the manifest's current model files."""
+    used = report.get("models") or {}
+    want = {"detector": row.detector, "recognizer": row.recognizer}
+    return all(
+        isinstance(used.get(role), dict)
+        and used[role].get("id") == mid
+        and mid in models
+        and used[role].get("sha256") == models[mid].sha256
+        for role, mid in want.items()
+    )
+
+
+def run_eval(
+    row: Row, mode: str, csv_path: Path, root: Path, models: dict[str, ModelSpec], fresh: bool = False
+) -> dict[str, Any]:
+    """``kiosk eval`` through the CLI (same code path, cache and JSON as a user's run).
+
+    A JSON already in ``docs/results/models/`` made by ``kiosk eval`` on this very csv with the same model hashes is
+    reused unless ``fresh``; anything else is re-run."""
     from kiosk.cli import main as kiosk_main
 
     out = RESULTS / f"{row.detector}-{row.recognizer}-{mode}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    if not fresh and out.is_file():
+        saved: dict[str, Any] = json.loads(out.read_text())
+        if _current(saved, models, row) and saved.get("csv_sha256") in (None, sha256_file(csv_path)):
+            print(f"report: {out.name}: made with the current model files; reused (--fresh re-runs it)", flush=True)
+            return saved
     args = ["eval", f"--{mode}", str(csv_path), "--root", str(root), "--json", str(out)]
     args += ["--detector", row.detector, "--recognizer", row.recognizer]
     print(f"report: kiosk {' '.join(args)}", flush=True)
@@ -142,7 +165,7 @@ def source(spec: ModelSpec) -> str:
 
 
 def _pct(value: float | None) -> str:
-    return "–" if value is None else f"{100.0 * value:.2f} %"
+    return "not run" if value is None else f"{100.0 * value:.2f} %"
 
 
 def summarise(row: Row, pairs: dict[str, Any], labels: dict[str, Any], latency: dict[str, float]) -> dict[str, Any]:
@@ -213,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=None, help="default: <models dir>/README.md")
     parser.add_argument("--runs", type=int, default=200, help="timed runs per latency figure (default 200)")
+    parser.add_argument("--fresh", action="store_true", help="re-run every evaluation even when a current JSON exists")
+    parser.add_argument(
+        "--no-labels", nargs="*", metavar="ID", help="skip the all-pairs evaluation for these ids (shown as not run)"
+    )
     args = parser.parse_args(argv)
     lfw = args.data / "lfw"
     pairs_csv, labels_csv = lfw / "pairs.csv", lfw / "labels.csv"
@@ -237,13 +264,16 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(f"report: {row.model.id}: not in --only and no current figures; left out", flush=True)
             continue
-        pairs = run_eval(row, "pairs", pairs_csv, lfw)
-        labels = run_eval(row, "labels", labels_csv, lfw)
+        pairs = run_eval(row, "pairs", pairs_csv, lfw, manifest.models, args.fresh)
+        labels: dict[str, Any] = {}
+        if row.model.id not in (args.no_labels or []):
+            labels = run_eval(row, "labels", labels_csv, lfw, manifest.models, args.fresh)
         latency = measure_latency(row, face, args.runs)
         results.append(summarise(row, pairs, labels, latency))
         print(f"report: {row.model.id}: {json.dumps(results[-1])}", flush=True)
     info = machine()
     command = "python -m tools report" + (f" --only {' '.join(args.only)}" if args.only else "")
+    command += f" --no-labels {' '.join(args.no_labels)}" if args.no_labels else ""
     summary_path.parent.mkdir(parents=True, exist_ok=True)
     summary_path.write_text(json.dumps({"machine": info, "models": results}, indent=2) + "\n", encoding="utf-8")
     out.write_text(render(results, info, command), encoding="utf-8")
