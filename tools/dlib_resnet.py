@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kiosk.manifest import sha256_file
+from tools.registry import strip_onnx_metadata
 
 PACKAGE = "face-recognition-models"
 SOURCE = "face_recognition_models/models/dlib_face_recognition_resnet_model_v1.dat"
@@ -401,6 +402,7 @@ def export_onnx(model: DlibResNet, dst: Path, opset: int = 18) -> None:
         program = _export(model, dummy, opset)
     assert program is not None
     program.save(str(tmp), external_data=False)
+    strip_onnx_metadata(tmp)  # reproducible: same weights, same sha256
     tmp.replace(dst)
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tools.registry import default_models_dir, package_provenance, register, tool_versions
+from tools.registry import default_models_dir, package_provenance, register, strip_onnx_metadata, tool_versions
 
 PACKAGE = "facenet-pytorch"
 SOURCES = {name: f"facenet_pytorch/data/{name}.pt" for name in ("pnet", "rnet", "onet")}
@@ -199,25 +199,8 @@ def export_onnx(name: str, net: nn.Module, dst: Path) -> None:
     if program is None:  # pragma: no cover - dynamo export always returns a program
         raise SystemExit(f"mtcnn: ONNX export of {name} returned nothing")
     program.save(str(tmp), external_data=False)
-    strip_metadata(tmp)
+    strip_onnx_metadata(tmp)
     tmp.replace(dst)
-
-
-def strip_metadata(path: Path) -> None:
-    """Drop the exporter's per-node source stack traces (absolute paths of this machine): reproducible files."""
-    import onnx
-
-    model = onnx.load(str(path))
-    del model.metadata_props[:]
-    for node in model.graph.node:
-        del node.metadata_props[:]
-        node.doc_string = ""
-    for info in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
-        del info.metadata_props[:]
-    for init in model.graph.initializer:
-        del init.metadata_props[:]
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
 
 
 def check_onnx(name: str, net: nn.Module, path: Path) -> float:

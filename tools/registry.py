@@ -72,6 +72,24 @@ def tool_versions(*packages: str) -> dict[str, str]:
     return out
 
 
+def strip_onnx_metadata(path: Path) -> None:
+    """Drop the torch exporter's per-node source stack traces (absolute paths of the build machine), so that the
+    same weights always give the same file and the same sha256."""
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    for info in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        del info.metadata_props[:]
+    for init in model.graph.initializer:
+        del init.metadata_props[:]
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
 def register(models_dir: Path, model_id: str, entry: dict[str, Any]) -> dict[str, Any]:
     """Add or replace ``model_id`` in ``models_dir/manifest.yaml``.
 
