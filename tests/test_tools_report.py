@@ -38,7 +38,12 @@ def test_report_pairs_each_model_with_the_right_partner() -> None:
 def test_report_renders_a_row_per_model() -> None:
     models = load_manifest().models
     row = next(r for r in plan(models, None) if r.model.id == "sface")
-    pairs = {"accuracy_mean": 0.9933, "accuracy_std": 0.0036, "tar_at_far": {"1e-3": 0.9881}, "n_failed": 0}
+    pairs = {
+        "accuracy_mean": 0.9933,
+        "accuracy_std": 0.0036,
+        "tar_at_far": {"1e-3": {"tar": 0.9881, "threshold": 0.34}},
+        "n_failed": 0,
+    }
     labels = {"fnmr_at_fmr": {"1e-4": {"fnmr": 0.01, "threshold": 0.417}}}
     summary = summarise(row, pairs, labels, {"median": 21.0, "p95": 25.0, "runs": 10})
     text = render([summary], {"cpu": "test cpu", "cores": 2, "flags": ["avx2"]}, "python -m tools report")

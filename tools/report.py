@@ -168,6 +168,14 @@ def _pct(value: float | None) -> str:
     return "not run" if value is None else f"{100.0 * value:.2f} %"
 
 
+def _tar(pairs: dict[str, Any], far: str) -> float | None:
+    """TAR at ``far`` from a ``kiosk eval --pairs`` report (``{"tar", "threshold"}``, or None when not estimable)."""
+    point = (pairs.get("tar_at_far") or {}).get(far)
+    if isinstance(point, dict):
+        return float(point["tar"])
+    return None if point is None else float(point)
+
+
 def summarise(row: Row, pairs: dict[str, Any], labels: dict[str, Any], latency: dict[str, float]) -> dict[str, Any]:
     fnmr = (labels.get("fnmr_at_fmr") or {}).get("1e-4") or {}
     return {
@@ -181,7 +189,7 @@ def summarise(row: Row, pairs: dict[str, Any], labels: dict[str, Any], latency: 
         "sha256": row.model.sha256,
         "lfw_accuracy": pairs.get("accuracy_mean"),
         "lfw_accuracy_std": pairs.get("accuracy_std"),
-        "tar_at_far_1e-3": (pairs.get("tar_at_far") or {}).get("1e-3"),
+        "tar_at_far_1e-3": _tar(pairs, "1e-3"),
         "fnmr_at_fmr_1e-4": fnmr.get("fnmr"),
         "threshold_at_fmr_1e-4": fnmr.get("threshold"),
         "no_face": pairs.get("n_failed"),
