@@ -157,10 +157,11 @@ def size_mb(spec: ModelSpec) -> float:
 
 def source(spec: ModelSpec) -> str:
     prov = spec.provenance
+    derived = prov.get("source_model") or prov.get("source_id")
+    if derived:  # quantised or converted from another manifest model
+        return f"`{derived}`, {prov.get('built_by', 'converted').removeprefix('tools/').removesuffix('.py')}"
     if prov.get("package"):
         return f"{prov['package']}=={prov.get('version', '?')}"
-    if prov.get("source_id"):
-        return f"from `{prov['source_id']}`"
     return str(prov.get("source_file", "user-supplied"))
 
 
@@ -228,6 +229,7 @@ def render(results: list[dict[str, Any]], info: dict[str, Any], command: str) ->
         )
     lines += [
         "",
+        '"not run": the all-pairs evaluation was skipped for that model in this run (`--no-labels`). '
         "Per-model JSON (full `kiosk eval` reports) is in `docs/results/models/`. Reproduce one row with "
         "`kiosk eval --pairs $KIOSK_TEST_DATA/lfw/pairs.csv --detector DET --recognizer REC` (and `--labels "
         "$KIOSK_TEST_DATA/lfw/labels.csv`).",
