@@ -412,7 +412,10 @@ def test_stall_or_read_failure_reopens(then: str, cameras: Any, caplog: pytest.L
     opens = []  # which open() each delivered frame came from (the number is drawn in the frame)
     while len(set(opens)) < 3 and (f := cam.latest(2.0)) is not None:
         opens.append(decode_index(f.image))
-    assert set(opens) == {1, 2, 3} and opens == sorted(opens)
+    # The reader keeps only the newest frame, so a consumer that starts late (a loaded CI machine) may never see
+    # the first open's frames: what matters is frames from consecutive reopens, in order.
+    distinct = sorted(set(opens))
+    assert len(distinct) == 3 and distinct == list(range(distinct[0], distinct[0] + 3)) and opens == sorted(opens)
     reason = "no frame for 0.3 s" if then == "none" else "read failed (unplugged)"
     msgs = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert msgs[0] == f"camera fake: lost ({reason}); reconnecting in 0.05 s"
