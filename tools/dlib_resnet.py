@@ -47,6 +47,7 @@ from torch import nn
 
 from kiosk.manifest import sha256_file
 from tools.registry import strip_onnx_metadata
+from tools.timing import median_ms
 
 PACKAGE = "face-recognition-models"
 SOURCE = "face_recognition_models/models/dlib_face_recognition_resnet_model_v1.dat"
@@ -441,14 +442,7 @@ def latency_ms(path: Path, threads: int = 2, repeats: int = 30) -> float:
     """Median single-face latency in onnxruntime."""
     session = onnx_session(path, threads)
     x = np.random.default_rng(0).normal(0.0, 0.3, (1, 3, CHIP_SIZE, CHIP_SIZE)).astype(np.float32)
-    for _ in range(3):
-        session.run(None, {"input": x})
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        session.run(None, {"input": x})
-        times.append(time.perf_counter() - t0)
-    return 1000.0 * float(np.median(times))
+    return median_ms(lambda: session.run(None, {"input": x}), repeats)
 
 
 # --------------------------------------------------------------------------------------------------------------

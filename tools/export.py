@@ -21,7 +21,6 @@ import io
 import logging
 import os
 import re
-import statistics
 import sys
 import time
 import warnings
@@ -36,6 +35,7 @@ from torch import nn
 
 from tools.arch import ARCHS, build
 from tools.registry import default_models_dir, file_provenance, read_manifest, register, tool_versions
+from tools.timing import median_ms
 
 DEFAULT_LICENCE = "user-supplied: check your training data's licence"
 INPUT_SIZE = 112
@@ -285,14 +285,7 @@ def latency_ms(onnx_path: Path, runs: int, threads: int = 2) -> float:
     """Median wall time of one face (batch 1) in onnxruntime with ``threads`` intra-op threads."""
     sess = _session(onnx_path, threads)
     x = np.random.default_rng(0).uniform(-1, 1, (1, 3, INPUT_SIZE, INPUT_SIZE)).astype(np.float32)
-    for _ in range(2):
-        sess.run(None, {"input": x})
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        sess.run(None, {"input": x})
-        times.append((time.perf_counter() - t) * 1000.0)
-    return statistics.median(times)
+    return median_ms(lambda: sess.run(None, {"input": x}), runs)
 
 
 # --------------------------------------------------------------------------------------------------- command

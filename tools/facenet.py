@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from tools.timing import median_ms
+
 if TYPE_CHECKING:
     from tools.arch.inception_resnet_v1 import InceptionResnetV1
 
@@ -502,13 +504,7 @@ def latency_ms(onnx_path: Path, threads: int = 2, runs: int = 20) -> float:
     opts.inter_op_num_threads = 1
     session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     x = self_check_batch(1)
-    session.run(None, {INPUT_NODE: x})
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        session.run(None, {INPUT_NODE: x})
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1000.0)
+    return median_ms(lambda: session.run(None, {INPUT_NODE: x}), runs)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -30,6 +29,7 @@ from kiosk.config import Config
 from kiosk.manifest import ModelSpec, load_manifest, sha256_file
 
 from .registry import ROOT, default_models_dir
+from .timing import timings
 
 RESULTS = ROOT / "docs" / "results" / "models"
 DEFAULT_DETECTOR = "yunet"
@@ -116,18 +116,6 @@ def run_eval(
     return result
 
 
-def _timings(fn: Any, runs: int, warmup: int = 5) -> dict[str, float]:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1000.0)
-    samples.sort()
-    return {"median": statistics.median(samples), "p95": samples[int(0.95 * (len(samples) - 1))], "runs": runs}
-
-
 def measure_latency(row: Row, face_image: Path, runs: int) -> dict[str, float]:
     """Recogniser: ms per aligned face (batch 1). Detector: ms per 640x480 frame holding one face."""
     from kiosk.imageio import read_image
@@ -142,12 +130,12 @@ def measure_latency(row: Row, face_image: Path, runs: int) -> dict[str, float]:
     y, x = (480 - h) // 2, (640 - w) // 2
     frame[y : y + h, x : x + w] = image
     if row.model.task == "detect":
-        return _timings(lambda: pipeline.detect(frame), runs)
+        return timings(lambda: pipeline.detect(frame), runs, warmup=5)
     faces = pipeline.detect(frame)
     if not faces:
         raise SystemExit(f"report: no face found in {face_image.name} for the latency run")
     crop, _ = pipeline.prepare(frame, faces[:1])[0]
-    return _timings(lambda: pipeline.embedder.embed([crop]), runs)
+    return timings(lambda: pipeline.embedder.embed([crop]), runs, warmup=5)
 
 
 def size_mb(spec: ModelSpec) -> float:

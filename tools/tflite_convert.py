@@ -25,11 +25,10 @@ import functools
 import importlib
 import importlib.metadata as md
 import os
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ from kiosk.manifest import ModelSpec, load_manifest
 from kiosk.pipeline import Pipeline
 from kiosk.types import FloatArray, Image
 from tools.registry import default_models_dir, read_manifest, register, tool_versions
+from tools.timing import median_ms
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -199,18 +199,6 @@ def cosines(a: FloatArray, b: FloatArray) -> FloatArray:
     bn = b / np.linalg.norm(b, axis=1, keepdims=True)
     result: FloatArray = np.sum(an * bn, axis=1)
     return result
-
-
-def latency_ms(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``fn`` in milliseconds after three warm-up calls."""
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return statistics.median(times)
 
 
 # ------------------------------------------------------------------------------------------------- main
@@ -380,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
             feeds = {
                 name: {src_name: batch[:1]} if name == "onnx" else {input_name: check_nhwc[:1]} for name in runners
             }
-            lat = {name: latency_ms(functools.partial(r.run, feeds[name]), args.bench) for name, r in runners.items()}
+            lat = {name: median_ms(functools.partial(r.run, feeds[name]), args.bench) for name, r in runners.items()}
             print(
                 f"tflite: per-face latency ({args.threads} threads, median of {args.bench}): "
                 + ", ".join(f"{k} {v:.1f} ms" for k, v in lat.items())
