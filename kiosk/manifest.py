@@ -17,7 +17,7 @@ import yaml
 from .errors import ModelError, ModelIntegrityError, ModelMissingError
 
 REBUILD_HINT = "run `make models` (or `python -m tools.build_models`) to rebuild it"
-TASKS = ("detect", "embed")
+TASKS = ("detect", "embed", "liveness", "landmarks")
 FORMATS = ("onnx", "tflite")
 NORMALIZE = ("fixed", "per_image")
 
@@ -69,6 +69,8 @@ class ModelSpec:
     licence: str = "unknown"
     # Multi-file models (MTCNN's R- and O-nets): each part is a full spec of its own, hash-checked like the main file.
     parts: dict[str, ModelSpec] = field(default_factory=dict)
+    # Task-specific settings a stage reads, e.g. a liveness model's ``crop_scale`` and ``real_class``.
+    params: dict[str, Any] = field(default_factory=dict)
 
     def part(self, name: str) -> ModelSpec:
         spec = self.parts.get(name)
@@ -152,7 +154,16 @@ def _parse_entry(model_id: str, entry: dict[str, Any], root: Path, manifest: Pat
         provenance=dict(entry.get("provenance") or {}),
         licence=str(entry.get("licence", "unknown")),
         parts=parts,
+        params=_params(entry.get("params"), model_id, manifest),
     )
+
+
+def _params(raw: Any, model_id: str, manifest: Path) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ModelError(f"{manifest}: models.{model_id}.params must be a mapping, got {type(raw).__name__}")
+    return dict(raw)
 
 
 @dataclass(frozen=True)
