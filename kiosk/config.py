@@ -22,6 +22,10 @@ from .errors import ConfigError
 ENV_CONFIG = "KIOSK_CONFIG"
 
 
+LIVENESS_MODES = ("off", "passive", "active", "both")
+CHALLENGES = ("blink", "turn")
+
+
 def _range(lo: float | None = None, hi: float | None = None, **kw: Any) -> dict[str, Any]:
     return {"min": lo, "max": hi, **kw}
 
@@ -104,6 +108,38 @@ class DecisionConfig:
 
 
 @dataclass(frozen=True)
+class PassiveLivenessConfig:
+    models: tuple[str, ...] = field(
+        default=(), metadata={"help": "liveness model ids in the manifest (python -m tools minifasnet)"}
+    )
+    threshold: float = field(default=0.5, metadata=_range(0.0, 1.0))
+    frames: int = field(default=3, metadata=_range(1, 30))
+
+
+@dataclass(frozen=True)
+class ActiveLivenessConfig:
+    model: str = field(default="face_mesh", metadata={"help": "landmark model id in the manifest"})
+    challenges: tuple[str, ...] = ("blink",)
+    timeout_s: float = field(default=6.0, metadata=_range(0.5, 60.0))
+    turn_deg: float = field(default=15.0, metadata=_range(3.0, 60.0))
+
+
+@dataclass(frozen=True)
+class LivenessConfig:
+    mode: str = field(default="active", metadata={"choices": LIVENESS_MODES})
+    passive: PassiveLivenessConfig = PassiveLivenessConfig()
+    active: ActiveLivenessConfig = ActiveLivenessConfig()
+
+    @property
+    def passive_required(self) -> bool:
+        return self.mode in ("passive", "both")
+
+    @property
+    def active_required(self) -> bool:
+        return self.mode in ("active", "both")
+
+
+@dataclass(frozen=True)
 class DoorConfig:
     driver: str = field(default="simulated", metadata={"choices": ("simulated", "gpiozero", "jetson")})
     relay_pin: int = field(default=17, metadata=_range(0, 1000))
@@ -151,6 +187,7 @@ class Config:
     gallery: GalleryConfig = GalleryConfig()
     camera: CameraConfig = CameraConfig()
     decision: DecisionConfig = DecisionConfig()
+    liveness: LivenessConfig = LivenessConfig()
     door: DoorConfig = DoorConfig()
     events: EventsConfig = EventsConfig()
     logging: LoggingConfig = LoggingConfig()
@@ -258,6 +295,14 @@ def _cross_checks(cfg: Config) -> None:
             f"camera.reconnect_min_s: must be at most camera.reconnect_max_s ({cam.reconnect_max_s}), "
             f"got {cam.reconnect_min_s}"
         )
+    live = cfg.liveness
+    for i, name in enumerate(live.active.challenges):
+        if name not in CHALLENGES:
+            raise ConfigError(f"liveness.active.challenges[{i}]: must be one of {', '.join(CHALLENGES)}, got {name!r}")
+    if not live.active.challenges:
+        raise ConfigError("liveness.active.challenges: must name at least one of " + ", ".join(CHALLENGES))
+    if len(set(live.passive.models)) != len(live.passive.models):
+        raise ConfigError(f"liveness.passive.models: lists a model twice: {list(live.passive.models)}")
     q = cfg.quality
     if q.min_brightness >= q.max_brightness:
         raise ConfigError(

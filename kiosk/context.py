@@ -12,23 +12,43 @@ from types import TracebackType
 
 from .config import Config
 from .gallery import Gallery, GalleryMatrix
+from .liveness import Liveness
+from .manifest import Manifest, load_manifest
 from .match import Matcher
-from .pipeline import Pipeline
+from .pipeline import Pipeline, runtime_options
 
 log = logging.getLogger(__name__)
 
 
 class Context:
-    def __init__(self, cfg: Config, *, pipeline: Pipeline | None = None, gallery: Gallery | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        pipeline: Pipeline | None = None,
+        gallery: Gallery | None = None,
+        liveness: Liveness | None = None,
+    ) -> None:
         self.cfg = cfg
+        if liveness is not None:
+            self.__dict__["liveness"] = liveness
         if pipeline is not None:
             self.__dict__["pipeline"] = pipeline
         if gallery is not None:
             self.__dict__["gallery"] = gallery
 
     @cached_property
+    def manifest(self) -> Manifest:
+        return load_manifest(self.cfg.models.manifest)
+
+    @cached_property
     def pipeline(self) -> Pipeline:
-        return Pipeline.from_config(self.cfg)
+        return Pipeline.from_config(self.cfg, self.manifest)
+
+    @cached_property
+    def liveness(self) -> Liveness | None:
+        """The liveness policy (None when ``liveness.mode`` is off); its models are loaded and hash-checked here."""
+        return Liveness.from_config(self.cfg.liveness, self.manifest, runtime_options(self.cfg))
 
     @cached_property
     def gallery(self) -> Gallery:
@@ -69,6 +89,7 @@ class Context:
         if gallery is not None:
             gallery.close()
         self.__dict__.pop("pipeline", None)
+        self.__dict__.pop("liveness", None)
 
     def __enter__(self) -> Context:
         return self

@@ -33,11 +33,26 @@ class Observation:
 
 @dataclass(frozen=True)
 class LivenessResult:
-    """Outcome of a liveness check: "pass" | "fail" | "unavailable" | "not_required". Only "pass" opens the door."""
+    """Outcome of a liveness check: "pass" | "fail" | "pending" | "unavailable" | "not_required".
+
+    Only "pass" (or "not_required" when liveness is off) opens the door. "pending" means a challenge is running: the
+    decider holds the grant and asks again on the next frame. ``method`` says which layers ran (passive, active).
+    """
 
     status: str
     score: float | None = None
     reason: str = ""
+    method: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {"status": self.status}
+        if self.method:
+            out["method"] = self.method
+        if self.score is not None:
+            out["score"] = round(self.score, 4)
+        if self.reason:
+            out["reason"] = self.reason
+        return out
 
 
 LivenessCheck = Callable[[int, Observation], LivenessResult]
@@ -84,6 +99,8 @@ class _TrackState:
     denied: bool = False  # at least one deny was emitted
     last_deny: float | None = None
     cooled: bool = False  # recognised while that person was in cooldown: this track never denies
+    pending: tuple[int, int] | None = None  # (person_id, votes): a grant waits on a running liveness challenge
+    pending_best: MatchResult | None = None  # the best vote when the challenge began (the window moves on)
 
 
 class Decider:
@@ -109,9 +126,16 @@ class Decider:
         if st is None:
             st = self._tracks[track_id] = _TrackState(first_seen, deque(maxlen=self.cfg.window))
         m = obs.match
-        if st.granted or m is None:
+        if st.granted:
             return None
-        st.window.append((obs, m))
+        if m is not None:
+            st.window.append((obs, m))
+        if st.pending is not None:
+            # A grant is due and a liveness challenge is running: ask again on every frame, voted or not, so an
+            # answer (a blink) or a timeout is acted on at once.
+            return self._try_grant(track_id, st, obs, *st.pending)
+        if m is None:
+            return None
         counts = Counter(pid for pid, _ in _votes(st.window))
         if _votes_for(obs, m) and m.person_id is not None and counts[m.person_id] >= self.cfg.frames_needed:
             return self._try_grant(track_id, st, obs, m.person_id, counts[m.person_id])
@@ -126,7 +150,15 @@ class Decider:
     def end_track(self, track_id: int, t: float) -> Decision | None:
         """Forget ``track_id``; a track with votes that was never granted, denied or cooled down gets one deny."""
         st = self._tracks.pop(track_id, None)
-        if st is None or st.granted or st.denied or st.cooled or not st.window:
+        if st is None or st.granted or st.cooled or not st.window:
+            return None
+        if st.pending is not None:
+            pid, count = st.pending
+            best = self._best_for(st, pid)
+            liveness = LivenessResult("fail", reason="the face left before the liveness challenge was answered")
+            reason = f"liveness fail: {liveness.reason}"
+            return self._emit(DENIED, track_id, st, t, best, count, liveness, reason, pid, best.name)
+        if st.denied:
             return None
         return self._deny(track_id, st, t)
 
@@ -136,11 +168,16 @@ class Decider:
             st.cooled = True
             log.debug("track %d: person %d granted %.1f s ago, in cooldown: no decision", track_id, pid, obs.t - last)
             return None
-        best = _best([m for p, m in _votes(st.window) if p == pid])
+        best = self._best_for(st, pid)
         if self.liveness is None:
             liveness = NOT_REQUIRED
         else:
             liveness = _check_liveness(self.liveness, track_id, obs)
+            if liveness.status == "pending":
+                if st.pending is None:
+                    st.pending, st.pending_best = (pid, count), best
+                return None
+            st.pending = None
             if liveness.status != "pass":
                 # Fail secure: anything but an explicit pass is a deny. The track stays undecided, so a later frame
                 # may still pass; the deny rate limit keeps a failing check from flooding the event log.
@@ -152,6 +189,15 @@ class Decider:
         self._last_grant[pid] = obs.t
         reason = f"{count} of {len(st.window)} frames matched {best.name}"
         return self._emit(GRANTED, track_id, st, obs.t, best, count, liveness, reason, pid, best.name)
+
+    @staticmethod
+    def _best_for(st: _TrackState, pid: int) -> MatchResult:
+        """The best vote for ``pid`` in the window, else the one kept when a liveness challenge began."""
+        votes = [m for p, m in _votes(st.window) if p == pid]
+        if votes:
+            return _best(votes)
+        # Only reachable while a challenge is pending (pending_best is set); the window is never empty here.
+        return st.pending_best if st.pending_best is not None else _best([m for _, m in st.window])
 
     def _deny(self, track_id: int, st: _TrackState, t: float) -> Decision:
         best = _best([m for _, m in st.window])

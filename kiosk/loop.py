@@ -22,6 +22,7 @@ from .detect import select_faces
 from .door import Door
 from .errors import GalleryError
 from .gallery import Gallery
+from .liveness import Liveness
 from .match import Matcher
 from .notify import Notifier
 from .pipeline import Pipeline
@@ -86,6 +87,8 @@ class DoorLoop:
         clock: Callable[[], float] = time.monotonic,
         on_decision: Callable[[Decision, str], None] | None = None,
         door_events: queue.SimpleQueue[tuple[str, dict[str, Any]]] | None = None,
+        liveness: Liveness | None = None,
+        on_prompt: Callable[[int, str], None] | None = None,
     ) -> None:
         self.cfg = pipeline.cfg
         self.pipeline = pipeline
@@ -99,7 +102,11 @@ class DoorLoop:
         self.door_events = door_events
         d = self.cfg.decision
         self.tracker = Tracker(iou_threshold=d.track_iou, max_age_s=d.track_max_age_s)
-        self.decider = Decider(d)
+        self.liveness = liveness
+        self.on_prompt = on_prompt
+        if liveness is not None:
+            liveness.on_prompt = self._prompt
+        self.decider = Decider(d, liveness=liveness)
         self.stats = LoopStats()
         self.stop_event = threading.Event()
         self._matcher: Matcher | None = None
@@ -147,6 +154,8 @@ class DoorLoop:
         if tracks:
             decisions += self._observe(frame, tracks, t)
         for track in ended:
+            if self.liveness is not None:
+                self.liveness.end(track.id)
             final = self.decider.end_track(track.id, t)
             if final is not None:
                 decisions.append(final)
@@ -173,6 +182,8 @@ class DoorLoop:
         row_of = {i: row for row, i in enumerate(todo)}
         decisions = []
         for i, (track, (_, quality)) in enumerate(zip(tracks, prepared, strict=True)):
+            if self.liveness is not None:
+                self.liveness.observe(track.id, frame.image, track.face, t)
             match = None
             if vectors is not None and matcher is not None and i in row_of:
                 match = matcher.match(vectors[row_of[i]])
@@ -186,6 +197,13 @@ class DoorLoop:
                 decisions.append(decision)
                 self._act(decision, frame, track)
         return decisions
+
+    def _prompt(self, track_id: int, prompt: str) -> None:
+        """A liveness challenge began: tell the person (status line now, a display once one exists)."""
+        self.notifier.status(f"track {track_id}: {prompt}")
+        self.stats.last_decision = f"challenge: {prompt}"
+        if self.on_prompt is not None:
+            self.on_prompt(track_id, prompt)
 
     # -- acting on a decision --------------------------------------------------------------------------------
 
@@ -204,7 +222,7 @@ class DoorLoop:
         # One structured line per decision: who, score, threshold, liveness, latency, outcome. No biometrics.
         log.info(
             "decision outcome=%s track=%d person_id=%s name=%s score=%s runner_up=%s threshold=%s frames=%d "
-            "liveness=%s latency_ms=%.0f door=%s reason=%r",
+            "liveness=%s liveness_score=%s latency_ms=%.0f door=%s reason=%r",
             d.outcome,
             d.track_id,
             d.person_id,
@@ -214,6 +232,7 @@ class DoorLoop:
             _f(d.threshold),
             d.frames_used,
             d.liveness.status,
+            _f(d.liveness.score),
             latency_ms,
             door_action,
             d.reason,
@@ -226,7 +245,7 @@ class DoorLoop:
             self.on_decision(d, door_action)
 
     def _record(self, d: Decision, latency_ms: float, door_action: str, snapshot: str | None) -> None:
-        detail: dict[str, Any] = {"reason": d.reason}
+        detail: dict[str, Any] = {"reason": d.reason, "liveness": d.liveness.as_dict()}
         if snapshot:
             detail["snapshot"] = snapshot
         try:
@@ -279,6 +298,8 @@ class DoorLoop:
                 break
         # Tracks still open at the end are closed so an undecided stranger is still recorded.
         for track in self.tracker.flush():
+            if self.liveness is not None:
+                self.liveness.end(track.id)
             final = self.decider.end_track(track.id, self.clock())
             if final is not None:
                 self._act(final, None, None)

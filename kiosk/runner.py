@@ -64,6 +64,7 @@ def run_kiosk(
     pin_factory: object | None = None,
     notifier: Notifier | None = None,
     on_decision: Callable[[Decision, str], None] | None = None,
+    on_prompt: Callable[[int, str], None] | None = None,
     started: Callable[[DoorLoop], None] | None = None,
 ) -> LoopStats:
     """Build everything from ``cfg`` (tests inject ``door``/``pin_factory``), run the loop, tear down in reverse."""
@@ -79,6 +80,7 @@ def run_kiosk(
             gallery = ctx.gallery
             pipeline = ctx.pipeline
             pipeline.warmup()
+            liveness = ctx.liveness  # loaded (and hash-checked) at start: a missing liveness model stops here
             stale = ctx.stale_warning()
             if stale:
                 log.warning(stale)
@@ -105,6 +107,8 @@ def run_kiosk(
                 snapshots=snapshots,
                 on_decision=on_decision,
                 door_events=door_events,
+                liveness=liveness,
+                on_prompt=on_prompt,
             )
             log.info("kiosk ready in %.1f s (models warm, camera started, relay off)", time.monotonic() - t0)
             if started is not None:

@@ -36,6 +36,8 @@ def _cfg(tmp_path: Path, **sections: dict[str, object]) -> Config:
         "door": {"driver": "gpiozero", "relay_pin": RELAY_PIN, "pulse_s": PULSE_S, "max_pulse_s": 1.0},
         "decision": {"frames_needed": 3, "window": 5, "cooldown_s": 60.0, "track_max_age_s": 0.6},
         "camera": {"fps": FPS, "stall_timeout_s": 1.0, "reconnect_min_s": 0.1, "reconnect_max_s": 0.4},
+        # These tests replay still photos: they test recognition and the door; liveness has its own tests.
+        "liveness": {"mode": "off"},
     }
     data.update(sections)
     return parse_config(data)

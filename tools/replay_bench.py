@@ -1208,6 +1208,8 @@ def bench_config(args: argparse.Namespace, tmp: Path) -> Config:
         door=dataclasses.replace(cfg.door, driver="simulated"),
         camera=dataclasses.replace(cfg.camera, fps=args.fps, replay_realtime=bool(args.realtime)),
         events=dataclasses.replace(cfg.events, snapshots=False),
+        # Recognition and decision latency on replayed still photos: liveness is measured by `kiosk eval-liveness`.
+        liveness=dataclasses.replace(cfg.liveness, mode="off"),
     )
 
 

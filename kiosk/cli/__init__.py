@@ -17,7 +17,7 @@ from .. import __version__
 from ..config import load_config
 from ..errors import ExitCode, KioskError
 from ..logs import configure
-from . import admin, door, people, recognize, run
+from . import admin, door, liveness, people, recognize, run
 
 log = logging.getLogger("kiosk.cli")
 
@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.register(sub)
     door.register(sub)
     admin.register(sub)
+    liveness.register(sub)
     return parser
 
 

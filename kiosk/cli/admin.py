@@ -113,6 +113,14 @@ def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
             checks.append({"check": "models", "ok": False, "detail": str(exc)})
             pipeline = None
         try:
+            live = ctx.liveness
+            mode = cfg.liveness.mode
+            ok = live is None or not cfg.liveness.passive_required or live.passive is not None
+            detail = f"mode {mode}" + ("" if ok else ": no passive model configured, every grant will be refused")
+            checks.append({"check": "liveness", "ok": ok, "detail": detail})
+        except KioskError as exc:
+            checks.append({"check": "liveness", "ok": False, "detail": str(exc)})
+        try:
             problems = ctx.gallery.integrity_check()
             counts = ctx.gallery.template_counts()
             n_people = len(ctx.gallery.list_people())

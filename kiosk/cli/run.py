@@ -59,12 +59,17 @@ def cmd_run(args: argparse.Namespace, cfg: Config) -> int:
             print(f"{d.outcome:8} {who:24} score {fmt(d.score)}  frames {d.frames_used}  door {door}  ({d.reason})")
             sys.stdout.flush()
 
+    def prompt(track_id: int, text: str) -> None:
+        if not args.json:
+            print(f"{'check':8} track {track_id}: {text}", flush=True)
+
     stats = run_kiosk(
         cfg,
         source=args.source,
         realtime=False if args.no_realtime else None,
         max_frames=args.max_frames,
         on_decision=show,
+        on_prompt=prompt,
     )
     summary = stats.as_dict()
     if args.json:
@@ -98,8 +103,8 @@ def cmd_events(args: argparse.Namespace, cfg: Config) -> int:
         return 0
     rows = [
         [str(e["id"]), str(e["ts"]), e["kind"], e["outcome"], e.get("person_name") or "-", fmt(e.get("score")),
-         str(e.get("frames") or "-"), e.get("door_action") or "-"]
+         str(e.get("frames") or "-"), e.get("liveness") or "-", e.get("door_action") or "-"]
         for e in events
     ]  # fmt: skip
-    print(table(rows, ["id", "time", "kind", "outcome", "person", "score", "frames", "door"]))
+    print(table(rows, ["id", "time", "kind", "outcome", "person", "score", "frames", "liveness", "door"]))
     return 0

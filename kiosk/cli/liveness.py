@@ -1,0 +1,212 @@
+"""``kiosk eval-liveness``: APCER per attack type and BPCER of a liveness layer over labelled images and videos."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import cv2
+
+from ..config import Config
+from ..context import Context
+from ..errors import InputError, KioskError
+from ..imageio import read_image
+from ..liveness.evaluate import Presentation, Scored, evaluate, read_presentations, score_all
+from ..pipeline import Pipeline, runtime_options
+from ..types import Face, Image
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "eval-liveness",
+        help="measure a liveness layer: APCER per attack type, BPCER (ISO/IEC 30107-3)",
+        description=cmd_eval_liveness.__doc__,
+    )
+    p.add_argument("--labels", type=Path, required=True, help="CSV with columns path,label,attack_type")
+    p.add_argument("--root", type=Path, help="folder the CSV paths are relative to (default: the CSV's folder)")
+    p.add_argument("--json", type=Path, dest="json_out", metavar="OUT", help="write the full report as JSON here")
+    p.add_argument(
+        "--layer",
+        choices=["passive", "active"],
+        default="passive",
+        help="passive: MiniFASNet live-face probability (default); active: 1 when a blink is seen in a video, else 0",
+    )
+    p.add_argument("--models", help="passive: comma-separated liveness model ids (default: liveness.passive.models)")
+    p.add_argument("--threshold", type=float, help="decision threshold (default: liveness.passive.threshold; 0.5)")
+    p.add_argument("--every", type=int, default=1, help="videos: score every Nth frame (default 1)")
+    p.set_defaults(func=cmd_eval_liveness)
+
+
+def cmd_eval_liveness(args: argparse.Namespace, cfg: Config) -> int:
+    """Score each presentation (image, or video counted once) with the passive layer's fused live-face probability
+    (a video: the mean over its frames with a face) or, with --layer active, whether a blink is seen (videos only).
+    Prints APCER per attack type, BPCER, BPCER20/BPCER100 and failures to acquire; --json writes them with the
+    curve over thresholds 0..1 and every presentation's score."""
+    if args.every < 1:
+        raise InputError("--every must be at least 1")
+    items = read_presentations(args.labels)
+    root = args.root if args.root is not None else args.labels.parent
+    threshold = args.threshold
+    if threshold is None:
+        threshold = cfg.liveness.passive.threshold if args.layer == "passive" else 0.5
+    if not 0.0 <= threshold <= 1.0:
+        raise InputError(f"--threshold must be within 0..1, got {threshold}")
+    with Context(cfg) as ctx:
+        pipeline = ctx.pipeline
+        if args.layer == "passive":
+            scorer, models = _passive_scorer(args, cfg, ctx, pipeline)
+        else:
+            scorer, models = _active_scorer(args, cfg, ctx, pipeline)
+        show = sys.stderr.isatty()
+
+        def progress(done: int, total: int) -> None:
+            if show:
+                sys.stderr.write(f"\r{done}/{total} presentations")
+                sys.stderr.flush()
+
+        scored = score_all(items, root, scorer, progress)
+        if show:
+            sys.stderr.write("\n")
+    report = evaluate(scored, threshold)
+    report = {
+        "labels": str(args.labels),
+        "layer": args.layer,
+        "models": models,
+        **report,
+        "presentations": [s.as_dict() for s in scored],
+    }
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    _print(report)
+    return 0
+
+
+# -- scorers -----------------------------------------------------------------------------------------------------
+
+
+def _largest(pipeline: Pipeline, image: Image) -> Face | None:
+    faces = pipeline.detect(image)
+    return max(faces, key=lambda f: f.area) if faces else None
+
+
+def _frames(path: Path, every: int) -> tuple[list[tuple[float, Image]], float]:
+    """Decode a video: (time in seconds, frame) for every ``every``-th frame, and the frame rate."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            raise InputError(f"{path}: cannot open as a video")
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        fps = fps if fps > 0.0 else 25.0
+        out: list[tuple[float, Image]] = []
+        i = 0
+        while True:
+            ok, frame = cap.read()
+            if not ok or frame is None:
+                break
+            if i % every == 0:
+                out.append((i / fps, frame))
+            i += 1
+    finally:
+        cap.release()
+    if not out:
+        raise InputError(f"{path}: no frames could be decoded")
+    return out, fps
+
+
+def _passive_scorer(
+    args: argparse.Namespace, cfg: Config, ctx: Context, pipeline: Pipeline
+) -> tuple[Any, dict[str, Any]]:
+    from ..liveness.passive import PassiveLiveness
+
+    ids = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else list(cfg.liveness.passive.models)
+    if not ids:
+        raise InputError(
+            "no passive liveness model: set liveness.passive.models or pass --models "
+            "(convert MiniFASNet checkpoints with `python -m tools minifasnet`)"
+        )
+    passive = PassiveLiveness.from_manifest(ctx.manifest, ids, runtime_options(cfg))
+    models = {i: ctx.manifest.get(i).sha256 for i in ids}
+
+    def score(item: Presentation, path: Path) -> Scored:
+        try:
+            frames = _frames(path, args.every)[0] if item.is_video else [(0.0, read_image(path))]
+        except KioskError as exc:
+            return Scored(item, None, reason=str(exc))
+        values = []
+        for _, image in frames:
+            face = _largest(pipeline, image)
+            if face is not None:
+                values.append(passive.score(image, face))
+        if not values:
+            return Scored(item, None, reason="no face found", frames=len(frames))
+        return Scored(item, sum(values) / len(values), frames=len(frames), faces=len(values))
+
+    return score, models
+
+
+def _active_scorer(
+    args: argparse.Namespace, cfg: Config, ctx: Context, pipeline: Pipeline
+) -> tuple[Any, dict[str, Any]]:
+    from ..backends import load_runner
+    from ..liveness.active import BlinkDetector
+    from ..liveness.mesh import FaceMesh, eye_aspect_ratio
+
+    spec = ctx.manifest.get(cfg.liveness.active.model, task="landmarks")
+    mesh = FaceMesh(spec, load_runner(spec, runtime_options(cfg)))
+    models = {spec.id: spec.sha256}
+
+    def score(item: Presentation, path: Path) -> Scored:
+        if not item.is_video:
+            # A single image cannot answer a challenge: the active layer rejects every still presentation.
+            return Scored(item, 0.0, reason="still image: no blink possible", frames=1, faces=1)
+        try:
+            frames, _ = _frames(path, args.every)
+        except KioskError as exc:
+            return Scored(item, None, reason=str(exc))
+        blink = BlinkDetector()
+        blinks: list[float] = []
+        faces = 0
+        for t, image in frames:
+            face = _largest(pipeline, image)
+            result = mesh.landmarks(image, face) if face is not None else None
+            if result is None:
+                continue
+            faces += 1
+            if blink.update(eye_aspect_ratio(result.points), t):
+                blinks.append(round(t, 2))
+        if not faces:
+            return Scored(item, None, reason="no face found", frames=len(frames))
+        extra = {"blinks": len(blinks), "blink_times_s": blinks}
+        return Scored(item, 1.0 if blinks else 0.0, frames=len(frames), faces=faces, extra=extra)
+
+    return score, models
+
+
+# -- output ------------------------------------------------------------------------------------------------------
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100.0 * v:.2f} %"
+
+
+def _print(r: dict[str, Any]) -> None:
+    n = r["n"]
+    print(
+        f"{n['bona_fide']} bona fide and {n['attack']} attack presentations scored, layer {r['layer']} "
+        f"({', '.join(r['models'])}), threshold {r['threshold']:.2f}"
+    )
+    for kind, rate in r["apcer"].items():
+        print(f"  APCER {kind:<16} {_pct(rate):>9}   (n={n['attack_types'].get(kind, 0)})")
+    print(f"  BPCER {'':<16} {_pct(r['bpcer']):>9}   (n={n['bona_fide']})")
+    for key in ("bpcer20", "bpcer100"):
+        v = r[key]
+        label = key.upper() + f" (BPCER at APCER <= {'5' if key == 'bpcer20' else '1'} %)"
+        print(f"  {label}: " + ("n/a" if v is None else f"{_pct(v['bpcer'])} at threshold {v['threshold']:.2f}"))
+    fta = r["failed_to_acquire"]
+    if fta["bona_fide"] or fta["attack"]:
+        print(f"  failed to acquire (no face / unreadable): {fta['bona_fide']} bona fide, {fta['attack']} attack")
+

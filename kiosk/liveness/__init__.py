@@ -1,0 +1,163 @@
+"""Liveness policy: which layers must pass before the door opens, and the per-track state that feeds them.
+
+Two independent layers:
+
+- **passive** (``passive.py``): MiniFASNet models on scaled crops around the face, scored on every frame of a track;
+  the decision uses the mean live-face probability over the track's last ``liveness.passive.frames`` frames.
+- **active** (``active.py``): after a match, a challenge (blink, or a head turn in a random direction) that must be
+  answered within ``liveness.active.timeout_s``; the 468-point face mesh runs only while a challenge is running.
+
+``Liveness`` is the decider's liveness check (``kiosk.decide.LivenessCheck``). It fails secure: anything but an
+explicit pass keeps the door shut, a layer the mode requires but that cannot run reports "unavailable" (a deny), and
+a liveness model named in the config that is missing from the manifest is a startup error.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..config import LivenessConfig
+from ..decide import LivenessResult, Observation
+from ..types import Face, Image
+
+if TYPE_CHECKING:
+    from ..backends import RuntimeOptions
+    from ..manifest import Manifest
+    from .active import ActiveLiveness
+    from .passive import PassiveLiveness
+
+log = logging.getLogger(__name__)
+
+Prompt = Callable[[int, str], None]
+
+
+class Liveness:
+    """The configured policy (``liveness.mode``) over the passive and active layers; one instance per door loop."""
+
+    def __init__(
+        self,
+        cfg: LivenessConfig,
+        *,
+        passive: PassiveLiveness | None = None,
+        active: ActiveLiveness | None = None,
+        on_prompt: Prompt | None = None,
+    ) -> None:
+        if cfg.active_required and active is None:
+            raise ValueError("liveness.mode needs the active layer but none was given")
+        self.cfg = cfg
+        self.passive = passive
+        self.active = active
+        self.on_prompt = on_prompt
+        self._scores: dict[int, deque[float]] = {}
+        self._prompted: set[int] = set()
+
+    @classmethod
+    def from_config(cls, cfg: LivenessConfig, manifest: Manifest, options: RuntimeOptions) -> Liveness | None:
+        """Load the layers ``cfg.mode`` needs (hash-checked); None when liveness is off.
+
+        A configured model that is missing or altered raises (a startup error); a passive layer with no model
+        configured is allowed but reports "unavailable" on every attempt, so the door stays shut.
+        """
+        if cfg.mode == "off":
+            return None
+        passive = active = None
+        if cfg.passive_required:
+            if cfg.passive.models:
+                from .passive import PassiveLiveness
+
+                passive = PassiveLiveness.from_manifest(manifest, list(cfg.passive.models), options)
+            else:
+                log.warning(
+                    "liveness.mode is %s but liveness.passive.models is empty: the passive layer is unavailable and "
+                    "every grant will be refused (convert MiniFASNet checkpoints with `python -m tools minifasnet`)",
+                    cfg.mode,
+                )
+        if cfg.active_required:
+            from ..backends import load_runner
+            from .active import ActiveLiveness
+            from .mesh import FaceMesh
+
+            spec = manifest.get(cfg.active.model, task="landmarks")
+            mesh = FaceMesh(spec, load_runner(spec, options))
+            active = ActiveLiveness(
+                mesh,
+                challenges=cfg.active.challenges,
+                timeout_s=cfg.active.timeout_s,
+                turn_deg=cfg.active.turn_deg,
+            )
+        log.info(
+            "liveness: mode %s (passive: %s; active: %s)",
+            cfg.mode,
+            (", ".join(cfg.passive.models) or "no model") if cfg.passive_required else "off",
+            "/".join(cfg.active.challenges) if cfg.active_required else "off",
+        )
+        return cls(cfg, passive=passive, active=active)
+
+    @property
+    def method(self) -> str:
+        return {"passive": "passive", "active": "active", "both": "passive+active"}.get(self.cfg.mode, "off")
+
+    # -- per frame -------------------------------------------------------------------------------------------
+
+    def observe(self, track_id: int, image: Image, face: Face, t: float) -> None:
+        """Feed one frame of a track: the passive score is kept; a running challenge sees the frame."""
+        if self.passive is not None:
+            window = self._scores.get(track_id)
+            if window is None:
+                window = self._scores[track_id] = deque(maxlen=self.cfg.passive.frames)
+            window.append(self.passive.score(image, face))
+        if self.active is not None:
+            self.active.observe(track_id, image, face, t)
+
+    def end(self, track_id: int) -> None:
+        """Forget a track that left."""
+        self._scores.pop(track_id, None)
+        self._prompted.discard(track_id)
+        if self.active is not None:
+            self.active.end(track_id)
+
+    # -- the decider's check ---------------------------------------------------------------------------------
+
+    def __call__(self, track_id: int, obs: Observation) -> LivenessResult:
+        passive = self._passive(track_id) if self.cfg.passive_required else None
+        if passive is not None and passive.status != "pass":
+            return passive
+        if not self.cfg.active_required:
+            assert passive is not None  # mode is passive
+            return passive
+        active = self._active(track_id, obs.t)
+        if active.status != "pass" or passive is None:
+            return active
+        return LivenessResult(
+            "pass", score=passive.score, reason=f"{passive.reason}; {active.reason}", method=self.method
+        )
+
+    def _passive(self, track_id: int) -> LivenessResult:
+        if self.passive is None:
+            reason = "no passive liveness model configured (liveness.passive.models)"
+            return LivenessResult("unavailable", reason=reason, method=self.method)
+        scores = self._scores.get(track_id)
+        need = self.cfg.passive.frames
+        if not scores or len(scores) < need:
+            have = len(scores) if scores else 0
+            return LivenessResult("pending", reason=f"{have} of {need} frames scored", method=self.method)
+        score = sum(scores) / len(scores)
+        thr = self.cfg.passive.threshold
+        if score < thr:
+            reason = f"passive score {score:.2f} below {thr:.2f} (photo or screen suspected)"
+            return LivenessResult("fail", score=score, reason=reason, method=self.method)
+        return LivenessResult("pass", score=score, reason=f"passive score {score:.2f}", method=self.method)
+
+    def _active(self, track_id: int, t: float) -> LivenessResult:
+        assert self.active is not None  # required by __init__ when the mode needs it
+        if track_id not in self._prompted:
+            self._prompted.add(track_id)
+            prompt = self.active.start(track_id, t)
+            log.info("liveness challenge track=%d: %s (%.0f s)", track_id, prompt, self.cfg.active.timeout_s)
+            if self.on_prompt is not None:
+                self.on_prompt(track_id, prompt)
+        r = self.active.result(track_id, t)
+        return LivenessResult(r.status, score=r.score, reason=r.reason, method=self.method)
