@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "facenet": ("tools.facenet", "convert FaceNet 20180408 (Inception-ResNet-v1) from its GraphDef to ONNX"),
     "quantize": ("tools.quantize", "static int8 quantisation with calibration on real faces and an accuracy gate"),
     "tflite": ("tools.tflite_convert", "convert ONNX models to TFLite (fp32 and full int8)"),
+    "tflite-onnx": ("tools.tflite_to_onnx", "convert a float TFLite model (MediaPipe face mesh) to ONNX"),
+    "minifasnet": ("tools.minifasnet", "convert MiniFASNet anti-spoofing checkpoints to ONNX passive liveness models"),
     "report": ("tools.report", "evaluate every model in the manifest and write models/README.md"),
     "replay-bench": ("tools.replay_bench", "replay enrolled members and strangers through the real door loop"),
 }
