@@ -24,6 +24,29 @@ def faces_dir() -> Path:
     return d
 
 
+MINIFASNET_FILES = ("2.7_80x80_MiniFASNetV2.pth", "4_0_0_80x80_MiniFASNetV1SE.pth", "reference/expected.json")
+
+
+@pytest.fixture(scope="session")
+def minifasnet_dir() -> Path:
+    """The user-supplied MiniFASNet checkpoints ($KIOSK_MINIFASNET_DIR, else ../shared/data/models/minifasnet)."""
+    pytest.importorskip("torch", reason="the tools extra (torch) converts the MiniFASNet checkpoints")
+    from tools.minifasnet import default_checkpoint_dir
+
+    d = default_checkpoint_dir()
+    if not all((d / name).is_file() for name in MINIFASNET_FILES):
+        pytest.skip(f"MiniFASNet checkpoints not found at {d} (set KIOSK_MINIFASNET_DIR)")
+    return d
+
+
+@pytest.fixture(scope="session")
+def minifasnet_models(tmp_path_factory: pytest.TempPathFactory, minifasnet_dir: Path) -> Path:
+    """The repository's manifest plus minifasnet_v2 / minifasnet_v1se, converted once into a temporary folder."""
+    from tools.minifasnet import build_minifasnet_models
+
+    return build_minifasnet_models(tmp_path_factory.mktemp("minifasnet"), minifasnet_dir)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """With KIOSK_FAIL_ON_SKIP=1 (set by .ci/run) a skipped test is reported as a failure."""

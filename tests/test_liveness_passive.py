@@ -37,7 +37,7 @@ from kiosk.manifest import Manifest, load_manifest, sha256_file  # noqa: E402
 from kiosk.types import Face  # noqa: E402
 from tools.arch.minifasnet import minifasnet  # noqa: E402
 from tools.export import load_state_dict  # noqa: E402
-from tools.minifasnet import build_minifasnet_models, default_checkpoint_dir, main  # noqa: E402
+from tools.minifasnet import main  # noqa: E402
 
 TOL = 1e-4
 V2 = "2.7_80x80_MiniFASNetV2.pth"
@@ -48,20 +48,6 @@ OPTIONS = RuntimeOptions(intra_op_threads=1)
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
-
-
-@pytest.fixture(scope="session")
-def minifasnet_dir() -> Path:
-    d = default_checkpoint_dir()
-    if not all((d / name).is_file() for name in (V2, V1SE, "reference/expected.json")):
-        pytest.skip(f"MiniFASNet checkpoints not found at {d} (set KIOSK_MINIFASNET_DIR)")
-    return d
-
-
-@pytest.fixture(scope="session")
-def minifasnet_models(tmp_path_factory: pytest.TempPathFactory, minifasnet_dir: Path) -> Path:
-    """The repository's manifest plus minifasnet_v2 / minifasnet_v1se, converted once into a temporary folder."""
-    return build_minifasnet_models(tmp_path_factory.mktemp("minifasnet"), minifasnet_dir)
 
 
 @pytest.fixture(scope="session")
