@@ -188,6 +188,8 @@ class Decider:
         st.granted = True
         self._last_grant[pid] = obs.t
         reason = f"{count} of {len(st.window)} frames matched {best.name}"
+        if liveness.status == "pass" and liveness.reason:
+            reason += f"; liveness: {liveness.reason}"
         return self._emit(GRANTED, track_id, st, obs.t, best, count, liveness, reason, pid, best.name)
 
     @staticmethod

@@ -2,9 +2,10 @@
 
 In a throwaway data folder it enrols the astronaut (Eileen Collins, NASA photo) from one crop, shows that the
 enrolment gate refuses the cameraman (head turned ~57°), a photo with no face and a duplicate, then builds a
-640x480 clip — frames without a face, the astronaut in other crops with motion and lighting changes, the cameraman
-as a stranger — and replays it through ``kiosk run``'s loop with the simulated door, printing every decision and
-door pulse. ``--source 0`` drives a real webcam through the same loop instead of the clip.
+640x480 clip — frames without a face, the astronaut's photo held up to the camera (refused by the blink challenge),
+the astronaut blinking (let in), the cameraman as a stranger — and replays it through ``kiosk run``'s loop with the
+simulated door and active liveness, printing every challenge, decision and door pulse. ``--source 0`` drives a
+real webcam through the same loop instead of the clip.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .imageio import as_bgr
 from .types import Image
 
 W, H, FPS = 640, 480, 10
+DEMO_CHALLENGE_S = 3.0  # liveness.active.timeout_s for the built-in clip
 
 
 def skimage_image(name: str) -> Image:
@@ -55,17 +57,19 @@ def _paste(canvas: Image, img: Image, size: int, cx: float, cy: float, gain: flo
     return out
 
 
-def build_clip(path: Path) -> dict[str, int]:
-    """Write the demo clip (MJPG .avi, 10 fps) and return the number of frames per segment."""
-    astronaut, cameraman = skimage_image("astronaut"), skimage_image("camera")
+def build_clip(path: Path, held_photo: list[Image], blinking: list[Image]) -> dict[str, int]:
+    """Write the demo clip (MJPG .avi, 10 fps) and return the number of frames per segment.
+
+    ``held_photo``: the astronaut's photo held up to the camera (it never blinks); ``blinking``: the astronaut at
+    the door, blinking once (both from ``kiosk.liveness.simulate``).
+    """
+    cameraman = skimage_image("camera")
     empty_scene: Image = np.ascontiguousarray(cv2.resize(skimage_image("coffee"), (W, H)), dtype=np.uint8)
     segments: list[tuple[str, list[Image]]] = [
         ("no face", [_canvas() for _ in range(10)] + [empty_scene] * 10),
-        # The astronaut walks in from the left, lights flicker between 0.75x and 1.2x.
-        (
-            "astronaut",
-            [_paste(_canvas(), astronaut, 360, 180 + 8 * i, 230 + 2 * i, 0.75 + 0.45 * (i % 5) / 4) for i in range(30)],
-        ),
+        ("a photo of the astronaut", held_photo),
+        ("nobody", [_canvas(120) for _ in range(15)]),
+        ("the astronaut herself, who blinks", blinking),
         ("nobody", [_canvas(120) for _ in range(15)]),
         ("cameraman (stranger)", [_paste(_canvas(), cameraman, 380, 420 - 6 * i, 240, 1.0) for i in range(25)]),
         ("nobody", [_canvas(120) for _ in range(15)]),
@@ -84,11 +88,27 @@ def build_clip(path: Path) -> dict[str, int]:
     return counts
 
 
+def _astronaut_frames(ctx: Context, photo: Image) -> tuple[list[Image], list[Image]]:
+    """The astronaut's photo held still before the camera, and the astronaut blinking once (eyelids from the mesh)."""
+    from .liveness.mesh import load_face_mesh
+    from .liveness.simulate import blink_frames, scene, still_frames
+    from .pipeline import runtime_options
+
+    image = scene(photo, 1.4)
+    faces = ctx.pipeline.detect(image)
+    mesh = load_face_mesh(ctx.manifest, ctx.cfg.liveness.active.model, runtime_options(ctx.cfg))
+    result = mesh.landmarks(image, max(faces, key=lambda f: f.area)) if faces else None
+    if result is None:
+        raise KioskError("demo: the face mesh found no face in the astronaut's photo")
+    held = still_frames(image, int((DEMO_CHALLENGE_S + 1.5) * FPS), seed=1)
+    return held, blink_frames(image, result.points, n_open=15, n_closed=3, n_after=15, seed=2)
+
+
 def run_demo(cfg: Config, *, source: str | None = None, as_json: bool = False) -> int:
     from .cli._output import emit_json, fmt
     from .runner import run_kiosk
 
-    out: dict[str, Any] = {"enrolment": [], "decisions": []}
+    out: dict[str, Any] = {"enrolment": [], "decisions": [], "prompts": []}
 
     def say(text: str) -> None:
         if not as_json:
@@ -102,6 +122,11 @@ def run_demo(cfg: Config, *, source: str | None = None, as_json: bool = False) -
             gallery=dataclasses.replace(cfg.gallery, path=root / "gallery.db"),
             door=dataclasses.replace(cfg.door, driver="simulated"),
         )
+        if source is None:
+            # The clip shows the active layer: a held-up photo must be refused, the blinking astronaut let in. A
+            # shorter challenge than the default keeps the clip short.
+            live = dataclasses.replace(cfg.liveness.active, timeout_s=DEMO_CHALLENGE_S, challenges=("blink",))
+            cfg = dataclasses.replace(cfg, liveness=dataclasses.replace(cfg.liveness, mode="active", active=live))
         photos = {
             "astronaut": skimage_image("astronaut")[20:260, 120:360],  # one crop: head and shoulders
             "cameraman": skimage_image("camera"),
@@ -124,10 +149,11 @@ def run_demo(cfg: Config, *, source: str | None = None, as_json: bool = False) -
                     result, ok = f"refused: {str(exc).split(': ', 2)[-1]}", not expect_ok
                 out["enrolment"].append({"step": step, "result": result, "as_expected": ok})
                 say(f"  {'ok   ' if ok else 'WRONG'} {step}: {result}")
+            held, blinking = _astronaut_frames(ctx, photos["astronaut"]) if source is None else ([], [])
 
         clip = root / "door.avi"
         if source is None:
-            counts = build_clip(clip)
+            counts = build_clip(clip, held, blinking)
             say(f"\nreplaying a {sum(counts.values()) / FPS:.0f} s clip at {FPS} fps through the door loop: "
                 + ", then ".join(f"{k} ({v / FPS:.1f} s)" for k, v in counts.items()))  # fmt: skip
         else:
@@ -137,18 +163,25 @@ def run_demo(cfg: Config, *, source: str | None = None, as_json: bool = False) -
             item = {"outcome": d.outcome, "name": d.name, "score": d.score, "frames": d.frames_used,
                     "latency_ms": round((d.t - d.first_seen) * 1000), "door": door, "reason": d.reason}  # fmt: skip
             out["decisions"].append(item)
+            item["liveness"] = d.liveness.status
             who = d.name or "unknown face"
-            say(f"  {d.outcome.upper():8} {who:14} score {fmt(d.score)}  after {item['latency_ms']} ms  door: {door}")
+            say(f"  {d.outcome.upper():8} {who:14} score {fmt(d.score)}  after {item['latency_ms']} ms  door: {door}"
+                f"  ({d.reason})")  # fmt: skip
 
-        stats = run_kiosk(cfg, source=source or str(clip), on_decision=on_decision)
+        def on_prompt(track_id: int, text: str) -> None:
+            out["prompts"].append(text)
+            say(f"  {'CHECK':8} {'':14} liveness challenge: {text}")
+
+        stats = run_kiosk(cfg, source=source or str(clip), on_decision=on_decision, on_prompt=on_prompt)
     out["stats"] = stats.as_dict()
     granted = [d for d in out["decisions"] if d["outcome"] == "granted"]
+    denied = [d for d in out["decisions"] if d["outcome"] == "denied"]
     expected = (
         all(e["as_expected"] for e in out["enrolment"])
         and source is None
-        and len(granted) == 1
-        and granted[0]["name"] == "astronaut"
-        and any(d["outcome"] == "denied" for d in out["decisions"])
+        and [(d["name"], d["liveness"]) for d in granted] == [("astronaut", "pass")]
+        and any(d["name"] == "astronaut" and d["liveness"] == "fail" for d in denied)  # the held-up photo
+        and any(d["name"] is None for d in denied)  # the stranger
     )
     out["as_expected"] = expected or source is not None
     if as_json:
@@ -158,6 +191,6 @@ def run_demo(cfg: Config, *, source: str | None = None, as_json: bool = False) -
         say(f"\n{s['frames']} frames, {s['granted']} granted, {s['denied']} denied, {s['door_pulses']} door pulse(s); "
             f"processing {s['fps']} fps")  # fmt: skip
         if source is None:
-            say("as expected: the astronaut was let in once, the stranger was refused, empty frames did nothing"
-                if expected else "UNEXPECTED decisions: see above")  # fmt: skip
+            say("as expected: the photo was refused (no blink), the astronaut let in once after blinking, "
+                "the stranger refused" if expected else "UNEXPECTED decisions: see above")  # fmt: skip
     return 0 if out["as_expected"] else int(ExitCode.FAILURE)
