@@ -151,7 +151,7 @@ def test_active_refuses_a_held_photo_and_lets_the_blinking_person_in(
 def test_off_lets_the_held_photo_in(tmp_path: Path, faces_dir: Path, factory: MockFactory) -> None:
     """The control: without liveness the same still photo opens the door (why the default is ``active``)."""
     held, _ = _clips(faces_dir)
-    decisions, events = _run(_cfg(tmp_path, "off"), factory, faces_dir, [held])
+    decisions, _ = _run(_cfg(tmp_path, "off"), factory, faces_dir, [held])
     assert [(d.outcome, d.liveness.status) for d in decisions] == [("granted", "not_required")]
     assert _relay_states(factory).count(True) == 1
 
