@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tflite": ("tools.tflite_convert", "convert ONNX models to TFLite (fp32 and full int8)"),
     "tflite-onnx": ("tools.tflite_to_onnx", "convert a float TFLite model (MediaPipe face mesh) to ONNX"),
     "minifasnet": ("tools.minifasnet", "convert MiniFASNet anti-spoofing checkpoints to ONNX passive liveness models"),
+    "liveness-clips": ("tools.liveness_clips", "write still-photo and simulated-blink clips for kiosk eval-liveness"),
     "report": ("tools.report", "evaluate every model in the manifest and write models/README.md"),
     "replay-bench": ("tools.replay_bench", "replay enrolled members and strangers through the real door loop"),
 }

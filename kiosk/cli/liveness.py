@@ -17,6 +17,7 @@ from ..errors import InputError, KioskError
 from ..imageio import read_image
 from ..liveness.evaluate import Presentation, Scored, evaluate, read_presentations, score_all
 from ..pipeline import Pipeline, runtime_options
+from ..track import Tracker
 from ..types import Face, Image
 
 
@@ -168,20 +169,25 @@ def _active_scorer(
             frames, _ = _frames(path, args.every)
         except KioskError as exc:
             return Scored(item, None, reason=str(exc))
-        blink = BlinkDetector()
+        # One blink detector per tracked face: the largest face may change from one person to another, and a blink
+        # is one person's eyes closing and opening again.
+        tracker = Tracker(iou_threshold=cfg.decision.track_iou, max_age_s=cfg.decision.track_max_age_s)
+        detectors: dict[int, BlinkDetector] = {}
         blinks: list[float] = []
         faces = 0
         for t, image in frames:
             face = _largest(pipeline, image)
+            tracks, _ = tracker.update([face] if face is not None else [], t)
             result = mesh.landmarks(image, face) if face is not None else None
             if result is None:
                 continue
             faces += 1
+            blink = detectors.setdefault(tracks[0].id, BlinkDetector())
             if blink.update(eye_aspect_ratio(result.points), t):
                 blinks.append(round(t, 2))
         if not faces:
             return Scored(item, None, reason="no face found", frames=len(frames))
-        extra = {"blinks": len(blinks), "blink_times_s": blinks}
+        extra = {"blinks": len(blinks), "blink_times_s": blinks, "tracks": len(detectors)}
         return Scored(item, 1.0 if blinks else 0.0, frames=len(frames), faces=faces, extra=extra)
 
     return score, models
