@@ -33,9 +33,10 @@ class Observation:
 
 @dataclass(frozen=True)
 class LivenessResult:
-    """Outcome of a liveness check: "pass" | "fail" | "pending" | "unavailable" | "not_required".
+    """Outcome of a liveness check: "pass" | "fail" | "pending" | "unavailable" | "not_required" | "not_checked".
 
-    Only "pass" (or "not_required" when liveness is off) opens the door. "pending" means a challenge is running: the
+    Only "pass" (or "not_required" when liveness is off) opens the door; "not_checked" marks a deny for which no
+    grant was due (a stranger), so liveness was never asked. "pending" means a challenge is running: the
     decider holds the grant and asks again on the next frame. ``method`` says which layers ran (passive, active).
     """
 
@@ -57,7 +58,7 @@ class LivenessResult:
 
 LivenessCheck = Callable[[int, Observation], LivenessResult]
 NOT_REQUIRED = LivenessResult("not_required")
-NOT_CHECKED = LivenessResult("not_required", reason="not checked: no grant was due")
+NOT_CHECKED = LivenessResult("not_checked", reason="no grant was due")
 
 
 @dataclass(frozen=True)

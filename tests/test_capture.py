@@ -425,7 +425,8 @@ def test_stall_or_read_failure_reopens(then: str, cameras: Any, caplog: pytest.L
 def test_open_failures_back_off_exponentially(cameras: Any, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="kiosk.capture")
     t = FakeTime()
-    src = FakeSource(opens=[False] * 9 + [True], frames_per_open=2, then="raise")
+    # 200 frames (~0.4 s) on the good open: a consumer woken late on a loaded machine still finds one.
+    src = FakeSource(opens=[False] * 9 + [True], frames_per_open=200, then="raise")
     cam = cameras(src, CameraConfig(), clock=t.clock, sleep=t.sleep)  # defaults: 0.5 s doubling to 30 s
     frame = cam.latest(5.0)
     assert frame is not None and frame.t >= 1000.0 + sum(t.sleeps[:9])  # stamped with the injected clock

@@ -232,7 +232,7 @@ def test_liveness_pass_grants_and_carries_the_result() -> None:
     assert calls == [0.75]
     # Liveness is only asked about a grant: a stranger's deny does not run it.
     out = feed(decider, 2, [below()] * 5)
-    assert [d.liveness.status for _, d in out] == ["not_required"]
+    assert [d.liveness.status for _, d in out] == ["not_checked"]
     assert calls == [0.75]
 
 
