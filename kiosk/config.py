@@ -274,7 +274,10 @@ def _build(cls: type[Any], data: dict[str, Any], prefix: str = "") -> Any:
         if name not in data:
             continue
         path = f"{prefix}.{name}" if prefix else name
-        value = _coerce(data[name], hints[name], path)
+        raw = data[name]
+        if isinstance(raw, bool) and "off" in (f.metadata.get("choices") or ()):
+            raw = "on" if raw else "off"  # YAML 1.1 reads a bare `off` as false: `mode: off` means "off"
+        value = _coerce(raw, hints[name], path)
         _check(value, f.metadata, path)
         kwargs[name] = value
     return cls(**kwargs)

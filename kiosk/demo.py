@@ -101,7 +101,7 @@ def _astronaut_frames(ctx: Context, photo: Image) -> tuple[list[Image], list[Ima
     if result is None:
         raise KioskError("demo: the face mesh found no face in the astronaut's photo")
     held = still_frames(image, int((DEMO_CHALLENGE_S + 1.5) * FPS), seed=1)
-    return held, blink_frames(image, result.points, n_open=15, n_closed=3, n_after=15, seed=2)
+    return held, blink_frames(image, result.points, n_open=15, n_closed=4, n_after=15, seed=2)
 
 
 def run_demo(cfg: Config, *, source: str | None = None, as_json: bool = False) -> int:

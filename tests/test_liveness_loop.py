@@ -189,6 +189,8 @@ def test_a_configured_liveness_model_that_is_missing_stops_the_start(tmp_path: P
 
 def test_demo_refuses_the_photo_and_lets_the_blinking_astronaut_in(capsys: pytest.CaptureFixture[str]) -> None:
     """``make demo`` (one of the README's two commands): the real loop, camera thread and simulated door."""
-    assert run_demo(parse_config({}), as_json=True) == 0
+    # Real time, as a user sees it: the camera thread paces the clip at 10 fps and the loop takes the newest frame.
+    cfg = parse_config({})
+    assert run_demo(cfg, as_json=True) == 0
     out = capsys.readouterr().out
     assert '"as_expected": true' in out

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from kiosk.config import DecisionConfig, LivenessConfig, PassiveLivenessConfig, parse_config
 from kiosk.decide import Decider, LivenessResult, Observation
@@ -163,6 +164,10 @@ def test_config_keys_and_errors() -> None:
     assert parse_config({}).liveness.mode == "active"  # the secure default needs only pip-installed models
     cfg = parse_config({"liveness": {"mode": "both", "passive": {"models": ["a", "b"], "threshold": 0.7}}})
     assert cfg.liveness.passive.models == ("a", "b") and cfg.liveness.passive_required
+    # YAML reads a bare `off` as false; it means the choice "off" (and `on` is refused by name).
+    assert parse_config(yaml.safe_load("liveness:\n  mode: off\n")).liveness.mode == "off"
+    with pytest.raises(ConfigError, match="liveness.mode: must be one of off, passive, active, both, got 'on'"):
+        parse_config(yaml.safe_load("liveness:\n  mode: on\n"))
     for bad, message in [
         ({"mode": "sometimes"}, "liveness.mode: must be one of off, passive, active, both"),
         ({"active": {"challenges": ["wink"]}}, "liveness.active.challenges[0]"),

@@ -46,6 +46,8 @@ def cfg_file(tmp_path: Path) -> Path:
     f = tmp_path / "kiosk.yaml"
     f.write_text(
         f"data_dir: {tmp_path / 'data'}\ndoor:\n  driver: simulated\n  pulse_s: 0.2\ncamera:\n  loop_replay: true\n"
+        # Still photos replayed: these tests are about the CLI and the door; liveness has its own tests.
+        "liveness:\n  mode: off\n"
     )
     return f
 

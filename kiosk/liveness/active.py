@@ -105,9 +105,11 @@ class BlinkDetector:
             elif ratio >= self.open_ratio:
                 self._open.append(ear)
             return False
-        if t - self._closed_since > self.max_closed_s:
-            self._too_long = True
         if ratio < self.open_ratio:
+            # Still closed. The closure is timed over its closed frames only: the frame that shows the eyes open
+            # again may come a whole frame interval later on a slow camera, and that gap is not part of the blink.
+            if t - self._closed_since > self.max_closed_s:
+                self._too_long = True
             return False
         # Eyes open again: a blink unless the closure ran too long.
         blink = not self._too_long
