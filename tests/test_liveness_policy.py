@@ -166,7 +166,7 @@ def test_config_keys_and_errors() -> None:
     assert cfg.liveness.passive.models == ("a", "b") and cfg.liveness.passive_required
     # YAML reads a bare `off` as false; it means the choice "off" (and `on` is refused by name).
     assert parse_config(yaml.safe_load("liveness:\n  mode: off\n")).liveness.mode == "off"
-    with pytest.raises(ConfigError, match="liveness.mode: must be one of off, passive, active, both, got 'on'"):
+    with pytest.raises(ConfigError, match=r"liveness\.mode: must be one of off, passive, active, both, got 'on'"):
         parse_config(yaml.safe_load("liveness:\n  mode: on\n"))
     for bad, message in [
         ({"mode": "sometimes"}, "liveness.mode: must be one of off, passive, active, both"),
