@@ -33,6 +33,8 @@ def test_report_pairs_each_model_with_the_right_partner() -> None:
         if spec.task == "embed" and spec.format == "tflite":
             assert rows[spec.id].detector == "blazeface"  # a TFLite recogniser is measured on a TFLite pipeline
     assert [r.model.id for r in plan(models, ["yunet"])] == ["yunet"]
+    # The face mesh (and any liveness model) is not a recognition pipeline: eval-liveness measures it.
+    assert "face_mesh" in models and "face_mesh" not in rows and "face_iris" not in rows
 
 
 def test_report_renders_a_row_per_model() -> None:

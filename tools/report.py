@@ -72,8 +72,9 @@ def plan(models: dict[str, ModelSpec], only: list[str] | None) -> list[Row]:
         if spec.task == "embed":
             det = TFLITE_DETECTOR if spec.format == "tflite" and TFLITE_DETECTOR in models else DEFAULT_DETECTOR
             rows.append(Row(spec, det, spec.id))
-        else:
+        elif spec.task == "detect":
             rows.append(Row(spec, spec.id, DEFAULT_RECOGNIZER))
+        # Liveness and landmark models are not recognition pipelines: `kiosk eval-liveness` measures them.
     return rows
 
 
