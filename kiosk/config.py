@@ -82,7 +82,10 @@ class EnrollConfig:
 class CameraConfig:
     source: str = field(
         default="0",
-        metadata={"help": "camera index, /dev/videoN, rtsp/http URL, video file, image folder, %04d pattern, picamera"},
+        metadata={
+            "help": "camera index, /dev/videoN, rtsp/http URL, video file, image folder, %04d pattern, picamera",
+            "int_ok": True,  # `source: 0` (YAML reads an integer) is camera index 0
+        },
     )
     width: int | None = field(default=640, metadata=_range(16, 8192))
     height: int | None = field(default=480, metadata=_range(16, 8192))
@@ -277,6 +280,8 @@ def _build(cls: type[Any], data: dict[str, Any], prefix: str = "") -> Any:
         raw = data[name]
         if isinstance(raw, bool) and "off" in (f.metadata.get("choices") or ()):
             raw = "on" if raw else "off"  # YAML 1.1 reads a bare `off` as false: `mode: off` means "off"
+        elif isinstance(raw, int) and not isinstance(raw, bool) and f.metadata.get("int_ok"):
+            raw = str(raw)
         value = _coerce(raw, hints[name], path)
         _check(value, f.metadata, path)
         kwargs[name] = value

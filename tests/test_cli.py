@@ -181,7 +181,10 @@ def test_check_and_models(kiosk, cfg_file: Path) -> None:  # type: ignore[no-unt
         "gallery",
         "camera",
         "door",
+        "liveness",
     }
+    live = next(c for c in r["checks"] if c["check"] == "liveness")
+    assert live["ok"] and live["detail"] == "mode active"  # the default: face mesh loaded and hash-checked
     cfg_file.write_text(cfg_file.read_text() + "camera:\n  source: /nonexistent/clip.mp4\n")
     code, out, _ = kiosk("check", "--json")
     r = json.loads(out)
@@ -189,7 +192,12 @@ def test_check_and_models(kiosk, cfg_file: Path) -> None:  # type: ignore[no-unt
     assert [c["check"] for c in r["checks"] if not c["ok"]] == ["camera"]
     code, out, _ = kiosk("models", "--json")
     ids = {m["id"] for m in json.loads(out)}
-    assert {"yunet", "sface", "blazeface"} <= ids
+    assert {"yunet", "sface", "blazeface", "face_mesh", "face_iris"} <= ids
+    # Passive liveness with no model configured: the kiosk starts, but check says every grant will be refused.
+    cfg_file.write_text(cfg_file.read_text().replace("/nonexistent/clip.mp4", "0") + "liveness:\n  mode: both\n")
+    code, out, _ = kiosk("check", "--json")
+    live = next(c for c in json.loads(out)["checks"] if c["check"] == "liveness")
+    assert code == ExitCode.FAILURE and not live["ok"] and "every grant will be refused" in live["detail"]
 
 
 def test_bad_config_exits_with_config_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -69,6 +69,12 @@ def test_example_config_documents_every_key_and_parses() -> None:
     assert cfg == defaults
 
 
+def test_camera_index_may_be_written_as_a_number() -> None:
+    assert parse_config(yaml.safe_load("camera:\n  source: 0\n")).camera.source == "0"
+    with pytest.raises(ConfigError, match=r"camera\.source: must be a string, got True"):
+        parse_config({"camera": {"source": True}})
+
+
 def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
     f = tmp_path / "sub" / "kiosk.yaml"
     f.parent.mkdir()
