@@ -49,6 +49,8 @@ from kiosk.manifest import sha256_file
 from tools.registry import strip_onnx_metadata
 from tools.timing import median_ms
 
+from .ort import session as onnx_session
+
 PACKAGE = "face-recognition-models"
 SOURCE = "face_recognition_models/models/dlib_face_recognition_resnet_model_v1.dat"
 SOURCE_SHA256 = "55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30"  # face-recognition-models 0.3.0
@@ -419,15 +421,6 @@ def _export(model: DlibResNet, dummy: torch.Tensor, opset: int) -> Any:
         optimize=True,
         verbose=False,
     )
-
-
-def onnx_session(path: Path, threads: int = 2) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def compare_torch_onnx(model: DlibResNet, path: Path, batch: F32) -> float:

@@ -37,6 +37,8 @@ from tools.arch import ARCHS, build
 from tools.registry import default_models_dir, file_provenance, read_manifest, register, tool_versions
 from tools.timing import median_ms
 
+from .ort import session as _session
+
 DEFAULT_LICENCE = "user-supplied: check your training data's licence"
 INPUT_SIZE = 112
 MEAN = STD = 127.5
@@ -193,16 +195,6 @@ def export_onnx(model: nn.Module, dst: Path, opset: int, exporter: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- verification
-
-
-def _session(path: Path, threads: int = 2) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def normalise(crops_bgr: list[npt.NDArray[np.uint8]] | npt.NDArray[np.uint8]) -> F32:

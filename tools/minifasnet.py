@@ -43,6 +43,8 @@ from tools.registry import (
 )
 from tools.timing import median_ms
 
+from .ort import session
+
 REAL_CLASS = 1
 LICENCE = "Apache-2.0"
 SOURCE = "minivision-ai/Silent-Face-Anti-Spoofing (resources/anti_spoof_models)"
@@ -207,16 +209,6 @@ def export_onnx(model: MiniFASNet, dst: Path, size: tuple[int, int], opset: int 
         raise MiniFASNetError(f"ONNX export failed ({type(exc).__name__}: {str(exc).strip()[:200]}) {tail}") from exc
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def session(path: Path, threads: int = 1) -> Any:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def to_input(patches: U8) -> F32:
