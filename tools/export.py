@@ -34,7 +34,14 @@ import torch
 from torch import nn
 
 from tools.arch import ARCHS, build
-from tools.registry import default_models_dir, file_provenance, read_manifest, register, tool_versions
+from tools.registry import (
+    default_models_dir,
+    file_provenance,
+    read_manifest,
+    register,
+    strip_onnx_metadata,
+    tool_versions,
+)
 from tools.timing import median_ms
 
 from .ort import session as _session
@@ -142,13 +149,25 @@ def _quiet_exporter(buffer: io.StringIO) -> Iterator[None]:
             lg.setLevel(level)
 
 
-def export_onnx(model: nn.Module, dst: Path, opset: int, exporter: str) -> None:
-    """Eval-mode export with a dynamic batch, constant folding and input ``input`` → output ``embedding``."""
+def export_onnx(
+    model: nn.Module,
+    dst: Path,
+    opset: int,
+    exporter: str,
+    *,
+    example: torch.Tensor | None = None,
+    output_name: str = "embedding",
+) -> None:
+    """Eval-mode export with a dynamic batch and constant folding, ``input`` → ``output_name``; the exporter's
+    per-node stack traces are stripped, so the same weights give the same bytes. ``example`` defaults to a batch of
+    two 112x112 faces. Also used by ``tools.minifasnet``."""
     import onnx
 
-    example = torch.zeros(2, 3, INPUT_SIZE, INPUT_SIZE)
+    if example is None:
+        example = torch.zeros(2, 3, INPUT_SIZE, INPUT_SIZE)
     tmp = dst.with_suffix(f".{os.getpid()}.tmp.onnx")
     log = io.StringIO()
+    dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         with _quiet_exporter(log), torch.no_grad():
             if exporter == "dynamo":
@@ -158,28 +177,29 @@ def export_onnx(model: nn.Module, dst: Path, opset: int, exporter: str) -> None:
                     str(tmp),
                     dynamo=True,
                     input_names=["input"],
-                    output_names=["embedding"],
+                    output_names=[output_name],
                     dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
                     opset_version=opset,
                     optimize=True,  # constant folding and fusions
                     external_data=False,
                     verbose=False,
                 )
-            else:
+            elif exporter == "legacy":
                 torch.onnx.export(
                     model,
                     (example,),
                     str(tmp),
                     dynamo=False,
                     input_names=["input"],
-                    output_names=["embedding"],
-                    dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}},
+                    output_names=[output_name],
+                    dynamic_axes={"input": {0: "batch"}, output_name: {0: "batch"}},
                     opset_version=opset,
                     do_constant_folding=True,
                 )
-        loaded = onnx.load(str(tmp))
-        onnx.checker.check_model(loaded)
-        got = max((o.version for o in loaded.opset_import if o.domain in ("", "ai.onnx")), default=0)
+            else:
+                raise ExportError(f"unknown exporter {exporter!r} (dynamo, legacy)", 2)
+        strip_onnx_metadata(tmp)  # also runs onnx.checker
+        got = max((o.version for o in onnx.load(str(tmp)).opset_import if o.domain in ("", "ai.onnx")), default=0)
         if got != opset:
             raise ExportError(
                 f"the {exporter} exporter wrote opset {got}, not the requested {opset}: try --opset {got}"

@@ -17,7 +17,6 @@ scale in the entry's ``params`` for ``kiosk/liveness/passive.py``.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import re
 import sys
@@ -31,13 +30,13 @@ import numpy.typing as npt
 import torch
 
 from tools.arch.minifasnet import MiniFASNet, ShapeError, minifasnet
-from tools.export import ExportError, _quiet_exporter, load_state_dict
+from tools.export import ExportError, load_state_dict
+from tools.export import export_onnx as shared_export
 from tools.registry import (
     default_models_dir,
     file_provenance,
     read_manifest,
     register,
-    strip_onnx_metadata,
     tool_versions,
     write_manifest,
 )
@@ -161,54 +160,12 @@ def export_onnx(model: MiniFASNet, dst: Path, size: tuple[int, int], opset: int 
     ``dynamo`` (torch.export, the default) takes ~5-10 s per model on 2 cores; ``legacy`` (TorchScript tracing,
     deprecated by torch) under a second, which is what the tests use. Both match PyTorch to ~1e-6 here.
     """
-    import onnx
-
-    example = torch.zeros(2, 3, size[1], size[0])
-    tmp = dst.with_suffix(f".{os.getpid()}.tmp.onnx")
-    log = io.StringIO()
-    dst.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with _quiet_exporter(log), torch.no_grad():
-            if exporter == "dynamo":
-                program = torch.onnx.export(
-                    model,
-                    (example,),
-                    dynamo=True,
-                    input_names=["input"],
-                    output_names=["logits"],
-                    dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
-                    opset_version=opset,
-                    optimize=True,
-                    verbose=False,
-                )
-                assert program is not None
-                program.save(str(tmp), external_data=False)
-            elif exporter == "legacy":
-                torch.onnx.export(
-                    model,
-                    (example,),
-                    str(tmp),
-                    dynamo=False,
-                    input_names=["input"],
-                    output_names=["logits"],
-                    dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                    opset_version=opset,
-                    do_constant_folding=True,
-                )
-            else:
-                raise MiniFASNetError(f"unknown exporter {exporter!r} (dynamo, legacy)", 2)
-        strip_onnx_metadata(tmp)  # same weights, same sha256
-        got = max((o.version for o in onnx.load(str(tmp)).opset_import if o.domain in ("", "ai.onnx")), default=0)
-        if got != opset:
-            raise MiniFASNetError(f"the exporter wrote opset {got}, not the requested {opset}: try --opset {got}")
-        tmp.replace(dst)
+        shared_export(model, dst, opset, exporter, example=torch.zeros(2, 3, size[1], size[0]), output_name="logits")
     except MiniFASNetError:
         raise
-    except Exception as exc:
-        tail = " ".join(log.getvalue().strip().splitlines()[-1:])
-        raise MiniFASNetError(f"ONNX export failed ({type(exc).__name__}: {str(exc).strip()[:200]}) {tail}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
+    except ExportError as exc:
+        raise MiniFASNetError(str(exc), exc.code) from exc
 
 
 def to_input(patches: U8) -> F32:

@@ -35,22 +35,6 @@ class ShapeError(ValueError):
     """The state dict is not a MiniFASNet (a key is missing or a shape does not fit the layout)."""
 
 
-class ConvBlock(nn.Module):
-    """conv (no bias) → BN → PReLU."""
-
-    def __init__(
-        self, cin: int, cout: int, kernel: int = 1, stride: int = 1, padding: int = 0, groups: int = 1
-    ) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, groups=groups, bias=False)
-        self.bn = nn.BatchNorm2d(cout)
-        self.prelu = nn.PReLU(cout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.prelu(self.bn(self.conv(x)))
-        return out
-
-
 class LinearBlock(nn.Module):
     """conv (no bias) → BN, no activation (projections and the final depthwise conv)."""
 
@@ -63,6 +47,20 @@ class LinearBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.bn(self.conv(x))
+        return out
+
+
+class ConvBlock(LinearBlock):
+    """conv (no bias) → BN → PReLU."""
+
+    def __init__(
+        self, cin: int, cout: int, kernel: int = 1, stride: int = 1, padding: int = 0, groups: int = 1
+    ) -> None:
+        super().__init__(cin, cout, kernel, stride, padding, groups)
+        self.prelu = nn.PReLU(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.prelu(super().forward(x))
         return out
 
 
