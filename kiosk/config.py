@@ -170,6 +170,35 @@ class EventsConfig:
 class GalleryConfig:
     path: Path | None = None
     busy_timeout_s: float = field(default=5.0, metadata=_range(0.0, 600.0))
+    encrypt: bool = field(default=False, metadata={"help": "AES-GCM-encrypt templates at rest (needs [secure] extra)"})
+    key_file: Path | None = field(default=None, metadata={"help": "32-byte key file (0600); else the credential"})
+    key_credential: str = field(
+        default="gallery-key", metadata={"help": "systemd credential name (LoadCredential=) holding the key"}
+    )
+    backup_dir: Path | None = field(
+        default=None, metadata={"help": "where `kiosk backup` writes; default <data_dir>/backups"}
+    )
+    backups_keep: int = field(default=7, metadata=_range(1, 1000))
+    check_permissions: bool = field(
+        default=True, metadata={"help": "refuse to start unless data dir is 0700 and gallery 0600, owned by us"}
+    )
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    group: str = field(
+        default="kiosk-admin", metadata={"help": "besides root, members of this group may enrol and manage people"}
+    )
+
+
+@dataclass(frozen=True)
+class SafetyConfig:
+    watchdog_s: float = field(
+        default=5.0, metadata={**_range(0.5, 600.0), "help": "frame loop stalled this long: relay off and exit"}
+    )
+    max_frame_errors: int = field(
+        default=50, metadata={**_range(1, 1_000_000), "help": "consecutive failing frames before the loop exits"}
+    )
 
 
 @dataclass(frozen=True)
@@ -194,6 +223,8 @@ class Config:
     door: DoorConfig = DoorConfig()
     events: EventsConfig = EventsConfig()
     logging: LoggingConfig = LoggingConfig()
+    admin: AdminConfig = AdminConfig()
+    safety: SafetyConfig = SafetyConfig()
     origin: Path | None = field(default=None, metadata={"help": "file this config came from (not a config key)"})
 
     @property
@@ -203,6 +234,10 @@ class Config:
     @property
     def snapshot_dir(self) -> Path:
         return (self.events.snapshot_dir or self.data_dir / "snapshots").expanduser()
+
+    @property
+    def backup_dir(self) -> Path:
+        return (self.gallery.backup_dir or self.data_dir / "backups").expanduser()
 
 
 def _type_name(tp: Any) -> str:
@@ -344,7 +379,12 @@ def parse_config(data: Any, source: Path | None = None) -> Config:
         cfg,
         origin=source,
         data_dir=resolve(cfg.data_dir),
-        gallery=dataclasses.replace(cfg.gallery, path=resolve(cfg.gallery.path) if cfg.gallery.path else None),
+        gallery=dataclasses.replace(
+            cfg.gallery,
+            path=resolve(cfg.gallery.path) if cfg.gallery.path else None,
+            key_file=resolve(cfg.gallery.key_file) if cfg.gallery.key_file else None,
+            backup_dir=resolve(cfg.gallery.backup_dir) if cfg.gallery.backup_dir else None,
+        ),
         models=dataclasses.replace(cfg.models, manifest=resolve(cfg.models.manifest) if cfg.models.manifest else None),
         events=dataclasses.replace(
             cfg.events, snapshot_dir=resolve(cfg.events.snapshot_dir) if cfg.events.snapshot_dir else None

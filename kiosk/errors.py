@@ -16,9 +16,14 @@
     │   ├── GalleryCorruptError
     │   ├── PersonNotFoundError (LookupError)  exit NOT_FOUND
     │   └── DuplicateError                  name taken, or face already enrolled as someone else
-    └── HardwareError                       exit HARDWARE      camera / GPIO
+    ├── HardwareError                       exit HARDWARE      camera / GPIO
+    ├── AccessDeniedError (PermissionError) exit DENIED        admin command run by a non-admin
+    ├── InsecureStorageError                exit INSECURE      data dir / gallery readable by others or wrong owner
+    ├── TemplateKeyError                    exit KEY           gallery encryption key missing, wrong or unreadable
+    └── TamperedError                       exit TAMPERED      event hash chain broken, backup not a gallery
 
-systemd units list CONFIG and MODEL in ``RestartPreventExitStatus=`` so a broken install does not restart-loop.
+systemd units list CONFIG, MODEL, INSECURE and KEY in ``RestartPreventExitStatus=``: a broken install must not
+restart-loop.
 """
 
 from __future__ import annotations
@@ -38,6 +43,11 @@ class ExitCode(IntEnum):
     NOT_FOUND = 8
     DUPLICATE = 9
     HARDWARE = 10
+    DENIED = 11
+    INSECURE = 12
+    KEY = 13
+    TAMPERED = 14
+    WATCHDOG = 15  # the internal watchdog found the frame loop stalled, locked the door and exited
     INTERRUPTED = 130
 
 
@@ -111,3 +121,19 @@ class DuplicateError(GalleryError):
 
 class HardwareError(KioskError):
     exit_code = ExitCode.HARDWARE
+
+
+class AccessDeniedError(KioskError, PermissionError):
+    exit_code = ExitCode.DENIED
+
+
+class InsecureStorageError(KioskError):
+    exit_code = ExitCode.INSECURE
+
+
+class TemplateKeyError(KioskError):
+    exit_code = ExitCode.KEY
+
+
+class TamperedError(KioskError):
+    exit_code = ExitCode.TAMPERED
