@@ -2,6 +2,9 @@
 
 Every ``KioskError`` becomes ``kiosk: error: <message>`` on stderr and its ``ExitCode``; ``--debug`` (or
 ``KIOSK_DEBUG=1``) shows the traceback instead.
+
+The admin boundary lives here, in one table: the commands in ``ADMIN_COMMANDS`` run only for root or members of
+``admin.group`` (exit DENIED otherwise), and the gallery records the caller on every change they make.
 """
 
 from __future__ import annotations
@@ -14,12 +17,30 @@ import traceback
 from collections.abc import Sequence
 
 from .. import __version__
-from ..config import load_config
+from ..authz import drop_to_owner, require_admin, set_actor
+from ..config import Config, load_config
 from ..errors import ExitCode, KioskError
 from ..logs import configure
-from . import admin, door, liveness, people, recognize, run
+from . import admin, data, door, liveness, people, recognize, run
 
 log = logging.getLogger("kiosk.cli")
+
+# Commands that read or change the gallery's people, templates, events or keys, or that unlock the door by hand.
+# `door off` (locking is always safe; it is the service's ExecStopPost), `run`, `check`, `verify` (two photos, no
+# gallery), `eval`, `demo` and `models` are open to the service user and everyone else.
+ADMIN_COMMANDS: frozenset[tuple[str, ...]] = frozenset(
+    {
+        ("enroll",),
+        ("people",),
+        ("identify",),
+        ("events",),
+        ("backup",),
+        ("restore",),
+        ("keys",),
+        ("door", "test"),
+        ("door", "on-pulse"),
+    }
+)
 
 EXIT_CODES_HELP = "exit codes: " + ", ".join(f"{c.value}={c.name}" for c in ExitCode)
 
@@ -48,10 +69,33 @@ def build_parser() -> argparse.ArgumentParser:
     door.register(sub)
     admin.register(sub)
     liveness.register(sub)
+    data.register(sub)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def admin_command(args: argparse.Namespace) -> str | None:
+    """``"people remove"`` when the parsed command is in ADMIN_COMMANDS, else None."""
+    words = [args.command, *([args.verb] if isinstance(getattr(args, "verb", None), str) else [])]
+    for n in (1, 2):
+        if tuple(words[:n]) in ADMIN_COMMANDS:
+            return " ".join(words)
+    return None
+
+
+def _authorise(args: argparse.Namespace, cfg: Config, drop_privileges: bool) -> None:
+    command = admin_command(args)
+    if command is None:
+        return
+    caller = require_admin(cfg.admin.group, command)
+    if drop_privileges:
+        # Root acts as the data directory's owner, so the files it creates stay the service's (see kiosk.authz).
+        drop_to_owner(cfg.gallery_path.parent)
+    set_actor(f"{caller.describe()}: kiosk {command}")
+
+
+def main(argv: Sequence[str] | None = None, *, drop_privileges: bool = False) -> int:
+    """Run one command; returns its exit code. ``drop_privileges`` (the installed ``kiosk`` entry point only) lets
+    root become the data directory's owner for admin commands; in-process callers such as tests keep their uid."""
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = bool(args.debug or os.environ.get("KIOSK_DEBUG"))
@@ -60,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level = "DEBUG" if debug else (args.log_level or cfg.logging.level)
         # Library chatter (onnxruntime, model loading) stays below WARNING unless asked for.
         configure(level if (debug or args.log_level) else "WARNING", cfg.logging.format)
+        _authorise(args, cfg, drop_privileges)
         code: int = args.func(args, cfg)
         return code
     except KioskError as exc:
@@ -83,4 +128,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry() -> None:
-    sys.exit(main())
+    sys.exit(main(drop_privileges=True))
