@@ -1,25 +1,35 @@
 """The gallery of enrolled people: a SQLite database (through sqlite-utils) of people, face templates, events.
 
 Every template is tagged with the model id and sha256 that made it, so only comparable embeddings are matched.
-WAL lets the kiosk read while the CLI enrols; ``secure_delete`` overwrites removed biometric templates.
-sqlite3 errors leave this module only as ``GalleryError`` subclasses with one-line messages saying the fix.
+WAL lets the kiosk read while the CLI enrols; ``secure_delete`` overwrites removed biometric templates and a
+checkpoint after each erasure leaves no copy in the WAL. sqlite3 errors leave this module only as ``GalleryError``
+subclasses with one-line messages saying the fix.
+
+Template protection (issue #6): with a ``TemplateCipher`` templates are stored encrypted, bound by the associated
+data to their person, model and dimension, so a row moved to someone else fails to authenticate. Events form a hash
+chain (each row carries its predecessor's hash) that ``verify_events`` checks. With an ``actor`` every change writes
+an ``admin`` event in the same transaction. ``backup``/``restore_from`` use SQLite's online backup API, so a running
+kiosk keeps its connection and sees a restore as a change of ``data_version``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
 import os
 import sqlite3
+import time
 import unicodedata
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import quote
 
 import numpy as np
 import numpy.typing as npt
@@ -32,6 +42,8 @@ from kiosk.errors import (
     GalleryLockedError,
     InputError,
     PersonNotFoundError,
+    TamperedError,
+    TemplateKeyError,
 )
 
 logger = logging.getLogger(__name__)
@@ -60,14 +72,89 @@ CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, ts TEXT NOT NULL, kin
 CREATE INDEX IF NOT EXISTS idx_events_ts ON events (ts)"""
 
 
+# The columns an event's hash covers, in this fixed order: later migrations may add columns without changing
+# the hash of events already written.
+# fmt: off
+CHAIN_FIELDS = ("id", "ts", "kind", "track_id", "person_id", "person_name", "score", "runner_up", "threshold",
+                "frames", "liveness", "latency_ms", "outcome", "door_action", "detail")
+# fmt: on
+GENESIS_HASH = "0" * 64  # the prev_hash of the first event
+_CHAIN_CONTEXT = "face-kiosk event v1"
+
+
 def _migrate_initial(db: Database) -> None:
     """People, their model-tagged templates, and the event log (events keep no FK: they outlive people)."""
     for statement in _SCHEMA_1.split(";"):
         db.execute(statement)
 
 
+def _columns(conn: sqlite3.Connection | Database, table: str) -> set[str]:
+    return {str(r[1]) for r in conn.execute(f"PRAGMA table_info({table})").fetchall()}
+
+
+def event_hash(prev_hash: str, row: Mapping[str, Any]) -> str:
+    """sha256 over the predecessor's hash and a canonical JSON of the row's CHAIN_FIELDS (its id included)."""
+    body = json.dumps({k: row.get(k) for k in CHAIN_FIELDS}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(f"{_CHAIN_CONTEXT}\n{prev_hash}\n{body}".encode()).hexdigest()
+
+
+def _chain_new_events(conn: sqlite3.Connection | Database) -> int:
+    """Hash the events written after the last hashed one (all of them in a gallery from before 0002)."""
+    last = conn.execute("SELECT id, hash FROM events WHERE hash IS NOT NULL ORDER BY id DESC LIMIT 1").fetchone()
+    last_id, prev = (int(last[0]), str(last[1])) if last else (0, GENESIS_HASH)
+    sql = f"SELECT {', '.join(CHAIN_FIELDS)} FROM events WHERE id > ? ORDER BY id"
+    rows = conn.execute(sql, [last_id]).fetchall()
+    for values in rows:
+        digest = event_hash(prev, dict(zip(CHAIN_FIELDS, values, strict=True)))
+        conn.execute("UPDATE events SET prev_hash = ?, hash = ? WHERE id = ?", [prev, digest, values[0]])
+        prev = digest
+    return len(rows)
+
+
+def _migrate_security(db: Database) -> None:
+    """Encrypted templates (key_id; NULL = plaintext float32) and the event hash chain, existing events chained."""
+    if "key_id" not in _columns(db, "templates"):
+        db.execute("ALTER TABLE templates ADD COLUMN key_id TEXT")
+    for column in ("prev_hash", "hash"):
+        if column not in _columns(db, "events"):
+            db.execute(f"ALTER TABLE events ADD COLUMN {column} TEXT")
+    _chain_new_events(db)
+
+
 # Named, re-runnable steps applied in order. Append only: never rename or reorder a released step.
-MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = [("0001_initial", _migrate_initial)]
+MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = [
+    ("0001_initial", _migrate_initial),
+    ("0002_security", _migrate_security),
+]
+
+
+class TemplateCipher(Protocol):
+    """Encrypts templates at rest (kiosk.keys.AesGcmCipher); defined here so the gallery needs no crypto import."""
+
+    @property
+    def key_id(self) -> str:
+        """A short public id of the key: it says which key a template needs, never the key itself."""
+        ...
+
+    def encrypt(self, plaintext: bytes, aad: bytes) -> bytes:
+        """nonce || ciphertext || tag."""
+        ...
+
+    def decrypt(self, blob: bytes, aad: bytes) -> bytes:
+        """The plaintext; TemplateKeyError when the blob does not authenticate (wrong key, altered, moved)."""
+        ...
+
+
+@dataclass(frozen=True)
+class EventChainReport:
+    """What ``verify_events`` found: ``ok`` or the first event whose link is broken and why."""
+
+    ok: bool
+    checked: int  # events whose link was checked (all of them when ok)
+    first_broken_id: int | None
+    reason: str | None
+    head_id: int | None  # the newest event; keep (head_id, head_hash) elsewhere to detect a truncated log
+    head_hash: str | None
 
 
 @dataclass(frozen=True)
@@ -148,6 +235,36 @@ def _embedding_blob(embedding: Any) -> tuple[bytes, int]:
     return arr.tobytes(), int(arr.size)
 
 
+def _template_aad(person_id: int, model_id: str, model_sha256: str, dim: int) -> bytes:
+    """Binds an encrypted template to its row: moved to another person or model, it no longer authenticates."""
+    return f"{person_id}|{model_id}|{model_sha256}|{dim}".encode()
+
+
+def verify_chain(conn: sqlite3.Connection | Database) -> EventChainReport:
+    """Walk the events in id order; the first event whose prev_hash or own hash does not check out is reported."""
+    if not {"prev_hash", "hash"} <= _columns(conn, "events"):
+        return EventChainReport(False, 0, None, "the event log has no hash chain (gallery not migrated)", None, None)
+    head = conn.execute("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
+    head_id, head_hash = (int(head[0]), head[1]) if head else (None, None)
+    sql = f"SELECT {', '.join(CHAIN_FIELDS)}, prev_hash, hash FROM events ORDER BY id"
+    prev, prev_id, checked = GENESIS_HASH, None, 0
+    for values in conn.execute(sql):
+        row = dict(zip((*CHAIN_FIELDS, "prev_hash", "hash"), values, strict=True))
+        event_id = int(row["id"])
+        reason = None
+        if row["hash"] is None:
+            reason = "it has no hash (written outside face-kiosk)"
+        elif row["prev_hash"] != prev:
+            before = "the start of the log" if prev_id is None else f"event {prev_id}"
+            reason = f"its prev_hash does not match {before}: events were deleted, inserted or reordered"
+        elif event_hash(prev, row) != row["hash"]:
+            reason = "its contents do not match its hash: the event was altered"
+        if reason is not None:
+            return EventChainReport(False, checked, event_id, f"event {event_id}: {reason}", head_id, head_hash)
+        prev, prev_id, checked = str(row["hash"]), event_id, checked + 1
+    return EventChainReport(True, checked, None, None, head_id, head_hash)
+
+
 def _check_window(valid_from: datetime | None, valid_until: datetime | None) -> None:
     if valid_from is not None and valid_until is not None and utc_iso(valid_until) <= utc_iso(valid_from):
         raise InputError(f"valid_until ({utc_iso(valid_until)}) must be after valid_from ({utc_iso(valid_from)})")
@@ -164,12 +281,135 @@ def _create_private_file(path: Path) -> None:
         raise GalleryError(f"cannot create gallery {path}: {err.strerror or err}") from None
 
 
-class Gallery:
-    """The gallery database; ``Gallery(":memory:")`` for tests. A context manager; close() is idempotent."""
+def _sql_message(err: object) -> str:
+    return " ".join(str(err).split())
 
-    def __init__(self, path: str | Path, *, busy_timeout_s: float = 5.0) -> None:
+
+def _event_row(kind: str, outcome: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """A validated events row: known fields only, numbers as Python numbers, ``detail`` as JSON text."""
+    unknown = sorted(set(fields) - set(EVENT_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown event field(s) {', '.join(unknown)}; allowed: {', '.join(EVENT_FIELDS)}")
+    row: dict[str, Any] = {"ts": utc_iso(fields.get("ts")), "kind": str(kind), "outcome": str(outcome)}
+    for key, value in fields.items():
+        if value is None or key == "ts":
+            continue
+        if key in _INT_FIELDS:
+            row[key] = int(value)
+        elif key in _REAL_FIELDS:
+            row[key] = float(value)  # numpy scalars cannot be bound by sqlite3
+        else:
+            row[key] = json.dumps(value, sort_keys=True, default=str) if key == "detail" else str(value)
+    return row
+
+
+def _remove_db_files(path: Path) -> None:
+    """A database file and its journal, WAL and shared-memory files, if present."""
+    for extra in ("", "-journal", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            Path(f"{path}{extra}").unlink()
+
+
+def _fsync(path: Path, *, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _load_backup(src: Path) -> sqlite3.Connection:
+    """Read a backup file into memory and integrity-check it; GalleryCorruptError when it is not sound SQLite."""
+    if not src.is_file():
+        raise GalleryError(f"backup {src} does not exist or is not a file")
+    mem = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        disk = sqlite3.connect(f"file:{quote(str(src.resolve()))}?mode=ro", uri=True)
+        try:
+            disk.backup(mem)
+        finally:
+            disk.close()
+        problems = [str(r[0]) for r in mem.execute("PRAGMA integrity_check")]
+        problems += [
+            f"{r[0]} row {r[1]} points at a missing row of {r[2]}" for r in mem.execute("PRAGMA foreign_key_check")
+        ]
+    except sqlite3.Error as err:
+        mem.close()
+        raise GalleryCorruptError(
+            f"backup {src} is not a readable SQLite database ({_sql_message(err)}); nothing was restored"
+        ) from None
+    problems = [p for p in problems if p != "ok"]
+    if problems:
+        mem.close()
+        raise GalleryCorruptError(f"backup {src} is damaged ({_sql_message(problems[0])}); nothing was restored")
+    return mem
+
+
+def erase_from_backup(path: Path, person_id: int) -> bool:
+    """Erase one person and their templates from a backup file; True if the backup held them.
+
+    secure_delete zeroes the freed cells; the erasure runs in WAL mode so the old pages are never copied into a
+    rollback journal, then VACUUM rebuilds the file and a checkpoint empties the WAL before the backup's own
+    journal mode is put back.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise GalleryError(f"backup {path} does not exist or is not a file")
+    try:
+        conn = sqlite3.connect(path, isolation_level=None)
+    except sqlite3.Error as err:
+        raise GalleryError(f"backup {path}: {_sql_message(err)}") from None
+    try:
+        conn.execute("PRAGMA secure_delete = ON")
+        tables = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not {"people", "templates"} <= tables:
+            raise TamperedError(f"{path} is not a face-kiosk gallery backup (no people/templates tables)")
+        mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0])
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            found = conn.execute("DELETE FROM templates WHERE person_id = ?", [int(person_id)]).rowcount > 0
+            found = conn.execute("DELETE FROM people WHERE id = ?", [int(person_id)]).rowcount > 0 or found
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        if found:
+            conn.execute("VACUUM")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        if mode != "wal":
+            conn.execute(f"PRAGMA journal_mode = {mode}")
+    except sqlite3.Error as err:
+        msg = _sql_message(err)
+        if "not a database" in msg or "malformed" in msg:
+            raise GalleryCorruptError(f"backup {path} is damaged ({msg})") from None
+        raise GalleryError(f"backup {path}: {msg}") from None
+    finally:
+        conn.close()
+    if found:
+        logger.info("gallery backup %s: erased person id=%d", path, person_id)
+    return found
+
+
+class Gallery:
+    """The gallery database; ``Gallery(":memory:")`` for tests. A context manager; close() is idempotent.
+
+    ``cipher`` encrypts new templates and decrypts stored ones (None: plaintext float32). ``actor`` (who runs an
+    admin command) makes every change also write an ``admin`` event naming them, in the change's own transaction.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        busy_timeout_s: float = 5.0,
+        cipher: TemplateCipher | None = None,
+        actor: str | None = None,
+    ) -> None:
         self.path = str(path)
         self.busy_timeout_s = float(busy_timeout_s)
+        self.actor = actor
+        self._cipher = cipher
         self._closed = False
         memory = self.path == ":memory:"
         if not memory:
@@ -192,6 +432,11 @@ class Gallery:
                 conn.close()
             raise
 
+    @property
+    def cipher(self) -> TemplateCipher | None:
+        """The key templates are encrypted with (None: plaintext); ``rekey`` changes it."""
+        return self._cipher
+
     def close(self) -> None:
         """Close the connection; safe to call twice."""
         if not self._closed:
@@ -210,14 +455,14 @@ class Gallery:
         try:
             yield
         except sqlite3.Error as err:
-            msg = " ".join(str(err).split())
+            msg = _sql_message(err)
             if isinstance(err, sqlite3.OperationalError) and ("locked" in msg or "busy" in msg):
                 raise GalleryLockedError(
                     f"gallery {self.path} is locked by another process (waited {self.busy_timeout_s:g} s)"
                 ) from err
             if "not a database" in msg or "malformed" in msg or "corrupt" in msg:
                 raise GalleryCorruptError(
-                    f"gallery {self.path} is damaged ({msg}): restore it from a backup, "
+                    f"gallery {self.path} is damaged ({msg}): restore it from a backup (`kiosk restore`), "
                     "or move it away to start an empty gallery"
                 ) from err
             raise GalleryError(f"gallery {self.path}: {msg}") from err
@@ -264,6 +509,53 @@ class Gallery:
         if not self._rows("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_migrations'"):
             return []
         return [r["name"] for r in self._rows("SELECT name FROM _migrations ORDER BY rowid")]
+
+    def _audit(
+        self,
+        db: Database,
+        action: str,
+        person_id: int | None = None,
+        person_name: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+        *,
+        always: bool = False,
+    ) -> None:
+        """The admin event of a change, in the change's own transaction: neither is ever stored without the other.
+
+        Written when an actor is set (admin commands), or ``always`` (rekey, restore). Counts only, never templates.
+        """
+        if self.actor is None and not always:
+            return
+        fields = {"person_id": person_id, "person_name": person_name, "detail": {"by": self.actor, **(detail or {})}}
+        self._insert_event(db, _event_row("admin", action, fields))
+
+    def _checkpoint(self, what: str) -> bool:
+        """Copy the WAL into the main file and truncate it, so no old page (an erased template) stays in the WAL.
+
+        A reader in the middle of a read blocks the truncation: retried until busy_timeout_s has passed, then a
+        warning; the next checkpoint (SQLite runs one every 1000 pages, and at the last close) finishes the job.
+        """
+        if self.path == ":memory:":
+            return True
+        deadline = time.monotonic() + self.busy_timeout_s
+        while True:
+            try:
+                with self._guard():
+                    row = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except GalleryLockedError:
+                row = (1,)
+            if not row or not row[0]:
+                return True
+            if time.monotonic() >= deadline:
+                logger.warning(
+                    "gallery %s: a reader kept the WAL checkpoint blocked for %g s; %s stay in the WAL until the "
+                    "next checkpoint",
+                    self.path,
+                    self.busy_timeout_s,
+                    what,
+                )
+                return False
+            time.sleep(0.05)
 
     # -- people ----------------------------------------------------------------------------------------------
 
@@ -314,6 +606,7 @@ class Gallery:
         fields = {"enabled": enabled, "valid_from": valid_from, "valid_until": valid_until, "note": note}
         with self._write() as db:
             person_id = self._insert_person(db, name, fields)
+            self._audit(db, "added", person_id, name, {"enabled": bool(enabled)})
         return self.get_person(person_id)
 
     def enroll(
@@ -336,10 +629,14 @@ class Gallery:
             raise InputError(f"no templates to enrol for {name!r}")
         fields = {"enabled": enabled, "valid_from": valid_from, "valid_until": valid_until, "note": note}
         with self._write() as db:
-            existing = db.execute("SELECT id FROM people WHERE name = ?", [name]).fetchone()
-            person_id = int(existing[0]) if existing and append else self._insert_person(db, name, fields)
+            existing = db.execute("SELECT id, name FROM people WHERE name = ?", [name]).fetchone()
+            if existing and append:
+                person_id, stored_name, action = int(existing[0]), str(existing[1]), "templates added"
+            else:
+                person_id, stored_name, action = self._insert_person(db, name, fields), name, "enrolled"
             for template in templates:
                 self._insert_template(db, person_id, template)
+            self._audit(db, action, person_id, stored_name, {"templates": len(templates)})
         logger.info("gallery: enrolled person id=%d with %d template(s)", person_id, len(templates))
         return self.get_person(person_id)
 
@@ -351,6 +648,7 @@ class Gallery:
             if other := db.execute(sql, [new_name, person.id]).fetchone():
                 raise DuplicateError(f"a person named {other[1]!r} already exists (id {other[0]})")
             db.execute("UPDATE people SET name = ? WHERE id = ?", [new_name, person.id])
+            self._audit(db, "renamed", person.id, new_name, {"from": person.name})
         return self.get_person(person.id)
 
     def set_enabled(self, ref: str | int, enabled: bool) -> Person:
@@ -358,6 +656,7 @@ class Gallery:
         person = self.get_person(ref)
         with self._write() as db:
             db.execute("UPDATE people SET enabled = ? WHERE id = ?", [int(enabled), person.id])
+            self._audit(db, "enabled" if enabled else "disabled", person.id, person.name)
         logger.info("gallery: person id=%d enabled=%s", person.id, enabled)
         return self.get_person(person.id)
 
@@ -365,27 +664,28 @@ class Gallery:
         """Admit a person only while valid_from <= t < valid_until (None = unbounded on that side)."""
         _check_window(valid_from, valid_until)
         person = self.get_person(ref)
+        window = {"valid_from": _opt_iso(valid_from), "valid_until": _opt_iso(valid_until)}
         with self._write() as db:
             db.execute(
                 "UPDATE people SET valid_from = ?, valid_until = ? WHERE id = ?",
-                [_opt_iso(valid_from), _opt_iso(valid_until), person.id],
+                [window["valid_from"], window["valid_until"], person.id],
             )
+            self._audit(db, "validity set", person.id, person.name, window)
         return self.get_person(person.id)
 
     def remove(self, ref: str | int) -> int:
-        """Delete a person and their templates in one transaction; returns the number of templates erased."""
+        """Delete a person and their templates in one transaction and erase them; returns the templates erased.
+
+        secure_delete zeroes the freed cells and pages; the checkpoint that follows copies the zeroed pages into
+        the main file and truncates the WAL, which would otherwise keep the template's old page until later.
+        """
         person = self.get_person(ref)
         with self._write() as db:
             erased = int(db.execute("SELECT count(*) FROM templates WHERE person_id = ?", [person.id]).fetchone()[0])
-            db.execute("DELETE FROM people WHERE id = ?", [person.id])  # templates go by ON DELETE CASCADE
-        # NOTE: secure_delete zeroes freed pages, but the WAL keeps older page copies until a checkpoint.
-        with self._guard():
-            blocked = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        if blocked and blocked[0]:
-            logger.warning(
-                "gallery %s: a reader blocked the checkpoint; erased templates stay in the WAL for now",
-                self.path,
-            )
+            db.execute("DELETE FROM templates WHERE person_id = ?", [person.id])
+            db.execute("DELETE FROM people WHERE id = ?", [person.id])
+            self._audit(db, "removed", person.id, person.name, {"templates": erased})
+        self._checkpoint("erased templates")
         logger.info("gallery: removed person id=%d and %d template(s)", person.id, erased)
         return erased
 
@@ -401,16 +701,54 @@ class Gallery:
         known = db.execute(sql, [t.model_id, t.model_sha256]).fetchone()
         if known and int(known[0]) != dim:
             raise InputError(f"embedding has {dim} values but model {t.model_id} produces {known[0]}")
+        key_id = None
+        if self._cipher is not None:
+            blob = self._cipher.encrypt(blob, _template_aad(person_id, t.model_id, t.model_sha256, dim))
+            key_id = self._cipher.key_id
         sql = """INSERT INTO templates (person_id, embedding, dim, model_id, model_sha256, quality, source,
-                 created) VALUES (?,?,?,?,?,?,?,?)"""
-        db.execute(sql, [person_id, blob, dim, t.model_id, t.model_sha256, quality, str(t.source), utc_iso()])
+                 created, key_id) VALUES (?,?,?,?,?,?,?,?,?)"""
+        values = [person_id, blob, dim, t.model_id, t.model_sha256, quality, str(t.source), utc_iso(), key_id]
+        db.execute(sql, values)
+
+    def _plaintext(self, r: Mapping[str, Any], where: str, *, live: bool = True) -> bytes:
+        """A stored template's float32 bytes: decrypted (and authenticated) when it is encrypted, length-checked.
+
+        ``where`` names the file in messages; ``live`` is False for a backup being checked before a restore.
+        """
+        blob, key_id, name = bytes(r["embedding"]), r["key_id"], r["name"]
+        if key_id is not None:
+            cipher = self._cipher
+            if cipher is None:
+                raise TemplateKeyError(
+                    f"{where}: templates are encrypted with key {key_id} and no key is loaded: set gallery.encrypt: "
+                    f"true and provide key {key_id} (`kiosk keys rotate` changes the key)"
+                )
+            if cipher.key_id != key_id:
+                raise TemplateKeyError(
+                    f"{where}: templates are encrypted with key {key_id} but key {cipher.key_id} is loaded: provide "
+                    f"key {key_id}, then `kiosk keys rotate` to move them to another key"
+                )
+            aad = _template_aad(int(r["person_id"]), str(r["model_id"]), str(r["model_sha256"]), int(r["dim"]))
+            try:
+                blob = cipher.decrypt(blob, aad)
+            except TemplateKeyError:
+                fix = f"restore a backup (`kiosk restore`) or re-enrol {name!r}" if live else "nothing was restored"
+                raise TemplateKeyError(
+                    f"{where}: template {r['id']} of {name!r} does not authenticate with key {key_id}: it was altered "
+                    f"or moved to another person; {fix}"
+                ) from None
+        if len(blob) != 4 * int(r["dim"]):
+            fix = f"remove and re-enrol {name!r}" if live else "nothing was restored"
+            raise GalleryCorruptError(f"{where}: template {r['id']} is damaged; {fix}")
+        return blob
 
     def add_templates(self, person: str | int, templates: Sequence[TemplateIn]) -> int:
         """Add templates to an existing person, all or nothing; returns how many were stored."""
-        person_id = self.get_person(person).id
+        found = self.get_person(person)
         with self._write() as db:
             for template in templates:
-                self._insert_template(db, person_id, template)
+                self._insert_template(db, found.id, template)
+            self._audit(db, "templates added", found.id, found.name, {"templates": len(templates)})
         return len(templates)
 
     def matrix(
@@ -419,9 +757,10 @@ class Gallery:
         """Templates of exactly this model (id AND sha256) of people admitted at ``at`` (default: now).
 
         include_disabled=True ignores both the enabled flag and the validity window (duplicate checks).
+        Encrypted templates are decrypted with the gallery's cipher: TemplateKeyError when it is missing or wrong.
         """
-        sql = """SELECT t.id, t.person_id, p.name, t.embedding, t.dim FROM templates t
-                 JOIN people p ON p.id = t.person_id WHERE t.model_id = ? AND t.model_sha256 = ?"""
+        sql = """SELECT t.id, t.person_id, p.name, t.embedding, t.dim, t.model_id, t.model_sha256, t.key_id
+                 FROM templates t JOIN people p ON p.id = t.person_id WHERE t.model_id = ? AND t.model_sha256 = ?"""
         params: list[Any] = [model_id, model_sha256]
         if not include_disabled:
             sql += """ AND p.enabled = 1 AND (p.valid_from IS NULL OR p.valid_from <= ?)
@@ -434,16 +773,12 @@ class Gallery:
             no_ids = np.empty(0, dtype=np.int64)
             dim = int(known[0]["dim"]) if known else 0
             return GalleryMatrix(no_ids, no_ids.copy(), [], np.empty((0, dim), dtype=np.float32))
-        for r in rows:
-            if len(r["embedding"]) != 4 * r["dim"]:
-                raise GalleryCorruptError(
-                    f"gallery {self.path}: template {r['id']} is damaged; remove and re-enrol {r['name']!r}"
-                )
+        vectors = [np.frombuffer(self._plaintext(r, f"gallery {self.path}"), dtype="<f4") for r in rows]
         return GalleryMatrix(
             np.array([r["id"] for r in rows], dtype=np.int64),
             np.array([r["person_id"] for r in rows], dtype=np.int64),
             [r["name"] for r in rows],
-            np.stack([np.frombuffer(r["embedding"], dtype="<f4") for r in rows]).astype(np.float32),
+            np.stack(vectors).astype(np.float32),
         )
 
     def stale_templates(self, model_id: str, model_sha256: str) -> dict[str, int]:
@@ -466,30 +801,62 @@ class Gallery:
         )
         return {f"{r['model_id']} ({r['model_sha256'][:12]})": int(r["n"]) for r in self._rows(sql, [person.id])}
 
+    # -- encryption ------------------------------------------------------------------------------------------
+
+    def encryption_status(self) -> dict[str | None, int]:
+        """Templates per key id; the None entry counts plaintext templates."""
+        sql = "SELECT key_id, count(*) AS n FROM templates GROUP BY key_id ORDER BY key_id"
+        return {r["key_id"]: int(r["n"]) for r in self._rows(sql)}
+
+    def rekey(self, new: TemplateCipher | None) -> int:
+        """Re-encrypt every template with ``new`` (None: store them as plaintext), all in one transaction.
+
+        The current cipher decrypts (plaintext templates need none); a template it cannot decrypt, or any failure
+        of ``new``, leaves every template as it was. Records an ``admin`` event "rekeyed"; returns the count.
+        """
+        sql = """SELECT t.id, t.person_id, p.name, t.embedding, t.dim, t.model_id, t.model_sha256, t.key_id
+                 FROM templates t LEFT JOIN people p ON p.id = t.person_id ORDER BY t.id"""
+        new_id = None if new is None else new.key_id
+        with self._write() as db:
+            cursor = db.execute(sql)
+            columns = [d[0] for d in cursor.description]
+            rows = [dict(zip(columns, values, strict=True)) for values in cursor.fetchall()]
+            old_ids = sorted({r["key_id"] or "plaintext" for r in rows})
+            for r in rows:
+                blob = self._plaintext(r, f"gallery {self.path}")
+                if new is not None:
+                    aad = _template_aad(int(r["person_id"]), str(r["model_id"]), str(r["model_sha256"]), int(r["dim"]))
+                    blob = new.encrypt(blob, aad)
+                db.execute("UPDATE templates SET embedding = ?, key_id = ? WHERE id = ?", [blob, new_id, r["id"]])
+            detail = {"templates": len(rows), "from": old_ids, "to": new_id or "plaintext"}
+            self._audit(db, "rekeyed", detail=detail, always=True)
+        self._cipher = new
+        self._checkpoint("the templates' previous encryption")
+        logger.info("gallery %s: %d template(s) now under %s", self.path, len(rows), new_id or "no key (plaintext)")
+        return len(rows)
+
     # -- events ----------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _insert_event(db: Database, row: Mapping[str, Any]) -> int:
+        """Append a row to the hash chain: prev_hash = the newest event's hash, hash over the row as stored.
+
+        Runs inside the caller's BEGIN IMMEDIATE transaction, so no other writer can slip an event in between.
+        """
+        last = db.execute("SELECT hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
+        prev = GENESIS_HASH if last is None else str(last[0] or "")
+        sql = f"INSERT INTO events ({', '.join(row)}, prev_hash) VALUES ({', '.join('?' * (len(row) + 1))})"
+        event_id = int(db.execute(sql, [*row.values(), prev]).lastrowid or 0)
+        stored = db.execute(f"SELECT {', '.join(CHAIN_FIELDS)} FROM events WHERE id = ?", [event_id]).fetchone()
+        digest = event_hash(prev, dict(zip(CHAIN_FIELDS, stored, strict=True)))
+        db.execute("UPDATE events SET hash = ? WHERE id = ?", [digest, event_id])
+        return event_id
 
     def add_event(self, kind: str, outcome: str, **fields: Any) -> int:
         """Append an event (access attempt, enrolment, admin action); returns its id. ``detail`` -> JSON."""
-        unknown = sorted(set(fields) - set(EVENT_FIELDS))
-        if unknown:
-            raise ValueError(f"unknown event field(s) {', '.join(unknown)}; allowed: {', '.join(EVENT_FIELDS)}")
-        row: dict[str, Any] = {
-            "ts": utc_iso(fields.pop("ts", None)),
-            "kind": str(kind),
-            "outcome": str(outcome),
-        }
-        for key, value in fields.items():
-            if value is None:
-                continue
-            if key in _INT_FIELDS:
-                row[key] = int(value)
-            elif key in _REAL_FIELDS:
-                row[key] = float(value)  # numpy scalars cannot be bound by sqlite3
-            else:
-                row[key] = json.dumps(value, sort_keys=True, default=str) if key == "detail" else str(value)
-        sql = f"INSERT INTO events ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})"
+        row = _event_row(kind, outcome, fields)
         with self._write() as db:
-            return int(db.execute(sql, list(row.values())).lastrowid or 0)
+            return self._insert_event(db, row)
 
     def events(
         self, *, since: datetime | None = None, person: str | None = None, limit: int | None = None
@@ -513,11 +880,141 @@ class Gallery:
                     r["detail"] = json.loads(r["detail"])
         return rows[::-1]
 
+    def verify_events(self) -> EventChainReport:
+        """Check the event hash chain from the first event to the newest, in one consistent snapshot."""
+        with self._guard():
+            self._db.execute("BEGIN")
+            try:
+                return verify_chain(self._db)
+            finally:
+                self._db.execute("COMMIT")
+
+    # -- backup and restore ----------------------------------------------------------------------------------
+
+    def backup(self, dest: Path) -> None:
+        """Write a consistent copy to the new file ``dest`` (0600) while others go on reading and writing.
+
+        SQLite's online backup API copies one snapshot into ``dest.tmp``, which is switched to a self-contained
+        rollback-journal file, integrity-checked, synced and renamed; an existing ``dest`` is never overwritten.
+        """
+        dest = Path(dest)
+        if dest.exists() or dest.is_symlink():
+            raise GalleryError(f"backup {dest} already exists: choose another file name")
+        tmp = dest.with_name(dest.name + ".tmp")
+        _remove_db_files(tmp)  # left behind by an interrupted backup
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except OSError as err:
+            raise GalleryError(f"cannot create backup {tmp}: {err.strerror or err}") from None
+        try:
+            target = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                self._db.conn.backup(target)
+                target.execute("PRAGMA journal_mode = DELETE")
+                problems = [str(r[0]) for r in target.execute("PRAGMA integrity_check") if r[0] != "ok"]
+            finally:
+                target.close()
+            if problems:
+                raise GalleryCorruptError(
+                    f"gallery {self.path} is damaged ({_sql_message(problems[0])}): no backup was written; "
+                    "restore an earlier backup (`kiosk restore`)"
+                )
+            _fsync(tmp)
+            if dest.exists():
+                raise GalleryError(f"backup {dest} already exists: choose another file name")
+            os.replace(tmp, dest)
+            _fsync(dest.parent, directory=True)
+        except sqlite3.Error as err:
+            msg = _sql_message(err)
+            if "not a database" in msg or "malformed" in msg:
+                raise GalleryCorruptError(f"gallery {self.path} is damaged ({msg}): no backup was written") from None
+            raise GalleryError(f"backup of {self.path} to {dest} failed: {msg}") from None
+        except OSError as err:
+            raise GalleryError(f"backup of {self.path} to {dest} failed: {err.strerror or err}") from None
+        finally:
+            _remove_db_files(tmp)
+        logger.info("gallery %s: backed up to %s", self.path, dest)
+
+    def _check_backup(self, conn: sqlite3.Connection, src: Path) -> tuple[int, int]:
+        """Refuse a backup that is not a gallery this version knows, whose event chain is broken, or whose templates
+        do not decrypt with this gallery's key; returns (people, templates)."""
+        tables = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        missing = sorted({"_migrations", "people", "templates", "events"} - tables)
+        if missing:
+            raise TamperedError(
+                f"{src} is not a face-kiosk gallery (no {', '.join(missing)} table); nothing was restored"
+            )
+        applied = [str(r[0]) for r in conn.execute("SELECT name FROM _migrations ORDER BY rowid")]
+        unknown = [name for name in applied if name not in {known for known, _ in MIGRATIONS}]
+        if unknown:
+            raise GalleryError(
+                f"backup {src} was made by a newer face-kiosk (unknown migration {', '.join(unknown)}); "
+                "upgrade face-kiosk to restore it"
+            )
+        chained = "hash" in _columns(conn, "events")
+        if chained != ("0002_security" in applied):
+            raise TamperedError(f"backup {src}: its schema does not match its migrations; nothing was restored")
+        if chained and not (report := verify_chain(conn)).ok:
+            raise TamperedError(f"backup {src}: the event log is broken at {report.reason}; nothing was restored")
+        key_col = "t.key_id" if "key_id" in _columns(conn, "templates") else "NULL AS key_id"
+        sql = f"""SELECT t.id, t.person_id, p.name, t.embedding, t.dim, t.model_id, t.model_sha256, {key_col}
+                  FROM templates t LEFT JOIN people p ON p.id = t.person_id ORDER BY t.id"""
+        cursor = conn.execute(sql)
+        columns = [d[0] for d in cursor.description]
+        templates = 0
+        for values in cursor:
+            self._plaintext(dict(zip(columns, values, strict=True)), f"backup {src}", live=False)
+            templates += 1
+        page_sizes = (
+            int(conn.execute("PRAGMA page_size").fetchone()[0]),
+            int(self._rows("PRAGMA page_size")[0]["page_size"]),
+        )
+        if self.path != ":memory:" and page_sizes[0] != page_sizes[1]:
+            raise GalleryError(
+                f"backup {src} has {page_sizes[0]}-byte pages, this gallery {page_sizes[1]}: restore it into a new, "
+                "empty gallery file"
+            )
+        return int(conn.execute("SELECT count(*) FROM people").fetchone()[0]), templates
+
+    def restore_from(self, src: Path) -> int:
+        """Replace this gallery's content with a backup's, once the backup passes every check; returns the people.
+
+        The backup is read into memory and checked there (SQLite integrity, a face-kiosk gallery this version
+        knows, an intact event chain, templates that authenticate with this gallery's key), so what was checked is
+        exactly what is restored, and a backup that fails changes nothing. The copy goes through this connection
+        with the backup API in one transaction: other connections (a running kiosk) keep their handle and see the
+        restored content (their ``data_version`` changes). Migrated if older; records an admin event "restored".
+        """
+        src = Path(src)
+        mem = _load_backup(src)
+        try:
+            try:
+                people, templates = self._check_backup(mem, src)
+            except sqlite3.Error as err:
+                raise GalleryCorruptError(
+                    f"backup {src} cannot be read ({_sql_message(err)}); nothing was restored"
+                ) from None
+            with self._guard():
+                mem.backup(self._db.conn)
+        finally:
+            mem.close()
+        self._migrate()
+        with self._write() as db:
+            detail = {"people": people, "templates": templates, "source": src.name}
+            self._audit(db, "restored", detail=detail, always=True)
+        self._checkpoint("the replaced gallery's pages")
+        logger.info("gallery %s: restored %d people from %s", self.path, people, src)
+        return people
+
     # -- health ----------------------------------------------------------------------------------------------
 
     def data_version(self) -> int:
         """Changes whenever another connection commits: the door loop reloads its templates when it does."""
         return int(self._rows("PRAGMA data_version")[0]["data_version"])
+
+    def quick_check(self) -> list[str]:
+        """SQLite's quick_check (no index cross-checks; fast enough for every start); empty when healthy."""
+        return [str(r["quick_check"]) for r in self._rows("PRAGMA quick_check") if r["quick_check"] != "ok"]
 
     def integrity_check(self) -> list[str]:
         """Problems found by SQLite's integrity and foreign-key checks; empty when the gallery is healthy."""

@@ -24,9 +24,10 @@ from kiosk.errors import (
     InputError,
     PersonNotFoundError,
 )
-from kiosk.gallery import MIGRATIONS, Gallery, GalleryMatrix, TemplateIn, _migrate_initial
+from kiosk.gallery import MIGRATIONS, Gallery, GalleryMatrix, TemplateIn, _migrate_initial, _migrate_security
 
 M1, SHA_A, SHA_B = "sface", "a" * 64, "b" * 64
+ALL_MIGRATIONS = ["0001_initial", "0002_security"]
 RNG = np.random.default_rng(1234)
 
 
@@ -91,22 +92,27 @@ def test_existing_file_mode_is_not_widened(tmp_path: Path) -> None:
 
 def test_migrations_applied_once_and_reopen_applies_nothing(db_path: Path) -> None:
     with Gallery(db_path) as g:
-        assert g.schema_version() == [name for name, _ in MIGRATIONS] == ["0001_initial"]
+        assert g.schema_version() == [name for name, _ in MIGRATIONS] == ALL_MIGRATIONS
         g.add_person("alice")
     stamp = count(db_path, "SELECT count(*) FROM _migrations")
-    applied_at = str(scalar(db_path, "SELECT applied FROM _migrations"))
-    assert datetime.fromisoformat(applied_at).tzinfo is not None
+    applied_at = str(scalar(db_path, "SELECT group_concat(applied) FROM _migrations"))
+    assert all(datetime.fromisoformat(a).tzinfo is not None for a in applied_at.split(","))
     with Gallery(db_path) as g:
-        assert g.schema_version() == ["0001_initial"]
+        assert g.schema_version() == ALL_MIGRATIONS
         assert g.get_person("alice").name == "alice"
-    assert count(db_path, "SELECT count(*) FROM _migrations") == stamp == 1
-    assert scalar(db_path, "SELECT applied FROM _migrations") == applied_at
+    assert count(db_path, "SELECT count(*) FROM _migrations") == stamp == len(ALL_MIGRATIONS)
+    assert scalar(db_path, "SELECT group_concat(applied) FROM _migrations") == applied_at
 
 
 def test_migration_steps_are_rerunnable(fresh_db: Gallery) -> None:
     fresh_db.add_person("alice")
+    fresh_db.add_event("access", "denied")
+    before = fresh_db._db.execute("SELECT * FROM events").fetchall()
     _migrate_initial(fresh_db._db)  # a second run must neither fail nor touch data
+    _migrate_security(fresh_db._db)
     assert [p.name for p in fresh_db.list_people()] == ["alice"]
+    assert fresh_db._db.execute("SELECT * FROM events").fetchall() == before
+    assert fresh_db.verify_events().ok
 
 
 def test_gallery_from_newer_face_kiosk_is_refused(db_path: Path) -> None:
@@ -524,7 +530,7 @@ def test_locked_new_gallery_cannot_migrate(db_path: Path) -> None:
     finally:
         other.close()
     with Gallery(db_path) as g:
-        assert g.schema_version() == ["0001_initial"]
+        assert g.schema_version() == ALL_MIGRATIONS
 
 
 @pytest.mark.parametrize("content", ["random", "truncated", "text"])
