@@ -16,6 +16,7 @@ from .liveness import Liveness
 from .manifest import Manifest, load_manifest
 from .match import Matcher
 from .pipeline import Pipeline, runtime_options
+from .storage import open_gallery
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +53,8 @@ class Context:
 
     @cached_property
     def gallery(self) -> Gallery:
-        path = self.cfg.gallery_path
-        if not path.exists():
-            # NOTE: the data directory holds biometric templates: owner-only from the moment it exists.
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return Gallery(path, busy_timeout_s=self.cfg.gallery.busy_timeout_s)
+        """The gallery through ``storage.open_gallery``: permissions, key and integrity checked before use."""
+        return open_gallery(self.cfg)
 
     def gallery_matrix(self) -> GalleryMatrix:
         spec = self.pipeline.embedder.spec

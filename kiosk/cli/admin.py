@@ -10,11 +10,15 @@ from typing import Any
 
 import numpy as np
 
+from ..authz import current_caller
 from ..config import Config
 from ..context import Context
 from ..errors import ExitCode, InputError, KioskError
+from ..gallery import Gallery
 from ..imageio import read_image
+from ..keys import load_cipher
 from ..manifest import load_manifest
+from ..storage import encryption_problem, open_gallery, permission_problems
 from ._output import emit_json, table
 
 
@@ -96,9 +100,11 @@ def cmd_models(args: argparse.Namespace, cfg: Config) -> int:
 
 def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
     """Validate the config, the configured models' hashes, the gallery (PRAGMA integrity_check, stale templates),
-    the camera source and the relay driver (neither is opened). Exits non-zero when anything is wrong."""
+    its permissions, its encryption against the configured key and its event hash chain, the camera source and
+    the relay driver (neither is opened). Exits non-zero when anything is wrong."""
     checks: list[dict[str, Any]] = [{"check": "config", "ok": True, "detail": str(cfg.origin or "built-in defaults")}]
-    with Context(cfg) as ctx:
+    gallery, gallery_error = _open_for_check(cfg)
+    with Context(cfg, gallery=gallery) as ctx:
         try:
             pipeline = ctx.pipeline
             for role, info in pipeline.models.items():
@@ -120,19 +126,25 @@ def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
             checks.append({"check": "liveness", "ok": ok, "detail": detail})
         except KioskError as exc:
             checks.append({"check": "liveness", "ok": False, "detail": str(exc)})
-        try:
-            problems = ctx.gallery.integrity_check()
-            counts = ctx.gallery.template_counts()
-            n_people = len(ctx.gallery.list_people())
-            detail = f"{cfg.gallery_path}: {n_people} people, " + (
-                ", ".join(f"{n} templates from {m}" for (m, _), n in counts.items()) or "no templates"
-            )
-            checks.append({"check": "gallery", "ok": not problems, "detail": "; ".join(problems) or detail})
-            if pipeline is not None:
-                stale = ctx.stale_warning()
-                checks.append({"check": "stale templates", "ok": stale is None, "detail": stale or "none"})
-        except KioskError as exc:
-            checks.append({"check": "gallery", "ok": False, "detail": str(exc)})
+        checks.append(_check_permissions(cfg))
+        if gallery is None:
+            checks.append({"check": "gallery", "ok": False, "detail": gallery_error})
+        else:
+            try:
+                problems = gallery.integrity_check()
+                counts = gallery.template_counts()
+                n_people = len(gallery.list_people())
+                detail = f"{cfg.gallery_path}: {n_people} people, " + (
+                    ", ".join(f"{n} templates from {m}" for (m, _), n in counts.items()) or "no templates"
+                )
+                checks.append({"check": "gallery", "ok": not problems, "detail": "; ".join(problems) or detail})
+                checks.append(_check_encryption(cfg, gallery))
+                checks.append(_check_event_chain(gallery))
+                if pipeline is not None:
+                    stale = ctx.stale_warning()
+                    checks.append({"check": "stale templates", "ok": stale is None, "detail": stale or "none"})
+            except KioskError as exc:
+                checks.append({"check": "gallery", "ok": False, "detail": str(exc)})
     checks += [_check_camera(cfg), _check_door(cfg)]
     ok = all(c["ok"] for c in checks)
     if args.json:
@@ -141,6 +153,50 @@ def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
         for c in checks:
             print(f"{'ok  ' if c['ok'] else 'FAIL'}  {c['check']}: {c['detail']}")
     return 0 if ok else int(ExitCode.FAILURE)
+
+
+def _open_for_check(cfg: Config) -> tuple[Gallery | None, str]:
+    """The gallery without the start-up refusals (permissions, key, integrity): `check` reports each on its own."""
+    relaxed = dataclasses.replace(cfg, gallery=dataclasses.replace(cfg.gallery, check_permissions=False))
+    try:
+        return open_gallery(relaxed, check=False, need_key=False), ""
+    except KioskError as exc:
+        return None, str(exc)
+
+
+def _check_permissions(cfg: Config) -> dict[str, Any]:
+    """The data folder 0700 and the gallery files without group/other bits, owned by this user."""
+    problems = permission_problems(cfg)
+    where = f"{cfg.gallery_path.parent} and the gallery private to {current_caller().user}"
+    if not cfg.gallery.check_permissions:
+        detail = "not checked at start (gallery.check_permissions: false)" + (": " if problems else "")
+        return {"check": "permissions", "ok": True, "detail": detail + "; ".join(problems)}
+    return {"check": "permissions", "ok": not problems, "detail": "; ".join(problems) or where}
+
+
+def _check_encryption(cfg: Config, gallery: Gallery) -> dict[str, Any]:
+    """Templates per key against the configured key (loaded and checked here, never printed)."""
+    status = gallery.encryption_status()
+    counts = ", ".join(
+        f"{n} {'unencrypted' if k is None else 'with key ' + k}" for k, n in sorted(status.items(), key=str) if n
+    )
+    key: str | None = None
+    if cfg.gallery.encrypt:
+        try:
+            key = load_cipher(cfg).key_id
+        except KioskError as exc:
+            return {"check": "encryption", "ok": False, "detail": str(exc)}
+    problem = encryption_problem(status, key)
+    state = f"on, key {key}" if key else "off"
+    return {"check": "encryption", "ok": problem is None, "detail": problem or f"{state} ({counts or 'no templates'})"}
+
+
+def _check_event_chain(gallery: Gallery) -> dict[str, Any]:
+    report = gallery.verify_events()
+    if report.ok:
+        head = f", head {report.head_id}" if report.head_id is not None else ""
+        return {"check": "event chain", "ok": True, "detail": f"{report.checked} events, chain intact{head}"}
+    return {"check": "event chain", "ok": False, "detail": report.reason or f"broken at {report.first_broken_id}"}
 
 
 def _check_camera(cfg: Config) -> dict[str, Any]:

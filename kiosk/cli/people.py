@@ -7,9 +7,9 @@ import sys
 from typing import Any
 
 from ..config import Config
-from ..context import Context
-from ..errors import InputError
-from ..gallery import Gallery, Person
+from ..errors import ExitCode, InputError, KioskError
+from ..gallery import Gallery, Person, erase_from_backup
+from ..storage import backup_files, open_gallery
 from ._output import emit_json, table
 
 
@@ -58,7 +58,8 @@ def _person_dict(p: Person) -> dict[str, Any]:
 
 
 def _gallery(cfg: Config) -> Gallery:
-    return Context(cfg).gallery
+    """People management never reads or writes templates: it needs no encryption key."""
+    return open_gallery(cfg, need_key=False)
 
 
 def cmd_list(args: argparse.Namespace, cfg: Config) -> int:
@@ -122,7 +123,8 @@ def cmd_enable(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_remove(args: argparse.Namespace, cfg: Config) -> int:
-    """Remove a person and erase all their templates (secure_delete overwrites the freed pages)."""
+    """Remove a person and erase all their templates: secure_delete overwrites the freed pages, the WAL is
+    truncated, and the person is erased from every backup (*.db) in gallery.backup_dir."""
     with _gallery(cfg) as g:
         p = g.get_person(_ref(args.person))
         if not args.yes:
@@ -133,5 +135,18 @@ def cmd_remove(args: argparse.Namespace, cfg: Config) -> int:
                 print("nothing removed")
                 return 0
         n = g.remove(p.id)
-    print(f"removed '{p.name}' and erased {n} template(s)")
+    backups = backup_files(cfg)
+    erased_from, failed = 0, []
+    for backup in backups:
+        try:
+            erased_from += bool(erase_from_backup(backup, p.id))
+        except KioskError as exc:
+            failed.append(f"{backup.name}: {exc}")
+    print(f"removed '{p.name}' and erased {n} template(s); erased from {erased_from} of {len(backups)} backup(s)")
+    if failed:
+        print(
+            f"kiosk: error: could not erase '{p.name}' from {len(failed)} backup(s), delete them: " + "; ".join(failed),
+            file=sys.stderr,
+        )
+        return int(ExitCode.GALLERY)
     return 0

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..config import Config
-from ..context import Context
 from ..decide import Decision
+from ..errors import TamperedError
+from ..storage import open_gallery
 from ._output import emit_json, fmt, table
 
 
@@ -45,6 +47,12 @@ def register(sub: Any) -> None:
     out.add_argument("--json", action="store_true", help="print as JSON")
     out.add_argument("--csv", action="store_true", help="print as CSV")
     p.set_defaults(func=cmd_events)
+    verbs = p.add_subparsers(dest="verb", metavar="VERB")
+    v = verbs.add_parser(
+        "verify", help="check the event log's hash chain (tamper evidence)", description=cmd_events_verify.__doc__
+    )
+    v.add_argument("--json", action="store_true", help="print the report as JSON")
+    v.set_defaults(func=cmd_events_verify)
 
 
 def cmd_run(args: argparse.Namespace, cfg: Config) -> int:
@@ -85,8 +93,8 @@ def cmd_run(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_events(args: argparse.Namespace, cfg: Config) -> int:
     """Show recorded events, oldest first: access decisions (granted/denied with score, threshold, frames,
     liveness, latency, door action) and door events (forced open, held open, exit requests)."""
-    with Context(cfg) as ctx:
-        events = ctx.gallery.events(since=args.since, person=args.person, limit=args.limit)
+    with open_gallery(cfg, need_key=False) as g:
+        events = g.events(since=args.since, person=args.person, limit=args.limit)
     if args.json:
         emit_json(events)
         return 0
@@ -107,4 +115,21 @@ def cmd_events(args: argparse.Namespace, cfg: Config) -> int:
         for e in events
     ]  # fmt: skip
     print(table(rows, ["id", "time", "kind", "outcome", "person", "score", "frames", "liveness", "door"]))
+    return 0
+
+
+def cmd_events_verify(args: argparse.Namespace, cfg: Config) -> int:
+    """Walk the event log's hash chain (each event carries the hash of its predecessor) and report the first
+    broken link: an event edited, deleted or inserted behind the kiosk's back. Exit TAMPERED when broken."""
+    with open_gallery(cfg, need_key=False) as g:
+        report = g.verify_events()
+    if args.json:
+        emit_json(dataclasses.asdict(report))
+    if not report.ok:
+        reason = report.reason or "the hash chain is broken"
+        prefix = f"event {report.first_broken_id}: "
+        raise TamperedError(reason if reason.startswith(prefix) else prefix + reason)
+    if not args.json:
+        head = f"head {report.head_id} {report.head_hash}" if report.head_id is not None else "empty log"
+        print(f"{report.checked} events, chain intact, {head}")
     return 0
