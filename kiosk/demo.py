@@ -119,7 +119,7 @@ def run_demo(cfg: Config, *, source: str | None = None, as_json: bool = False) -
         cfg = dataclasses.replace(
             cfg,
             data_dir=root,
-            gallery=dataclasses.replace(cfg.gallery, path=root / "gallery.db"),
+            gallery=dataclasses.replace(cfg.gallery, path=root / "gallery.db", encrypt=False),  # throwaway
             door=dataclasses.replace(cfg.door, driver="simulated"),
         )
         if source is None:

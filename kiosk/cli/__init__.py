@@ -84,13 +84,13 @@ def admin_command(args: argparse.Namespace) -> str | None:
 
 def _authorise(args: argparse.Namespace, cfg: Config, drop_privileges: bool) -> None:
     command = admin_command(args)
-    if command is None:
-        return
-    caller = require_admin(cfg.admin.group, command)
-    if drop_privileges:
-        # Root acts as the data directory's owner, so the files it creates stay the service's (see kiosk.authz).
+    caller = require_admin(cfg.admin.group, command) if command is not None else None
+    if drop_privileges and args.command not in ("door", "demo"):
+        # Root acts as the data directory's owner, so the files it creates (the gallery's -wal/-shm, backups) stay
+        # the service's (see kiosk.authz). The door commands keep root: they touch GPIO, not the data directory.
         drop_to_owner(cfg.gallery_path.parent)
-    set_actor(f"{caller.describe()}: kiosk {command}")
+    if caller is not None:
+        set_actor(f"{caller.describe()}: kiosk {command}")
 
 
 def main(argv: Sequence[str] | None = None, *, drop_privileges: bool = False) -> int:
