@@ -48,6 +48,7 @@ class Door(Protocol):
 
     def pulse(self, seconds: float | None = None) -> float: ...
     def off(self) -> None: ...
+    def force_off(self, timeout_s: float = ...) -> bool: ...
     def check(self) -> None: ...
     def close(self) -> None: ...
     def __enter__(self) -> Door: ...
@@ -125,10 +126,11 @@ class RelayDoor:
                 raise HardwareError(f"door relay pin {self.cfg.relay_pin} is closed: cannot unlock")
             self._cancel_relay_timer()
             self._gen += 1
+            gen = self._gen
             # NOTE: the off-timer is its own thread, started *before* the relay goes on: a caller that stalls, or a
             # thread that cannot be created, can never leave the strike released. Not a daemon thread, so the
             # interpreter waits for it (at most max_pulse_s) and locks the door before a normal exit.
-            timer = threading.Timer(length, self._expire, args=(self._gen,))
+            timer = threading.Timer(length, self._expire, args=(gen,))
             timer.name = "door-relay-off"
             timer.start()
             self._relay_timer = timer
@@ -138,6 +140,12 @@ class RelayDoor:
                 self._cancel_relay_timer()
                 self._set(False, "pulse failed")
                 raise
+            if gen != self._gen:
+                # NOTE: a signal handler (same thread, so the RLock let it in) ran off() while this pulse was half
+                # done: its off() won, so lock again now rather than leave the relay on with its timer cancelled.
+                self._cancel_relay_timer()
+                self._set(False, "off during pulse")
+                return length
             self._granted_until = self.clock() + length + OPEN_GRACE_S
         return length
 
@@ -162,6 +170,35 @@ class RelayDoor:
             self._cancel_relay_timer()
             if not self._closed:  # close() already drove the relay off and released the pin
                 self._set(False, "off")
+
+    def force_off(self, timeout_s: float = 1.0) -> bool:
+        """Lock from a thread that must not hang (the watchdog, a crash hook): take the relay lock for at most
+        ``timeout_s``, else write the pin directly without it (the thread holding it may be the stalled one).
+        Never raises; returns whether the relay is known to be off."""
+        if self._lock.acquire(timeout=timeout_s):
+            try:
+                self._gen += 1
+                self._cancel_relay_timer()
+                if self._closed:
+                    return True
+                self._set(False, "forced off")
+                return True
+            except Exception as exc:
+                log.critical("door: forcing the relay off failed: %s", exc)
+                return False
+            finally:
+                self._lock.release()
+        log.critical("door: relay lock still held after %g s; writing the relay pin without it", timeout_s)
+        if self._closed:
+            return True
+        self._gen += 1  # a timer that fires later finds a newer generation and does nothing
+        try:
+            self._write(False, "forced off (lock held)")
+        except Exception as exc:
+            log.critical("door: writing the relay pin off failed: %s", exc)
+            return False
+        self.unlocked = False
+        return True
 
     def close(self) -> None:
         """Lock, then release the pins. Safe to call twice; pulse() raises afterwards."""

@@ -3,6 +3,10 @@
 Everything it drives is injected (pipeline, gallery, camera, door, notifier, clock), so the same loop runs on a
 webcam, on a replayed video in tests, and under systemd. It never opens the door except through ``Decider``'s grant,
 and the caller turns the relay off on every exit path (``run_kiosk`` does it in ``finally``).
+
+Every iteration bumps ``heartbeat`` (for ``kiosk.watchdog``) and pings systemd's watchdog, with or without a frame.
+An unexpected error in one frame is contained: logged (rate-limited), relay off, frame dropped; ``FATAL_ERRORS`` and
+``safety.max_frame_errors`` failing frames in a row end the loop.
 """
 
 from __future__ import annotations
@@ -20,7 +24,16 @@ from .capture import Camera, Frame
 from .decide import Decider, Decision, Observation
 from .detect import select_faces
 from .door import Door
-from .errors import GalleryError
+from .errors import (
+    ConfigError,
+    GalleryCorruptError,
+    GalleryError,
+    HardwareError,
+    InsecureStorageError,
+    KioskError,
+    ModelError,
+    TemplateKeyError,
+)
 from .gallery import Gallery
 from .liveness import Liveness
 from .match import Matcher
@@ -35,6 +48,21 @@ MATRIX_REFRESH_S = 1.0  # how often to look for gallery changes (data_version) a
 VALIDITY_REFRESH_S = 30.0
 STATUS_INTERVAL_S = 2.0
 EVENT_ERROR_LOG_INTERVAL_S = 60.0
+FRAME_ERROR_LOG_INTERVAL_S = 10.0
+# Errors that no retry on the next frame can fix (a broken install, a relay that cannot switch): the loop stops on
+# the first one, so the CLI exits with its named code (systemd does not restart CONFIG/MODEL/INSECURE/KEY).
+FATAL_ERRORS: tuple[type[KioskError], ...] = (
+    ModelError,
+    ConfigError,
+    TemplateKeyError,
+    InsecureStorageError,
+    HardwareError,
+    GalleryCorruptError,
+)
+
+
+class FrameErrorsExceeded(KioskError):
+    """``safety.max_frame_errors`` consecutive frames failed: the loop stops (exit 1) and systemd restarts it."""
 
 
 @dataclass
@@ -115,6 +143,13 @@ class DoorLoop:
         self._matrix_loaded = -float("inf")
         self._last_status = -float("inf")
         self._event_error_logged = -float("inf")
+        self.max_frame_errors = pipeline.cfg.safety.max_frame_errors
+        self.frame_errors = 0  # consecutive frames whose processing raised
+        self._frame_error_logged = -float("inf")
+        self._frame_errors_unlogged = 0
+        # NOTE: the watchdog's heartbeat: time.monotonic() of the start of the latest loop iteration (frame or not).
+        # Real monotonic time, whatever ``clock`` is injected: the watchdog measures real progress.
+        self.heartbeat = time.monotonic()
 
     # -- gallery ---------------------------------------------------------------------------------------------
 
@@ -276,9 +311,13 @@ class DoorLoop:
     def run(self, *, max_frames: int | None = None, frame_timeout_s: float = 0.25) -> LoopStats:
         """Process the newest frames until stopped, the replay ends, or ``max_frames``."""
         self.stats.started = self.clock()
+        self.heartbeat = time.monotonic()
         self.notifier.ready(status="running")
         log.info("door loop running (source %s)", self.camera.status().get("source"))
         while not self.stop_event.is_set():
+            self.heartbeat = time.monotonic()
+            # NOTE: systemd's watchdog is pinged from here only, never from another thread: a stalled loop stops
+            # pinging, and systemd restarts the service even if the internal watchdog could not act.
             self.notifier.watchdog()
             frame = self.camera.latest(timeout=frame_timeout_s)
             now = self.clock()
@@ -287,7 +326,7 @@ class DoorLoop:
                     log.info("source ended after %d frames", self.stats.frames)
                     break
             else:
-                self.process(frame)
+                self.process_contained(frame)
             self.door.check()  # door-held-open alarm on the loop's clock
             self._drain_door_events()
             if now - self._last_status >= STATUS_INTERVAL_S:
@@ -304,6 +343,39 @@ class DoorLoop:
             if final is not None:
                 self._act(final, None, None)
         return self.stats
+
+    def process_contained(self, frame: Frame) -> list[Decision]:
+        """``process()``, with an unexpected error contained: logged (rate-limited, one line), the relay forced off,
+        the frame dropped. Fatal errors (``FATAL_ERRORS``) propagate at once; ``safety.max_frame_errors``
+        consecutive failing frames raise ``FrameErrorsExceeded``."""
+        try:
+            decisions = self.process(frame)
+        except FATAL_ERRORS:
+            raise
+        except Exception as exc:
+            self._frame_failed(exc)
+            return []
+        self.frame_errors = 0
+        return decisions
+
+    def _frame_failed(self, exc: Exception) -> None:
+        # NOTE: fail secure: whatever the stage was doing (maybe in the middle of a grant), the door locks now.
+        self.door.off()
+        self.frame_errors += 1
+        what = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+        if self.frame_errors >= self.max_frame_errors:
+            raise FrameErrorsExceeded(
+                f"{self.frame_errors} consecutive frames failed (safety.max_frame_errors); last: {what}"
+            ) from exc
+        now = time.monotonic()
+        if now - self._frame_error_logged >= FRAME_ERROR_LOG_INTERVAL_S:
+            suppressed = (
+                f" ({self._frame_errors_unlogged} more since the last report)" if self._frame_errors_unlogged else ""
+            )
+            log.error("frame dropped, relay off: %s%s", what, suppressed)
+            self._frame_error_logged, self._frame_errors_unlogged = now, 0
+        else:
+            self._frame_errors_unlogged += 1
 
     def _drain_door_events(self) -> None:
         """Record door-contact and exit-button events (they arrive from GPIO threads; SQLite is used from here)."""

@@ -30,6 +30,7 @@ class Notifier:
         self._last_ping = -float("inf")
         self._sock: socket.socket | None = None
         self._failed = False
+        self._silenced = False
 
     @property
     def enabled(self) -> bool:
@@ -37,7 +38,7 @@ class Notifier:
 
     def send(self, message: str) -> bool:
         """Send one datagram; never raises (a broken notify socket must not stop the door loop)."""
-        if not self.address or self._failed:
+        if not self.address or self._failed or self._silenced:
             return False
         addr = self.address
         if addr.startswith("@"):  # abstract namespace socket
@@ -69,6 +70,10 @@ class Notifier:
 
     def stopping(self) -> None:
         self.send("STOPPING=1")
+
+    def silence(self) -> None:
+        """Send nothing more, ever (the internal watchdog gave up on the loop: no ping may hide that)."""
+        self._silenced = True
 
     def close(self) -> None:
         if self._sock is not None:

@@ -18,7 +18,7 @@ from kiosk.context import Context
 from kiosk.decide import Decision
 from kiosk.door import open_door
 from kiosk.enroll import enroll
-from kiosk.loop import DoorLoop
+from kiosk.loop import DoorLoop, FrameErrorsExceeded
 from kiosk.notify import Notifier
 from kiosk.runner import run_kiosk
 
@@ -236,7 +236,7 @@ def test_relay_is_forced_off_when_the_loop_crashes(
 ) -> None:
     clip = tmp_path / "clip"
     _write_clip(clip, [("empty", None, 5)])
-    cfg = _cfg(tmp_path)
+    cfg = _cfg(tmp_path, safety={"max_frame_errors": 3})
     door = open_door(cfg.door, pin_factory=factory)
     door.pulse(1.0)  # the relay is on when the crash happens
 
@@ -244,7 +244,8 @@ def test_relay_is_forced_off_when_the_loop_crashes(
         raise RuntimeError("simulated crash in a stage")
 
     monkeypatch.setattr(DoorLoop, "process", boom)
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    # Each failing frame is contained (relay off, frame dropped); max_frame_errors in a row stop the loop.
+    with pytest.raises(FrameErrorsExceeded, match=r"3 consecutive frames failed.*simulated crash"):
         run_kiosk(cfg, source=str(clip), door=door)
     assert factory.pin(RELAY_PIN).state is False or factory.pin(RELAY_PIN).state == 0
     assert not door.unlocked
