@@ -193,6 +193,11 @@ class GalleryMatrix:
         return len(self.names)
 
 
+def utc_now() -> datetime:
+    """The wall clock, for timestamps on records only; durations use time.monotonic (see tests/test_faults.py)."""
+    return datetime.now(UTC)
+
+
 def utc_iso(dt: datetime | None = None) -> str:
     """UTC ISO-8601 to the second (naive = UTC); strings in this one format sort chronologically."""
     dt = datetime.now(UTC) if dt is None else dt
@@ -852,11 +857,24 @@ class Gallery:
         db.execute("UPDATE events SET hash = ? WHERE id = ?", [digest, event_id])
         return event_id
 
-    def add_event(self, kind: str, outcome: str, **fields: Any) -> int:
-        """Append an event (access attempt, enrolment, admin action); returns its id. ``detail`` -> JSON."""
+    def add_event(self, kind: str, outcome: str, *, wait_s: float | None = None, **fields: Any) -> int:
+        """Append an event (access attempt, enrolment, admin action); returns its id. ``detail`` -> JSON.
+
+        ``wait_s`` replaces ``busy_timeout_s`` for this write: the door loop waits briefly and retries later rather
+        than stall behind another writer.
+        """
         row = _event_row(kind, outcome, fields)
-        with self._write() as db:
-            return self._insert_event(db, row)
+        if wait_s is None:
+            with self._write() as db:
+                return self._insert_event(db, row)
+        with self._guard():
+            self._db.execute(f"PRAGMA busy_timeout = {max(0, round(wait_s * 1000))}")
+        try:
+            with self._write() as db:
+                return self._insert_event(db, row)
+        finally:
+            with self._guard():
+                self._db.execute(f"PRAGMA busy_timeout = {round(self.busy_timeout_s * 1000)}")
 
     def events(
         self, *, since: datetime | None = None, person: str | None = None, limit: int | None = None

@@ -34,7 +34,7 @@ from .errors import (
     ModelError,
     TemplateKeyError,
 )
-from .gallery import Gallery
+from .gallery import Gallery, utc_now
 from .liveness import Liveness
 from .match import Matcher
 from .notify import Notifier
@@ -48,6 +48,11 @@ MATRIX_REFRESH_S = 1.0  # how often to look for gallery changes (data_version) a
 VALIDITY_REFRESH_S = 30.0
 STATUS_INTERVAL_S = 2.0
 EVENT_ERROR_LOG_INTERVAL_S = 60.0
+# NOTE: event writes wait this long for another writer, not gallery.busy_timeout_s: the loop must not stall behind
+# `kiosk enroll` or a locked/full database. Unwritten events wait in memory (oldest dropped beyond the backlog, and
+# counted) and are written, with their own timestamps, as soon as the gallery takes writes again.
+EVENT_WRITE_WAIT_S = 0.2
+EVENT_BACKLOG = 2000
 FRAME_ERROR_LOG_INTERVAL_S = 10.0
 # Errors that no retry on the next frame can fix (a broken install, a relay that cannot switch): the loop stops on
 # the first one, so the CLI exits with its named code (systemd does not restart CONFIG/MODEL/INSECURE/KEY).
@@ -143,6 +148,8 @@ class DoorLoop:
         self._matrix_loaded = -float("inf")
         self._last_status = -float("inf")
         self._event_error_logged = -float("inf")
+        self._unwritten: deque[tuple[str, str, dict[str, Any]]] = deque()
+        self.events_dropped = 0
         self.max_frame_errors = pipeline.cfg.safety.max_frame_errors
         self.frame_errors = 0  # consecutive frames whose processing raised
         self._frame_error_logged = -float("inf")
@@ -283,28 +290,50 @@ class DoorLoop:
         detail: dict[str, Any] = {"reason": d.reason, "liveness": d.liveness.as_dict()}
         if snapshot:
             detail["snapshot"] = snapshot
-        try:
-            self.gallery.add_event(
-                "access",
-                d.outcome,
-                track_id=d.track_id,
-                person_id=d.person_id,
-                person_name=d.name,
-                score=d.score,
-                runner_up=d.runner_up_score,
-                threshold=d.threshold,
-                frames=d.frames_used,
-                liveness=d.liveness.status,
-                latency_ms=latency_ms,
-                door_action=door_action,
-                detail=detail,
-            )
-        except GalleryError as exc:
-            # NOTE: a full disk or a locked database must not stop the door from deciding; log once a minute.
-            now = self.clock()
-            if now - self._event_error_logged > EVENT_ERROR_LOG_INTERVAL_S:
-                self._event_error_logged = now
-                log.error("cannot record event (%s); decisions continue", exc)
+        self._store_event(
+            "access",
+            d.outcome,
+            track_id=d.track_id,
+            person_id=d.person_id,
+            person_name=d.name,
+            score=d.score,
+            runner_up=d.runner_up_score,
+            threshold=d.threshold,
+            frames=d.frames_used,
+            liveness=d.liveness.status,
+            latency_ms=latency_ms,
+            door_action=door_action,
+            detail=detail,
+        )
+
+    def _store_event(self, kind: str, outcome: str, **fields: Any) -> None:
+        """Queue an event with its time and write every queued one; a gallery error keeps them queued."""
+        if len(self._unwritten) >= EVENT_BACKLOG:
+            self._unwritten.popleft()
+            self.events_dropped += 1
+        # The event keeps its own time even when it is written later.
+        self._unwritten.append((kind, outcome, {"ts": utc_now(), **fields}))
+        self.flush_events()
+
+    def flush_events(self) -> None:
+        """Write queued events, oldest first; on a GalleryError (locked, disk full) stop, log once a minute."""
+        while self._unwritten:
+            kind, outcome, fields = self._unwritten[0]
+            try:
+                self.gallery.add_event(kind, outcome, wait_s=EVENT_WRITE_WAIT_S, **fields)
+            except GalleryError as exc:
+                # NOTE: a full disk or a locked database must not stop the door from deciding; log once a minute.
+                now = self.clock()
+                if now - self._event_error_logged > EVENT_ERROR_LOG_INTERVAL_S:
+                    self._event_error_logged = now
+                    log.error(
+                        "cannot record event (%s); decisions continue, %d event(s) waiting, %d dropped",
+                        exc,
+                        len(self._unwritten),
+                        self.events_dropped,
+                    )
+                return
+            self._unwritten.popleft()
 
     # -- the loop --------------------------------------------------------------------------------------------
 
@@ -331,6 +360,8 @@ class DoorLoop:
             self._drain_door_events()
             if now - self._last_status >= STATUS_INTERVAL_S:
                 self._last_status = now
+                if self._unwritten:
+                    self.flush_events()
                 state = self.camera.status().get("state")
                 self.notifier.status(f"{self.stats.fps:.1f} fps, camera {state}, last: {self.stats.last_decision}")
             if max_frames is not None and self.stats.frames >= max_frames:
@@ -342,6 +373,9 @@ class DoorLoop:
             final = self.decider.end_track(track.id, self.clock())
             if final is not None:
                 self._act(final, None, None)
+        self.flush_events()
+        if self._unwritten:
+            log.error("stopping with %d event(s) that could not be recorded", len(self._unwritten))
         return self.stats
 
     def process_contained(self, frame: Frame) -> list[Decision]:
@@ -385,10 +419,7 @@ class DoorLoop:
             except queue.Empty:
                 return
             log.info("door event %s %s", kind, detail)
-            try:
-                self.gallery.add_event("door", kind, detail=detail)
-            except GalleryError as exc:
-                log.error("cannot record door event (%s)", exc)
+            self._store_event("door", kind, detail=detail)
 
     def stop(self) -> None:
         self.stop_event.set()
