@@ -54,6 +54,7 @@ EVENT_ERROR_LOG_INTERVAL_S = 60.0
 EVENT_WRITE_WAIT_S = 0.2
 EVENT_BACKLOG = 2000
 FRAME_ERROR_LOG_INTERVAL_S = 10.0
+LATENCY_WINDOW = 1000
 # Errors that no retry on the next frame can fix (a broken install, a relay that cannot switch): the loop stops on
 # the first one, so the CLI exits with its named code (systemd does not restart CONFIG/MODEL/INSECURE/KEY).
 FATAL_ERRORS: tuple[type[KioskError], ...] = (
@@ -79,8 +80,10 @@ class LoopStats:
     denied: int = 0
     pulses: int = 0
     started: float = 0.0
-    grant_latency_ms: list[float] = field(default_factory=list)  # track first seen → grant (door pulse)
-    deny_latency_ms: list[float] = field(default_factory=list)
+    # Recent decisions only: a kiosk runs for months, so nothing here grows with the number of decisions.
+    grant_latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))  # seen → pulse
+    deny_latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+    frame_errors: int = 0  # frames whose processing raised, in total (DoorLoop.frame_errors counts consecutive ones)
     frame_ms: deque[float] = field(default_factory=lambda: deque(maxlen=200))
     last_decision: str = "none yet"
 
@@ -100,6 +103,7 @@ class LoopStats:
             "granted": self.granted,
             "denied": self.denied,
             "door_pulses": self.pulses,
+            "frame_errors": self.frame_errors,
             "fps": round(self.fps, 1),
             "frame_ms_median": round(sorted(self.frame_ms)[len(self.frame_ms) // 2], 2) if self.frame_ms else None,
             "grant_latency_ms_median": round(grants[len(grants) // 2], 1) if grants else None,
@@ -396,6 +400,7 @@ class DoorLoop:
         # NOTE: fail secure: whatever the stage was doing (maybe in the middle of a grant), the door locks now.
         self.door.off()
         self.frame_errors += 1
+        self.stats.frame_errors += 1
         what = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
         if self.frame_errors >= self.max_frame_errors:
             raise FrameErrorsExceeded(

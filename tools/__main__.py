@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "liveness-clips": ("tools.liveness_clips", "write still-photo and simulated-blink clips for kiosk eval-liveness"),
     "report": ("tools.report", "evaluate every model in the manifest and write models/README.md"),
     "replay-bench": ("tools.replay_bench", "replay enrolled members and strangers through the real door loop"),
+    "soak": ("tools.soak", "run the kiosk for hours under injected faults; report frames, restarts, memory, fds"),
 }
 
 
