@@ -8,7 +8,9 @@ parser walks the dataclasses, so unknown keys and bad values fail with the key p
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ import yaml
 from .errors import ConfigError
 
 ENV_CONFIG = "KIOSK_CONFIG"
+MAX_CONFIG_BYTES = 1024 * 1024  # a config file is a few kB; anything this big is a mistake (or an attack)
 
 
 LIVENESS_MODES = ("off", "passive", "active", "both")
@@ -244,6 +247,30 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+_REPR = reprlib.Repr()  # keyword arguments only from Python 3.12
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 2, 60, 60, 40
+_REPR.maxtuple = _REPR.maxlist = _REPR.maxdict = _REPR.maxset = _REPR.maxfrozenset = 4
+
+
+def _show(value: Any) -> str:
+    """A short one-line repr for error messages: a YAML alias bomb or a megabyte string must not be printed whole."""
+    try:
+        return _REPR.repr(value)
+    except ValueError:  # an integer over sys.get_int_max_str_digits() digits cannot be printed at all
+        return f"<a {type(value).__name__} too large to print>"
+
+
+def _key_text(key: Any) -> str:
+    """A config key as written, or its short repr when it would not print as one plain line."""
+    return key if isinstance(key, str) and key.isprintable() and len(key) <= 60 else _show(key)
+
+
+def _path_text(path: Path | str) -> str:
+    """A file name for a message: as is, or repr'd when it holds newlines or other unprintable characters."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -263,23 +290,31 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}: must be true or false, got {value!r}")
+            raise ConfigError(f"{key}: must be true or false, got {_show(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: must be an integer, got {value!r}")
+            raise ConfigError(f"{key}: must be an integer, got {_show(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{key}: must be a number, got {value!r}")
-        return float(value)
+            raise ConfigError(f"{key}: must be a number, got {_show(value)}")
+        try:
+            number = float(value)
+        except OverflowError:  # an integer with hundreds of digits
+            number = math.inf
+        if not math.isfinite(number):  # .nan passes every range check, .inf every open-ended one
+            raise ConfigError(f"{key}: must be a finite number, got {_show(value)}")
+        return number
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: must be a string, got {value!r}")
+            raise ConfigError(f"{key}: must be a string, got {_show(value)}")
+        if "\0" in value:
+            raise ConfigError(f"{key}: must not contain a NUL character, got {_show(value)}")
         return value
     if tp is Path:
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{key}: must be a path string, got {value!r}")
+        if not isinstance(value, str) or not value or "\0" in value:
+            raise ConfigError(f"{key}: must be a path string, got {_show(value)}")
         return Path(value).expanduser()
     raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")  # pragma: no cover - schema bug
 
@@ -290,13 +325,13 @@ def _check(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
     lo, hi = meta.get("min"), meta.get("max")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         bounds = f"{lo if lo is not None else '-inf'}..{hi if hi is not None else 'inf'}"
-        raise ConfigError(f"{key}: must be within {bounds}, got {value!r}")
+        raise ConfigError(f"{key}: must be within {bounds}, got {_show(value)}")
     mult = meta.get("multiple_of")
     if mult and value % mult:
-        raise ConfigError(f"{key}: must be a multiple of {mult}, got {value!r}")
+        raise ConfigError(f"{key}: must be a multiple of {mult}, got {_show(value)}")
     choices = meta.get("choices")
     if choices and value not in choices:
-        raise ConfigError(f"{key}: must be one of {', '.join(choices)}, got {value!r}")
+        raise ConfigError(f"{key}: must be one of {', '.join(choices)}, got {_show(value)}")
 
 
 def _build(cls: type[Any], data: dict[str, Any], prefix: str = "") -> Any:
@@ -304,7 +339,7 @@ def _build(cls: type[Any], data: dict[str, Any], prefix: str = "") -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "origin"}
     for key in data:
         if key not in fields:
-            path = f"{prefix}.{key}" if prefix else str(key)
+            path = f"{prefix}.{_key_text(key)}" if prefix else _key_text(key)
             known = ", ".join(sorted(fields))
             raise ConfigError(f"{path}: unknown key (allowed here: {known})")
     kwargs: dict[str, Any] = {}
@@ -341,11 +376,13 @@ def _cross_checks(cfg: Config) -> None:
     live = cfg.liveness
     for i, name in enumerate(live.active.challenges):
         if name not in CHALLENGES:
-            raise ConfigError(f"liveness.active.challenges[{i}]: must be one of {', '.join(CHALLENGES)}, got {name!r}")
+            raise ConfigError(
+                f"liveness.active.challenges[{i}]: must be one of {', '.join(CHALLENGES)}, got {_show(name)}"
+            )
     if not live.active.challenges:
         raise ConfigError("liveness.active.challenges: must name at least one of " + ", ".join(CHALLENGES))
     if len(set(live.passive.models)) != len(live.passive.models):
-        raise ConfigError(f"liveness.passive.models: lists a model twice: {list(live.passive.models)}")
+        raise ConfigError(f"liveness.passive.models: lists a model twice: {_show(list(live.passive.models))}")
     q = cfg.quality
     if q.min_brightness >= q.max_brightness:
         raise ConfigError(
@@ -366,7 +403,8 @@ def parse_config(data: Any, source: Path | None = None) -> Config:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{source or 'config'}: the top level must be a mapping, got {type(data).__name__}")
+        where = _path_text(source) if source is not None else "config"
+        raise ConfigError(f"{where}: the top level must be a mapping, got {type(data).__name__}")
     cfg: Config = _build(Config, data)
     base = source.parent if source is not None else Path.cwd()
 
@@ -403,18 +441,33 @@ def load_config(path: Path | str | None = None) -> Config:
     if path is None:
         return parse_config({})
     path = Path(path)
+    shown = _path_text(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        # Read at most one byte past the limit: `-c /dev/zero` or a runaway generated file must not fill memory.
+        with path.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {shown} is larger than {MAX_CONFIG_BYTES // 1024} KiB: not a config file")
+        text = raw.decode("utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config file {path} cannot be read: {exc}") from None
+        raise ConfigError(f"config file {shown} not found") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {shown} cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {shown} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"config file {path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        # ReaderError (a control character) has no `problem`; every YAML message may span lines: make it one.
+        problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or exc
+        why = " ".join(str(problem).split())
+        raise ConfigError(f"config file {shown}{where}: not valid YAML ({why})") from None
+    except RecursionError:
+        raise ConfigError(f"config file {shown}: not valid YAML (nested too deeply)") from None
+    except ValueError:  # PyYAML's int() of a number with thousands of digits
+        raise ConfigError(f"config file {shown}: not valid YAML (a number with too many digits)") from None
     return parse_config(data, source=path)
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DuplicateError, FaceError, KioskError, PersonNotFoundError
-from .gallery import Gallery, Person, TemplateIn
+from .errors import DuplicateError, FaceError, InputError, KioskError, PersonNotFoundError
+from .gallery import Gallery, Person, TemplateIn, clean_name
 from .imageio import read_image
 from .match import Matcher
 from .pipeline import FaceResult, Pipeline
@@ -31,6 +31,7 @@ class ImageVerdict:
     reason: str
     quality: dict[str, float] = field(default_factory=dict)
     embedding: FloatArray | None = None
+    unreadable: bool = False  # the file itself was refused (missing, corrupt, not an image): an input error
 
     def as_dict(self) -> dict[str, object]:
         return {"source": self.source, "accepted": self.accepted, "reason": self.reason}
@@ -85,7 +86,8 @@ def assess_images(
         try:
             image = read_image(path, max_pixels=max_pixels)
         except KioskError as exc:
-            verdicts.append(ImageVerdict(path.name, False, str(exc).replace(str(path) + ": ", "")))
+            reason = str(exc).replace(str(path) + ": ", "")
+            verdicts.append(ImageVerdict(path.name, False, reason, unreadable=isinstance(exc, InputError)))
             continue
         verdicts.append(assess_frame(pipeline, image, path.name, face_index=face_index, select=select))
     return verdicts
@@ -135,7 +137,10 @@ def enroll(
     select: str | None = None,
     allow_duplicate: bool = False,
 ) -> EnrollReport:
-    """Enrol ``name`` from image files. Raises FaceError when no image was usable (nothing is stored then)."""
+    """Enrol ``name`` from image files. Raises InputError when no image could be read, FaceError when none was
+    usable for another reason (nothing is stored then), InputError for a name the gallery would refuse (before any
+    image is looked at)."""
+    name = clean_name(name)
     existing_person(gallery, name, append)
     verdicts = assess_images(
         pipeline, images, face_index=face_index, select=select, max_pixels=pipeline.cfg.enroll.max_image_pixels
@@ -154,6 +159,7 @@ def store(
 ) -> EnrollReport:
     """Apply the batch checks (consistency, duplicates, template cap) and write the good templates atomically."""
     cfg = pipeline.cfg
+    name = clean_name(name)
     existing = existing_person(gallery, name, append)
     _check_consistency(verdicts, pipeline.thresholds.likely)
     spec = pipeline.embedder.spec
@@ -183,7 +189,9 @@ def store(
     good = good[: max(room, 0)]
     if not good:
         reasons = "; ".join(f"{v.source}: {v.reason}" for v in verdicts)
-        raise FaceError(f"nothing enrolled for '{name}': {reasons}")
+        # Only unreadable files: the input is at fault (exit INPUT); a photo without a usable face: exit NO_FACE.
+        error = InputError if verdicts and all(v.unreadable for v in verdicts) else FaceError
+        raise error(f"nothing enrolled for {name!r}: {reasons}")
     templates = [
         TemplateIn(
             embedding=v.embedding,

@@ -9,7 +9,8 @@ Two protocols (``shared/data/faces/README.md``):
 
 The face pipeline is injected as an :data:`EmbedFn`, so this module knows nothing about detectors or models;
 the ``fingerprint`` string names that pipeline for the embedding cache. Paths in a CSV are relative to
-``root`` (default: the CSV's folder). An image that cannot be embedded (no face, unreadable, missing file)
+``root`` (default: the CSV's folder) and may not leave it (no absolute path, no ``..`` above it). An image that
+cannot be embedded (no face, unreadable, missing file)
 never stops a run: it is counted as failed and handled by each protocol's documented policy.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +33,7 @@ import numpy.typing as npt
 from . import metrics
 from .cache import EmbeddingCache
 from .errors import FaceError, InputError
+from .imageio import display
 from .manifest import sha256_file
 from .plot import plot as plot_scores
 
@@ -68,6 +71,33 @@ class LabeledImage:
 # ------------------------------------------------------------------------------------------------ CSV reading
 
 
+def _short(text: str, limit: int = 80) -> str:
+    """A value from a CSV for a one-line message: repr'd (no raw newlines) and cut to ``limit`` characters."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[: limit - 4] + "...'"
+
+
+def _plain(text: str, limit: int = 80) -> str:
+    """A CSV path for a message: as written when it is short and printable, else like :func:`_short`."""
+    return text if text.isprintable() and len(text) <= limit else _short(text, limit)
+
+
+def outside_root(rel: str) -> bool:
+    """True for a CSV path that is not a plain relative path under the root folder: absolute, or climbing out of
+    it with ``..``, or holding a NUL character (checked on the text: the files need not exist)."""
+    if not rel or "\0" in rel or os.path.isabs(rel):
+        return True
+    parts = os.path.normpath(rel).split(os.sep)
+    return parts[0] == ".."
+
+
+def check_path(csv_path: Path, line: int, rel: str) -> None:
+    """InputError naming the line for a CSV path that would read a file outside the root folder."""
+    if outside_root(rel):
+        where = f"{display(csv_path)}:{line}"
+        raise InputError(f"{where}: path {_plain(rel)} must be relative and stay inside the root folder")
+
+
 def _read_csv(
     csv_path: Path, required: Sequence[str], optional: Sequence[str] = ()
 ) -> list[tuple[int, dict[str, str]]]:
@@ -75,30 +105,35 @@ def _read_csv(
     as ``(line number, {column: stripped value})``. Blank lines are skipped; anything else malformed is an
     InputError naming the file and line."""
     expected = ",".join(required) + "".join(f"[,{c}]" for c in optional)
+    name = display(csv_path)
     try:
         with Path(csv_path).open(encoding="utf-8-sig", newline="") as f:
             reader = csv.reader(f)
             header = next(reader, None)
             if header is None:
-                raise InputError(f"{csv_path}: empty file, expected a header line {expected}")
+                raise InputError(f"{name}: empty file, expected a header line {expected}")
             columns = [c.strip() for c in header]
             missing = [c for c in required if c not in columns]
             unknown = [c for c in columns if c not in required and c not in optional]
             if missing or unknown or len(set(columns)) != len(columns):
-                raise InputError(f"{csv_path}:1: bad header {','.join(columns)!r}, expected columns {expected}")
+                raise InputError(f"{name}:1: bad header {_short(','.join(columns))}, expected columns {expected}")
             rows = []
             for record in reader:
                 if not record or all(not v.strip() for v in record):
                     continue
                 if len(record) != len(columns):
-                    raise InputError(f"{csv_path}:{reader.line_num}: expected {len(columns)} fields, got {len(record)}")
+                    raise InputError(f"{name}:{reader.line_num}: expected {len(columns)} fields, got {len(record)}")
                 rows.append((reader.line_num, dict(zip(columns, (v.strip() for v in record), strict=True))))
     except FileNotFoundError as err:
-        raise InputError(f"{csv_path}: no such file") from err
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise InputError(f"{csv_path}: cannot read: {err}") from err
+        raise InputError(f"{name}: no such file") from err
+    except IsADirectoryError as err:
+        raise InputError(f"{name}: is a directory, not a CSV file") from err
+    except OSError as err:
+        raise InputError(f"{name}: cannot read: {err.strerror or err}") from err
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise InputError(f"{name}: cannot read: {' '.join(str(err).split())}") from err
     if not rows:
-        raise InputError(f"{csv_path}: no data rows")
+        raise InputError(f"{name}: no data rows")
     return rows
 
 
@@ -111,12 +146,14 @@ def read_pairs(csv_path: Path) -> list[Pair]:
     for line, row in _read_csv(csv_path, ("path1", "path2", "same"), ("fold",)):
         same = row["same"].lower()
         if same not in _TRUE | _FALSE:
-            raise InputError(f"{csv_path}:{line}: same must be 1, 0, true or false, got {row['same']!r}")
+            raise InputError(f"{display(csv_path)}:{line}: same must be 1, 0, true or false, got {_short(row['same'])}")
         if not row["path1"] or not row["path2"]:
-            raise InputError(f"{csv_path}:{line}: empty path")
+            raise InputError(f"{display(csv_path)}:{line}: empty path")
+        check_path(csv_path, line, row["path1"])
+        check_path(csv_path, line, row["path2"])
         fold = row.get("fold")
         if fold is not None and not fold:
-            raise InputError(f"{csv_path}:{line}: empty fold")
+            raise InputError(f"{display(csv_path)}:{line}: empty fold")
         pairs.append(Pair(row["path1"], row["path2"], same in _TRUE, fold))
     return pairs
 
@@ -128,9 +165,11 @@ def read_labels(csv_path: Path) -> list[LabeledImage]:
     seen: dict[str, int] = {}
     for line, row in _read_csv(csv_path, ("path", "identity")):
         if not row["path"] or not row["identity"]:
-            raise InputError(f"{csv_path}:{line}: empty path or identity")
+            raise InputError(f"{display(csv_path)}:{line}: empty path or identity")
+        check_path(csv_path, line, row["path"])
         if row["path"] in seen:
-            raise InputError(f"{csv_path}:{line}: {row['path']} is already listed on line {seen[row['path']]}")
+            where = f"{display(csv_path)}:{line}"
+            raise InputError(f"{where}: {_plain(row['path'])} is already listed on line {seen[row['path']]}")
         seen[row["path"]] = line
         images.append(LabeledImage(row["path"], row["identity"]))
     return images
@@ -206,6 +245,8 @@ def embed_images(
         for rel in unique:
             full = root / rel
             try:
+                if full.exists() and not full.is_file() and not full.is_dir():
+                    raise OSError(0, "not a regular file")  # a FIFO or a device would block or never end
                 sha = sha256_file(full)
             except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
                 out[rel] = (None, FILE_NOT_FOUND)
@@ -277,7 +318,7 @@ def evaluate_pairs(
     pairs = read_pairs(pairs_csv)
     same = np.asarray([p.same for p in pairs], dtype=bool)
     if same.all() or not same.any():
-        raise InputError(f"{pairs_csv}: needs both same (1) and different (0) pairs to measure anything")
+        raise InputError(f"{display(pairs_csv)}: needs both same (1) and different (0) pairs to measure anything")
     base = root if root is not None else pairs_csv.parent
     results = embed_images(
         [p for pair in pairs for p in (pair.path1, pair.path2)],

@@ -13,6 +13,7 @@ from ..context import Context
 from ..detect import select_faces
 from ..enroll import EnrollReport, enroll
 from ..errors import ExitCode, FaceError, InputError, NoFaceError
+from ..gallery import clean_name
 from ..imageio import read_image
 from ..match import cosine
 from ..pipeline import FaceResult, Pipeline
@@ -67,6 +68,7 @@ def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:
         raise InputError("--valid-until must be after --valid-from")
     if bool(args.images) == bool(args.camera):
         raise InputError("give either photos (kiosk enroll NAME IMAGE...) or --camera, not both or neither")
+    clean_name(args.name)  # a name the gallery would refuse is refused before the models load
     with Context(cfg) as ctx:
         if args.camera:
             report = _enroll_from_camera(args, cfg, ctx)
@@ -183,9 +185,10 @@ def cmd_verify(args: argparse.Namespace, cfg: Config) -> int:
 
 def cmd_identify(args: argparse.Namespace, cfg: Config) -> int:
     """Identify the face in each photo against the gallery: the enrolled person, or 'not enrolled', with scores.
-    Unreadable photos and photos without a face are reported per photo; the exit status is non-zero if any failed."""
+    Unreadable photos and photos without a face are reported per photo; the exit status is non-zero if any failed
+    (INPUT when every failure was an unreadable file, else NO_FACE)."""
     results: list[dict[str, Any]] = []
-    failed = 0
+    failed = unreadable = 0
     with Context(cfg) as ctx:
         matcher = ctx.matcher()
         stale = ctx.stale_warning()
@@ -194,6 +197,7 @@ def cmd_identify(args: argparse.Namespace, cfg: Config) -> int:
                 image = read_image(path, max_pixels=cfg.enroll.max_image_pixels)
             except InputError as exc:
                 failed += 1
+                unreadable += 1
                 results.append({"image": str(path), "error": str(exc)})
                 continue
             faces = ctx.pipeline.analyze(image, select="all" if args.all_faces else None)
@@ -233,4 +237,6 @@ def cmd_identify(args: argparse.Namespace, cfg: Config) -> int:
         print(table(rows, ["image", "face", "result", "score", "detail"]))
         if stale:
             print(f"warning: {stale}")
+    if failed and failed == unreadable:
+        return int(ExitCode.INPUT)  # every failure was a file that could not be read
     return int(ExitCode.NO_FACE if failed else ExitCode.OK)

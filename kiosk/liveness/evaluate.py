@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..evaluate import _read_csv
+from ..evaluate import _plain, _read_csv, _short, check_path, outside_root
+from ..imageio import display
 
 BONA_FIDE = "bona_fide"
 ATTACK = "attack"
@@ -78,14 +79,16 @@ def read_presentations(csv_path: Path) -> list[Presentation]:
     out = []
     for line, row in rows:
         path, label, kind = row["path"], row["label"].lower(), row.get("attack_type", "")
+        where = f"{display(csv_path)}:{line}"
         if not path:
-            raise InputError(f"{csv_path}:{line}: empty path")
+            raise InputError(f"{where}: empty path")
+        check_path(csv_path, line, path)
         if label not in LABELS:
-            raise InputError(f"{csv_path}:{line}: label must be bona_fide or attack, got {row['label']!r}")
+            raise InputError(f"{where}: label must be bona_fide or attack, got {_short(row['label'])}")
         if label == BONA_FIDE and kind:
-            raise InputError(f"{csv_path}:{line}: a bona fide row has attack_type {kind!r} (leave it empty)")
+            raise InputError(f"{where}: a bona fide row has attack_type {_short(kind)} (leave it empty)")
         if path in seen:
-            raise InputError(f"{csv_path}:{line}: {path} is already listed on line {seen[path]}")
+            raise InputError(f"{where}: {_plain(path)} is already listed on line {seen[path]}")
         seen[path] = line
         out.append(Presentation(line, path, label, (kind or UNSPECIFIED) if label == ATTACK else ""))
     return out
@@ -141,7 +144,14 @@ def score_all(
     score: Callable[[Presentation, Path], Scored],
     progress: Callable[[int, int], None] | None = None,
 ) -> list[Scored]:
-    """Score every presentation; a missing file is a failure to acquire with its reason, not a crash."""
+    """Score every presentation; a missing file is a failure to acquire with its reason, not a crash. A path that
+    is not a relative path inside ``root`` (absolute, ``..``) is an InputError before anything is scored."""
+    for item in items:
+        if outside_root(item.path):
+            raise InputError(
+                f"labels line {item.line}: path {_plain(item.path)} is not a relative path inside the root folder "
+                f"{display(root)}"
+            )
     out = []
     for i, item in enumerate(items):
         full = root / item.path
