@@ -212,6 +212,9 @@ def _opt_dt(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
 
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def clean_name(name: str) -> str:
     """Strip and NFC-normalise a name; InputError if empty, over 200 characters or with control characters."""
     if not isinstance(name, str):
@@ -221,9 +224,24 @@ def clean_name(name: str) -> str:
         raise InputError("person name is empty")
     if len(cleaned) > MAX_NAME_LEN:
         raise InputError(f"person name is {len(cleaned)} characters long; the limit is {MAX_NAME_LEN}")
-    if any(unicodedata.category(c) == "Cc" for c in cleaned):
-        raise InputError(f"person name {cleaned!r} contains control characters")
+    if any(unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") or c in _BIDI_CONTROLS for c in cleaned):
+        # Cs: a lone surrogate (a non-UTF-8 byte in argv); bidi overrides can disguise a name in the audit log.
+        raise InputError(f"person name {cleaned!r} contains control, line-break or text-direction characters")
     return cleaned
+
+
+def _has_surrogate(text: str) -> bool:
+    return any("\ud800" <= c <= "\udfff" for c in text)
+
+
+def _as_id(ref: str | int) -> int | None:
+    """A person id from an int or a short decimal string; None if it cannot be one (no int() of "²", 5000 digits)."""
+    if isinstance(ref, int):
+        return ref if 1 <= ref < 2**63 else None
+    text = ref.strip()
+    if text.isascii() and text.isdecimal() and len(text) <= 18:
+        return int(text)
+    return None
 
 
 def _embedding_blob(embedding: Any) -> tuple[bytes, int]:
@@ -567,10 +585,10 @@ class Gallery:
     def get_person(self, ref: str | int) -> Person:
         """By id or case-insensitive name (a digits-only name that matches nobody is tried as an id)."""
         rows: list[dict[str, Any]] = []
-        if isinstance(ref, str):
+        if isinstance(ref, str) and not _has_surrogate(ref):
             rows = self._rows(_PERSON_SQL + " WHERE p.name = ?", [unicodedata.normalize("NFC", ref.strip())])
-        if not rows and (isinstance(ref, int) or ref.strip().isdigit()):
-            rows = self._rows(_PERSON_SQL + " WHERE p.id = ?", [int(ref)])
+        if not rows and (person_id := _as_id(ref)) is not None:
+            rows = self._rows(_PERSON_SQL + " WHERE p.id = ?", [person_id])
         if not rows:
             raise PersonNotFoundError(f"no person {ref!r} in the gallery; see `kiosk people list`")
         r = rows[0]
@@ -885,6 +903,8 @@ class Gallery:
         if since is not None:
             where.append("ts >= ?")
             params.append(utc_iso(since))
+        if person is not None and _has_surrogate(person):
+            return []  # no stored name can contain one (clean_name refuses them)
         if person is not None:
             where.append("person_name = ? COLLATE NOCASE")
             params.append(unicodedata.normalize("NFC", person.strip()))

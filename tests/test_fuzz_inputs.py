@@ -760,23 +760,19 @@ def test_refused_names_leave_the_gallery_unchanged(small_gallery: Gallery, name:
     assert _counts(small_gallery) == before
 
 
-# Found by these tests, in files owned elsewhere (kiosk/gallery.py, kiosk/cli/people.py): reported, kept as strict
-# xfails so that the fix turns them into failures to remove.
-@pytest.mark.xfail(strict=True, raises=UnicodeEncodeError, reason="gallery.clean_name lets lone surrogates through")
+# Found by these tests (regressions): lone surrogates, digit-like refs and raw newlines in usage errors.
 def test_surrogate_in_a_name_is_an_input_error(small_gallery: Gallery) -> None:
     """A non-UTF-8 byte in argv (`kiosk enroll $'\\xff' ...`) arrives as a lone surrogate."""
     with pytest.raises(InputError):
         small_gallery.add_person("\udcff")
 
 
-@pytest.mark.xfail(strict=True, raises=(ValueError, OverflowError), reason="gallery.get_person: int() of any digits")
 @pytest.mark.parametrize("ref", ["9" * 5000, "9" * 30])
 def test_long_digit_strings_are_not_found(small_gallery: Gallery, ref: str) -> None:
     with pytest.raises(KioskError):
         small_gallery.get_person(ref)
 
 
-@pytest.mark.xfail(strict=True, reason="cli/people._ref: int() of str.isdigit() text ('²', 30 digits)")
 @pytest.mark.parametrize("ref", ["²", "9" * 30, "9" * 5000, str(2**63)])
 def test_cli_people_show_digit_like_names(enrolled: dict[str, Path], cli: Any, ref: str) -> None:
     code, _, err = cli("-c", str(enrolled["cfg"]), "people", "show", ref)
@@ -915,7 +911,6 @@ def test_cli_any_arguments_give_a_named_exit_code(
     assert after.get("problems", []) == [], after
 
 
-@pytest.mark.xfail(strict=True, reason="argparse's error() prints the offending argument raw (cli/__init__.py)")
 def test_usage_error_with_a_newline_in_an_argument_is_one_line(cli: Any, tmp_path: Path) -> None:
     code, _, err = cli("-c", str(_write_cfg(tmp_path)), "models", "a\nb")
     assert code == ExitCode.USAGE

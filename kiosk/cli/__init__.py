@@ -48,6 +48,7 @@ EXIT_CODES_HELP = "exit codes: " + ", ".join(f"{c.value}={c.name}" for c in Exit
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
+        message = message.replace("\r", "\\r").replace("\n", "\\n")  # an argument with a newline: still one line
         self.exit(ExitCode.USAGE, f"kiosk: error: {message}\n")
 
 

@@ -42,7 +42,8 @@ def register(sub: Any) -> None:
 
 
 def _ref(text: str) -> str | int:
-    return int(text) if text.isdigit() else text
+    """A name, or an id when it is a short ASCII number (no int() of "²" or of 5,000 digits)."""
+    return int(text) if text.isascii() and text.isdecimal() and len(text) <= 18 else text
 
 
 def _person_dict(p: Person) -> dict[str, Any]:
