@@ -12,59 +12,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, example, given, settings
+from fuzzing import _Counter, fuzz, fuzz_counter_fixture  # noqa: F401 (the autouse fixture; tests/ is on sys.path)
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from kiosk.cli import main
 from kiosk.config import Config, iter_fields, load_config, parse_config
 from kiosk.errors import ConfigError, ExitCode
-
-settings.register_profile(
-    "kiosk-fuzz",
-    deadline=None,
-    derandomize=True,  # the same examples on every run: a CI failure reproduces locally
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
-)
-_EXAMPLES = int(os.environ.get("KIOSK_FUZZ_EXAMPLES", "0") or 0)
-
-
-def fuzz(default: int, share: float = 1.0) -> settings:
-    """Settings for one property: ``default`` examples, or ``share`` of $KIOSK_FUZZ_EXAMPLES when it is set."""
-    n = max(1, int(_EXAMPLES * share)) if _EXAMPLES else default
-    return settings(settings.get_profile("kiosk-fuzz"), max_examples=n)
-
-
-class _Counter:
-    """Counts the hypothesis examples run by the fuzz modules; prints the total in pytest's terminal summary."""
-
-    def __init__(self) -> None:
-        self.by_module: dict[str, int] = {}
-
-    def add(self, module: str) -> None:
-        self.by_module[module] = self.by_module.get(module, 0) + 1
-
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        parts = ", ".join(f"{m}: {n}" for m, n in sorted(self.by_module.items()))
-        total = sum(self.by_module.values())
-        terminalreporter.write_line(f"fuzz: {total} hypothesis examples ran ({parts})")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def fuzz_counter(request: pytest.FixtureRequest) -> _Counter:
-    """One counter per session, shared by the fuzz modules (the first one registers it as a plugin)."""
-    counter = request.config.pluginmanager.get_plugin("kiosk-fuzz-counter")
-    if counter is None:
-        counter = _Counter()
-        request.config.pluginmanager.register(counter, "kiosk-fuzz-counter")
-    return counter
 
 
 def one_line(message: str) -> None:
