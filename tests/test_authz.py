@@ -29,6 +29,7 @@ OPEN_COMMANDS = {
     ("eval",),
     ("eval-liveness",),
     ("demo",),
+    ("bench",),
     ("verify",),
     ("door", "off"),
 }

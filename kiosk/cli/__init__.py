@@ -21,7 +21,7 @@ from ..authz import drop_to_owner, require_admin, set_actor
 from ..config import Config, load_config
 from ..errors import ExitCode, KioskError
 from ..logs import configure
-from . import admin, data, door, liveness, people, recognize, run
+from . import admin, bench, data, door, liveness, people, recognize, run
 
 log = logging.getLogger("kiosk.cli")
 
@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin.register(sub)
     liveness.register(sub)
     data.register(sub)
+    bench.register(sub)
     return parser
 
 
