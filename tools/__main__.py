@@ -22,6 +22,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "liveness-clips": ("tools.liveness_clips", "write still-photo and simulated-blink clips for kiosk eval-liveness"),
     "report": ("tools.report", "evaluate every model in the manifest and write models/README.md"),
     "replay-bench": ("tools.replay_bench", "replay enrolled members and strangers through the real door loop"),
+    "vs-face-recognition": (
+        "tools.vs_face_recognition",
+        "time face_recognition (dlib, own venv) and face-kiosk on the same frames, alternating; LFW accuracy of both",
+    ),
     "soak": ("tools.soak", "run the kiosk for hours under injected faults; report frames, restarts, memory, fds"),
 }
 
