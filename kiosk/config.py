@@ -46,6 +46,9 @@ class RuntimeConfig:
     intra_op_threads: int = field(default=2, metadata=_range(1, 64))
     inter_op_threads: int = field(default=1, metadata=_range(1, 64))
     tflite_threads: int = field(default=2, metadata=_range(1, 64))
+    allow_spinning: bool = field(
+        default=False, metadata={"help": "onnxruntime's idle threads busy-wait (faster only on an idle CPU)"}
+    )
 
 
 @dataclass(frozen=True)

@@ -29,20 +29,33 @@ class Embedder:
         return self.spec.input.size
 
     def preprocess(self, crops: list[Image]) -> FloatArray:
-        batch = np.stack(crops).astype(np.float32)  # (N, H, W, 3) BGR
-        if self.spec.input.color == "rgb":
-            batch = batch[..., ::-1]
+        stacked = np.stack(crops)  # (N, H, W, 3) BGR uint8
         if self.spec.input.normalize == "per_image":
+            batch = stacked.astype(np.float32)
+            if self.spec.input.color == "rgb":
+                batch = batch[..., ::-1]
             # FaceNet prewhitening: each crop standardised over all its pixels and channels.
             flat = batch.reshape(len(batch), -1)
             mean = flat.mean(axis=1).reshape(-1, 1, 1, 1)
             std = np.maximum(flat.std(axis=1), 1.0 / np.sqrt(flat.shape[1])).reshape(-1, 1, 1, 1)
             batch = (batch - mean) / std
-        else:
-            batch = (batch - self._mean) * self._inv_std
-        if self.spec.input.layout == "nchw":
-            batch = batch.transpose(0, 3, 1, 2)
-        return np.ascontiguousarray(batch, dtype=np.float32)
+            if self.spec.input.layout == "nchw":
+                batch = batch.transpose(0, 3, 1, 2)
+            return np.ascontiguousarray(batch, dtype=np.float32)
+        # One pass from the uint8 crops into the contiguous float32 input (channel swap and layout as views), then
+        # mean/std in place, skipped when they are the identity (SFace: 0 and 1).
+        src = stacked[..., ::-1] if self.spec.input.color == "rgb" else stacked
+        nchw = self.spec.input.layout == "nchw"
+        if nchw:
+            src = src.transpose(0, 3, 1, 2)
+        out = np.empty(src.shape, dtype=np.float32)
+        np.copyto(out, src)
+        shape = (3, 1, 1) if nchw else (3,)
+        if np.any(self._mean != 0.0):
+            out -= self._mean.reshape(shape)
+        if np.any(self._inv_std != 1.0):
+            out *= self._inv_std.reshape(shape)
+        return out
 
     def embed(self, crops: list[Image]) -> FloatArray:
         """Embed aligned crops (each input_size, BGR uint8); returns (N, D) unit vectors."""

@@ -42,11 +42,16 @@ class Thresholds:
 
 def runtime_options(cfg: Config) -> RuntimeOptions:
     r = cfg.runtime
+    extra: dict[str, str] = {}
+    # NOTE: idle intra-op threads spinning for work is onnxruntime's default: faster on an otherwise idle CPU, about
+    # twice as slow when anything else wants the cores (camera thread, other services), and it burns power on a Pi.
+    extra["session.intra_op.allow_spinning"] = "1" if r.allow_spinning else "0"
     return RuntimeOptions(
         providers=r.providers,
         intra_op_threads=r.intra_op_threads,
         inter_op_threads=r.inter_op_threads,
         tflite_threads=r.tflite_threads,
+        extra=extra,
     )
 
 

@@ -130,3 +130,21 @@ def test_tflite_backend_runs_blazeface_and_names_the_extra_when_missing(monkeypa
     monkeypatch.setattr(builtins, "__import__", no_tflite)
     with pytest.raises(BackendUnavailableError, match=r"face-kiosk\[tflite\]"):
         load_runner(spec)
+
+
+def test_onnxruntime_session_entries_pass_through_from_runtime_options() -> None:
+
+    from kiosk.config import parse_config
+    from kiosk.pipeline import runtime_options
+
+    spec = load_manifest().get("yunet")
+    entries = {"session.intra_op.allow_spinning": "0", "tflite.other_backend": "ignored"}
+    runner = load_runner(spec, RuntimeOptions(extra=entries))
+    options = runner._session.get_session_options()  # type: ignore[attr-defined]
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    with pytest.raises(RuntimeError, match="does not have"):
+        options.get_session_config_entry("tflite.other_backend")
+    # runtime.allow_spinning: off by default (onnxruntime's own default is on), on when asked for.
+    assert runtime_options(parse_config({})).extra == {"session.intra_op.allow_spinning": "0"}
+    on = parse_config({"runtime": {"allow_spinning": True}})
+    assert runtime_options(on).extra == {"session.intra_op.allow_spinning": "1"}

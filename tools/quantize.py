@@ -329,11 +329,14 @@ def preprocess_model(src: Path, dst: Path, recipe: Recipe) -> Prepared:
     import onnx
     from onnxruntime.quantization import quant_pre_process
 
+    from tools.build_models import recompose_prelu
+
     quant_pre_process(str(src), str(dst))
     model = onnx.load(str(dst))
+    recomposed = recompose_prelu(model)  # the shipped SFace's decomposed PRelus, back to one op before quantising
     folded = fold_head_batchnorm(model) if recipe.fold_batchnorm else []
     prelu = rewrite_prelu(model) if recipe.rewrite_prelu else 0
-    if folded or prelu:
+    if recomposed or folded or prelu:
         onnx.checker.check_model(model)
         onnx.save(model, str(dst))
     return Prepared([(n.name, n.op_type) for n in model.graph.node], folded, prelu)

@@ -90,7 +90,12 @@ def prepare_onnx(path: Path) -> tuple[Any, int]:
     """Load, fold constants, fix every graph input's batch dimension to 1 and infer shapes (onnx2tf needs them)."""
     import onnx
 
-    model, folded = fold_constants(onnx.load(str(path)))
+    from tools.build_models import recompose_prelu
+
+    # The shipped SFace has its PRelus decomposed for onnxruntime; onnx2tf and TFLite want the PRelu op back.
+    model = onnx.load(str(path))
+    recompose_prelu(model)
+    model, folded = fold_constants(model)
     for inp in model.graph.input:
         dim = inp.type.tensor_type.shape.dim[0]
         dim.Clear()

@@ -35,6 +35,11 @@ class OnnxRunner:
         so.inter_op_num_threads = options.inter_op_threads
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3  # NOTE: dynamic-shape models warn on every run at level 2; errors still raise
+        # onnxruntime session config entries ("session.intra_op.allow_spinning": "0", ...) pass through from
+        # ``RuntimeOptions.extra``; other keys there belong to other backends.
+        for key, value in sorted(options.extra.items()):
+            if key.startswith("session."):
+                so.add_session_config_entry(key, str(value))
         providers = select_providers(options.providers, ort.get_available_providers())
         try:
             self._session = ort.InferenceSession(str(spec.path), sess_options=so, providers=providers)

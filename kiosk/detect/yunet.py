@@ -61,6 +61,7 @@ class YuNetDetector:
         self._divisor = max(spec.input.stride, 32)
         self._mean = np.asarray(spec.input.mean, dtype=np.float32).reshape(3, 1, 1)
         self._std = np.asarray(spec.input.std, dtype=np.float32).reshape(3, 1, 1)
+        self._shift = bool(np.any(self._mean != 0.0) or np.any(self._std != 1.0))
         wanted = [f"{k}_{s}" for k in _KINDS for s in STRIDES]
         missing = [n for n in wanted if n not in runner.output_names]
         if missing:
@@ -79,7 +80,11 @@ class YuNetDetector:
         d = self._divisor
         ph, pw = -(-nh // d) * d, -(-nw // d) * d
         blob = np.zeros((1, 3, ph, pw), dtype=np.float32)
-        blob[0, :, :nh, :nw] = (resized.transpose(2, 0, 1) - self._mean) / self._std
+        view = blob[0, :, :nh, :nw]
+        np.copyto(view, resized.transpose(2, 0, 1))  # uint8 -> float32 in one pass, no temporaries
+        if self._shift:  # YuNet's manifest mean/std are 0 and 1: nothing to do
+            view -= self._mean
+            view /= self._std
         return blob, nw / w, nh / h
 
     def detect(self, image: Image) -> list[Face]:
