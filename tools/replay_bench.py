@@ -33,12 +33,10 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import importlib.metadata as md
 import json
 import logging
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -55,6 +53,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from kiosk import bench
 from kiosk.capture import Camera, Frame
 from kiosk.config import Config, DecisionConfig, load_config, parse_config
 from kiosk.context import Context
@@ -803,42 +802,13 @@ def _media_time(source: ReplaySource, run: RunResult) -> dict[str, Any]:
 
 
 def machine() -> dict[str, Any]:
-    """CPU model and cores, the load while measuring (the CPU may be shared), OS."""
-    info: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, sep, value = line.partition(":")
-            if sep:
-                info.setdefault(key.strip().lower(), value.strip())
-    except OSError:
-        pass
-    # x86: "model name"; Raspberry Pi / ARM boards: "model" is the board name ("hardware" on older kernels)
-    cpu = info.get("model name") or info.get("hardware") or platform.processor() or platform.machine()
-    if "model name" not in info and info.get("model"):
-        cpu = f"{info['model']} ({cpu})"
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "platform": platform.platform(),
-        "loadavg": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
-    }
+    """CPU model and cores, the load while measuring (the CPU may be shared), OS: ``kiosk bench``'s description."""
+    m = bench.machine()
+    return {**m, "platform": m["os"], "loadavg": m["loadavg_start"]}
 
 
 def versions() -> dict[str, str | None]:
-    def dist(name: str) -> str | None:
-        try:
-            return md.version(name)
-        except md.PackageNotFoundError:
-            return None
-
-    return {
-        "python": platform.python_version(),
-        "onnxruntime": dist("onnxruntime"),
-        "opencv": str(cv2.__version__),
-        "numpy": str(np.__version__),
-        "face_kiosk": dist("face-kiosk"),
-    }
+    return bench.versions()
 
 
 def git_state() -> dict[str, Any]:

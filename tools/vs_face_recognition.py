@@ -632,22 +632,11 @@ def accuracy(
 
 
 def machine() -> dict[str, Any]:
-    info: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, sep, value = line.partition(":")
-            if sep:
-                info.setdefault(key.strip().lower(), value.strip())
-    except OSError:
-        pass
-    flags = set(info.get("flags", "").split())
-    return {
-        "cpu": info.get("model name") or platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "flags": sorted(flags & {"avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni"}),
-        "platform": platform.platform(),
-        "loadavg": loadavg(),
-    }
+    """``kiosk bench``'s machine description (imported here: this file's top level must stay stdlib-only)."""
+    from kiosk import bench
+
+    m = bench.machine()
+    return {**m, "platform": m["os"], "loadavg": loadavg()}
 
 
 def _pct(v: float | None) -> str:
