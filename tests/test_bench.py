@@ -188,7 +188,12 @@ def test_dist_is_nearest_rank() -> None:
 
 
 def test_backend_picks_the_variant_when_there_is_one() -> None:
+    import dataclasses
+
+    # A fresh checkout's manifest has no TFLite SFace (`make models-all` adds it): add the variant here.
     manifest = load_manifest()
+    variant = dataclasses.replace(manifest.get("sface", task="embed"), id="sface_tflite", format="tflite")
+    manifest = dataclasses.replace(manifest, models={**manifest.models, "sface_tflite": variant})
     assert bench.backend_model(manifest, "sface", "embed", "tflite") == "sface_tflite"
     assert bench.backend_model(manifest, "sface", "embed", "onnx") == "sface"
     assert bench.backend_model(manifest, "yunet", "detect", "tflite") == "yunet"  # no TFLite YuNet: kept
