@@ -215,6 +215,16 @@ def locate_source(recipe: dict[str, Any]) -> Path:
     return path
 
 
+def set_nodes(graph: Any, nodes: list[Any]) -> None:
+    """Replace an ONNX graph's nodes and drop the initializers no node reads any more (graph rewrites end here)."""
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {i for n in graph.node for i in n.input}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+
+
 def decompose_prelu(model: Any) -> int:
     """Rewrite each PRelu with a constant per-channel slope as ``x + (1 - alpha) * Relu(-x)``, in place.
 
@@ -260,12 +270,7 @@ def decompose_prelu(model: Any) -> int:
             helper.make_node("Add", [f"{base}_scaled", x], [y], name=base),
         ]
         count += 1
-    del graph.node[:]
-    graph.node.extend(nodes)
-    used = {i for n in graph.node for i in n.input}
-    keep = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
+    set_nodes(graph, nodes)
     return count
 
 
@@ -315,12 +320,7 @@ def recompose_prelu(model: Any) -> int:
         replace[add.output[0]] = helper.make_node("PRelu", [x, slope_name], [add.output[0]], name=add.name)
         dropped.update(id(n) for n in chain)
     nodes = [replace.get(n.output[0], n) if n.op_type == "Add" else n for n in graph.node if id(n) not in dropped]
-    del graph.node[:]
-    graph.node.extend(nodes)
-    used = {i for n in graph.node for i in n.input}
-    keep = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
+    set_nodes(graph, nodes)
     return len(replace)
 
 

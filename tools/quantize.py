@@ -45,6 +45,7 @@ from kiosk.imageio import read_image
 from kiosk.manifest import ModelSpec, load_manifest, sha256_file
 from kiosk.pipeline import Pipeline, runtime_options
 from kiosk.types import Image
+from tools.build_models import recompose_prelu, set_nodes
 from tools.registry import ROOT, default_models_dir, read_manifest, register, tool_versions
 
 F32 = npt.NDArray[np.float32]
@@ -269,10 +270,7 @@ def fold_head_batchnorm(model: Any) -> list[str]:
         producer.output[0] = bn.output[0]
         graph.node.remove(bn)
         folded.append(bn.name)
-    used = {i for n in graph.node for i in n.input}
-    keep = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
+    set_nodes(graph, list(graph.node))
     return folded
 
 
@@ -308,12 +306,7 @@ def rewrite_prelu(model: Any) -> int:
             helper.make_node("Add", [x, f"{base}_negs"], [y], name=base),
         ]
         count += 1
-    del graph.node[:]
-    graph.node.extend(nodes)
-    used = {i for n in graph.node for i in n.input}
-    keep = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
+    set_nodes(graph, nodes)
     return count
 
 
@@ -328,8 +321,6 @@ def preprocess_model(src: Path, dst: Path, recipe: Recipe) -> Prepared:
     """onnxruntime's quant_pre_process, then the recipe's exact graph rewrites (head BatchNorm fold, PRelu)."""
     import onnx
     from onnxruntime.quantization import quant_pre_process
-
-    from tools.build_models import recompose_prelu
 
     quant_pre_process(str(src), str(dst))
     model = onnx.load(str(dst))

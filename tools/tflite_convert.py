@@ -41,6 +41,7 @@ from kiosk.imageio import read_image
 from kiosk.manifest import ModelSpec, load_manifest
 from kiosk.pipeline import Pipeline
 from kiosk.types import FloatArray, Image
+from tools.build_models import recompose_prelu
 from tools.registry import default_models_dir, read_manifest, register, tool_versions
 from tools.timing import median_ms
 
@@ -89,8 +90,6 @@ def fold_constants(model: Any) -> tuple[Any, int]:
 def prepare_onnx(path: Path) -> tuple[Any, int]:
     """Load, fold constants, fix every graph input's batch dimension to 1 and infer shapes (onnx2tf needs them)."""
     import onnx
-
-    from tools.build_models import recompose_prelu
 
     # The shipped SFace has its PRelus decomposed for onnxruntime; onnx2tf and TFLite want the PRelu op back.
     model = onnx.load(str(path))
