@@ -110,7 +110,7 @@ class DecisionConfig:
     window: int = field(default=5, metadata=_range(1, 100))
     cooldown_s: float = field(default=10.0, metadata=_range(0.0, 86400.0))
     deny_interval_s: float = field(default=5.0, metadata=_range(0.0, 86400.0))
-    embed_interval_s: float = field(default=0.0, metadata=_range(0.0, 60.0))
+    embed_interval_s: float = field(default=0.5, metadata=_range(0.0, 60.0))
     track_iou: float = field(default=0.3, metadata=_range(0.0, 1.0))
     track_max_age_s: float = field(default=1.0, metadata=_range(0.05, 60.0))
     multi_face: str = field(default="largest", metadata={"choices": ("largest", "all")})

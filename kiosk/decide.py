@@ -19,6 +19,13 @@ log = logging.getLogger(__name__)
 GRANTED = "granted"
 DENIED = "denied"
 
+# How much a track still needs embeddings (``Decider.embedding_need``): every frame while its decision is open, a
+# refresh (at ``decision.embed_interval_s`` or on a clearly better face) once it was denied or held by a cooldown,
+# none once granted (the decider ignores a granted track's frames).
+EVERY_FRAME = "every_frame"
+REFRESH = "refresh"
+NONE = "none"
+
 
 @dataclass(frozen=True)
 class Observation:
@@ -147,6 +154,19 @@ class Decider:
         if st.last_deny is not None and obs.t - st.last_deny < self.cfg.deny_interval_s:
             return None
         return self._deny(track_id, st, obs.t)
+
+    def embedding_need(self, track_id: int) -> str:
+        """``EVERY_FRAME`` for a new or undecided track (and while a liveness challenge runs), ``REFRESH`` for one
+        already denied or held by a cooldown, ``NONE`` for a granted one: its frames can no longer change anything.
+        """
+        st = self._tracks.get(track_id)
+        if st is None or st.pending is not None:
+            return EVERY_FRAME
+        if st.granted:
+            return NONE
+        if st.denied or st.cooled:
+            return REFRESH
+        return EVERY_FRAME
 
     def end_track(self, track_id: int, t: float) -> Decision | None:
         """Forget ``track_id``; a track with votes that was never granted, denied or cooled down gets one deny."""

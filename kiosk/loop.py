@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .capture import Camera, Frame
-from .decide import Decider, Decision, Observation
+from .decide import NONE, Decider, Decision, Observation
 from .detect import select_faces
 from .door import Door
 from .errors import (
@@ -76,6 +76,7 @@ class LoopStats:
     frames: int = 0
     faces: int = 0
     embeddings: int = 0
+    embeddings_skipped: int = 0  # tracked faces not embedded: granted, or decided and not due a refresh
     granted: int = 0
     denied: int = 0
     pulses: int = 0
@@ -100,6 +101,7 @@ class LoopStats:
             "frames": self.frames,
             "faces": self.faces,
             "embeddings": self.embeddings,
+            "embeddings_skipped": self.embeddings_skipped,
             "granted": self.granted,
             "denied": self.denied,
             "door_pulses": self.pulses,
@@ -217,18 +219,22 @@ class DoorLoop:
         # Faces that fail quality are still embedded (a stranger turned away is still denied and recorded), except
         # faces too small to mean anything; the decider never counts a quality-failed frame toward a grant.
         min_px = self.cfg.quality.min_face_px
+        # A granted track is not embedded again, a denied or cooled-down one only at ``embed_interval_s`` or on a
+        # clearly better face: only frames that can change a decision pay for the recogniser.
+        needs = [self.decider.embedding_need(tr.id) for tr in tracks]
         todo = [
             i
-            for i, (tr, (_, q)) in enumerate(zip(tracks, prepared, strict=True))
-            if q.metrics.get("size_px", 0.0) >= min_px and self.tracker.should_embed(tr, t, q.score, interval)
+            for i, (tr, (_, q), need) in enumerate(zip(tracks, prepared, needs, strict=True))
+            if q.metrics.get("size_px", 0.0) >= min_px and self.tracker.should_embed(tr, t, q.score, interval, need)
         ]
+        self.stats.embeddings_skipped += len(tracks) - len(todo)
         vectors = self.pipeline.embedder.embed([prepared[i][0] for i in todo]) if todo else None
         self.stats.embeddings += len(todo)
         matcher = self.matcher(t) if todo else None
         row_of = {i: row for row, i in enumerate(todo)}
         decisions = []
         for i, (track, (_, quality)) in enumerate(zip(tracks, prepared, strict=True)):
-            if self.liveness is not None:
+            if self.liveness is not None and needs[i] != NONE:  # a granted track needs no more liveness evidence
                 self.liveness.observe(track.id, frame.image, track.face, t)
             match = None
             if vectors is not None and matcher is not None and i in row_of:

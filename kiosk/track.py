@@ -13,8 +13,8 @@ from .types import Face, FloatArray
 
 Box = Sequence[float] | FloatArray
 
-# A face whose quality score beats the best embedded frame of its track by this much is embedded again even inside
-# ``embed_interval_s``: a sharper, more frontal frame is worth a new vote.
+# A decided track's face whose quality score beats the best embedded frame of its track by this much is embedded again
+# even inside ``embed_interval_s``: a sharper, more frontal frame is worth a new vote.
 QUALITY_GAIN = 0.1
 
 
@@ -102,12 +102,19 @@ class Tracker:
         ended, self._tracks = self._tracks, []
         return ended
 
-    def should_embed(self, track: Track, t: float, quality_score: float, embed_interval_s: float) -> bool:
-        """Whether this frame of ``track`` is worth an embedding.
+    def should_embed(
+        self, track: Track, t: float, quality_score: float, embed_interval_s: float, need: str = "refresh"
+    ) -> bool:
+        """Whether this frame of ``track`` is worth an embedding, given the decider's ``need`` for it.
 
-        True for a track never embedded, when ``embed_interval_s`` has passed since its last embedding (0 = every
+        ``"every_frame"`` (a new or undecided track): always. ``"none"`` (granted): never. ``"refresh"`` (denied or in
+        cooldown): when never embedded, when ``embed_interval_s`` has passed since its last embedding (0 = every
         frame), or when ``quality_score`` beats the best embedded frame by at least ``quality_gain`` (default 0.1).
         """
+        if need == "every_frame":
+            return True
+        if need == "none":
+            return False
         if track.last_embedded is None:
             return True
         if t - track.last_embedded >= embed_interval_s:

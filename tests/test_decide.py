@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import pytest
 
 from kiosk.config import DecisionConfig
-from kiosk.decide import Decider, Decision, LivenessResult, Observation
+from kiosk.decide import EVERY_FRAME, NONE, REFRESH, Decider, Decision, LivenessResult, Observation
 from kiosk.match import MatchResult
 
 CFG = DecisionConfig(frames_needed=3, window=5, cooldown_s=10.0, deny_interval_s=5.0)
@@ -245,3 +245,26 @@ def test_no_clock_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     decider = Decider(CFG)
     assert [d.t for _, d in feed(decider, 1, [alice()] * 3, t0=1e6)] == [1e6 + 0.5]
     assert decider.end_track(1, 1e6 + 1) is None
+
+
+def test_embedding_need_follows_the_decision() -> None:
+    decider = Decider(CFG)
+    assert decider.embedding_need(1) == EVERY_FRAME  # never seen
+    feed(decider, 1, [alice()] * 2)
+    assert decider.embedding_need(1) == EVERY_FRAME  # undecided: every frame can complete the vote
+    feed(decider, 1, [alice()], t0=0.5)
+    assert decider.embedding_need(1) == NONE  # granted: its frames are ignored from now on
+    assert feed(decider, 1, [alice()] * 10, t0=1.0) == []  # (which is why skipping them changes nothing)
+    # A stranger's track, once denied, only needs a refresh; so does a track held by alice's cooldown.
+    assert [d.outcome for _, d in feed(decider, 2, [below()] * 5, t0=2.0)] == ["denied"]
+    assert decider.embedding_need(2) == REFRESH
+    feed(decider, 3, [alice()] * 3, t0=4.0)
+    assert decider.embedding_need(3) == REFRESH
+    decider.end_track(2, 9.0)
+    assert decider.embedding_need(2) == EVERY_FRAME  # forgotten: a new track with that id starts over
+
+
+def test_embedding_need_stays_every_frame_while_a_liveness_challenge_runs() -> None:
+    decider = Decider(CFG, liveness=lambda track_id, obs: LivenessResult("pending", reason="please blink"))
+    assert feed(decider, 1, [alice()] * 3) == []
+    assert decider.embedding_need(1) == EVERY_FRAME

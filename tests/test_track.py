@@ -120,3 +120,15 @@ def test_should_embed_rules() -> None:
     tracker.mark_embedded(tr, 1.2, 0.8)
     assert tr.best_quality == 0.8
     assert not tracker.should_embed(tr, 1.5, quality_score=0.85, embed_interval_s=1.0)
+
+
+def test_should_embed_follows_the_deciders_need() -> None:
+    tracker = Tracker(iou_threshold=0.3, max_age_s=1.0)
+    tr = Track(id=1, face=face(0, 0, 10, 10), first_seen=0.0, last_seen=0.0)
+    tracker.mark_embedded(tr, 0.0, 0.5)
+    # Undecided: every frame, whatever the interval; granted: never, even a much better face after a long time.
+    assert tracker.should_embed(tr, 0.01, quality_score=0.1, embed_interval_s=5.0, need="every_frame")
+    assert not tracker.should_embed(tr, 100.0, quality_score=0.99, embed_interval_s=0.0, need="none")
+    # Decided (denied or cooling down): the interval and quality-gain rules.
+    assert not tracker.should_embed(tr, 0.2, quality_score=0.5, embed_interval_s=0.5, need="refresh")
+    assert tracker.should_embed(tr, 0.5, quality_score=0.5, embed_interval_s=0.5, need="refresh")
