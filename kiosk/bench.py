@@ -73,6 +73,10 @@ MAX_MEMBERS = 8
 MATCH_RUNS = 60
 WARMUP_FRAMES = 3
 STAGES = ("decode", "detect", "quality", "align", "embed", "match", "liveness")
+# The recogniser's compute floor (../shared/docs/MODELS.md): GFLOP per face by model id, and an AVX2 FMA core's fp32
+# peak. The floor on N threads is gflop / (peak * N); the issue's target is the embed stage within 1.5x of it.
+FLOOR_GFLOP = {"sface": 1.14, "sface_tflite": 1.14}  # fp32 models only: an int8 floor is a different peak
+FLOOR_CORE_GFLOPS = 78.0
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "fma", "neon")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -473,6 +477,7 @@ class LoopRun:
     decisions: int
     pulses: int
     stats: dict[str, Any]
+    embedded: list[bool] = field(default_factory=list)  # per frame: did the recogniser run on it
 
 
 def run_loop(pipeline: Pipeline, ctx: Context, frames: FrameSet, liveness: Liveness | None) -> LoopRun:
@@ -497,7 +502,8 @@ def run_loop(pipeline: Pipeline, ctx: Context, frames: FrameSet, liveness: Liven
         if d.granted and action.startswith("pulse"):
             grants.append((int(current["i"]), (time.perf_counter() - float(current["t0"])) * 1e3))
 
-    frame_ms = []
+    frame_ms: list[float] = []
+    embedded: list[bool] = []
     try:
         loop = DoorLoop(
             pipeline,
@@ -515,16 +521,18 @@ def run_loop(pipeline: Pipeline, ctx: Context, frames: FrameSet, liveness: Liven
             media["t"] = i / frames.fps
             t0 = time.perf_counter()
             current["i"], current["t0"] = i, t0
+            before = loop.stats.embeddings
             loop.process(Frame(decode(jpeg), i, media["t"]))
             door.check()
             frame_ms.append((time.perf_counter() - t0) * 1e3)
+            embedded.append(loop.stats.embeddings > before)
         wall_s = time.perf_counter() - started
         pulses = sum(what == "unlock" for _, what, _ in door.timeline)
         stats = loop.stats.as_dict()
     finally:
         camera.close()
         door.close()
-    return LoopRun(frame_ms, wall_s, grants, len(decisions), pulses, stats)
+    return LoopRun(frame_ms, wall_s, grants, len(decisions), pulses, stats, embedded)
 
 
 def _appearances(frames: FrameSet, with_face: Sequence[int]) -> list[int]:
@@ -535,12 +543,36 @@ def _appearances(frames: FrameSet, with_face: Sequence[int]) -> list[int]:
     return [i for i in sorted(seen) if i - 1 not in seen]
 
 
-def split_frames(frame_ms: Sequence[float], face: set[int]) -> dict[str, Any]:
-    """Per-frame ms over all frames, over frames showing a face, and over empty ones."""
-    return {
+def split_frames(frame_ms: Sequence[float], face: set[int], embedded: Sequence[bool] = ()) -> dict[str, Any]:
+    """Per-frame ms over all frames, over frames showing a face, and over empty ones; with ``embedded`` also over
+    the face frames the recogniser ran on and the tracked ones it skipped (granted, or decided and not due)."""
+    out = {
         "all": dist(frame_ms, 3),
         "face": dist([ms for i, ms in enumerate(frame_ms) if i in face], 3),
         "empty": dist([ms for i, ms in enumerate(frame_ms) if i not in face], 3),
+    }
+    if embedded:
+        out["face_embedded"] = dist([ms for i, ms in enumerate(frame_ms) if i in face and embedded[i]], 3)
+        out["face_not_embedded"] = dist([ms for i, ms in enumerate(frame_ms) if i in face and not embedded[i]], 3)
+    return out
+
+
+def recognizer_floor(model_id: str, threads: int, embed: dict[str, Any]) -> dict[str, Any] | None:
+    """The recogniser's compute floor on this many cores and the measured embed median's ratio to it, from the
+    model's GFLOP per face and a core's fp32 peak in ``FLOOR`` (../shared/docs/MODELS.md); None for other models."""
+    known = FLOOR_GFLOP.get(model_id)
+    if known is None or embed.get("median") is None:
+        return None
+    floor_ms = known / (FLOOR_CORE_GFLOPS * threads) * 1e3
+    return {
+        "model": model_id,
+        "gflop_per_face": known,
+        "core_peak_gflops": FLOOR_CORE_GFLOPS,
+        "threads": threads,
+        "floor_ms": round(floor_ms, 3),
+        "embed_ms_median": embed["median"],
+        "ratio": round(embed["median"] / floor_ms, 3),
+        "basis": "GFLOP per face / (fp32 peak per core x threads); constants from ../shared/docs/MODELS.md",
     }
 
 
@@ -730,7 +762,7 @@ def run_bench(cfg: Config, opts: BenchOptions, progress: Callable[[str], None] |
     mach["loadavg_end"] = _loadavg()
     total_s = sum(loop.frame_ms) / 1e3
     face_set = frames.face_frames or set(with_face)
-    by_kind = split_frames(loop.frame_ms, face_set)
+    by_kind = split_frames(loop.frame_ms, face_set, loop.embedded)
     return {
         "tool": "kiosk bench",
         "started_utc": started_utc,
@@ -740,7 +772,9 @@ def run_bench(cfg: Config, opts: BenchOptions, progress: Callable[[str], None] |
             "basis": "end_to_end_ms is over frames showing a face (all frames when none was found); per frame = "
             "JPEG decode + DoorLoop.process",
         },
-        "end_to_end_ms_liveness_off": None if decision_run is loop else split_frames(decision_run.frame_ms, face_set),
+        "end_to_end_ms_liveness_off": None
+        if decision_run is loop
+        else split_frames(decision_run.frame_ms, face_set, decision_run.embedded),
         "fps": round(len(loop.frame_ms) / total_s, 2) if total_s > 0 else None,
         "stages_ms": {s: ("off" if s == "liveness" and liveness is None else dist(samples[s])) for s in STAGES},
         "decision_latency_ms": {
@@ -751,6 +785,9 @@ def run_bench(cfg: Config, opts: BenchOptions, progress: Callable[[str], None] |
             "grants": len(decision_run.grants),
             "appearances": len(appear),
         },
+        "recognizer_floor": recognizer_floor(
+            summary["models"]["recognizer"]["id"], cfg.runtime.intra_op_threads, dist(samples["embed"])
+        ),
         "match_ms": match_ms,
         "cold_start_s": None if cold is None else cold["since_launch_s"]["first_decision"],
         "cold_start": cold,
@@ -818,6 +855,11 @@ def format_table(r: dict[str, Any]) -> str:
     lines += [
         f"  {'end to end, face frames':28}{_ms(by['face'])} {by['face']['n']:>6}   door loop, liveness "
         f"{lp['liveness']}",
+        *(
+            f"  {label:28}{_ms(by[key])} {by[key]['n']:>6}"
+            for key, label in (("face_embedded", "  recogniser ran"), ("face_not_embedded", "  tracked, not embedded"))
+            if key in by
+        ),
         f"  {'end to end, empty frames':28}{_ms(by['empty'])} {by['empty']['n']:>6}",
         f"  {'end to end, all frames':28}{_ms(by['all'])} {by['all']['n']:>6}   {r['fps']} fps",
     ]
@@ -831,6 +873,13 @@ def format_table(r: dict[str, Any]) -> str:
     ]
     for size, d in r["match_ms"].items():
         lines.append(f"  {int(size):>12,} templates{'':5}{_ms(d)}")
+    floor = r.get("recognizer_floor")
+    if floor:
+        lines.append(
+            f"  recogniser floor: {floor['gflop_per_face']} GFLOP / ({floor['core_peak_gflops']} GFLOP/s x "
+            f"{floor['threads']}) = {floor['floor_ms']:.2f} ms; embed median {floor['embed_ms_median']:.2f} ms = "
+            f"{floor['ratio']:.2f}x"
+        )
     cold = r["cold_start"]
     lines.append("")
     if cold is None:

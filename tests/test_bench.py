@@ -69,6 +69,14 @@ def _check_report(r: dict[str, Any], frames: int, sizes: set[str]) -> None:
     _check_dist(by["all"], frames)
     assert by["face"]["n"] + by["empty"]["n"] == frames
     assert r["end_to_end_ms"] == by["face"] and r["loop"]["frames_with_face"] == by["face"]["n"] >= 1
+    # Face frames split by whether the recogniser ran (new or undecided tracks) or not (granted / decided tracks).
+    assert by["face_embedded"]["n"] + by["face_not_embedded"]["n"] == by["face"]["n"]
+    _check_dist(by["face_embedded"])
+    floor = r["recognizer_floor"]
+    threads = r["config"]["runtime"]["intra_op_threads"]
+    assert floor["floor_ms"] == pytest.approx(1.14 / (78.0 * threads) * 1e3, abs=1e-3)
+    assert floor["embed_ms_median"] == st["embed"]["median"]
+    assert floor["ratio"] == pytest.approx(st["embed"]["median"] / floor["floor_ms"], rel=1e-3)
     _check_dist(r["end_to_end_ms"])
     assert r["fps"] > 0 and r["loop"]["frames"] == frames
     assert r["loop"]["stats"]["frames"] == frames  # the real DoorLoop processed every frame (lockstep)
@@ -100,7 +108,10 @@ def test_bench_report_schema(faces_dir: Path, tmp_path: Path, capsys: pytest.Cap
     off = r["end_to_end_ms_liveness_off"]  # the decision-latency run (liveness off) is reported too
     assert off["all"]["n"] == 24 and off["face"]["n"] == r["end_to_end_ms"]["n"]
     assert r["config"]["runtime"]["intra_op_threads"] == 2
-    for word in ("detect", "embed", "end to end", "1:N match", "cold start: skipped", "peak RSS", "load"):
+    # With liveness off the member is granted and the granted track is not embedded again (with it active, a
+    # still photo keeps its challenge pending: every frame is embedded).
+    assert off["face_not_embedded"]["n"] >= 1 and off["face_embedded"]["n"] >= 1
+    for word in ("detect", "embed", "end to end", "1:N match", "cold start: skipped", "peak RSS", "load", "floor"):
         assert word in printed
 
 
