@@ -26,7 +26,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "tools.vs_face_recognition",
         "time face_recognition (dlib, own venv) and face-kiosk on the same frames, alternating; LFW accuracy of both",
     ),
+    "backends": (
+        "tools.backends",
+        "time the recogniser and detector on onnxruntime, TFLite and OpenCV DNN; agreement and a pick per platform",
+    ),
+    "ort-options": ("tools.ort_options", "time onnxruntime session options one at a time on the kiosk's models"),
     "soak": ("tools.soak", "run the kiosk for hours under injected faults; report frames, restarts, memory, fds"),
+    "readme-tables": (
+        "tools.readme_tables",
+        "render the README's measured tables from docs/results; --check: are they current?",
+    ),
 }
 
 

@@ -51,6 +51,7 @@ def variants(threads: int) -> list[Variant]:
     other = 1 if threads != 1 else 2
     return [
         Variant(BASELINE, f"the kiosk's session: ORT_ENABLE_ALL, arena on, {threads} threads, spinning off"),
+        Variant("baseline_copy", "the baseline again, a control: how far apart two identical sessions measure"),
         Variant("opt_basic", "graph optimisation ORT_ENABLE_BASIC", level="ORT_ENABLE_BASIC"),
         Variant(
             "opt_extended", "graph optimisation ORT_ENABLE_EXTENDED (no layout transforms)", level="ORT_ENABLE_EXTENDED"
