@@ -2,7 +2,7 @@
 
 Each variant differs from the kiosk's baseline (``ORT_ENABLE_ALL``, CPU arena on, per-session pools of
 ``--threads`` intra-op threads, spinning off, plain ``run``) in one setting: graph optimisation level, memory arena,
-memory pattern, pre-allocated I/O binding, spinning, thread count, denormals as zero, a fixed batch dimension. The
+memory pattern, pre-allocated I/O binding, thread count, denormals as zero, a fixed batch dimension. The
 inputs are the tensors the kiosk itself feeds the model (a real LFW face aligned by the pipeline for the
 recogniser, a 640x480 frame for the detector) when the face data is there, else a fixed pseudo-random image (said
 so in the JSON). Variants run interleaved, one call each per round, so machine load hits them alike; the JSON has
@@ -47,7 +47,9 @@ class Variant:
 
 
 def variants(threads: int) -> list[Variant]:
-    """The baseline and one change each. Spinning stays off everywhere except the variant that turns it on."""
+    """The baseline and one change each. Spinning stays off everywhere: a spinning pool keeps its cores busy after
+    its run and slows whatever runs next, so it can only be judged in the real loop (``kiosk bench`` with
+    ``runtime.allow_spinning: true``), not interleaved here."""
     other = 1 if threads != 1 else 2
     return [
         Variant(BASELINE, f"the kiosk's session: ORT_ENABLE_ALL, arena on, {threads} threads, spinning off"),
@@ -63,11 +65,6 @@ def variants(threads: int) -> list[Variant]:
         ),
         Variant("fixed_batch", "batch dimension fixed to 1 (free dimension override)", fixed_batch=True),
         Variant("denormal_zero", "flush-to-zero / denormals-as-zero", entries={"session.set_denormal_as_zero": "1"}),
-        Variant(
-            "spinning",
-            "intra-op threads spin between parallel sections",
-            entries={"session.intra_op.allow_spinning": "1"},
-        ),
         Variant(f"threads_{other}", f"{other} intra-op thread(s)", threads=other),
     ]
 
@@ -169,8 +166,7 @@ def measure(
     calls: dict[str, Callable[[], object]], rounds: int, warmup: int = 5, gap_ms: float = 5.0
 ) -> dict[str, list[float]]:
     """Interleaved timing: each round calls every variant once (in an order rotated per round), with ``gap_ms``
-    of idle time before each call — as a camera paces the kiosk — so one variant's spinning threads have stopped
-    before the next variant runs."""
+    of idle time before each call, as a camera paces the kiosk."""
     for _ in range(warmup):
         for fn in calls.values():
             fn()
