@@ -20,8 +20,8 @@ GRANTED = "granted"
 DENIED = "denied"
 
 # How much a track still needs embeddings (``Decider.embedding_need``): every frame while its decision is open, a
-# refresh (at ``decision.embed_interval_s`` or on a clearly better face) once it was denied or held by a cooldown,
-# none once granted (the decider ignores a granted track's frames).
+# refresh (at ``decision.embed_interval_s`` or on a clearly better face) once it was denied or held by a cooldown or
+# while a liveness challenge runs, none once granted (the decider ignores a granted track's frames).
 EVERY_FRAME = "every_frame"
 REFRESH = "refresh"
 NONE = "none"
@@ -156,15 +156,17 @@ class Decider:
         return self._deny(track_id, st, obs.t)
 
     def embedding_need(self, track_id: int) -> str:
-        """``EVERY_FRAME`` for a new or undecided track (and while a liveness challenge runs), ``REFRESH`` for one
-        already denied or held by a cooldown, ``NONE`` for a granted one: its frames can no longer change anything.
+        """``EVERY_FRAME`` for a new or undecided track; ``REFRESH`` for one already denied or held by a cooldown, and
+        while a liveness challenge runs (the challenge, not new votes, decides then: the recogniser's time goes to the
+        face mesh, so a blink is seen in more frames); ``NONE`` for a granted one: its frames can no longer change
+        anything.
         """
         st = self._tracks.get(track_id)
-        if st is None or st.pending is not None:
+        if st is None:
             return EVERY_FRAME
         if st.granted:
             return NONE
-        if st.denied or st.cooled:
+        if st.pending is not None or st.denied or st.cooled:
             return REFRESH
         return EVERY_FRAME
 

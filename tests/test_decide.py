@@ -264,7 +264,12 @@ def test_embedding_need_follows_the_decision() -> None:
     assert decider.embedding_need(2) == EVERY_FRAME  # forgotten: a new track with that id starts over
 
 
-def test_embedding_need_stays_every_frame_while_a_liveness_challenge_runs() -> None:
-    decider = Decider(CFG, liveness=lambda track_id, obs: LivenessResult("pending", reason="please blink"))
+def test_embedding_need_is_a_refresh_while_a_liveness_challenge_runs() -> None:
+    answers = iter([LivenessResult("pending", reason="please blink")] * 3 + [LivenessResult("pass", reason="blink")])
+    decider = Decider(CFG, liveness=lambda track_id, obs: next(answers))
     assert feed(decider, 1, [alice()] * 3) == []
-    assert decider.embedding_need(1) == EVERY_FRAME
+    assert decider.embedding_need(1) == REFRESH
+    # Frames without an embedding still carry the challenge to its answer: the grant comes on an unembedded frame.
+    out = feed(decider, 1, [None, None, None], t0=1.0)
+    assert [(i, d.outcome, d.name) for i, d in out] == [(2, "granted", "alice")]
+    assert decider.embedding_need(1) == NONE
