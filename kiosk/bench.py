@@ -21,6 +21,7 @@ Nothing here asserts a speed; the JSON records the machine, versions and configu
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import importlib.metadata as md
@@ -34,7 +35,7 @@ import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -480,9 +481,16 @@ class LoopRun:
     embedded: list[bool] = field(default_factory=list)  # per frame: did the recogniser run on it
 
 
-def run_loop(pipeline: Pipeline, ctx: Context, frames: FrameSet, liveness: Liveness | None) -> LoopRun:
-    """The real ``DoorLoop.process`` on every frame in lockstep on media time (index / fps), simulated door."""
-    media = {"t": 0.0}
+@contextlib.contextmanager
+def lockstep_loop(
+    pipeline: Pipeline,
+    ctx: Context,
+    media: dict[str, float],
+    on_decision: Callable[[Decision, str], None],
+    liveness: Liveness | None = None,
+) -> Iterator[tuple[DoorLoop, SimulatedDoor]]:
+    """The real ``DoorLoop`` driven frame by frame on the media clock ``media["t"]`` (its camera is never started),
+    with the simulated door; both closed on the way out."""
 
     def clock() -> float:
         return media["t"]
@@ -490,9 +498,28 @@ def run_loop(pipeline: Pipeline, ctx: Context, frames: FrameSet, liveness: Liven
     cfg = pipeline.cfg
     camera = Camera(_NoSource(), cfg.camera, clock=clock)
     door = open_door(cfg.door, clock=clock)
-    if not isinstance(door, SimulatedDoor):  # pragma: no cover - bench_config forces the simulated door
+    try:
+        if not isinstance(door, SimulatedDoor):  # pragma: no cover - bench_config forces the simulated door
+            raise KioskError("kiosk bench needs the simulated door")
+        loop = DoorLoop(
+            pipeline,
+            ctx.gallery,
+            camera,
+            door,
+            notifier=Notifier(address=""),
+            clock=clock,
+            on_decision=on_decision,
+            liveness=liveness,
+        )
+        yield loop, door
+    finally:
+        camera.close()
         door.close()
-        raise KioskError("kiosk bench needs the simulated door")
+
+
+def run_loop(pipeline: Pipeline, ctx: Context, frames: FrameSet, liveness: Liveness | None) -> LoopRun:
+    """The real ``DoorLoop.process`` on every frame in lockstep on media time (index / fps), simulated door."""
+    media = {"t": 0.0}
     grants: list[tuple[int, float]] = []
     decisions: list[Decision] = []
     current: dict[str, Any] = {"i": 0, "t0": 0.0}
@@ -504,17 +531,7 @@ def run_loop(pipeline: Pipeline, ctx: Context, frames: FrameSet, liveness: Liven
 
     frame_ms: list[float] = []
     embedded: list[bool] = []
-    try:
-        loop = DoorLoop(
-            pipeline,
-            ctx.gallery,
-            camera,
-            door,
-            notifier=Notifier(address=""),
-            clock=clock,
-            on_decision=on_decision,
-            liveness=liveness,
-        )
+    with lockstep_loop(pipeline, ctx, media, on_decision, liveness) as (loop, door):
         door.off()
         started = time.perf_counter()
         for i, jpeg in enumerate(frames.jpegs):
@@ -529,9 +546,6 @@ def run_loop(pipeline: Pipeline, ctx: Context, frames: FrameSet, liveness: Liven
         wall_s = time.perf_counter() - started
         pulses = sum(what == "unlock" for _, what, _ in door.timeline)
         stats = loop.stats.as_dict()
-    finally:
-        camera.close()
-        door.close()
     return LoopRun(frame_ms, wall_s, grants, len(decisions), pulses, stats, embedded)
 
 
@@ -672,19 +686,8 @@ def cold_start_child(cfg: Config, frame_path: Path) -> dict[str, Any]:
         stamps["models_warm"] = time.time()
         rss_warm = peak_rss_mb()
         media = {"t": 0.0}
-        camera = Camera(_NoSource(), cfg.camera, clock=lambda: media["t"])
-        door = open_door(cfg.door, clock=lambda: media["t"])
         decided: list[Decision] = []
-        try:
-            loop = DoorLoop(
-                pipeline,
-                ctx.gallery,
-                camera,
-                door,
-                notifier=Notifier(address=""),
-                clock=lambda: media["t"],
-                on_decision=lambda d, _a: decided.append(d),
-            )
+        with lockstep_loop(pipeline, ctx, media, lambda d, _a: decided.append(d)) as (loop, _door):
             fps = cfg.camera.fps or DEFAULT_FPS
             frames = 0
             limit = cfg.decision.window * 4 + 10
@@ -692,9 +695,6 @@ def cold_start_child(cfg: Config, frame_path: Path) -> dict[str, Any]:
                 media["t"] = frames / fps
                 loop.process(Frame(decode(jpeg), frames, media["t"]))
                 frames += 1
-        finally:
-            camera.close()
-            door.close()
         stamps["first_decision"] = time.time()
     return {
         "stamps": stamps,

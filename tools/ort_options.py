@@ -88,39 +88,42 @@ def _session(path: Path, v: Variant, threads: int, batch_dims: list[str]) -> Any
     return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
 
 
-def runner(path: Path, v: Variant, threads: int, feed: dict[str, np.ndarray]) -> Callable[[], object]:
-    """A no-argument call running one inference of ``path`` under ``v`` on ``feed``."""
+def _bind(sess: Any, feed: dict[str, np.ndarray]) -> tuple[Any, list[np.ndarray]]:
+    """An I/O binding of ``sess`` to ``feed`` and to output buffers allocated once (returned, zeroed)."""
+    import onnxruntime as ort
+
+    binding = sess.io_binding()
+    for name, array in feed.items():
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array))
+    outs = [np.zeros_like(value) for value in sess.run(None, feed)]
+    for out, buf in zip(sess.get_outputs(), outs, strict=True):
+        binding.bind_ortvalue_output(out.name, ort.OrtValue.ortvalue_from_numpy(buf))
+    return binding, outs
+
+
+def _variant_session(path: Path, v: Variant, threads: int) -> Any:
     import onnxruntime as ort
 
     probe = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     batch_dims = sorted({str(i.shape[0]) for i in probe.get_inputs() if i.shape and isinstance(i.shape[0], str)})
-    sess = _session(path, v, threads, batch_dims)
+    return _session(path, v, threads, batch_dims)
+
+
+def runner(path: Path, v: Variant, threads: int, feed: dict[str, np.ndarray]) -> Callable[[], object]:
+    """A no-argument call running one inference of ``path`` under ``v`` on ``feed``."""
+    sess = _variant_session(path, v, threads)
     if not v.io_binding:
         names = [o.name for o in sess.get_outputs()]
         return lambda: sess.run(names, feed)
-    binding = sess.io_binding()
-    for name, array in feed.items():
-        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array))
-    first = sess.run(None, feed)
-    for out, value in zip(sess.get_outputs(), first, strict=True):
-        binding.bind_ortvalue_output(out.name, ort.OrtValue.ortvalue_from_numpy(np.empty_like(value)))
+    binding, _ = _bind(sess, feed)
     return lambda: sess.run_with_iobinding(binding)
 
 
 def last_outputs(path: Path, v: Variant, threads: int, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
     """Run ``v`` once through its pre-allocated binding and read the bound outputs (a check that binding
     changes speed only, not results)."""
-    import onnxruntime as ort
-
-    sess = _session(path, v, threads, [])
-    binding = sess.io_binding()
-    for name, array in feed.items():
-        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array))
-    outs = [np.empty_like(value) for value in sess.run(None, feed)]
-    for out, buf in zip(sess.get_outputs(), outs, strict=True):
-        binding.bind_ortvalue_output(out.name, ort.OrtValue.ortvalue_from_numpy(buf))
-    for buf in outs:
-        buf.fill(0.0)
+    sess = _variant_session(path, v, threads)
+    binding, outs = _bind(sess, feed)
     sess.run_with_iobinding(binding)
     return outs
 
