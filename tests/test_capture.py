@@ -20,6 +20,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from helpers import wait_until
 from mjpeg_server import MjpegServer, decode_index, encode_index  # tests/ is on sys.path (rootdir conftest)
 
 from kiosk.capture import (
@@ -41,15 +42,6 @@ FAST = {"stall_timeout_s": 0.3, "reconnect_min_s": 0.05, "reconnect_max_s": 0.2}
 
 def cfg(**kw: Any) -> CameraConfig:
     return CameraConfig(**{**FAST, **kw})
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 def drain(cam: Camera, timeout: float = 2.0) -> list[Frame]:

@@ -20,6 +20,7 @@ import pytest
 from gpiozero import Device, OutputDevice
 from gpiozero.exc import BadPinFactory, PinFactoryFallback
 from gpiozero.pins.mock import MockFactory, MockPin
+from helpers import no_new_threads  # tests/ is on sys.path
 
 from kiosk.cli import door as door_cli
 from kiosk.config import Config, DoorConfig
@@ -37,12 +38,8 @@ EARLY = 0.05
 @pytest.fixture(autouse=True)
 def no_leaked_threads() -> Iterator[None]:
     """Every timer a test starts must be over when the test ends."""
-    before = set(threading.enumerate())
-    yield
-    leaked = [t for t in threading.enumerate() if t not in before]
-    for t in leaked:
-        t.join(timeout=2.0)
-    assert not [t for t in leaked if t.is_alive()], f"threads left running: {leaked}"
+    with no_new_threads(join_timeout=2.0):
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers import no_new_threads, wait_until  # tests/ is on sys.path
 
 from kiosk.capture import Frame
 from kiosk.config import Config, parse_config
@@ -65,12 +66,8 @@ def factory() -> Iterator[MockFactory]:
 
 @pytest.fixture(autouse=True)
 def no_leaked_threads() -> Iterator[None]:
-    before = set(threading.enumerate())
-    yield
-    leaked = [t for t in threading.enumerate() if t not in before]
-    for t in leaked:
-        t.join(timeout=LONG + 2)
-    assert not [t for t in leaked if t.is_alive()], f"threads left running: {leaked}"
+    with no_new_threads(join_timeout=LONG + 2):
+        yield
 
 
 def cfg_of(tmp_path: Path, **sections: dict[str, object]) -> Config:
@@ -94,15 +91,6 @@ def on_time(pin: MockPin) -> float:
     levels = states(pin)
     assert levels.count(True) == 1 and levels[-1] is False, levels
     return float(pin.states[levels.index(True) + 1].timestamp)
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 class FakeCamera:

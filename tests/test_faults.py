@@ -26,6 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from helpers import wait_until  # tests/ is on sys.path
 
 from kiosk.capture import Camera, Frame
 from kiosk.cli import main
@@ -97,15 +98,6 @@ def photos(faces_dir: Path) -> dict[str, Path]:
 
 def states(pin: MockPin) -> list[bool]:
     return [bool(s.state) for s in pin.states]
-
-
-def wait_until(cond: Callable[[], bool], timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def enrolled(cfg: Config, photos: dict[str, Path]) -> Context:

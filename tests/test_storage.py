@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import config_file, run_cli  # tests/ is on sys.path
 
-from kiosk.cli import main
 from kiosk.config import Config, parse_config
 from kiosk.errors import ExitCode, GalleryError, TemplateKeyError
 from kiosk.gallery import Gallery, TemplateIn
@@ -40,18 +40,6 @@ def enrol(path: Path, name: str, seeds: list[int], cipher: AesGcmCipher | None =
     with Gallery(path, cipher=cipher) as g:
         g.enroll(name, [TemplateIn(v, MODEL, SHA, 1.0, "synthetic") for v in vecs])
     return [v.tobytes() for v in vecs]
-
-
-def config(tmp_path: Path, text: str = "") -> Path:
-    f = tmp_path / "kiosk.yaml"
-    f.write_text(f"data_dir: {tmp_path / 'data'}\n{text}")
-    return f
-
-
-def kiosk(cfg: Path, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(["--config", str(cfg), *argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def cfg_of(tmp_path: Path, **gallery: object) -> Config:
@@ -78,7 +66,7 @@ def test_a_new_gallery_is_private_from_the_start(tmp_path: Path) -> None:
 def test_open_gallery_refuses_a_gallery_others_can_read(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], target: str
 ) -> None:
-    cfg = config(tmp_path)
+    cfg = config_file(tmp_path)
     db = tmp_path / "data" / "gallery.db"
     enrol(db, "Ada", [1])
     holder = sqlite3.connect(db)  # like the running kiosk: keeps the -wal file in place
@@ -87,13 +75,13 @@ def test_open_gallery_refuses_a_gallery_others_can_read(
         path = {"folder": db.parent, "gallery": db, "wal": Path(f"{db}-wal")}[target]
         assert path.exists()
         path.chmod(0o755 if target == "folder" else 0o644)
-        code, out, err = kiosk(cfg, capsys, "people", "list")
+        code, out, err = run_cli(cfg, capsys, "people", "list")
         assert code == ExitCode.INSECURE, err
         assert err.count("\n") == 1 and str(path) in err and "chmod" in err and out == ""
         assert ("0755" if target == "folder" else "0644") in err
         # The admin may turn the check off (a deliberate choice, e.g. a read-only image): then it opens.
         cfg.write_text(cfg.read_text() + "gallery:\n  check_permissions: false\n")
-        assert kiosk(cfg, capsys, "people", "list")[0] == 0
+        assert run_cli(cfg, capsys, "people", "list")[0] == 0
     finally:
         holder.close()
 
@@ -102,16 +90,16 @@ def test_open_gallery_refuses_a_gallery_others_can_read(
 def test_open_gallery_refuses_a_gallery_owned_by_someone_else(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cfg = config(tmp_path)
+    cfg = config_file(tmp_path)
     db = tmp_path / "data" / "gallery.db"
     enrol(db, "Ada", [1])
     # Only the file changes owner: the folder stays root's (the CLI would otherwise act as its owner).
     os.chown(db, NOBODY, NOBODY)
-    code, _, err = kiosk(cfg, capsys, "people", "list")
+    code, _, err = run_cli(cfg, capsys, "people", "list")
     assert code == ExitCode.INSECURE and err.count("\n") == 1
     assert "chown" in err and str(db) in err
     os.chown(db, 0, 0)
-    assert kiosk(cfg, capsys, "people", "list")[0] == 0
+    assert run_cli(cfg, capsys, "people", "list")[0] == 0
 
 
 def test_encryption_must_match_the_templates(tmp_path: Path) -> None:
@@ -160,11 +148,11 @@ def test_backups_are_private_and_pruned(tmp_path: Path) -> None:
 
 
 def test_backup_dir_open_to_others_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cfg = config(tmp_path)
+    cfg = config_file(tmp_path)
     enrol(tmp_path / "data" / "gallery.db", "Ada", [1])
     (tmp_path / "data" / "backups").mkdir(mode=0o700)
     (tmp_path / "data" / "backups").chmod(0o755)
-    code, out, err = kiosk(cfg, capsys, "backup")
+    code, out, err = run_cli(cfg, capsys, "backup")
     assert code == ExitCode.INSECURE and "backups" in err and out == ""
     assert list((tmp_path / "data" / "backups").iterdir()) == []
 
@@ -185,7 +173,7 @@ print(n, flush=True)
 
 
 def test_backup_while_another_process_writes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cfg = config(tmp_path)
+    cfg = config_file(tmp_path)
     db = tmp_path / "data" / "gallery.db"
     enrol(db, "Ada", [1])
     stop = tmp_path / "stop"
@@ -197,7 +185,7 @@ def test_backup_while_another_process_writes(tmp_path: Path, capsys: pytest.Capt
         time.sleep(0.2)
         paths = []
         for _ in range(3):
-            code, out, err = kiosk(cfg, capsys, "backup")
+            code, out, err = run_cli(cfg, capsys, "backup")
             assert code == 0, err
             paths.append(Path(out.strip()))
         stop.touch()
@@ -223,12 +211,12 @@ def _holds(path: Path, needle: bytes) -> bool:
 
 
 def test_people_remove_erases_from_gallery_wal_and_backups(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cfg = config(tmp_path, "gallery:\n  backups_keep: 5\n")
+    cfg = config_file(tmp_path, "gallery:\n  backups_keep: 5\n")
     db = tmp_path / "data" / "gallery.db"
     ada = enrol(db, "Ada", [1, 2])
     bob = enrol(db, "Bob", [3])
     for _ in range(2):
-        assert kiosk(cfg, capsys, "backup")[0] == 0
+        assert run_cli(cfg, capsys, "backup")[0] == 0
     backups = sorted((tmp_path / "data" / "backups").glob("gallery-*.db"))
     assert len(backups) == 2
     holder = sqlite3.connect(db)  # the running kiosk's connection keeps the WAL file
@@ -239,7 +227,7 @@ def test_people_remove_erases_from_gallery_wal_and_backups(tmp_path: Path, capsy
         for needle in ada:
             assert _holds(db, needle) or _holds(files[1], needle)
             assert all(_holds(b, needle) for b in backups)
-        code, out, err = kiosk(cfg, capsys, "people", "remove", "Ada", "--yes")
+        code, out, err = run_cli(cfg, capsys, "people", "remove", "Ada", "--yes")
         assert code == 0, err
         assert "erased 2 template(s)" in out and "erased from 2 of 2 backup(s)" in out
         for needle in ada:
@@ -255,18 +243,18 @@ def test_people_remove_erases_from_gallery_wal_and_backups(tmp_path: Path, capsy
 
 
 def test_restoring_the_oldest_backup_never_prunes_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cfg = config(tmp_path, "gallery:\n  backups_keep: 2\n")
+    cfg = config_file(tmp_path, "gallery:\n  backups_keep: 2\n")
     db = tmp_path / "data" / "gallery.db"
     enrol(db, "Ada", [1])
-    oldest = Path(kiosk(cfg, capsys, "backup")[1].strip())
+    oldest = Path(run_cli(cfg, capsys, "backup")[1].strip())
     enrol(db, "Bob", [2])
-    newer = Path(kiosk(cfg, capsys, "backup")[1].strip())
+    newer = Path(run_cli(cfg, capsys, "backup")[1].strip())
     # The pre-restore backup is the third: the oldest would be pruned, but it is the one being restored.
-    code, _, err = kiosk(cfg, capsys, "restore", str(oldest), "--yes")
+    code, _, err = run_cli(cfg, capsys, "restore", str(oldest), "--yes")
     assert code == 0, err
     assert oldest.exists() and newer.exists() and len(list(oldest.parent.glob("gallery-*.db"))) == 3
     with Gallery(db) as g:
         assert [p.name for p in g.list_people()] == ["Ada"]
     # The next backup prunes back to two.
-    assert kiosk(cfg, capsys, "backup")[0] == 0
+    assert run_cli(cfg, capsys, "backup")[0] == 0
     assert len(list(oldest.parent.glob("gallery-*.db"))) == 2 and not oldest.exists()
