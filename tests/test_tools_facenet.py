@@ -20,7 +20,8 @@ from kiosk.manifest import ModelSpec, default_models_dir, load_manifest  # noqa:
 from tools import facenet  # noqa: E402
 from tools.arch.inception_resnet_v1 import InceptionResnetV1  # noqa: E402
 
-# OpenCV DNN (the reference) vs our ONNX export, on the 512-D bottleneck before L2 normalisation.
+# TensorFlow running the original GraphDef (the reference) vs our ONNX export, on the 512-D bottleneck before L2
+# normalisation.
 REFERENCE_TOL = 1e-4
 
 
@@ -114,7 +115,7 @@ def test_tool_exports_registers_and_matches_torch(
     exported: tuple[Path, str], spec: ModelSpec, model: InceptionResnetV1
 ) -> None:
     _, printed = exported
-    assert "max |torch - onnxruntime|" in printed and "max |opencv - onnx|" in printed
+    assert "max |torch - onnxruntime|" in printed and "max |tensorflow - onnx|" in printed
     assert "registered facenet" in printed
     spec.verify()
     assert (spec.task, spec.format, spec.family, spec.output_dim, spec.metric) == (
@@ -171,7 +172,7 @@ def test_reference_equivalence_on_real_faces(
     embedder = Embedder(spec, load_runner(spec, runtime_options(parse_config({}))))
     batch = embedder.preprocess(crops)
     assert batch.shape == (4, 3, 160, 160)
-    ref_pre, ref_emb = facenet.opencv_reference(source, batch)
+    ref_pre, ref_emb = facenet.tensorflow_reference(source, batch)
     with torch.no_grad():
         pre = model.features(torch.from_numpy(batch)).numpy()
     assert float(np.abs(pre - ref_pre).max()) <= REFERENCE_TOL

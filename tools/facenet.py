@@ -429,7 +429,7 @@ def export_onnx(model: InceptionResnetV1, path: Path, opset: int = 18) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Reference (OpenCV DNN runs the original GraphDef), checks, registration
+# Reference (TensorFlow runs the original GraphDef), checks, registration
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -454,20 +454,31 @@ def locate_source(path: Path | None = None) -> Path:
     return path
 
 
-def opencv_reference(pb: Path, batch: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], ...]:
-    """The original GraphDef run by OpenCV DNN: (bottleneck before L2 normalisation, ``embeddings``), (N, 512) each.
+def tensorflow_reference(pb: Path, batch: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], ...]:
+    """The original GraphDef run by TensorFlow itself: (bottleneck before L2 normalisation, ``embeddings``), (N, 512).
 
-    OpenCV 5 runs this graph one image at a time (its fully-connected layer rejects a batch > 1).
+    ``batch`` is NCHW as the ONNX model takes it; the graph takes NHWC, one image at a time (its input is fixed at
+    (1, 160, 160, 3)). The graph is frozen for inference (batch-norm folded, no ``phase_train`` to feed).
+    NOTE this was OpenCV DNN's ``readNetFromTensorflow`` until opencv-python-headless 5.1 removed it; TensorFlow is
+    in the tools extra already (onnx2tf needs it), and it is the graph's own runtime.
     """
-    import cv2
+    import os
 
-    net = cv2.dnn.readNetFromTensorflow(str(pb))
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up banner on stderr is noise here
+    import tensorflow as tf
+
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString(pb.read_bytes())
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.import_graph_def(graph_def, name="")
+    nhwc = np.ascontiguousarray(batch.transpose(0, 2, 3, 1), dtype=np.float32)
     pre, emb = [], []
-    for x in batch:
-        net.setInput(x[None])
-        pre.append(np.asarray(net.forward(PRENORM_NODE), dtype=np.float32).reshape(-1))
-        net.setInput(x[None])
-        emb.append(np.asarray(net.forward(OUTPUT_NODE), dtype=np.float32).reshape(-1))
+    with tf.compat.v1.Session(graph=graph) as session:
+        for x in nhwc:
+            p, e = session.run([f"{PRENORM_NODE}:0", f"{OUTPUT_NODE}:0"], {f"{INPUT_NODE}:0": x[None]})
+            pre.append(np.asarray(p, dtype=np.float32).reshape(-1))
+            emb.append(np.asarray(e, dtype=np.float32).reshape(-1))
     return np.stack(pre), np.stack(emb)
 
 
@@ -543,12 +554,12 @@ def main(argv: list[str] | None = None) -> int:
         want_pre = model.features(torch.from_numpy(batch)).numpy()
         want = model(torch.from_numpy(batch)).numpy()
     got = onnx_embed(dst, batch)
-    ref_pre, ref = opencv_reference(src, batch)
+    ref_pre, ref = tensorflow_reference(src, batch)
     d_torch = float(np.abs(got - want).max())
     d_pre = float(np.abs(want_pre - ref_pre).max())
     d_ref = float(np.abs(got - ref).max())
     print(f"facenet: max |torch - onnxruntime| = {d_torch:.2e} (embeddings, 4 images)")
-    print(f"facenet: max |opencv - onnx| = {d_ref:.2e} on embeddings, {d_pre:.2e} on the 512-D bottleneck (OpenCV DNN)")
+    print(f"facenet: max |tensorflow - onnx| = {d_ref:.2e} on embeddings, {d_pre:.2e} on the 512-D bottleneck")
     if d_torch > 1e-5 or d_pre > 1e-4 or d_ref > 1e-5:
         print("facenet: the export does not reproduce the original graph; not registered", file=sys.stderr)
         return 1
@@ -560,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
         **package_provenance(PACKAGE, SOURCE),
         "transform": (
             "GraphDef read without TensorFlow, constants mapped by scope onto tools/arch/inception_resnet_v1.py, "
-            f"bottleneck batch-norm folded, exported to ONNX; max |opencv - onnx| {d_ref:.1e}"
+            f"bottleneck batch-norm folded, exported to ONNX; max |tensorflow - onnx| {d_ref:.1e}"
         ),
         "built_by": "tools/facenet.py",
         "tools": tool_versions("torch", "onnx", "onnxscript", "onnxruntime"),
