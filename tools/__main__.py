@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "ort-options": ("tools.ort_options", "time onnxruntime session options one at a time on the kiosk's models"),
     "soak": ("tools.soak", "run the kiosk for hours under injected faults; report frames, restarts, memory, fds"),
+    "lock": ("tools.lock", "regenerate the hashed dependency lock in tools/requirements/ (make lock)"),
     "readme-tables": (
         "tools.readme_tables",
         "render the README's measured tables from docs/results; --check: are they current?",
