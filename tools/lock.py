@@ -51,6 +51,9 @@ SETS: dict[str, tuple[str, ...]] = {
 # Installed before the project itself: the build backend (the editable install runs with --no-build-isolation, so
 # nothing unpinned is fetched to build it) and pip.
 BOOTSTRAP = ("pip", "setuptools>=68")
+# Releases uv would pick and pip would not install. uv ignores upper bounds of Requires-Python: backports-strenum
+# 1.3.1 (needed by ai-edge-litert) declares Requires-Python <3.11, which made the first lock uninstallable.
+CONSTRAINTS = ("backports-strenum<1.3",)
 
 
 class LockError(Exception):
@@ -125,7 +128,20 @@ def compile_lock(uv: str, reqs: list[str], target: Target, out: Path, *, no_deps
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "requirements.in"
         src.write_text("\n".join(reqs) + "\n", encoding="utf-8")
-        cmd = [uv, "pip", "compile", str(src), "--quiet", "--generate-hashes", "--no-header", "--no-annotate"]
+        constraints = Path(tmp) / "constraints.txt"
+        constraints.write_text("\n".join(CONSTRAINTS) + "\n", encoding="utf-8")
+        cmd = [
+            uv,
+            "pip",
+            "compile",
+            str(src),
+            "--constraint",
+            str(constraints),
+            "--quiet",
+            "--generate-hashes",
+            "--no-header",
+            "--no-annotate",
+        ]
         cmd += ["--python-version", target.python, "--python-platform", target.platform]
         # wheels only, so that every locked package installs on the target without a compiler; the model source
         # packages are data (face-recognition-models is an sdist) and installed without dependencies
