@@ -34,7 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "soak": ("tools.soak", "run the kiosk for hours under injected faults; report frames, restarts, memory, fds"),
     "readme-tables": (
         "tools.readme_tables",
-        "render the README's measured tables from docs/results; --check: are they current?",
+        "render the measured tables in README.md and docs/performance.md from docs/results; --check: current?",
     ),
 }
 
