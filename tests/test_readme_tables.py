@@ -1,4 +1,5 @@
-"""The README's measured tables are generated from docs/results, and --check keeps them from drifting."""
+"""The measured tables (docs/performance.md, the README's headline figures) are generated from docs/results, and
+--check keeps them from drifting."""
 
 from __future__ import annotations
 
@@ -10,7 +11,19 @@ from typing import Any
 
 import pytest
 
-from tools.readme_tables import ACCURACY, BENCH, END, START, TIMING, Sources, main, render
+from tools.readme_tables import (
+    ACCURACY,
+    BENCH,
+    BLOCKS,
+    END,
+    HEADLINE_BLOCK,
+    START,
+    TIMING,
+    Sources,
+    headline,
+    main,
+    render,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
@@ -159,8 +172,8 @@ def test_a_synthetic_bench_puts_each_figure_in_its_row() -> None:
     assert "kiosk bench --json docs/results/bench/bench.json" in text
     assert f"{synthetic_timing()['command']} --json docs/results/{TIMING}" in text
     assert f"{synthetic_accuracy()['command']} --json docs/results/{ACCURACY}" in text
-    for rel in (BENCH, TIMING, ACCURACY):
-        assert f"(docs/results/{rel})" in text
+    for rel in (BENCH, TIMING, ACCURACY):  # linked from docs/performance.md, beside docs/results
+        assert f"[`docs/results/{rel}`](results/{rel})" in text
 
 
 def test_the_new_bench_keys_add_split_rows_and_the_floor_row() -> None:
@@ -195,49 +208,133 @@ def test_the_new_bench_keys_add_split_rows_and_the_floor_row() -> None:
     assert not any(k.startswith("LFW") for k in r)  # a speed-only run has no accuracy rows
 
 
-def _copy_repo(tmp_path: Path) -> tuple[Path, Path]:
-    readme, results = tmp_path / "README.md", tmp_path / "results"
-    shutil.copy(ROOT / "README.md", readme)
+def test_the_headline_figures_come_from_the_same_json_each_with_its_command() -> None:
+    text = headline(Sources(synthetic_bench(), synthetic_timing(), synthetic_accuracy()))
+    r = rows(text)
+    prose = " ".join(text.split())
+    assert "Measured 2030-01-02 and 2030-01-03 on Test CPU @ 1.00GHz, 4 cores, default configuration" in prose
+    assert "[docs/performance.md](docs/performance.md)" in prose
+    assert r["face appears → door pulse (10 fps camera, 2-of-4 vote, liveness active), median"] == [
+        "240 ms",
+        "`kiosk bench`",
+    ]
+    assert r["frame with a face, end to end in the real door loop (liveness off), median"] == [
+        "23.3 ms (41.3 ms with liveness active)",
+        "`kiosk bench`",
+    ]
+    assert r["ms per 640x480 frame, median: face-kiosk vs `face_recognition` 1.3.0"] == [
+        "20.5 vs 310 (15.1x)",
+        f"`{synthetic_timing()['command']}`",
+    ]
+    assert r["LFW pairs (600), 10-fold accuracy: face-kiosk vs `face_recognition`"] == [
+        "99.00 % vs 98.00 %",
+        f"`{synthetic_accuracy()['command']}`",
+    ]
+    assert len(r) == 5  # the header and four figures
+    # The same figures as the performance tables, by the same rules.
+    bench_rows = rows(render(Sources(synthetic_bench(), synthetic_timing(), synthetic_accuracy())))
+    assert bench_rows["face appears → door pulse (10 fps camera, 2-of-4 vote)"][0] == "240"
+    assert bench_rows["end to end, frame with a face, real door loop, liveness off"][0] == "23.3"
+    # No liveness-off run and no accuracy: the configured mode is named and the accuracy row is left out.
+    bench = synthetic_bench()
+    bench["end_to_end_ms_liveness_off"] = None
+    r = rows(headline(Sources(bench, synthetic_timing(), {"command": "x", "accuracy": None})))
+    assert r["frame with a face, end to end in the real door loop (liveness active), median"][0] == "41.3 ms"
+    assert not any(k.startswith("LFW") for k in r)
+
+
+def test_the_blocks_live_in_the_readme_and_docs_performance() -> None:
+    assert {(b.name, b.path) for b in BLOCKS} == {("bench", "docs/performance.md"), ("headline", "README.md")}
+    for block in BLOCKS:
+        text = (ROOT / block.path).read_text(encoding="utf-8")
+        assert text.count(block.start) == 1 and text.count(block.end) == 1
+
+
+def _copy_repo(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """README.md, docs/performance.md and the results they are rendered from, copied under tmp_path."""
+    root, results = tmp_path / "repo", tmp_path / "results"
+    for block in BLOCKS:
+        (root / block.path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / block.path, root / block.path)
     for rel in (BENCH, TIMING, ACCURACY):
         (results / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(RESULTS / rel, results / rel)
-    return readme, results
+    return root, root / "docs" / "performance.md", results
+
+
+def _outside(text: str, start: str, end: str) -> tuple[str, str]:
+    return text.split(start)[0], text.split(end)[1]
 
 
 def test_a_changed_figure_fails_the_check_and_a_rewrite_fixes_only_the_section(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    readme, results = _copy_repo(tmp_path)
-    args = ["--readme", str(readme), "--results", str(results)]
+    root, performance, results = _copy_repo(tmp_path)
+    readme = root / "README.md"
+    args = ["--root", str(root), "--results", str(results)]
     assert main([*args, "--check"]) == 0
     bench_path = results / BENCH
     bench = json.loads(bench_path.read_text(encoding="utf-8"))
     changed = copy.deepcopy(bench)
-    changed["stages_ms"]["embed"]["median"] = 98.76
+    changed["stages_ms"]["embed"]["median"] = 98.76  # only in docs/performance.md
     bench_path.write_text(json.dumps(changed), encoding="utf-8")
-    before = readme.read_text(encoding="utf-8")
+    before, readme_before = performance.read_text(encoding="utf-8"), readme.read_text(encoding="utf-8")
     capsys.readouterr()
     assert main([*args, "--check"]) == 1
     out = capsys.readouterr().out
-    assert "out of date" in out and len(out.strip().splitlines()) == 1
-    assert readme.read_text(encoding="utf-8") == before  # --check writes nothing
+    assert "out of date" in out and len(out.strip().splitlines()) == 1 and "performance.md" in out
+    assert performance.read_text(encoding="utf-8") == before  # --check writes nothing
     assert main(args) == 0
-    after = readme.read_text(encoding="utf-8")
+    after = performance.read_text(encoding="utf-8")
     assert "| embed (SFace, 1 face) | 98.8 |" in after
-    head, tail = before.split(START)[0], before.split(END)[1]
+    head, tail = _outside(before, START, END)
     assert after.startswith(head) and after.endswith(tail)  # nothing outside the markers changed
+    assert readme.read_text(encoding="utf-8") == readme_before  # nor the README, whose figures did not change
+    assert main([*args, "--check"]) == 0
+    # A figure the README shows too: both files are out of date, one line each, and both are rewritten.
+    changed["decision_latency_ms"]["median"] = 987.6
+    bench_path.write_text(json.dumps(changed), encoding="utf-8")
+    before = performance.read_text(encoding="utf-8")
+    capsys.readouterr()
+    assert main([*args, "--check"]) == 1
+    stale = capsys.readouterr().out.strip().splitlines()
+    assert len(stale) == 2 and all("out of date" in line for line in stale)
+    assert main(args) == 0
+    after = performance.read_text(encoding="utf-8")
+    assert "| face appears → door pulse (10 fps camera, 3-of-5 vote) | 988 |" in after
+    head, tail = _outside(before, START, END)
+    assert after.startswith(head) and after.endswith(tail)
+    readme_after = readme.read_text(encoding="utf-8")
+    assert "| **988 ms** | `kiosk bench` |" in readme_after
+    start, end = HEADLINE_BLOCK.start, HEADLINE_BLOCK.end
+    head, tail = _outside(readme_before, start, end)
+    assert readme_after.startswith(head) and readme_after.endswith(tail)
     assert main([*args, "--check"]) == 0
 
 
 def test_missing_markers_or_json_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    readme, results = _copy_repo(tmp_path)
-    readme.write_text("# no markers here\n", encoding="utf-8")
-    assert main(["--readme", str(readme), "--results", str(results), "--check"]) == 2
+    root, performance, results = _copy_repo(tmp_path)
+    readme = root / "README.md"
+    args = ["--root", str(root), "--results", str(results)]
+    performance.write_text("# no markers here\n", encoding="utf-8")
+    readme_before = readme.read_text(encoding="utf-8")
+    assert main([*args]) == 2
     err = capsys.readouterr().err
-    assert "marker" in err and len(err.strip().splitlines()) == 1
-    readme.write_text(f"a\n{START}\n{END}\nb\n", encoding="utf-8")
+    assert "marker" in err and "performance.md" in err and len(err.strip().splitlines()) == 1
+    assert readme.read_text(encoding="utf-8") == readme_before  # nothing written when one file fails
+    performance.write_text(f"a\n{START}\n{END}\nb\n", encoding="utf-8")
+    readme.write_text("# the headline markers are gone\n", encoding="utf-8")
+    assert main([*args, "--check"]) == 2
+    err = capsys.readouterr().err
+    assert "marker" in err and "README.md" in err and len(err.strip().splitlines()) == 1
+    readme.write_text(readme_before, encoding="utf-8")
     (results / TIMING).unlink()
-    assert main(["--readme", str(readme), "--results", str(results)]) == 2
+    assert main(args) == 2
     err = capsys.readouterr().err
     assert "missing" in err and "timing.json" in err and len(err.strip().splitlines()) == 1
-    assert readme.read_text(encoding="utf-8") == f"a\n{START}\n{END}\nb\n"
+    assert performance.read_text(encoding="utf-8") == f"a\n{START}\n{END}\nb\n"
+    (root / "README.md").unlink()
+    shutil.copy(RESULTS / TIMING, results / TIMING)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "missing" in err and "README.md" in err and len(err.strip().splitlines()) == 1

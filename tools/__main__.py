@@ -35,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "lock": ("tools.lock", "regenerate the hashed dependency lock in tools/requirements/ (make lock)"),
     "readme-tables": (
         "tools.readme_tables",
-        "render the README's measured tables from docs/results; --check: are they current?",
+        "render the measured tables in README.md and docs/performance.md from docs/results; --check: current?",
     ),
 }
 
