@@ -24,18 +24,16 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import importlib.metadata as md
 import json
 import math
 import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,11 +54,13 @@ from .errors import ConfigError, FaceError, InputError, KioskError
 from .imageio import read_image
 from .liveness import Liveness
 from .loop import DoorLoop
+from .machine import describe, loadavg, versions
 from .manifest import Manifest, load_manifest
 from .match import Matcher
 from .notify import Notifier
 from .pipeline import Pipeline
 from .quality import assess
+from .stats import dist, time_ms
 from .types import Image
 
 ENV_DATA = "KIOSK_TEST_DATA"
@@ -78,7 +78,6 @@ STAGES = ("decode", "detect", "quality", "align", "embed", "match", "liveness")
 # peak. The floor on N threads is gflop / (peak * N); the issue's target is the embed stage within 1.5x of it.
 FLOOR_GFLOP = {"sface": 1.14, "sface_tflite": 1.14}  # fp32 models only: an int8 floor is a different peak
 FLOOR_CORE_GFLOPS = 78.0
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "fma", "neon")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
@@ -224,80 +223,6 @@ def load_frames(opts: BenchOptions, cfg: Config) -> FrameSet:
         )
     gap = math.ceil(cfg.decision.track_max_age_s * fps) + 2  # long enough for the track to end between clips
     return lfw_frames(faces, opts.frames, fps, gap, opts.seed)
-
-
-# -- statistics and machine ----------------------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (an observed value); ``values`` must not be empty."""
-    v = sorted(values)
-    return v[max(0, math.ceil(q / 100.0 * len(v)) - 1)]
-
-
-def dist(values: Sequence[float], ndigits: int = 4) -> dict[str, Any]:
-    """``{median, p95, n}`` (nearest rank), or ``{median: None, p95: None, n: 0}`` when nothing was measured."""
-    if not values:
-        return {"median": None, "p95": None, "n": 0}
-    return {
-        "median": round(percentile(values, 50), ndigits),
-        "p95": round(percentile(values, 95), ndigits),
-        "n": len(values),
-    }
-
-
-def _cpuinfo() -> dict[str, str]:
-    info: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, sep, value = line.partition(":")
-            if sep:
-                info.setdefault(key.strip().lower(), value.strip())
-    except OSError:
-        pass
-    return info
-
-
-def _loadavg() -> list[float] | None:
-    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
-
-
-def machine() -> dict[str, Any]:
-    """CPU model, cores, the SIMD flags that matter for inference, OS, and the load average now."""
-    info = _cpuinfo()
-    cpu = info.get("model name") or info.get("hardware") or platform.processor() or platform.machine()
-    if "model name" not in info and info.get("model"):
-        cpu = f"{info['model']} ({cpu})"
-    words = set((info.get("flags") or info.get("features") or "").split())
-    if "asimd" in words:
-        words.add("neon")
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "flags": [f for f in CPU_FLAGS if f in words],
-        "arch": platform.machine(),
-        "os": platform.platform(),
-        "loadavg_start": _loadavg(),
-    }
-
-
-def versions() -> dict[str, str | None]:
-    def dist_version(name: str) -> str | None:
-        try:
-            return md.version(name)
-        except md.PackageNotFoundError:
-            return None
-
-    return {
-        "python": platform.python_version(),
-        "onnxruntime": dist_version("onnxruntime"),
-        "opencv": str(cv2.__version__),
-        "numpy": str(np.__version__),
-        "ai_edge_litert": dist_version("ai-edge-litert"),
-        "tflite_runtime": dist_version("tflite-runtime"),
-        "face_kiosk": dist_version("face-kiosk"),
-    }
 
 
 def peak_rss_mb() -> float:
@@ -571,7 +496,7 @@ def split_frames(frame_ms: Sequence[float], face: set[int], embedded: Sequence[b
     return out
 
 
-def recognizer_floor(model_id: str, threads: int, embed: dict[str, Any]) -> dict[str, Any] | None:
+def recognizer_floor(model_id: str, threads: int, embed: Mapping[str, Any]) -> dict[str, Any] | None:
     """The recogniser's compute floor on this many cores and the measured embed median's ratio to it, from the
     model's GFLOP per face and a core's fp32 peak in ``FLOOR`` (../shared/docs/MODELS.md); None for other models."""
     known = FLOOR_GFLOP.get(model_id)
@@ -601,6 +526,12 @@ def decision_latency(run: LoopRun, appearances: Sequence[int], fps: float) -> li
     return out
 
 
+def _matching(matcher: Matcher, probes: np.ndarray) -> Callable[[], object]:
+    """A call that matches the next probe each time (the first 3 calls are the timer's warm-up)."""
+    feed = iter(probes)
+    return lambda: matcher.match(next(feed))
+
+
 def match_times(sizes: Sequence[int], dim: int, threshold: float, margin: float, seed: int) -> dict[str, Any]:
     """``Matcher.match`` over synthetic unit-norm galleries of each size (one template per person)."""
     rng = _rng(seed, "gallery")
@@ -611,13 +542,7 @@ def match_times(sizes: Sequence[int], dim: int, threshold: float, margin: float,
         matcher = Matcher(emb, np.arange(size), [f"p{i}" for i in range(size)], threshold=threshold, margin=margin)
         probes = rng.standard_normal((MATCH_RUNS + 3, dim), dtype=np.float32)
         probes /= np.linalg.norm(probes, axis=1, keepdims=True)
-        samples = []
-        for k, probe in enumerate(probes):
-            t0 = time.perf_counter()
-            matcher.match(probe)
-            if k >= 3:
-                samples.append((time.perf_counter() - t0) * 1e3)
-        out[str(size)] = dist(samples)
+        out[str(size)] = dist(time_ms(_matching(matcher, probes), MATCH_RUNS, warmup=3))
         del matcher, emb
     return out
 
@@ -719,7 +644,7 @@ def run_bench(cfg: Config, opts: BenchOptions, progress: Callable[[str], None] |
             progress(text)
 
     started_utc = datetime.now(UTC).isoformat(timespec="seconds")
-    mach = machine()
+    mach = describe()
     frames = load_frames(opts, cfg)
     with tempfile.TemporaryDirectory(prefix="kiosk-bench-") as tmp:
         data = Path(tmp)
@@ -759,7 +684,7 @@ def run_bench(cfg: Config, opts: BenchOptions, progress: Callable[[str], None] |
             say("cold start (a fresh process)")
             first = min(with_face, default=0)
             cold = cold_start(opts, frames.jpegs[first], data)
-    mach["loadavg_end"] = _loadavg()
+    mach["loadavg_end"] = loadavg()
     total_s = sum(loop.frame_ms) / 1e3
     face_set = frames.face_frames or set(with_face)
     by_kind = split_frames(loop.frame_ms, face_set, loop.embedded)

@@ -40,6 +40,7 @@ from .match import Matcher
 from .notify import Notifier
 from .pipeline import Pipeline
 from .snapshots import SnapshotStore
+from .stats import median
 from .track import Track, Tracker
 
 log = logging.getLogger("kiosk.loop")
@@ -96,7 +97,7 @@ class LoopStats:
         return 1000.0 / (sum(self.frame_ms) / len(self.frame_ms))
 
     def as_dict(self) -> dict[str, Any]:
-        grants, denials = sorted(self.grant_latency_ms), sorted(self.deny_latency_ms)
+        grants, denials, frame_ms = self.grant_latency_ms, self.deny_latency_ms, self.frame_ms
         return {
             "frames": self.frames,
             "faces": self.faces,
@@ -107,9 +108,9 @@ class LoopStats:
             "door_pulses": self.pulses,
             "frame_errors": self.frame_errors,
             "fps": round(self.fps, 1),
-            "frame_ms_median": round(sorted(self.frame_ms)[len(self.frame_ms) // 2], 2) if self.frame_ms else None,
-            "grant_latency_ms_median": round(grants[len(grants) // 2], 1) if grants else None,
-            "deny_latency_ms_median": round(denials[len(denials) // 2], 1) if denials else None,
+            "frame_ms_median": round(median(frame_ms), 2) if frame_ms else None,
+            "grant_latency_ms_median": round(median(grants), 1) if grants else None,
+            "deny_latency_ms_median": round(median(denials), 1) if denials else None,
         }
 
 

@@ -192,12 +192,6 @@ def test_bad_gallery_sizes_are_usage_errors(bad: str) -> None:
     assert exc.value.code == ExitCode.USAGE
 
 
-def test_dist_is_nearest_rank() -> None:
-    d = bench.dist([float(v) for v in range(100, 0, -1)])
-    assert d == {"median": 50.0, "p95": 95.0, "n": 100}
-    assert bench.dist([]) == {"median": None, "p95": None, "n": 0}
-
-
 def test_backend_picks_the_variant_when_there_is_one() -> None:
     import dataclasses
 
@@ -208,9 +202,3 @@ def test_backend_picks_the_variant_when_there_is_one() -> None:
     assert bench.backend_model(manifest, "sface", "embed", "tflite") == "sface_tflite"
     assert bench.backend_model(manifest, "sface", "embed", "onnx") == "sface"
     assert bench.backend_model(manifest, "yunet", "detect", "tflite") == "yunet"  # no TFLite YuNet: kept
-
-
-def test_machine_records_flags_and_load() -> None:
-    m = bench.machine()
-    assert set(m["flags"]) <= set(bench.CPU_FLAGS)
-    assert m["cores"] >= 1 and m["os"] and m["arch"]

@@ -46,8 +46,10 @@ from kiosk.detect import Detector, build_detector, select_faces
 from kiosk.embed import Embedder
 from kiosk.errors import BackendUnavailableError, KioskError
 from kiosk.imageio import read_image
+from kiosk.machine import describe, loadavg, versions
 from kiosk.manifest import Manifest, ModelSpec, load_manifest
 from kiosk.pipeline import runtime_options
+from kiosk.stats import dist, interleaved_ms
 from kiosk.types import Face, FloatArray, Image
 
 PROG = "python -m tools backends"
@@ -336,22 +338,6 @@ def wall_frames(photos: Sequence[Path], n: int, seed: int) -> list[Image]:
 # -- measuring -----------------------------------------------------------------------------------------------------
 
 
-def _interleaved(calls: dict[str, Callable[[int], object]], runs: int, warmup: int = WARMUP) -> dict[str, list[float]]:
-    """``warmup`` untimed calls each, then ``runs`` rounds of every call once (order rotating): ms per call."""
-    names = list(calls)
-    for i in range(warmup):
-        for name in names:
-            calls[name](i)
-    samples: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(runs):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            t0 = time.perf_counter()
-            calls[name](r)
-            samples[name].append((time.perf_counter() - t0) * 1000.0)
-    return samples
-
-
 def _cosine_stats(ref: FloatArray, emb: FloatArray) -> dict[str, float]:
     cos = np.sum(ref * emb, axis=1)  # both unit rows
     return {"mean": round(float(cos.mean()), 6), "min": round(float(cos.min()), 6), "n": len(cos)}
@@ -431,15 +417,15 @@ def measure_recognizers(
                 return lambda r: e.embed(groups[r % len(groups)])
 
             _say(opts, f"recogniser: {threads} thread(s), batch {batch}, {len(engines)} candidates x {opts.runs}")
-            load = bench._loadavg()
-            samples = _interleaved({n: call(e) for n, e in engines.items()}, opts.runs)
+            load = loadavg()
+            samples = interleaved_ms({n: call(e) for n, e in engines.items()}, opts.runs, WARMUP)
             for name, s in samples.items():
                 per_face = [v / batch for v in s]
-                d = bench.dist(per_face, 3)
+                d = dist(per_face, 3)
                 latency.setdefault(name, {}).setdefault(str(threads), {})[str(batch)] = {
                     "loadavg_before": load,
                     "per_face_ms": d,
-                    "per_call_ms": bench.dist(s, 3),
+                    "per_call_ms": dist(s, 3),
                     "floor_ms": round(floor_ms(threads), 3),
                     "x_floor": round(d["median"] / floor_ms(threads), 2) if d["median"] else None,
                 }
@@ -467,10 +453,10 @@ def measure_detectors(
             return lambda r: e.detect(frames[r % len(frames)])
 
         _say(opts, f"detector: {threads} thread(s), {len(engines)} candidates x {opts.runs}")
-        load = bench._loadavg()
-        samples = _interleaved({n: call(e) for n, e in engines.items()}, opts.runs)
+        load = loadavg()
+        samples = interleaved_ms({n: call(e) for n, e in engines.items()}, opts.runs, WARMUP)
         for name, s in samples.items():
-            latency.setdefault(name, {})[str(threads)] = {"loadavg_before": load, "ms": bench.dist(s, 3)}
+            latency.setdefault(name, {})[str(threads)] = {"loadavg_before": load, "ms": dist(s, 3)}
         del engines
     return latency, agreement
 
@@ -562,7 +548,7 @@ def pick(
 
 def measure(opts: Options, extra_recognizers: Sequence[Candidate] = ()) -> dict[str, Any]:
     """Everything: inputs, candidates, latency, agreement, pick, machine and versions."""
-    mach = bench.machine()
+    mach = describe()
     started = time.perf_counter()
     faces = bench.data_dir(opts.faces)
     if not (faces / "lfw" / "labels.csv").is_file():
@@ -588,7 +574,7 @@ def measure(opts: Options, extra_recognizers: Sequence[Candidate] = ()) -> dict[
         if c.runtime == "tflite" and c.model in manifest.models
     }
     picks = pick(rec, det, rec_lat, rec_agree, det_lat, det_agree, absent, opts)
-    mach["loadavg_end"] = bench._loadavg()
+    mach["loadavg_end"] = loadavg()
     cfg = _options(max(opts.threads))
     return {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -639,7 +625,7 @@ def measure(opts: Options, extra_recognizers: Sequence[Candidate] = ()) -> dict[
             "opencv_threads": "cv2.setNumThreads(threads) for each thread block (process-wide)",
         },
         "machine": mach,
-        "versions": bench.versions(),
+        "versions": versions(),
     }
 
 

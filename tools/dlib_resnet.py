@@ -46,8 +46,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from kiosk.manifest import sha256_file
+from kiosk.stats import median_ms
 from tools.registry import strip_onnx_metadata
-from tools.timing import median_ms
 
 from .ort import session as onnx_session
 

@@ -33,6 +33,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from kiosk.stats import median_ms
 from tools.arch import ARCHS, build
 from tools.registry import (
     default_models_dir,
@@ -42,7 +43,6 @@ from tools.registry import (
     strip_onnx_metadata,
     tool_versions,
 )
-from tools.timing import median_ms
 
 from .ort import session as _session
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from tools.timing import median_ms
+from kiosk.stats import median_ms
 
 if TYPE_CHECKING:
     from tools.arch.inception_resnet_v1 import InceptionResnetV1

@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from kiosk.stats import median_ms
 from tools.arch.minifasnet import MiniFASNet, ShapeError, minifasnet
 from tools.export import ExportError, load_state_dict
 from tools.export import export_onnx as shared_export
@@ -40,7 +41,6 @@ from tools.registry import (
     tool_versions,
     write_manifest,
 )
-from tools.timing import median_ms
 
 from .ort import session
 

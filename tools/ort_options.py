@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from kiosk.bench import dist, machine, versions
 from kiosk.config import load_config
 from kiosk.errors import KioskError
+from kiosk.machine import describe, loadavg, versions
 from kiosk.manifest import ModelSpec, load_manifest
+from kiosk.stats import dist, interleaved_ms
 
 BASELINE = "baseline"
 
@@ -165,29 +165,13 @@ def model_inputs(spec: ModelSpec, faces: Path | None) -> tuple[dict[str, np.ndar
     return {spec.input.name or run.input_names[0]: Embedder(spec, run).preprocess([crop])}, origin
 
 
-def measure(
-    calls: dict[str, Callable[[], object]], rounds: int, warmup: int = 5, gap_ms: float = 5.0
-) -> dict[str, list[float]]:
-    """Interleaved timing: each round calls every variant once (in an order rotated per round), with ``gap_ms``
-    of idle time before each call, as a camera paces the kiosk."""
-    for _ in range(warmup):
-        for fn in calls.values():
-            fn()
-    names = list(calls)
-    samples: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            time.sleep(gap_ms / 1e3)
-            t0 = time.perf_counter()
-            calls[name]()
-            samples[name].append((time.perf_counter() - t0) * 1e3)
-    return samples
+def _ignore_round(fn: Callable[[], object]) -> Callable[[int], object]:
+    return lambda _round: fn()
 
 
 def report(model_ids: list[str], threads: int, rounds: int, faces: Path | None, gap_ms: float = 5.0) -> dict[str, Any]:
     manifest = load_manifest(load_config(None).models.manifest)
-    loadavg_start = list(os.getloadavg())
+    loadavg_start = loadavg()
     out: dict[str, Any] = {"command": "python -m tools ort-options " + " ".join(sys.argv[1:]), "models": {}}
     for model_id in model_ids:
         spec = manifest.get(model_id)
@@ -196,15 +180,17 @@ def report(model_ids: list[str], threads: int, rounds: int, faces: Path | None, 
         feed, origin = model_inputs(spec, faces)
         vs = variants(threads)
         calls = {v.name: runner(spec.path, v, threads, feed) for v in vs}
-        samples = measure(calls, rounds, gap_ms=gap_ms)
+        # each round calls every variant once, the order rotated, ``gap_ms`` idle before each call as a camera paces
+        samples = interleaved_ms({n: _ignore_round(fn) for n, fn in calls.items()}, rounds, 5, gap_s=gap_ms / 1e3)
         base = dist(samples[BASELINE])
         rows = {}
         for v in vs:
             d = dist(samples[v.name])
-            rows[v.name] = {**d, "what": v.what, "vs_baseline": round(d["median"] / base["median"], 3)}
+            ratio = round(d["median"] / base["median"], 3) if d["median"] and base["median"] else None
+            rows[v.name] = {**d, "what": v.what, "vs_baseline": ratio}
         out["models"][model_id] = {"sha256": spec.sha256, "input": origin, "rounds": rounds, "variants": rows}
-    mach = machine()
-    mach["loadavg_start"], mach["loadavg_end"] = loadavg_start, list(os.getloadavg())
+    mach = describe()
+    mach["loadavg_start"], mach["loadavg_end"] = loadavg_start, loadavg()
     out.update({"threads": threads, "gap_ms": gap_ms, "machine": mach, "versions": versions()})
     return out
 

@@ -26,7 +26,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,8 +42,10 @@ from kiosk.embed import Embedder
 from kiosk.errors import KioskError
 from kiosk.evaluate import EmbedFn, embed_images, evaluate_labels, evaluate_pairs, read_labels, read_pairs
 from kiosk.imageio import read_image
+from kiosk.machine import cpu_name, has_vnni, read_cpuinfo
 from kiosk.manifest import ModelSpec, load_manifest, sha256_file
 from kiosk.pipeline import Pipeline, runtime_options
+from kiosk.stats import interleaved_ms, median, percentile
 from kiosk.types import Image
 from tools.build_models import recompose_prelu, set_nodes
 from tools.registry import ROOT, default_models_dir, read_manifest, register, tool_versions
@@ -419,7 +421,7 @@ def evaluate(
 
 
 def embedding_agreement(a: Evaluated, b: Evaluated) -> dict[str, Any]:
-    """Cosine between the fp32 and int8 embeddings of every image both embedded."""
+    """Cosine between the fp32 and int8 embeddings of every image both embedded: mean, min and 1st percentile."""
     cos = [
         float(np.dot(va, vb))
         for path, (va, _) in a.vectors.items()
@@ -428,22 +430,18 @@ def embedding_agreement(a: Evaluated, b: Evaluated) -> dict[str, Any]:
     if not cos:
         return {"n": 0, "mean": None, "min": None, "p01": None}
     arr = np.asarray(cos)
-    return {"n": len(cos), "mean": float(arr.mean()), "min": float(arr.min()), "p01": float(np.quantile(arr, 0.01))}
+    return {"n": len(cos), "mean": float(arr.mean()), "min": float(arr.min()), "p01": percentile(cos, 1)}
 
 
 def latency_ms(runners: list[Runner], feed: dict[str, F32], runs: int, warmup: int = 20) -> list[float]:
-    """Median per-call ms of each runner, calls interleaved (order alternating) so all see the same machine load."""
-    for _ in range(warmup):
-        for r in runners:
-            r.run(feed)
-    times: list[list[float]] = [[] for _ in runners]
-    order = list(range(len(runners)))
-    for k in range(runs):
-        for i in order if k % 2 == 0 else order[::-1]:
-            t = time.perf_counter()
-            runners[i].run(feed)
-            times[i].append(time.perf_counter() - t)
-    return [1000.0 * float(np.median(t)) for t in times]
+    """Median per-call ms of each runner, calls interleaved (order rotating) so all see the same machine load."""
+    calls = {str(i): _run_feed(r, feed) for i, r in enumerate(runners)}
+    samples = interleaved_ms(calls, runs, warmup)
+    return [median(samples[str(i)]) for i in range(len(runners))]
+
+
+def _run_feed(runner: Runner, feed: dict[str, F32]) -> Callable[[int], object]:
+    return lambda _round: runner.run(feed)
 
 
 def _tar(report: dict[str, Any], far: str) -> float | None:
@@ -743,6 +741,7 @@ def run(opts: Options) -> int:
             "max_drop_points": opts.max_drop,
             "passed": drop <= opts.max_drop,
         }
+        cpuinfo = read_cpuinfo()
         report: dict[str, Any] = {
             "source": {"id": spec.id, "sha256": spec.sha256, "file": spec.path.name},
             "id": opts.new_id,
@@ -762,7 +761,7 @@ def run(opts: Options) -> int:
                 "interleaved": True,
                 "fp32_rewritten_graph_ms": round(lat[2], 3),
             },
-            "machine": {"cpu": _cpu_name(), "vnni": _has_vnni()},
+            "machine": {"cpu": cpu_name(cpuinfo), "vnni": has_vnni(cpuinfo)},
             "fp32": rows[0],
             "int8": rows[1],
             "embedding_cosine": agree,
@@ -844,26 +843,6 @@ def _write_json(path: Path | None, report: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"quantize: wrote {path}")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
-def _has_vnni() -> bool | None:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
-    return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from kiosk.machine import package_version
 from kiosk.manifest import default_models_dir, load_manifest, sha256_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,12 +71,11 @@ def file_provenance(path: Path) -> dict[str, Any]:
 
 
 def tool_versions(*packages: str) -> dict[str, str]:
+    """Python and the installed version of each of ``packages`` (those not installed left out): a build's provenance."""
     out = {"python": platform.python_version()}
     for name in packages:
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            continue
+        if (version := package_version(name)) is not None:
+            out[name] = version
     return out
 
 

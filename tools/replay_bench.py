@@ -53,7 +53,6 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from kiosk import bench
 from kiosk.capture import Camera, Frame
 from kiosk.config import Config, DecisionConfig, load_config, parse_config
 from kiosk.context import Context
@@ -64,9 +63,11 @@ from kiosk.errors import FaceError
 from kiosk.gallery import Gallery
 from kiosk.imageio import read_image
 from kiosk.loop import DoorLoop
+from kiosk.machine import describe, versions
 from kiosk.match import MatchResult
 from kiosk.notify import Notifier
 from kiosk.pipeline import Pipeline
+from kiosk.stats import dist
 from kiosk.types import Image
 
 log = logging.getLogger("tools.replay_bench")
@@ -505,20 +506,13 @@ def run_replay(pipeline: Pipeline, gallery: Gallery, cfg: Config, source: Replay
 # -- analysis ------------------------------------------------------------------------------------------------------
 
 
-def percentile(values: Iterable[float], q: float) -> float | None:
-    """Nearest-rank percentile (an observed value, so media-time latencies stay whole frames); None when empty."""
-    v = sorted(values)
-    if not v:
-        return None
-    return v[max(0, math.ceil(q / 100.0 * len(v)) - 1)]
-
-
 def _dist(values: Sequence[float], ndigits: int = 3) -> dict[str, Any]:
-    med, p95 = percentile(values, 50), percentile(values, 95)
+    """``kiosk.stats.dist`` (nearest rank: media-time latencies stay whole frames) with the minimum and maximum."""
+    d = dist(values, ndigits)
     return {
-        "n": len(values),
-        "median": None if med is None else round(med, ndigits),
-        "p95": None if p95 is None else round(p95, ndigits),
+        "n": d["n"],
+        "median": d["median"],
+        "p95": d["p95"],
         "min": round(min(values), ndigits) if values else None,
         "max": round(max(values), ndigits) if values else None,
     }
@@ -803,12 +797,8 @@ def _media_time(source: ReplaySource, run: RunResult) -> dict[str, Any]:
 
 def machine() -> dict[str, Any]:
     """CPU model and cores, the load while measuring (the CPU may be shared), OS: ``kiosk bench``'s description."""
-    m = bench.machine()
+    m = describe()
     return {**m, "platform": m["os"], "loadavg": m["loadavg_start"]}
-
-
-def versions() -> dict[str, str | None]:
-    return bench.versions()
 
 
 def git_state() -> dict[str, Any]:

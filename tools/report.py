@@ -26,10 +26,11 @@ from typing import Any
 import numpy as np
 
 from kiosk.config import Config
+from kiosk.machine import describe, package_version
 from kiosk.manifest import ModelSpec, load_manifest, sha256_file
+from kiosk.stats import Timing, timings
 
 from .registry import ROOT, default_models_dir
-from .timing import timings
 
 RESULTS = ROOT / "docs" / "results" / "models"
 DEFAULT_DETECTOR = "yunet"
@@ -45,23 +46,9 @@ class Row:
 
 
 def machine() -> dict[str, Any]:
-    info: dict[str, Any] = {"python": platform.python_version(), "machine": platform.machine(), "cores": os.cpu_count()}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return info
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            info["cpu"] = value.strip()
-        if key.strip() in ("flags", "Features"):
-            flags = set(value.split())
-            info["flags"] = sorted(flags & {"avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "asimd", "asimddp"})
-            break
-    import onnxruntime
-
-    info["onnxruntime"] = onnxruntime.__version__
-    return info
+    """``kiosk.machine``'s description with the Python and onnxruntime versions the table's latencies ran on."""
+    versions = {"python": platform.python_version(), "onnxruntime": package_version("onnxruntime")}
+    return {**describe(), **versions}
 
 
 def plan(models: dict[str, ModelSpec], only: list[str] | None) -> list[Row]:
@@ -131,12 +118,17 @@ def measure_latency(row: Row, face_image: Path, runs: int) -> dict[str, float]:
     y, x = (480 - h) // 2, (640 - w) // 2
     frame[y : y + h, x : x + w] = image
     if row.model.task == "detect":
-        return timings(lambda: pipeline.detect(frame), runs, warmup=5)
+        return _latency(timings(lambda: pipeline.detect(frame), runs, warmup=5))
     faces = pipeline.detect(frame)
     if not faces:
         raise SystemExit(f"report: no face found in {face_image.name} for the latency run")
     crop, _ = pipeline.prepare(frame, faces[:1])[0]
-    return timings(lambda: pipeline.embedder.embed([crop]), runs, warmup=5)
+    return _latency(timings(lambda: pipeline.embedder.embed([crop]), runs, warmup=5))
+
+
+def _latency(t: Timing) -> dict[str, float]:
+    """The summary's ``latency_ms``: median and p95 (``kiosk.stats``, nearest rank) and the number of runs."""
+    return {"median": t["median"], "p95": t["p95"], "runs": t["n"]}
 
 
 def size_mb(spec: ModelSpec) -> float:

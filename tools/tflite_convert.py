@@ -40,10 +40,10 @@ from kiosk.detect import select_faces
 from kiosk.imageio import read_image
 from kiosk.manifest import ModelSpec, load_manifest
 from kiosk.pipeline import Pipeline
+from kiosk.stats import median_ms
 from kiosk.types import FloatArray, Image
 from tools.build_models import recompose_prelu
 from tools.registry import default_models_dir, read_manifest, register, tool_versions
-from tools.timing import median_ms
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")

@@ -37,7 +37,6 @@ import argparse
 import contextlib
 import importlib
 import json
-import os
 import platform
 import queue
 import shlex
@@ -371,22 +370,15 @@ def ensure_venv(venv: Path, *, python: str = sys.executable, log: Callable[[str]
     return py
 
 
-def _pctl(samples: Sequence[float], q: float) -> float:
-    """The same percentile rule as ``tools.timing``: the sorted sample at index int(q * (n - 1))."""
-    s = sorted(samples)
-    return s[int(q * (len(s) - 1))]
-
-
 def _dist(samples: Sequence[float]) -> dict[str, float]:
+    """Median and p95 by ``kiosk.stats``' rule (nearest rank), and the mean; ms to 0.001."""
+    from kiosk.stats import percentile  # lazily: this file's top level stays stdlib-only
+
     return {
-        "median": round(statistics.median(samples), 3),
-        "p95": round(_pctl(samples, 0.95), 3),
+        "median": round(percentile(samples, 50), 3),
+        "p95": round(percentile(samples, 95), 3),
         "mean": round(statistics.fmean(samples), 3),
     }
-
-
-def loadavg() -> list[float] | None:
-    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
 
 
 def timing_runs(
@@ -394,6 +386,8 @@ def timing_runs(
 ) -> list[dict[str, Any]]:
     """Warm each worker on ``warmup`` frames, then ``runs`` rounds of every worker in turn (A B A B ...) over all
     frames; one row per (round, worker)."""
+    from kiosk.machine import loadavg
+
     for w in workers:
         w.request({"op": "time", "paths": list(paths[:warmup])})
     rows: list[dict[str, Any]] = []
@@ -421,7 +415,7 @@ def timing_runs(
             }
             rows.append(row)
             log(
-                f"run {row['run']}: {w.name:<17} median {statistics.median(ms):8.1f} ms  "
+                f"run {row['run']}: {w.name:<17} median {row['ms']['median']:8.1f} ms  "
                 f"fps {row['fps']:7.2f}  load {before}"
             )
     return rows
@@ -430,6 +424,8 @@ def timing_runs(
 def summarise(rows: Sequence[Mapping[str, Any]], a: str = FR, b: str = FK) -> dict[str, Any]:
     """Per library over all its runs (every frame of every run pooled): ms median and p95, fps; and the ratios
     a / b (how many times slower ``a`` is), overall and per round."""
+    from kiosk.stats import median
+
     out: dict[str, Any] = {}
     for lib in (a, b):
         mine = [r for r in rows if r["library"] == lib]
@@ -455,7 +451,7 @@ def summarise(rows: Sequence[Mapping[str, Any]], a: str = FR, b: str = FK) -> di
         "p95_ms": round(out[a]["ms"]["p95"] / out[b]["ms"]["p95"], 3),
         "fps": round(out[b]["fps"] / out[a]["fps"], 3),
         "per_round_median_ms": per_round,
-        "median_of_rounds": round(statistics.median(per_round), 3),
+        "median_of_rounds": round(median(per_round), 3),
     }
     return out
 
@@ -632,10 +628,10 @@ def accuracy(
 
 
 def machine() -> dict[str, Any]:
-    """``kiosk bench``'s machine description (imported here: this file's top level must stay stdlib-only)."""
-    from kiosk import bench
+    """``kiosk.machine``'s description (imported here: this file's top level must stay stdlib-only)."""
+    from kiosk.machine import describe, loadavg
 
-    m = bench.machine()
+    m = describe()
     return {**m, "platform": m["os"], "loadavg": loadavg()}
 
 
@@ -741,7 +737,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def compare(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
-    from .replay_bench import data_dir, git_state, versions
+    from kiosk.machine import loadavg, versions
+
+    from .replay_bench import data_dir, git_state
 
     started = datetime.now(UTC).isoformat(timespec="seconds")
     t_start = time.perf_counter()
