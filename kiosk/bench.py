@@ -61,6 +61,7 @@ from .notify import Notifier
 from .pipeline import Pipeline
 from .quality import assess
 from .stats import dist, time_ms
+from .testing import ManualClock, ScriptedSource
 from .types import Image
 
 ENV_DATA = "KIOSK_TEST_DATA"
@@ -313,24 +314,6 @@ def config_summary(cfg: Config, pipeline: Pipeline) -> dict[str, Any]:
 # -- the measurements ----------------------------------------------------------------------------------------------
 
 
-class _NoSource:
-    """The loop is driven frame by frame through ``DoorLoop.process``; its camera is never started."""
-
-    name = "bench"
-    live = False
-    ended = True
-    fps: float | None = None
-
-    def open(self) -> None:
-        """Nothing to open."""
-
-    def read(self) -> Image | None:
-        return None
-
-    def close(self) -> None:
-        """Nothing to close."""
-
-
 def _liveness_cost(liveness: Liveness | None) -> Callable[[Image, Any], object] | None:
     """The configured mode's per-frame model work: the face mesh (active), MiniFASNet (passive), or both."""
     if liveness is None:
@@ -410,18 +393,14 @@ class LoopRun:
 def lockstep_loop(
     pipeline: Pipeline,
     ctx: Context,
-    media: dict[str, float],
+    clock: ManualClock,
     on_decision: Callable[[Decision, str], None],
     liveness: Liveness | None = None,
 ) -> Iterator[tuple[DoorLoop, SimulatedDoor]]:
-    """The real ``DoorLoop`` driven frame by frame on the media clock ``media["t"]`` (its camera is never started),
-    with the simulated door; both closed on the way out."""
-
-    def clock() -> float:
-        return media["t"]
-
+    """The real ``DoorLoop`` driven frame by frame through ``DoorLoop.process`` on the media clock ``clock`` (its
+    camera, on an empty scripted source, is never started), with the simulated door; both closed on the way out."""
     cfg = pipeline.cfg
-    camera = Camera(_NoSource(), cfg.camera, clock=clock)
+    camera = Camera(ScriptedSource(name="bench"), cfg.camera, clock=clock)
     door = open_door(cfg.door, clock=clock)
     try:
         if not isinstance(door, SimulatedDoor):  # pragma: no cover - bench_config forces the simulated door
@@ -444,7 +423,7 @@ def lockstep_loop(
 
 def run_loop(pipeline: Pipeline, ctx: Context, frames: FrameSet, liveness: Liveness | None) -> LoopRun:
     """The real ``DoorLoop.process`` on every frame in lockstep on media time (index / fps), simulated door."""
-    media = {"t": 0.0}
+    clock = ManualClock()
     grants: list[tuple[int, float]] = []
     decisions: list[Decision] = []
     current: dict[str, Any] = {"i": 0, "t0": 0.0}
@@ -456,15 +435,15 @@ def run_loop(pipeline: Pipeline, ctx: Context, frames: FrameSet, liveness: Liven
 
     frame_ms: list[float] = []
     embedded: list[bool] = []
-    with lockstep_loop(pipeline, ctx, media, on_decision, liveness) as (loop, door):
+    with lockstep_loop(pipeline, ctx, clock, on_decision, liveness) as (loop, door):
         door.off()
         started = time.perf_counter()
         for i, jpeg in enumerate(frames.jpegs):
-            media["t"] = i / frames.fps
+            clock.advance_to(i / frames.fps)
             t0 = time.perf_counter()
             current["i"], current["t0"] = i, t0
             before = loop.stats.embeddings
-            loop.process(Frame(decode(jpeg), i, media["t"]))
+            loop.process(Frame(decode(jpeg), i, clock()))
             door.check()
             frame_ms.append((time.perf_counter() - t0) * 1e3)
             embedded.append(loop.stats.embeddings > before)
@@ -610,15 +589,15 @@ def cold_start_child(cfg: Config, frame_path: Path) -> dict[str, Any]:
         ctx.matcher()
         stamps["models_warm"] = time.time()
         rss_warm = peak_rss_mb()
-        media = {"t": 0.0}
+        clock = ManualClock()
         decided: list[Decision] = []
-        with lockstep_loop(pipeline, ctx, media, lambda d, _a: decided.append(d)) as (loop, _door):
+        with lockstep_loop(pipeline, ctx, clock, lambda d, _a: decided.append(d)) as (loop, _door):
             fps = cfg.camera.fps or DEFAULT_FPS
             frames = 0
             limit = cfg.decision.window * 4 + 10
             while not decided and frames < limit:
-                media["t"] = frames / fps
-                loop.process(Frame(decode(jpeg), frames, media["t"]))
+                clock.advance_to(frames / fps)
+                loop.process(Frame(decode(jpeg), frames, clock()))
                 frames += 1
         stamps["first_decision"] = time.time()
     return {

@@ -129,7 +129,13 @@ class DoorLoop:
         door_events: queue.SimpleQueue[tuple[str, dict[str, Any]]] | None = None,
         liveness: Liveness | None = None,
         on_prompt: Callable[[int, str], None] | None = None,
+        decider: Decider | None = None,
+        on_frame: Callable[[Frame, float], None] | None = None,
     ) -> None:
+        """``decider`` replaces the ``Decider`` built from ``decision`` config and ``liveness`` (a measuring tool
+        passes one that records what it is asked; build it with the same liveness). ``on_frame(frame, ms)`` is called
+        after each frame ``process()`` completed, with its processing time in ms (not for a frame whose processing
+        raised); an error it raises counts as the frame's."""
         self.cfg = pipeline.cfg
         self.pipeline = pipeline
         self.gallery = gallery
@@ -146,7 +152,8 @@ class DoorLoop:
         self.on_prompt = on_prompt
         if liveness is not None:
             liveness.on_prompt = self._prompt
-        self.decider = Decider(d, liveness=liveness)
+        self.decider = decider if decider is not None else Decider(d, liveness=liveness)
+        self.on_frame = on_frame
         self.stats = LoopStats()
         self.stop_event = threading.Event()
         self._matcher: Matcher | None = None
@@ -211,7 +218,10 @@ class DoorLoop:
                 self._act(final, None, None)
         self.stats.frames += 1
         self.stats.faces += len(faces)
-        self.stats.frame_ms.append((time.perf_counter() - started) * 1000.0)
+        frame_ms = (time.perf_counter() - started) * 1000.0
+        self.stats.frame_ms.append(frame_ms)
+        if self.on_frame is not None:
+            self.on_frame(frame, frame_ms)
         return decisions
 
     def _observe(self, frame: Frame, tracks: list[Track], t: float) -> list[Decision]:

@@ -1,5 +1,6 @@
 """kiosk.capture with real media and no camera: MJPG video files, PNG folders and patterns written by OpenCV, an
-MJPEG-over-HTTP "IP camera" on 127.0.0.1 that is killed and restarted, and fake sources for the timing rules.
+MJPEG-over-HTTP "IP camera" on 127.0.0.1 that is killed and restarted, and ``kiosk.testing.ScriptedSource`` for the
+timing rules.
 
 Every frame carries its number as a block code (``mjpeg_server.encode_index``) so order and identity are checked on
 the pixels. Every camera, server and thread a test starts is closed by a fixture finaliser.
@@ -35,6 +36,7 @@ from kiosk.capture import (
 )
 from kiosk.config import CameraConfig
 from kiosk.errors import ConfigError, HardwareError
+from kiosk.testing import ManualClock, ScriptedSource, ScriptItem
 
 N_FRAMES = 40
 FAST = {"stall_timeout_s": 0.3, "reconnect_min_s": 0.05, "reconnect_max_s": 0.2}
@@ -108,52 +110,23 @@ def server() -> Iterator[MjpegServer]:
     srv.stop()
 
 
-class FakeSource:
-    """A scripted source: ``opens`` says per open() call whether it succeeds; ``frames_per_open`` frames then None
-    (a stall) or an exception, as ``then`` says."""
+def numbered(frames_per_open: int = 10**9, then: str = "none") -> Callable[[int], Iterator[ScriptItem]]:
+    """A live camera's script per connection: ``frames_per_open`` frames showing the open() call's number, then no
+    frame (a stall) or, with ``then="raise"``, a failing read (unplugged)."""
 
-    live = True
-    ended = False
-    fps = None
-    name = "fake"
+    def connection(n: int) -> Iterator[ScriptItem]:
+        for _ in range(frames_per_open):
+            yield encode_index(n, 256, 48)
+        if then == "raise":
+            yield HardwareError("read failed (unplugged)")
 
-    def __init__(self, opens: list[bool] | None = None, frames_per_open: int = 10**9, then: str = "none") -> None:
-        self.opens, self.frames_per_open, self.then = opens, frames_per_open, then
-        self.open_calls = self.close_calls = self.left = 0
-
-    def open(self) -> None:
-        self.open_calls += 1
-        if self.opens is not None and not (self.opens.pop(0) if self.opens else False):
-            raise HardwareError("cannot open fake: refused")
-        self.left = self.frames_per_open
-
-    def read(self) -> np.ndarray | None:
-        if self.left <= 0:
-            if self.then == "raise":
-                raise HardwareError("read failed (unplugged)")
-            return None
-        self.left -= 1
-        time.sleep(0.002)
-        return encode_index(self.open_calls, 256, 48)
-
-    def close(self) -> None:
-        self.close_calls += 1
+    return connection
 
 
-class FakeTime:
-    """Injected clock + sleep: sleeping advances the clock and is recorded; a real 1 ms yield keeps it cheap."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, s: float) -> None:
-        self.sleeps.append(round(s, 6))
-        self.now += s
-        time.sleep(0.001)
+def fake_source(opens: list[bool] | None = None, frames_per_open: int = 10**9, then: str = "none") -> ScriptedSource:
+    """A live source named "fake" (a read takes 2 ms); ``opens`` says per open() call whether it succeeds (past the
+    list every open fails)."""
+    return ScriptedSource(numbered(frames_per_open, then), name="fake", live=True, opens=opens, read_delay_s=0.002)
 
 
 # -- the spec table ----------------------------------------------------------------------------------------------
@@ -399,7 +372,7 @@ def test_silent_stream_is_a_stall(server: MjpegServer, cameras: Any, caplog: pyt
 @pytest.mark.parametrize("then", ["none", "raise"])
 def test_stall_or_read_failure_reopens(then: str, cameras: Any, caplog: pytest.LogCaptureFixture) -> None:
     """No frame for stall_timeout_s (read() keeps returning None) or a raising read() closes and reopens."""
-    src = FakeSource(frames_per_open=3, then=then)
+    src = fake_source(frames_per_open=3, then=then)
     cam = cameras(src, cfg())
     opens = []  # which open() each delivered frame came from (the number is drawn in the frame)
     while len(set(opens)) < 3 and (f := cam.latest(2.0)) is not None:
@@ -416,10 +389,10 @@ def test_stall_or_read_failure_reopens(then: str, cameras: Any, caplog: pytest.L
 
 def test_open_failures_back_off_exponentially(cameras: Any, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="kiosk.capture")
-    t = FakeTime()
+    t = ManualClock(1000.0, yield_s=0.001)  # sleeping advances it; a real 1 ms yield keeps the reader cheap
     # 200 frames (~0.4 s) on the good open: a consumer woken late on a loaded machine still finds one.
-    src = FakeSource(opens=[False] * 9 + [True], frames_per_open=200, then="raise")
-    cam = cameras(src, CameraConfig(), clock=t.clock, sleep=t.sleep)  # defaults: 0.5 s doubling to 30 s
+    src = fake_source(opens=[False] * 9 + [True], frames_per_open=200, then="raise")
+    cam = cameras(src, CameraConfig(), clock=t, sleep=t.sleep)  # defaults: 0.5 s doubling to 30 s
     frame = cam.latest(5.0)
     assert frame is not None and frame.t >= 1000.0 + sum(t.sleeps[:9])  # stamped with the injected clock
     assert t.sleeps[:9] == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
@@ -454,13 +427,13 @@ def test_close_joins_the_thread_and_is_idempotent(video: Path, cameras: Any) -> 
 
 
 def test_close_without_start_closes_the_source_and_context_manager(cameras: Any) -> None:
-    src = FakeSource()
+    src = fake_source()
     cam = cameras(src, cfg(), start=False)
     assert cam.status()["state"] == "starting" and cam.status()["last_frame_age_s"] is None
     cam.close()
     cam.close()
     assert src.close_calls == 1 and src.open_calls == 0
-    src2 = FakeSource()
+    src2 = fake_source()
     with Camera(src2, cfg()) as cam2:
         assert cam2.latest(2.0) is not None
         thread = cam2._thread

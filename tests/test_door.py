@@ -26,6 +26,7 @@ from kiosk.cli import door as door_cli
 from kiosk.config import Config, DoorConfig
 from kiosk.door import DOOR_DRIVERS, GpiozeroDoor, RelayDoor, SimulatedDoor, open_door
 from kiosk.errors import ConfigError, HardwareError
+from kiosk.testing import ManualClock
 
 RELAY, CONTACT, EXIT = 17, 27, 22
 PULSE, MAX = 0.1, 0.2
@@ -56,14 +57,6 @@ def factory() -> Iterator[MockFactory]:
     f = MockFactory()
     yield f
     f.close()
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def door_cfg(**kw: Any) -> DoorConfig:
@@ -281,8 +274,8 @@ def test_failed_setup_releases_the_relay(factory: MockFactory) -> None:
 
 
 @pytest.fixture()
-def inputs(factory: MockFactory) -> Iterator[tuple[RelayDoor, FakeClock, list[tuple[str, dict[str, Any]]]]]:
-    clock, events = FakeClock(), []
+def inputs(factory: MockFactory) -> Iterator[tuple[RelayDoor, ManualClock, list[tuple[str, dict[str, Any]]]]]:
+    clock, events = ManualClock(1000.0), []
     cfg = door_cfg(contact_pin=CONTACT, exit_button_pin=EXIT, held_open_s=5.0)
     door = open_door(cfg, pin_factory=factory, on_event=lambda k, d: events.append((k, d)), clock=clock)
     assert isinstance(door, RelayDoor)
@@ -295,7 +288,7 @@ def inputs(factory: MockFactory) -> Iterator[tuple[RelayDoor, FakeClock, list[tu
 def test_contact_opened_while_locked_is_forced_open(factory: MockFactory, inputs: Any) -> None:
     door, clock, events = inputs
     factory.pin(CONTACT).drive_high()
-    clock.now += 7.0
+    clock.advance(7.0)
     factory.pin(CONTACT).drive_low()
     assert events == [("door_forced_open", {}), ("door_closed", {"open_s": 7.0})]
     door.check()
@@ -305,13 +298,13 @@ def test_contact_opened_while_locked_is_forced_open(factory: MockFactory, inputs
 def test_open_after_a_grant_is_not_forced_but_can_be_held_open(factory: MockFactory, inputs: Any) -> None:
     door, clock, events = inputs
     door.pulse()
-    clock.now += 0.5
+    clock.advance(0.5)
     factory.pin(CONTACT).drive_high()
     wait_locked(door)
-    clock.now += 4.0
+    clock.advance(4.0)
     door.check()
     assert events == []
-    clock.now += 1.5
+    clock.advance(1.5)
     door.check()
     door.check()  # reported once per opening
     assert events == [("door_held_open", {"open_s": 5.5, "held_open_s": 5.0})]
@@ -323,10 +316,10 @@ def test_open_just_after_relock_is_within_the_grace(factory: MockFactory, inputs
     door, clock, events = inputs
     door.pulse()
     wait_locked(door)
-    clock.now += PULSE + 0.5
+    clock.advance(PULSE + 0.5)
     factory.pin(CONTACT).drive_high()
     assert events == []
-    clock.now += 10
+    clock.advance(10)
     factory.pin(CONTACT).drive_low()
     factory.pin(CONTACT).drive_high()
     assert [k for k, _ in events] == ["door_closed", "door_forced_open"]  # the next opening is forced
@@ -363,7 +356,7 @@ def test_contact_open_is_low_and_a_broken_event_sink(factory: MockFactory, caplo
 
 def test_simulated_logs_and_records_a_timeline(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="kiosk.door")
-    clock = FakeClock()
+    clock = ManualClock(1000.0)
     with open_door(door_cfg(driver="simulated", pulse_s=0.05), clock=clock) as door:
         assert isinstance(door, SimulatedDoor)
         door.pulse()
@@ -474,7 +467,7 @@ def test_jetson_inputs(fake_gpio: FakeGPIO) -> None:
     events: list[tuple[str, dict[str, Any]]] = []
     fake_gpio.levels.update({CONTACT: 0, EXIT: 1})
     cfg = door_cfg(driver="jetson", contact_pin=CONTACT, exit_button_pin=EXIT)
-    with open_door(cfg, on_event=lambda k, d: events.append((k, d)), clock=FakeClock()) as door:
+    with open_door(cfg, on_event=lambda k, d: events.append((k, d)), clock=ManualClock(1000.0)) as door:
         fake_gpio.set_input(CONTACT, 1)
         fake_gpio.set_input(EXIT, 0)
         wait_locked(door)

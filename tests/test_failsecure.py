@@ -4,7 +4,8 @@ frame loop stops making progress; systemd watchdog pings stop with the loop; per
 
 Every relay assertion reads gpiozero's MockFactory pin history (``MockPin.states``: each entry holds the level and
 the time since the previous change, on time.monotonic). The loop-level tests drive ``DoorLoop`` with a fake camera and
-a fake pipeline (the faults here are in the loop, not in recognition); ``run_kiosk`` tests use the real models.
+a face-less pipeline made flaky by ``kiosk.testing.FlakyStage`` (the faults here are in the loop, not in recognition);
+``run_kiosk`` tests use the real models.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from kiosk.errors import (
 from kiosk.loop import DoorLoop, FrameErrorsExceeded
 from kiosk.notify import Notifier
 from kiosk.runner import ThreadCrashedError, run_kiosk, watchdog_limit
+from kiosk.testing import FlakyStage
 from kiosk.watchdog import Watchdog
 
 gpiozero = pytest.importorskip("gpiozero", reason="gpiozero (dev extra) is needed for the mock relay")
@@ -111,20 +113,23 @@ class FakeCamera:
         return {"state": "ended" if self.left <= 0 else "ok", "source": "fake"}
 
 
-class FakePipeline:
-    """Enough of ``Pipeline`` for a loop that never sees a face; ``stage(frame_number)`` runs inside process()."""
+class NoFaces:
+    """Enough of ``Pipeline`` for a loop that never sees a face."""
 
-    def __init__(self, cfg: Config, stage: Callable[[int], None]) -> None:
-        self.cfg, self.stage, self.calls = cfg, stage, 0
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
 
     def detect(self, image: np.ndarray) -> list[Any]:
-        self.calls += 1
-        self.stage(self.calls)
         return []
 
 
+def fake_pipeline(cfg: Config, stage: Callable[[int], None]) -> FlakyStage[NoFaces]:
+    """A face-less pipeline whose detector runs ``stage(frame_number)`` first, inside process() (it may raise)."""
+    return FlakyStage(NoFaces(cfg), "detect", stage)
+
+
 def fake_loop(cfg: Config, door: Any, stage: Callable[[int], None], frames: int, **kw: Any) -> DoorLoop:
-    return DoorLoop(FakePipeline(cfg, stage), None, FakeCamera(frames), door, **kw)  # type: ignore[arg-type]
+    return DoorLoop(fake_pipeline(cfg, stage), None, FakeCamera(frames), door, **kw)  # type: ignore[arg-type]
 
 
 # -- exceptions --------------------------------------------------------------------------------------------------------
@@ -346,7 +351,7 @@ def test_a_healthy_loop_keeps_the_watchdog_quiet_with_or_without_frames(tmp_path
     cfg = cfg_of(tmp_path)
     exits: list[int] = []
     with open_door(cfg.door, pin_factory=factory) as door:
-        loop = DoorLoop(FakePipeline(cfg, lambda n: None), None, IdleCamera(), door)  # type: ignore[arg-type]
+        loop = DoorLoop(fake_pipeline(cfg, lambda n: None), None, IdleCamera(), door)  # type: ignore[arg-type]
         runner = threading.Thread(target=loop.run, kwargs={"frame_timeout_s": 0.1})
         with Watchdog(lambda: loop.heartbeat, door, 0.3, on_stall=exits.append, poll_s=0.02):
             runner.start()

@@ -38,6 +38,7 @@ from kiosk.enroll import enroll
 from kiosk.errors import ExitCode, GalleryError, HardwareError
 from kiosk.gallery import Gallery, TemplateIn
 from kiosk.loop import DoorLoop
+from kiosk.testing import ManualClock, ScriptedSource, ScriptItem
 from kiosk.types import Image
 from kiosk.watchdog import Watchdog
 
@@ -127,33 +128,34 @@ class Feeder:
 # -- camera unplugged or stalled -----------------------------------------------------------------------------------
 
 
-class ScriptedCamera:
-    """A live source the test switches between ``wall``, ``face`` and ``down`` (unplugged: open/read raise; stalled:
-    read returns nothing)."""
-
-    live, ended, fps, name = True, False, None, "scripted"
+class CameraView:
+    """What a live camera sees, switched by the test between ``wall``, ``face`` and ``down`` (``how`` it is down:
+    unplugged, open and read raise; stalled, read returns nothing), as the script of a ``ScriptedSource``."""
 
     def __init__(self, face: Image, how: str) -> None:
         self.face, self.how, self.mode, self.n = face, how, "wall", 0
         self.tries_while_down = 0
 
-    def open(self) -> None:
-        if self.mode == "down" and self.how == "unplugged":
-            self.tries_while_down += 1
-            raise HardwareError("cannot open /dev/video0: no such device")
+    def frames(self) -> Iterator[ScriptItem]:
+        while True:
+            if self.mode == "down":
+                self.tries_while_down += 1
+                yield HardwareError("read failed (device gone)") if self.how == "unplugged" else None
+            else:
+                self.n += 1
+                yield scene(self.face if self.mode == "face" else None, self.n)
 
-    def read(self) -> Image | None:
-        time.sleep(0.04)
-        if self.mode == "down":
-            self.tries_while_down += 1
-            if self.how == "unplugged":
-                raise HardwareError("read failed (device gone)")
-            return None
-        self.n += 1
-        return scene(self.face if self.mode == "face" else None, self.n)
+    def opens(self) -> Iterator[bool | BaseException]:
+        while True:
+            if self.mode == "down" and self.how == "unplugged":
+                self.tries_while_down += 1
+                yield HardwareError("cannot open /dev/video0: no such device")
+            else:
+                yield True
 
-    def close(self) -> None:
-        pass
+    def source(self) -> ScriptedSource:
+        """The camera: each read takes 0.04 s, then shows what the view is at that moment."""
+        return ScriptedSource(self.frames(), name="scripted", live=True, opens=self.opens(), read_delay_s=0.04)
 
 
 def run_scripted(loop: DoorLoop, camera: Camera, script: Callable[[], None]) -> None:
@@ -187,24 +189,24 @@ def test_camera_down_keeps_the_loop_running_door_locked_then_recognises(
     tmp_path: Path, photos: dict[str, Path], factory: MockFactory, how: str
 ) -> None:
     cfg = cfg_of(tmp_path)
-    source = ScriptedCamera(cv2.imread(str(photos["colin"])), how)
+    view = CameraView(cv2.imread(str(photos["colin"])), how)
     decisions: list[Decision] = []
     with enrolled(cfg, photos) as ctx, open_door(cfg.door, pin_factory=factory) as door:
-        camera = Camera(source, cfg.camera)
+        camera = Camera(view.source(), cfg.camera)
         loop = DoorLoop(ctx.pipeline, ctx.gallery, camera, door, on_decision=lambda d, _: decisions.append(d))
 
         def script() -> None:
             assert wait_until(lambda: loop.stats.frames >= 5, 20)
-            source.mode = "down"
+            view.mode = "down"
             assert wait_until(lambda: camera.status()["state"] == "reconnecting", 10)
             time.sleep(0.3)  # a frame taken just before the loss may still be in process()
             frames, beat = loop.stats.frames, loop.heartbeat
             time.sleep(1.0)
             assert loop.heartbeat > beat + 0.5, "the loop keeps iterating"
             assert loop.stats.frames == frames, "no frame while the camera is down"
-            assert source.tries_while_down >= 2, "and the camera thread keeps trying"
+            assert view.tries_while_down >= 2, "and the camera thread keeps trying"
             assert states(factory.pin(RELAY)) == [False], "locked all along"
-            source.mode = "face"
+            view.mode = "face"
             assert wait_until(lambda: bool(decisions), 20)
 
         run_scripted(loop, camera, script)
@@ -226,9 +228,9 @@ def test_gallery_locked_by_another_writer(
 ) -> None:
     cfg = cfg_of(tmp_path)
     colin = cv2.imread(str(photos["colin"]))
-    now = [1000.0]
+    now = ManualClock(1000.0)
     with enrolled(cfg, photos) as ctx, open_door(cfg.door, pin_factory=factory) as door:
-        loop = DoorLoop(ctx.pipeline, ctx.gallery, None, door, clock=lambda: now[0])  # type: ignore[arg-type]
+        loop = DoorLoop(ctx.pipeline, ctx.gallery, None, door, clock=now)  # type: ignore[arg-type]
         feed = Feeder(loop)
         events_before = len([e for e in ctx.gallery.events() if e["kind"] == "access"])
         other = sqlite3.connect(cfg.gallery_path, timeout=0, isolation_level=None)
@@ -236,7 +238,7 @@ def test_gallery_locked_by_another_writer(
         try:
             first = feed.visit(colin) + feed.visit(colin)
             assert len(error_lines(caplog)) == 1, "one line per interval, not one per failed write"
-            now[0] += 61  # the next interval
+            now.advance(61)  # the next interval
             second = feed.visit(colin)
             assert len(error_lines(caplog)) == 2
         finally:
@@ -456,21 +458,21 @@ def test_clock_jumps_change_no_cooldown_pulse_or_watchdog(
     monkeypatch.setattr(time, "time", jumpy.time)
     monkeypatch.setattr(kiosk.gallery, "datetime", jumpy.datetime())
     cfg = cfg_of(tmp_path, decision={"frames_needed": 3, "window": 5, "cooldown_s": 60.0, "track_max_age_s": 0.4})
-    source = ScriptedCamera(cv2.imread(str(photos["colin"])), "stalled")
+    view = CameraView(cv2.imread(str(photos["colin"])), "stalled")
     decisions: list[Decision] = []
     fired: list[int] = []
     with enrolled(cfg, photos) as ctx, open_door(cfg.door, pin_factory=factory) as door:
-        camera = Camera(source, cfg.camera)
+        camera = Camera(view.source(), cfg.camera)
         loop = DoorLoop(ctx.pipeline, ctx.gallery, camera, door, on_decision=lambda d, _: decisions.append(d))
 
         def script() -> None:
-            source.mode = "face"
+            view.mode = "face"
             assert wait_until(lambda: bool(decisions), 20)
             for offset in (86400.0, -86400.0):
-                source.mode = "wall"
+                view.mode = "wall"
                 time.sleep(0.8)  # the track ends
                 jumpy.offset = offset
-                source.mode = "face"
+                view.mode = "face"
                 seen = loop.stats.embeddings
                 assert wait_until(lambda seen=seen: loop.stats.embeddings >= seen + 6, 20), "he was looked at again"
 

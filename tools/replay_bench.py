@@ -22,7 +22,7 @@ Two modes, two questions:
 Why a media clock: in lockstep the reader thread hands frames over as fast as the loop takes them (much faster than
 10 fps), so frames stamped with the real clock would be milliseconds apart, the 1.2 s gaps would shrink below the
 tracker's 1 s max age and every clip would merge into one track. ``ReplaySource.media_clock`` is passed to
-``Camera``, ``DoorLoop`` and the door instead; see its docstring for why the stamps it gives are exactly index/fps.
+``Camera``, ``DoorLoop`` and the door instead; ``ReplaySource`` says why the stamps it gives are exactly index/fps.
 
 This is a measuring command, not a test: it prints a table and (``--json``) writes every figure, the configuration,
 model hashes, machine and versions. ``tests/test_replay_bench.py`` runs a tiny version of it.
@@ -57,7 +57,7 @@ from kiosk.capture import Camera, Frame
 from kiosk.config import Config, DecisionConfig, load_config, parse_config
 from kiosk.context import Context
 from kiosk.decide import Decider, Decision, Observation
-from kiosk.door import Door, SimulatedDoor, open_door
+from kiosk.door import SimulatedDoor, open_door
 from kiosk.enroll import enroll
 from kiosk.errors import FaceError
 from kiosk.gallery import Gallery
@@ -68,6 +68,7 @@ from kiosk.match import MatchResult
 from kiosk.notify import Notifier
 from kiosk.pipeline import Pipeline
 from kiosk.stats import dist
+from kiosk.testing import ManualClock
 from kiosk.types import Image
 
 log = logging.getLogger("tools.replay_bench")
@@ -317,6 +318,15 @@ def render_face_frame(
 class ReplaySource:
     """An in-memory ``kiosk.capture.FrameSource``: each probe's clip (face frames, then empty wall), rendered on
     demand so memory stays flat (8,800 frames of 640x480 would be 8 GB). Not live: ``Camera`` treats it as a replay.
+
+    ``media_clock`` is a ``kiosk.testing.ManualClock`` that ``read()`` sets to the newest frame's media time,
+    index / fps. ``Camera`` stamps a frame with ``clock()`` inside ``_publish``, on its reader thread, right after
+    ``read()`` returned that frame and (in lockstep) after the loop took the previous one. The reader reads nothing
+    between the two, so the stamp is exactly index/fps. The loop and the door call the same clock from the loop
+    thread while the reader may already have read one or two frames further ahead, so *their* ``clock()`` runs up to
+    0.2 s ahead of the frame being processed; the loop uses that only for the per-frame processing latency it
+    attaches to observations, its status cadence and the time of the final flush, never for a decision (the decider
+    works on frame stamps). Door-timeline times are therefore only used for counting and order here.
     """
 
     live = False
@@ -336,6 +346,7 @@ class ReplaySource:
         self.probes, self.photos, self.spec, self.seed = list(probes), photos, spec, seed
         self.total = len(self.probes) * spec.frames_per_clip
         self.produced = 0  # frames returned by read() so far; only the camera's reader thread writes it
+        self.media_clock = ManualClock()  # media time of the newest frame read
         self.appeared_at: list[float | None] = [None] * len(self.probes)  # monotonic time each clip's face appeared
         self._wall = wall_frame()
         self._noise = noise_bank(seed)
@@ -349,19 +360,6 @@ class ReplaySource:
     def clip_start_s(self, clip_no: int) -> float:
         """Media time of the clip's first face frame."""
         return clip_no * self.spec.frames_per_clip / self.spec.fps
-
-    def media_clock(self) -> float:
-        """Media time of the newest frame read: (frames read - 1) / fps.
-
-        ``Camera`` stamps a frame with ``clock()`` inside ``_publish``, on its reader thread, right after ``read()``
-        returned that frame and (in lockstep) after the loop took the previous one. The reader reads nothing between
-        the two, so the stamp is exactly index/fps. The loop and the door call the same clock from the loop thread
-        while the reader may already have read one or two frames further ahead, so *their* ``clock()`` runs up to
-        0.2 s ahead of the frame being processed; the loop uses that only for the per-frame processing latency it
-        attaches to observations, its status cadence and the time of the final flush, never for a decision (the
-        decider works on frame stamps). Door-timeline times are therefore only used for counting and order here.
-        """
-        return max(self.produced - 1, 0) / self.spec.fps
 
     def open(self) -> None:
         """Nothing to open; a reopen after a (never expected) failure continues where the replay was."""
@@ -384,6 +382,7 @@ class ReplaySource:
                 if self._progress is not None and clip_no % step == 0:
                     self._progress(f"clip {clip_no + 1}/{len(self.probes)} (frame {index}/{self.total})")
         self.produced = index + 1
+        self.media_clock.advance_to(index / self.spec.fps)
         return image
 
     def close(self) -> None:
@@ -415,6 +414,13 @@ class Recorder:
     observations: list[ObsRecord] = field(default_factory=list)
     decisions: list[tuple[Decision, str]] = field(default_factory=list)
 
+    def frame(self, frame: Frame, frame_ms: float) -> None:
+        """``DoorLoop``'s ``on_frame``: each frame's index, stamp and processing time (``LoopStats`` keeps only the
+        last 200)."""
+        self.index_of_t[frame.t] = frame.index
+        self.stamps.append((frame.index, frame.t))
+        self.frame_ms.append((frame.index, frame_ms))
+
 
 class RecordingDecider(Decider):
     """The real ``Decider``; it only notes each observation before deciding on it (for per-frame diagnosis)."""
@@ -428,40 +434,6 @@ class RecordingDecider(Decider):
             ObsRecord(track_id, first_seen, obs.t, obs.quality_ok, obs.quality_reasons, obs.match)
         )
         return super().observe(track_id, obs, first_seen)
-
-
-class BenchLoop(DoorLoop):
-    """The real ``DoorLoop`` (``run`` and ``process`` unchanged); it records each frame's index, stamp and processing
-    time, which ``LoopStats`` keeps only for the last 200 frames, and observes through ``RecordingDecider``."""
-
-    def __init__(
-        self,
-        pipeline: Pipeline,
-        gallery: Gallery,
-        camera: Camera,
-        door: Door,
-        *,
-        recorder: Recorder,
-        clock: Callable[[], float],
-    ) -> None:
-        super().__init__(
-            pipeline,
-            gallery,
-            camera,
-            door,
-            notifier=Notifier(address=""),  # never talk to systemd, even when NOTIFY_SOCKET is set
-            clock=clock,
-            on_decision=lambda d, action: recorder.decisions.append((d, action)),
-        )
-        self.recorder = recorder
-        self.decider = RecordingDecider(self.cfg.decision, recorder)
-
-    def process(self, frame: Frame) -> list[Decision]:
-        self.recorder.index_of_t[frame.t] = frame.index
-        self.recorder.stamps.append((frame.index, frame.t))
-        decisions = super().process(frame)
-        self.recorder.frame_ms.append((frame.index, self.stats.frame_ms[-1]))
-        return decisions
 
 
 @dataclass
@@ -490,7 +462,18 @@ def run_replay(pipeline: Pipeline, gallery: Gallery, cfg: Config, source: Replay
         raise RuntimeError("the replay bench needs the simulated door")
     recorder = Recorder()
     try:
-        loop = BenchLoop(pipeline, gallery, camera, door, recorder=recorder, clock=clock)
+        # The real DoorLoop (run and process unchanged), observing through RecordingDecider, recording every frame.
+        loop = DoorLoop(
+            pipeline,
+            gallery,
+            camera,
+            door,
+            notifier=Notifier(address=""),  # never talk to systemd, even when NOTIFY_SOCKET is set
+            clock=clock,
+            on_decision=lambda d, action: recorder.decisions.append((d, action)),
+            decider=RecordingDecider(pipeline.cfg.decision, recorder),
+            on_frame=recorder.frame,
+        )
         camera.start()
         door.off()
         t0 = time.perf_counter()

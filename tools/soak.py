@@ -24,10 +24,11 @@ test-sized soak in ``tests/test_soak.py``:
   for longer than the kiosk's ``gallery.busy_timeout_s``, so the loop's event writes meet a locked gallery (each
   failed attempt counted as ``lock_hit`` by ``count_event_failures``; the loop queues the event and retries). The
   soak runs it in the parent: a genuinely separate process.
-* ``ExceptionInjector`` (through ``FlakyDetector``/``FlakyEmbedder``, installed by ``inject_exceptions``) raises
-  ``RuntimeError`` in the detector or the embedder at a rate; optionally a *burst* of ``safety.max_frame_errors``
-  consecutive failing frames (the loop must exit and be restarted) or a *hang* longer than the internal watchdog's
-  limit (the watchdog must lock the door and end the process).
+* ``ExceptionInjector`` (asked before every model call by ``kiosk.testing.FlakyStage`` wrappers of the detector and
+  the embedder: ``flaky_pipeline``, or ``inject_exceptions`` in the soak child) raises ``RuntimeError`` in the
+  detector or the embedder at a rate; optionally a *burst* of ``safety.max_frame_errors`` consecutive failing
+  frames (the loop must exit and be restarted) or a *hang* longer than the internal watchdog's limit (the watchdog
+  must lock the door and end the process).
 
 ``--faults`` takes ``kind=value`` pairs separated by commas (``none`` for no faults); rates are per camera read for
 drop/stall/unplug, per model call for exception, per frame for burst/hang, and lock episodes per second for lock.
@@ -68,7 +69,8 @@ from kiosk.gallery import Gallery
 from kiosk.loop import DoorLoop, LoopStats
 from kiosk.notify import Notifier
 from kiosk.pipeline import Pipeline
-from kiosk.types import Face, FloatArray, Image
+from kiosk.testing import FlakyStage
+from kiosk.types import Image
 
 log = logging.getLogger("tools.soak")
 
@@ -360,40 +362,30 @@ class ExceptionInjector:
         return sum(self.faults[k] for k in ("exception_detect", "exception_embed", "burst_exception"))
 
 
-class FlakyDetector:
-    """A ``Detector`` that asks the injector before every ``detect``."""
-
-    def __init__(self, inner: Detector, injector: ExceptionInjector) -> None:
-        self.inner, self.injector = inner, injector
-        self.spec = inner.spec
-        self.score_threshold = inner.score_threshold
-        self.nms_iou = inner.nms_iou
-
-    def detect(self, image: Image) -> list[Face]:
-        self.injector.before("detect")
-        return self.inner.detect(image)
+def flaky_stages(pipeline: Pipeline, injector: ExceptionInjector) -> tuple[FlakyStage[Detector], FlakyStage[Embedder]]:
+    """The pipeline's detector and embedder, each asking the injector before every ``detect``/``embed``
+    (``kiosk.testing.FlakyStage``: the injector raises, hangs or lets the call through)."""
+    return (
+        FlakyStage(pipeline.detector, "detect", lambda n: injector.before("detect")),
+        FlakyStage(pipeline.embedder, "embed", lambda n: injector.before("embed")),
+    )
 
 
-class FlakyEmbedder(Embedder):
-    """The same embedder (its spec, runner and preprocessing), asking the injector before every ``embed``."""
-
-    def __init__(self, inner: Embedder, injector: ExceptionInjector) -> None:
-        # NOTE: no super().__init__: this is a view of the already loaded embedder, not a second model load.
-        vars(self).update(vars(inner))
-        self.injector = injector
-
-    def embed(self, crops: list[Image]) -> FloatArray:
-        if crops:
-            self.injector.before("embed")
-        return super().embed(crops)
+def flaky_pipeline(pipeline: Pipeline, injector: ExceptionInjector) -> Pipeline:
+    """A second ``Pipeline`` on the same loaded models and config, its detector and embedder made flaky."""
+    detector, embedder = flaky_stages(pipeline, injector)
+    return Pipeline(pipeline.cfg, detector.as_stage(), embedder.as_stage(), pipeline.template)
 
 
 @contextlib.contextmanager
 def inject_exceptions(pipeline: Pipeline, injector: ExceptionInjector) -> Iterator[None]:
-    """The pipeline's detector and embedder wrapped by the injector; restored on exit."""
+    """The pipeline's detector and embedder made flaky in place; restored on exit.
+
+    Only for the soak child: ``run_kiosk`` builds its own pipeline and offers no way to pass one in, so the child
+    swaps the stages of the running one (the in-process soak builds ``flaky_pipeline`` instead)."""
     detector, embedder = pipeline.detector, pipeline.embedder
-    pipeline.detector = FlakyDetector(detector, injector)
-    pipeline.embedder = FlakyEmbedder(embedder, injector)
+    flaky_detector, flaky_embedder = flaky_stages(pipeline, injector)
+    pipeline.detector, pipeline.embedder = flaky_detector.as_stage(), flaky_embedder.as_stage()
     try:
         yield
     finally:
@@ -585,9 +577,9 @@ def soak_inprocess(
     )
     t0 = time.perf_counter()
     try:
-        with inject_exceptions(pipeline, injector), count_event_failures(gallery, faults):
+        with count_event_failures(gallery, faults):
             loop = DoorLoop(
-                pipeline,
+                flaky_pipeline(pipeline, injector),
                 gallery,
                 camera,
                 door,
