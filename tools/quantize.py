@@ -48,6 +48,7 @@ from kiosk.pipeline import Pipeline, runtime_options
 from kiosk.stats import interleaved_ms, median, percentile
 from kiosk.types import Image
 from tools.build_models import recompose_prelu, set_nodes
+from tools.errors import ToolError, run_tool
 from tools.registry import ROOT, default_models_dir, read_manifest, register, tool_versions
 
 F32 = npt.NDArray[np.float32]
@@ -57,8 +58,10 @@ GATE_FAR = "1e-3"
 ACCEPT_FMR, LIKELY_FMR = "1e-5", "1e-3"  # the fp32 SFace entry's convention (tools/build_models.py)
 
 
-class QuantizeError(Exception):
-    """A one-line, user-facing reason the tool stopped."""
+class QuantizeError(ToolError):
+    """A one-line, user-facing reason the tool stopped (exit 2)."""
+
+    code = 2
 
 
 @dataclass(frozen=True)
@@ -847,11 +850,14 @@ def _write_json(path: Path | None, report: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
-    try:
-        return run(opts)
-    except (QuantizeError, KioskError) as exc:
-        print(f"quantize: {exc}", file=sys.stderr)
-        return 2
+
+    def body() -> int:
+        try:
+            return run(opts)
+        except KioskError as exc:  # a missing model or a bad manifest is a bad argument here: exit 2, as always
+            raise QuantizeError(str(exc)) from exc
+
+    return run_tool("quantize", body)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
+from tools.errors import ToolError, run_tool
+
 ROOT = Path(__file__).resolve().parent.parent
 PROG = "python -m tools readme-tables"
 
@@ -64,8 +66,10 @@ LIVENESS = {"active": "active: face mesh + iris while a challenge runs", "passiv
 Json = Mapping[str, Any]
 
 
-class TablesError(Exception):
+class TablesError(ToolError):
     """A one-line reason the tables cannot be rendered (missing file, marker or key): exit 2."""
+
+    code = 2
 
 
 @dataclass(frozen=True)
@@ -532,11 +536,11 @@ def updated(root: Path, src: Sources) -> dict[Path, tuple[str, str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
-    try:
-        files = updated(args.root, load_sources(args.results))
-    except TablesError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return 2
+    return run_tool(PROG, lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> int:
+    files = updated(args.root, load_sources(args.results))
     stale = {path: (old, new) for path, (old, new) in files.items() if new != old}
     if not stale:
         print(f"{', '.join(str(p) for p in files)}: tables up to date")

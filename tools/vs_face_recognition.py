@@ -71,7 +71,11 @@ WORKER_TIMEOUT_S = 600.0
 
 
 class VsError(Exception):
-    """A one-line reason this comparison cannot run (venv, worker, data)."""
+    """A one-line reason this comparison cannot run (venv, worker, data).
+
+    NOTE not a ``tools.errors.ToolError``: face_recognition's venv runs this file by path, where neither ``tools`` nor
+    ``kiosk`` can be imported; ``main`` reports it in ``run_tool``'s format.
+    """
 
 
 # -- workers (run inside each library's environment) -----------------------------------------------------------------
@@ -726,7 +730,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         report = compare(args, log)
     except VsError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
     print(format_table(report))
     if args.json is not None:
