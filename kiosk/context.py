@@ -12,11 +12,11 @@ from types import TracebackType
 
 from .config import Config
 from .gallery import Gallery, GalleryMatrix
+from .gallery.open import open_gallery
 from .liveness import Liveness
 from .manifest import Manifest, load_manifest
 from .match import Matcher
 from .pipeline import Pipeline, runtime_options
-from .storage import open_gallery
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from helpers import config_file, run_cli  # tests/ is on sys.path
 
 from kiosk.errors import ExitCode
 from kiosk.gallery import Gallery, TemplateIn
-from kiosk.keys import AesGcmCipher, read_key_file
+from kiosk.gallery.keys import AesGcmCipher, read_key_file
 from kiosk.manifest import load_manifest
 
 MODEL, SHA = "sface", "5" * 64

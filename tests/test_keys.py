@@ -12,7 +12,7 @@ import pytest
 from kiosk.cli import main
 from kiosk.config import Config, parse_config
 from kiosk.errors import ExitCode, InputError, InsecureStorageError, TemplateKeyError
-from kiosk.keys import AesGcmCipher, generate_key_file, key_id, load_cipher, parse_key
+from kiosk.gallery.keys import AesGcmCipher, generate_key_file, key_id, load_cipher, parse_key
 
 KEY = bytes(range(32))
 

@@ -21,8 +21,10 @@ from helpers import config_file, run_cli  # tests/ is on sys.path
 from kiosk.config import Config, parse_config
 from kiosk.errors import ExitCode, GalleryError, TemplateKeyError
 from kiosk.gallery import Gallery, TemplateIn
-from kiosk.keys import AesGcmCipher
-from kiosk.storage import backup_gallery, list_backups, open_gallery, permission_problems
+from kiosk.gallery.backup import backup_gallery, list_backups
+from kiosk.gallery.keys import AesGcmCipher
+from kiosk.gallery.open import open_gallery
+from kiosk.gallery.permissions import permission_problems
 
 MODEL, SHA = "sface", "5" * 64
 NOBODY = 65534

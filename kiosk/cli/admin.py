@@ -15,10 +15,11 @@ from ..config import Config
 from ..context import Context
 from ..errors import ExitCode, InputError, KioskError
 from ..gallery import Gallery
+from ..gallery.keys import load_cipher
+from ..gallery.open import encryption_problem, open_gallery
+from ..gallery.permissions import permission_problems
 from ..imageio import read_image
-from ..keys import load_cipher
 from ..manifest import load_manifest
-from ..storage import encryption_problem, open_gallery, permission_problems
 from ._output import emit_json, table
 
 

@@ -11,8 +11,9 @@ from .. import authz
 from ..config import Config
 from ..errors import GalleryCorruptError, GalleryError, InputError, TamperedError
 from ..gallery import Gallery
-from ..keys import AesGcmCipher, generate_key_file, load_cipher, read_key_file
-from ..storage import backup_gallery, gallery_in_use, move_damaged_aside, open_gallery
+from ..gallery.backup import backup_gallery
+from ..gallery.keys import AesGcmCipher, generate_key_file, load_cipher, read_key_file
+from ..gallery.open import gallery_in_use, move_damaged_aside, open_gallery
 from ._output import emit_json
 
 SQLITE_MAGIC = b"SQLite format 3\x00"

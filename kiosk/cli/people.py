@@ -9,7 +9,8 @@ from typing import Any
 from ..config import Config
 from ..errors import ExitCode, InputError, KioskError
 from ..gallery import Gallery, Person, erase_from_backup
-from ..storage import backup_files, open_gallery
+from ..gallery.backup import backup_files
+from ..gallery.open import open_gallery
 from ._output import emit_json, table
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from ..config import Config
 from ..decide import Decision
 from ..errors import TamperedError
-from ..storage import open_gallery
+from ..gallery.open import open_gallery
 from ._output import emit_json, fmt, table
 
 

@@ -1,4 +1,4 @@
-"""Opening the gallery safely, and its backups.
+"""Opening the gallery safely.
 
 ``open_gallery`` is the one way the kiosk and the CLI open the gallery (``Context.gallery`` uses it). Before the
 file is opened it checks that nobody but the service user can reach the templates (folder 0700, files without
@@ -6,83 +6,29 @@ group/other bits, all owned by the effective user), loads the encryption key whe
 SQLite's integrity check, and refuses a gallery whose templates do not match the configured encryption, so the
 kiosk never runs half-encrypted or silently on the wrong key.
 
-``backup_gallery`` writes an online SQLite backup (the kiosk may keep running) into ``backup_dir`` and prunes the
-oldest beyond ``gallery.backups_keep``.
+``gallery_in_use`` and ``move_damaged_aside`` serve ``kiosk restore`` when the gallery is damaged.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import logging
 import os
-import pwd
-import re
-import stat
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import authz
-from .config import Config
-from .errors import GalleryCorruptError, InsecureStorageError, TemplateKeyError
-from .gallery import Gallery
+from kiosk import authz
+from kiosk.config import Config
+from kiosk.errors import GalleryCorruptError, TemplateKeyError
+
+from .backup import newest_backup
+from .db import Gallery
 from .keys import load_cipher
+from .permissions import check_permissions
 
-log = logging.getLogger(__name__)
-
-BACKUP_PREFIX = "gallery-"
-BACKUP_SUFFIX = ".db"
-_BACKUP_NAME = re.compile(r"gallery-(\d{8}T\d{6}Z)(?:-(\d+))?\.db")
-SIDECARS = ("-wal", "-shm")
 # SQLite's POSIX lock bytes: every open connection of a WAL database holds a shared lock on the -shm file's
 # dead-man-switch byte, and readers hold one on the database file's shared range.
 _SHM_DMS_BYTE = 128
 _DB_SHARED_FIRST, _DB_SHARED_SIZE = 0x40000002, 510
-
-
-def _user(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
-def private_path_problem(path: Path, *, folder: bool) -> str | None:
-    """Why ``path`` is not private to the effective user (None when it is, or does not exist)."""
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return None
-    mode, uid = stat.S_IMODE(st.st_mode), os.geteuid()
-    if folder and not stat.S_ISDIR(st.st_mode):
-        return f"{path} is not a folder"
-    if not folder and not stat.S_ISREG(st.st_mode):
-        return f"{path} is not a regular file (a link or device): move it away"
-    if st.st_uid != uid:
-        owner, me = _user(st.st_uid), _user(uid)
-        return f"{path} is owned by {owner}, not {me}: run kiosk as {owner}, or chown {me} {path}"
-    if mode & 0o077:
-        want = "700" if folder else "600"
-        return f"{path} has mode {mode:04o}, others may read the templates: chmod {want} {path}"
-    return None
-
-
-def permission_problems(cfg: Config) -> list[str]:
-    """Every way the gallery's folder and files are reachable by others (empty when private)."""
-    path = cfg.gallery_path
-    problems = [private_path_problem(path.parent, folder=True)]
-    problems += [private_path_problem(Path(f"{path}{s}"), folder=False) for s in ("", *SIDECARS)]
-    return [p for p in problems if p]
-
-
-def check_permissions(cfg: Config) -> None:
-    """InsecureStorageError naming the first problem (when ``gallery.check_permissions`` is on)."""
-    if not cfg.gallery.check_permissions:
-        return
-    problems = permission_problems(cfg)
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise InsecureStorageError(f"refusing to open the gallery: {problems[0]}{more}")
 
 
 def encryption_problem(status: dict[str | None, int], key_id: str | None) -> str | None:
@@ -160,89 +106,6 @@ def _reason(err: Exception) -> str:
     text = str(err)
     start, end = text.find("("), text.find(")")
     return text[start + 1 : end] if 0 <= start < end else text
-
-
-# -- backups ---------------------------------------------------------------------------------------------------
-
-
-def _backup_order(path: Path) -> tuple[str, int]:
-    match = _BACKUP_NAME.fullmatch(path.name)
-    return (match[1], int(match[2] or 0)) if match else ("", 0)
-
-
-def list_backups(cfg: Config) -> list[Path]:
-    """The backups ``kiosk backup`` made in ``backup_dir`` (named gallery-<UTC time>[-N].db), oldest first."""
-    folder = cfg.backup_dir
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.iterdir() if _BACKUP_NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink()]
-    return sorted(found, key=_backup_order)
-
-
-def backup_files(cfg: Config) -> list[Path]:
-    """Every database file in ``backup_dir`` (ours and any other ``*.db`` put there): what erasure must reach."""
-    folder = cfg.backup_dir
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.glob("*.db") if p.is_file() and not p.is_symlink())
-
-
-def newest_backup(cfg: Config) -> Path | None:
-    backups = list_backups(cfg)
-    return backups[-1] if backups else None
-
-
-def _backup_dir(cfg: Config) -> Path:
-    folder = cfg.backup_dir
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if cfg.gallery.check_permissions and (problem := private_path_problem(folder, folder=True)):
-        raise InsecureStorageError(f"refusing to write a backup: {problem}")
-    return folder
-
-
-def shred(path: Path) -> None:
-    """Overwrite a file with zeros, then delete it (best effort: flash storage may keep old blocks)."""
-    with contextlib.suppress(OSError):
-        size = path.stat().st_size
-        with path.open("r+b") as f:
-            f.write(b"\0" * size)
-            f.flush()
-            os.fsync(f.fileno())
-    path.unlink(missing_ok=True)
-
-
-def backup_gallery(cfg: Config, gallery: Gallery, out: Path | None = None, *, spare: Path | None = None) -> Path:
-    """Write an online backup of ``gallery`` (to ``out``, else ``backup_dir/gallery-<UTC time>.db``); returns it.
-
-    Backups written to ``backup_dir`` are pruned to the newest ``gallery.backups_keep``; the pruned ones are
-    overwritten before they are deleted, except ``spare`` (the backup being restored). A backup holds the same
-    templates as the gallery (encrypted or not).
-    """
-    if out is None:
-        folder = _backup_dir(cfg)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        out = folder / f"{BACKUP_PREFIX}{stamp}{BACKUP_SUFFIX}"
-        n = 1
-        while out.exists() or Path(f"{out}.tmp").exists():
-            out, n = folder / f"{BACKUP_PREFIX}{stamp}-{n}{BACKUP_SUFFIX}", n + 1
-        gallery.backup(out)
-        prune_backups(cfg, spare=spare)
-    else:
-        gallery.backup(out)
-    log.info("gallery backed up to %s", out)
-    return out
-
-
-def prune_backups(cfg: Config, *, spare: Path | None = None) -> list[Path]:
-    """Delete the oldest backups beyond ``gallery.backups_keep`` (never ``spare``); returns the deleted paths."""
-    keep = spare.resolve() if spare is not None else None
-    candidates = [b for b in list_backups(cfg) if b.resolve() != keep]  # the spare one does not count either
-    pruned = candidates[: max(0, len(candidates) - cfg.gallery.backups_keep)]
-    for old in pruned:
-        for suffix in ("", *SIDECARS):
-            shred(Path(f"{old}{suffix}"))
-        log.info("pruned backup %s", old)
-    return pruned
 
 
 # -- a gallery held open by another process -----------------------------------------------------------------------

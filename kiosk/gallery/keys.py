@@ -17,10 +17,10 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import InputError, InsecureStorageError, TemplateKeyError
+from kiosk.errors import InputError, InsecureStorageError, TemplateKeyError
 
 if TYPE_CHECKING:
-    from .config import Config
+    from kiosk.config import Config
 
 KEY_BYTES = 32
 NONCE_BYTES = 12

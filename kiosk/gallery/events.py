@@ -1,0 +1,133 @@
+"""The event log: validated rows appended to the hash chain, and the gallery's event methods (``add_event``,
+``events``, ``verify_events``, and the admin event that goes with every change)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import unicodedata
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlite_utils import Database
+
+from . import utc_iso
+from .chain import CHAIN_FIELDS, GENESIS_HASH, EventChainReport, event_hash, verify_chain
+from .connection import GalleryConnection
+from .records import _has_surrogate
+
+# fmt: off
+EVENT_FIELDS = ("ts", "track_id", "person_id", "person_name", "score", "runner_up", "threshold", "frames",
+                "liveness", "latency_ms", "door_action", "detail")
+# fmt: on
+_INT_FIELDS = {"track_id", "person_id", "frames"}
+_REAL_FIELDS = {"score", "runner_up", "threshold", "latency_ms"}
+
+
+def _event_row(kind: str, outcome: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """A validated events row: known fields only, numbers as Python numbers, ``detail`` as JSON text."""
+    unknown = sorted(set(fields) - set(EVENT_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown event field(s) {', '.join(unknown)}; allowed: {', '.join(EVENT_FIELDS)}")
+    row: dict[str, Any] = {"ts": utc_iso(fields.get("ts")), "kind": str(kind), "outcome": str(outcome)}
+    for key, value in fields.items():
+        if value is None or key == "ts":
+            continue
+        if key in _INT_FIELDS:
+            row[key] = int(value)
+        elif key in _REAL_FIELDS:
+            row[key] = float(value)  # numpy scalars cannot be bound by sqlite3
+        else:
+            row[key] = json.dumps(value, sort_keys=True, default=str) if key == "detail" else str(value)
+    return row
+
+
+class EventLog(GalleryConnection):
+    """The gallery's event methods: every event is appended to the hash chain in its writer's transaction."""
+
+    @staticmethod
+    def _insert_event(db: Database, row: Mapping[str, Any]) -> int:
+        """Append a row to the hash chain: prev_hash = the newest event's hash, hash over the row as stored.
+
+        Runs inside the caller's BEGIN IMMEDIATE transaction, so no other writer can slip an event in between.
+        """
+        last = db.execute("SELECT hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
+        prev = GENESIS_HASH if last is None else str(last[0] or "")
+        sql = f"INSERT INTO events ({', '.join(row)}, prev_hash) VALUES ({', '.join('?' * (len(row) + 1))})"
+        event_id = int(db.execute(sql, [*row.values(), prev]).lastrowid or 0)
+        stored = db.execute(f"SELECT {', '.join(CHAIN_FIELDS)} FROM events WHERE id = ?", [event_id]).fetchone()
+        digest = event_hash(prev, dict(zip(CHAIN_FIELDS, stored, strict=True)))
+        db.execute("UPDATE events SET hash = ? WHERE id = ?", [digest, event_id])
+        return event_id
+
+    def _audit(
+        self,
+        db: Database,
+        action: str,
+        person_id: int | None = None,
+        person_name: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+        *,
+        always: bool = False,
+    ) -> None:
+        """The admin event of a change, in the change's own transaction: neither is ever stored without the other.
+
+        Written when an actor is set (admin commands), or ``always`` (rekey, restore). Counts only, never templates.
+        """
+        if self.actor is None and not always:
+            return
+        fields = {"person_id": person_id, "person_name": person_name, "detail": {"by": self.actor, **(detail or {})}}
+        self._insert_event(db, _event_row("admin", action, fields))
+
+    def add_event(self, kind: str, outcome: str, *, wait_s: float | None = None, **fields: Any) -> int:
+        """Append an event (access attempt, enrolment, admin action); returns its id. ``detail`` -> JSON.
+
+        ``wait_s`` replaces ``busy_timeout_s`` for this write: the door loop waits briefly and retries later rather
+        than stall behind another writer.
+        """
+        row = _event_row(kind, outcome, fields)
+        if wait_s is None:
+            with self._write() as db:
+                return self._insert_event(db, row)
+        with self._guard():
+            self._db.execute(f"PRAGMA busy_timeout = {max(0, round(wait_s * 1000))}")
+        try:
+            with self._write() as db:
+                return self._insert_event(db, row)
+        finally:
+            with self._guard():
+                self._db.execute(f"PRAGMA busy_timeout = {round(self.busy_timeout_s * 1000)}")
+
+    def events(
+        self, *, since: datetime | None = None, person: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Events at or after ``since``, of ``person`` (any case), the newest ``limit``; newest last."""
+        where: list[str] = ["1"]
+        params: list[Any] = []
+        if since is not None:
+            where.append("ts >= ?")
+            params.append(utc_iso(since))
+        if person is not None and _has_surrogate(person):
+            return []  # no stored name can contain one (clean_name refuses them)
+        if person is not None:
+            where.append("person_name = ? COLLATE NOCASE")
+            params.append(unicodedata.normalize("NFC", person.strip()))
+        sql = f"SELECT * FROM events WHERE {' AND '.join(where)} ORDER BY ts DESC, id DESC"
+        if limit is not None:
+            sql, params = sql + " LIMIT ?", [*params, int(limit)]
+        rows = self._rows(sql, params)
+        for r in rows:
+            if r["detail"] is not None:
+                with contextlib.suppress(ValueError):  # text written by other tools is handed back as is
+                    r["detail"] = json.loads(r["detail"])
+        return rows[::-1]
+
+    def verify_events(self) -> EventChainReport:
+        """Check the event hash chain from the first event to the newest, in one consistent snapshot."""
+        with self._guard():
+            self._db.execute("BEGIN")
+            try:
+                return verify_chain(self._db)
+            finally:
+                self._db.execute("COMMIT")
