@@ -6,7 +6,6 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -67,13 +66,6 @@ def _write_clip(folder: Path, segments: list[tuple[str, Path | None, int]]) -> N
             frame = _scene(photo, i, rng) if photo is not None else np.full((H, W, 3), 110, np.uint8)
             cv2.imwrite(str(folder / f"frame_{k:04d}.png"), frame)
             k += 1
-
-
-@pytest.fixture()
-def factory() -> Iterator[MockFactory]:
-    f = MockFactory()
-    yield f
-    f.close()
 
 
 def _relay_timeline(factory: MockFactory) -> list[tuple[float, bool]]:
@@ -153,7 +145,7 @@ def _frame_of(photo: Path) -> np.ndarray:
 def test_camera_lost_mid_run_reconnects_and_the_door_stays_locked(
     tmp_path: Path, faces_dir: Path, factory: MockFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mjpeg_server
+    from tests import mjpeg_server
 
     lfw = faces_dir / "lfw" / "images"
     colin = sorted((lfw / "Colin_Powell").glob("*.jpg"))

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import config_file, run_cli  # tests/ is on sys.path
 
 from kiosk.config import Config, parse_config
 from kiosk.errors import ExitCode, GalleryError, TemplateKeyError
 from kiosk.gallery import Gallery, TemplateIn
 from kiosk.keys import AesGcmCipher
 from kiosk.storage import backup_gallery, list_backups, open_gallery, permission_problems
+from tests.helpers import config_file, run_cli
 
 MODEL, SHA = "sface", "5" * 64
 NOBODY = 65534
