@@ -275,6 +275,7 @@ def test_blazeface_tflite_detector_runs_the_whole_pipeline(tmp_path: Path, photo
     assert json.loads(capsys.readouterr().out)["results"][0]["match"] == "Colin"
 
 
+@pytest.mark.slow
 def test_eval_pairs_and_labels_on_real_photos(kiosk, faces_dir: Path, tmp_path: Path) -> None:
     lfw = faces_dir / "lfw"
     rows = (lfw / "pairs_dev_test.csv").read_text().splitlines()

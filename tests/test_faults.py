@@ -437,6 +437,7 @@ class Jumpy:
         return JumpyDatetime
 
 
+@pytest.mark.slow
 def test_clock_jumps_change_no_cooldown_pulse_or_watchdog(
     tmp_path: Path, photos: dict[str, Path], factory: MockFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

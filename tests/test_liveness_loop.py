@@ -151,6 +151,7 @@ def test_off_lets_the_held_photo_in(tmp_path: Path, faces_dir: Path, factory: Mo
     assert _relay_states(factory).count(True) == 1
 
 
+@pytest.mark.slow
 def test_both_refuses_the_held_photo(
     tmp_path: Path, faces_dir: Path, factory: MockFactory, minifasnet_models: Path
 ) -> None:
@@ -182,6 +183,7 @@ def test_a_configured_liveness_model_that_is_missing_stops_the_start(tmp_path: P
         _ = ctx.liveness
 
 
+@pytest.mark.slow
 def test_demo_refuses_the_photo_and_lets_the_blinking_astronaut_in(capsys: pytest.CaptureFixture[str]) -> None:
     """``make demo`` (one of the README's two commands): the real loop, camera thread and simulated door."""
     # Real time, as a user sees it: the camera thread paces the clip at 10 fps and the loop takes the newest frame.

@@ -73,6 +73,7 @@ def _relay_timeline(factory: MockFactory) -> list[tuple[float, bool]]:
     return [(float(s.timestamp), bool(s.state)) for s in factory.pin(RELAY_PIN).states]
 
 
+@pytest.mark.slow
 def test_replay_grants_the_enrolled_person_once_and_denies_strangers(
     tmp_path: Path, faces_dir: Path, factory: MockFactory
 ) -> None:

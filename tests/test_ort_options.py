@@ -11,6 +11,7 @@ import pytest
 from tools import ort_options
 
 
+@pytest.mark.slow
 def test_report_has_every_variant_against_the_baseline(tmp_path: Path, faces_dir: Path) -> None:
     out = tmp_path / "ort.json"
     rc = ort_options.main(
