@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+
+if TYPE_CHECKING:
+    from gpiozero.pins.mock import MockFactory
+
+    from kiosk.gallery import Gallery
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,8 +65,34 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.longrepr = f"skipped in CI (KIOSK_FAIL_ON_SKIP=1): {reason}"
 
 
+@pytest.fixture()
+def factory() -> Iterator[MockFactory]:
+    """gpiozero's mock pin factory (the dev extra): each pin keeps its whole state history for relay assertions."""
+    mock = pytest.importorskip("gpiozero.pins.mock", reason="gpiozero (dev extra) is needed for the mock relay")
+    f = mock.MockFactory()
+    yield f
+    f.close()
+
+
+@pytest.fixture()
+def fresh_db() -> Iterator[Gallery]:
+    """An empty, migrated in-memory gallery."""
+    from kiosk.gallery import Gallery
+
+    with Gallery(":memory:") as g:
+        yield g
+
+
+@pytest.fixture()
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
+    """``cli(*argv)`` runs ``kiosk argv...`` in-process and returns (exit code, stdout, stderr)."""
+    from tests.helpers import run_main
+
+    return functools.partial(run_main, capsys)
+
+
 @pytest.fixture(scope="session")
-def pipeline():  # type: ignore[no-untyped-def]
+def pipeline():
     from kiosk.config import parse_config
     from kiosk.pipeline import Pipeline
 

@@ -1,4 +1,4 @@
-"""Helpers several test modules share (tests/ is on sys.path: ``from helpers import ...``)."""
+"""Helpers several test modules share: ``from tests.helpers import ...``."""
 
 from __future__ import annotations
 
@@ -41,8 +41,21 @@ def config_file(tmp_path: Path, text: str = "") -> Path:
     return f
 
 
-def run_cli(cfg: Path, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    """``kiosk --config cfg argv...`` in-process: exit code, stdout, stderr."""
-    code = main(["--config", str(cfg), *argv])
+def run_main(capsys: pytest.CaptureFixture[str], *argv: str, catch_exit: bool = False) -> tuple[int, str, str]:
+    """``kiosk argv...`` in-process: exit code, stdout, stderr.
+
+    With ``catch_exit`` argparse's own exit (``--help``: 0, a usage error: 2) is returned as the exit code; without it
+    the SystemExit propagates and fails the test."""
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:
+        if not catch_exit:
+            raise
+        code = int(exc.code or 0)
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def run_cli(cfg: Path, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """``kiosk --config cfg argv...`` in-process: exit code, stdout, stderr."""
+    return run_main(capsys, "--config", str(cfg), *argv)

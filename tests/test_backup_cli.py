@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import config_file, run_cli  # tests/ is on sys.path
 
 from kiosk.errors import ExitCode
 from kiosk.gallery import Gallery, TemplateIn
 from kiosk.gallery.keys import AesGcmCipher, read_key_file
 from kiosk.manifest import load_manifest
+from tests.helpers import config_file, run_cli
 
 MODEL, SHA = "sface", "5" * 64
 

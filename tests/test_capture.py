@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import sys
-import threading
 import time
 import types
 from collections.abc import Callable, Iterator
@@ -21,8 +20,6 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from helpers import wait_until
-from mjpeg_server import MjpegServer, decode_index, encode_index  # tests/ is on sys.path (rootdir conftest)
 
 from kiosk.capture import (
     Camera,
@@ -37,6 +34,8 @@ from kiosk.capture import (
 from kiosk.config import CameraConfig
 from kiosk.errors import ConfigError, HardwareError
 from kiosk.testing import ManualClock, ScriptedSource, ScriptItem
+from tests.helpers import no_new_threads, wait_until
+from tests.mjpeg_server import MjpegServer, decode_index, encode_index
 
 N_FRAMES = 40
 FAST = {"stall_timeout_s": 0.3, "reconnect_min_s": 0.05, "reconnect_max_s": 0.2}
@@ -60,9 +59,8 @@ def drain(cam: Camera, timeout: float = 2.0) -> list[Frame]:
 @pytest.fixture(autouse=True)
 def no_thread_left_behind() -> Iterator[None]:
     """Every thread a test starts (camera readers, HTTP server and handlers) is ended by that test."""
-    before = set(threading.enumerate())
-    yield
-    assert wait_until(lambda: not set(threading.enumerate()) - before, timeout=2.0), threading.enumerate()
+    with no_new_threads(join_timeout=2.0):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -374,7 +372,7 @@ def test_stall_or_read_failure_reopens(then: str, cameras: Any, caplog: pytest.L
     """No frame for stall_timeout_s (read() keeps returning None) or a raising read() closes and reopens."""
     src = fake_source(frames_per_open=3, then=then)
     cam = cameras(src, cfg())
-    opens = []  # which open() each delivered frame came from (the number is drawn in the frame)
+    opens: list[int] = []  # which open() each delivered frame came from (the number is drawn in the frame)
     while len(set(opens)) < 3 and (f := cam.latest(2.0)) is not None:
         opens.append(decode_index(f.image))
     # The reader keeps only the newest frame, so a consumer that starts late (a loaded CI machine) may never see
@@ -423,7 +421,7 @@ def test_close_joins_the_thread_and_is_idempotent(video: Path, cameras: Any) -> 
     with pytest.raises(RuntimeError, match="start\\(\\) after close\\(\\)"):
         cam.start()
     with pytest.raises(dataclasses.FrozenInstanceError):
-        Frame(np.zeros((2, 2, 3), np.uint8), 0, 0.0).index = 1  # type: ignore[misc]
+        Frame(np.zeros((2, 2, 3), np.uint8), 0, 0.0).index = 1
 
 
 def test_close_without_start_closes_the_source_and_context_manager(cameras: Any) -> None:

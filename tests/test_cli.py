@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import sqlite3
@@ -14,25 +15,18 @@ import pytest
 
 from kiosk.cli import build_parser, main
 from kiosk.errors import ExitCode
+from tests.helpers import config_file, run_cli
 
 
 @pytest.fixture()
 def cfg_file(tmp_path: Path) -> Path:
-    f = tmp_path / "kiosk.yaml"
-    f.write_text(f"data_dir: {tmp_path / 'data'}\n")
-    return f
+    return config_file(tmp_path)
 
 
 @pytest.fixture()
-def kiosk(cfg_file: Path, capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
+def kiosk(cfg_file: Path, capsys: pytest.CaptureFixture[str]):
     """Run the CLI; returns (exit code, stdout, stderr)."""
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        code = main(["--config", str(cfg_file), *argv])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+    return functools.partial(run_cli, cfg_file, capsys)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +77,7 @@ def test_every_command_has_help() -> None:
     walk(parser, "kiosk")
 
 
-def test_enroll_identify_people_lifecycle(kiosk, photos) -> None:  # type: ignore[no-untyped-def]
+def test_enroll_identify_people_lifecycle(kiosk, photos) -> None:
     code, out, err = kiosk("enroll", "Abel Pacheco", str(photos["abel1"]), str(photos["abel2"]), "--json")
     assert code == 0, err
     res = json.loads(out)
@@ -117,7 +111,7 @@ def test_enroll_identify_people_lifecycle(kiosk, photos) -> None:  # type: ignor
     assert code == ExitCode.NOT_FOUND and "kiosk people list" in err
 
 
-def test_enroll_rejections_keep_what_is_stored(kiosk, photos) -> None:  # type: ignore[no-untyped-def]
+def test_enroll_rejections_keep_what_is_stored(kiosk, photos) -> None:
     assert kiosk("enroll", "Abel", str(photos["abel1"]))[0] == 0
     # Same face under another name: refused, nothing stored.
     code, _, err = kiosk("enroll", "Someone Else", str(photos["abel2"]))
@@ -139,14 +133,14 @@ def test_enroll_rejections_keep_what_is_stored(kiosk, photos) -> None:  # type: 
     assert code == 0, err
 
 
-def test_enroll_pick_a_face_in_a_group_photo(kiosk, photos) -> None:  # type: ignore[no-untyped-def]
+def test_enroll_pick_a_face_in_a_group_photo(kiosk, photos) -> None:
     code, _, err = kiosk("enroll", "Left", str(photos["multi"]), "--face", "0", "--json")
     assert code == 0, err
     code, _, err = kiosk("enroll", "Right", str(photos["multi"]), "--face", "9")
     assert code == ExitCode.NO_FACE and "out of range" in err
 
 
-def test_verify_three_level_verdict(kiosk, photos) -> None:  # type: ignore[no-untyped-def]
+def test_verify_three_level_verdict(kiosk, photos) -> None:
     code, out, _ = kiosk("verify", str(photos["abel1"]), str(photos["abel4"]), "--json")
     r = json.loads(out)
     assert code == 0 and r["verdict"] == "the same person" and r["score"] >= r["thresholds"]["accept"]
@@ -161,7 +155,7 @@ def test_verify_three_level_verdict(kiosk, photos) -> None:  # type: ignore[no-u
     assert code == ExitCode.INPUT and err.count("\n") == 1
 
 
-def test_identify_reports_bad_images_per_image(kiosk, photos) -> None:  # type: ignore[no-untyped-def]
+def test_identify_reports_bad_images_per_image(kiosk, photos) -> None:
     kiosk("enroll", "Abel", str(photos["abel1"]))
     code, out, _ = kiosk("identify", str(photos["abel2"]), str(photos["noface"]), str(photos["corrupt"]))
     assert code == ExitCode.NO_FACE
@@ -170,7 +164,7 @@ def test_identify_reports_bad_images_per_image(kiosk, photos) -> None:  # type: 
     assert code == 0 and len(json.loads(out)["results"]) >= 2
 
 
-def test_check_and_models(kiosk, cfg_file: Path) -> None:  # type: ignore[no-untyped-def]
+def test_check_and_models(kiosk, cfg_file: Path) -> None:
     code, out, _ = kiosk("check", "--json")
     r = json.loads(out)
     assert code == 0 and r["ok"], r
@@ -220,7 +214,7 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert e.value.code == ExitCode.USAGE
 
 
-def test_corrupt_and_locked_gallery(kiosk, cfg_file: Path, photos, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_corrupt_and_locked_gallery(kiosk, cfg_file: Path, photos, tmp_path: Path) -> None:
     assert kiosk("enroll", "Abel", str(photos["abel1"]))[0] == 0
     db = tmp_path / "data" / "gallery.db"
     # Locked: another process holds the write lock; a write fails with one line, after the busy timeout.
@@ -269,7 +263,7 @@ def test_tampered_model_refused(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "is missing" in err and "make models" in err and err.count("\n") == 1
 
 
-def test_blazeface_tflite_detector_runs_the_whole_pipeline(tmp_path: Path, photos, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_blazeface_tflite_detector_runs_the_whole_pipeline(tmp_path: Path, photos, capsys) -> None:
     cfg = tmp_path / "blaze.yaml"
     cfg.write_text(f"data_dir: {tmp_path}\nmodels:\n  detector: blazeface\n")
     assert main(["--config", str(cfg), "verify", str(photos["abel1"]), str(photos["abel4"]), "--json"]) == 0
@@ -281,7 +275,8 @@ def test_blazeface_tflite_detector_runs_the_whole_pipeline(tmp_path: Path, photo
     assert json.loads(capsys.readouterr().out)["results"][0]["match"] == "Colin"
 
 
-def test_eval_pairs_and_labels_on_real_photos(kiosk, faces_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.slow
+def test_eval_pairs_and_labels_on_real_photos(kiosk, faces_dir: Path, tmp_path: Path) -> None:
     lfw = faces_dir / "lfw"
     rows = (lfw / "pairs_dev_test.csv").read_text().splitlines()
     pairs = tmp_path / "pairs.csv"
@@ -327,7 +322,7 @@ def test_eval_pairs_and_labels_on_real_photos(kiosk, faces_dir: Path, tmp_path: 
     assert r["accuracy_mean"] >= 0.95
 
 
-def test_enroll_rejects_the_odd_photo_out_and_caps_templates(kiosk, photos, faces_dir: Path, cfg_file: Path) -> None:  # type: ignore[no-untyped-def]
+def test_enroll_rejects_the_odd_photo_out_and_caps_templates(kiosk, photos, faces_dir: Path, cfg_file: Path) -> None:
     colin = sorted((faces_dir / "lfw/images/Colin_Powell").glob("*.jpg"))[:5]
     code, out, err = kiosk("enroll", "Colin", *map(str, colin[:3]), str(photos["abel1"]), "--json")
     assert code == 0, err

@@ -56,7 +56,7 @@ def mtcnn_spec(tmp_path_factory: pytest.TempPathFactory) -> ModelSpec:
 
 def make_detector(spec: ModelSpec, **kwargs: float) -> MTCNNDetector:
     parts = {name: load_runner(part) for name, part in spec.parts.items()}
-    return MTCNNDetector(spec, load_runner(spec), parts=parts, **kwargs)  # type: ignore[arg-type]
+    return MTCNNDetector(spec, load_runner(spec), parts=parts, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -369,7 +369,7 @@ def test_input_size_sets_the_smallest_face(mtcnn_spec: ModelSpec, faces_dir: Pat
 def test_rejects_invalid_input_and_missing_parts(detector: MTCNNDetector, mtcnn_spec: ModelSpec) -> None:
     for bad in (np.zeros((10, 10), np.uint8), np.zeros((10, 10, 4), np.uint8), np.zeros((10, 10, 3), np.float32)):
         with pytest.raises(InputError, match="HxWx3 uint8"):
-            detector.detect(bad)  # type: ignore[arg-type]
+            detector.detect(bad)
     runner = load_runner(mtcnn_spec)
     with pytest.raises(ModelError, match="onet"):
         MTCNNDetector(mtcnn_spec, runner, parts={"rnet": runner})

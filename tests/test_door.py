@@ -20,13 +20,13 @@ import pytest
 from gpiozero import Device, OutputDevice
 from gpiozero.exc import BadPinFactory, PinFactoryFallback
 from gpiozero.pins.mock import MockFactory, MockPin
-from helpers import no_new_threads  # tests/ is on sys.path
 
 from kiosk.cli import door as door_cli
 from kiosk.config import Config, DoorConfig
 from kiosk.door import DOOR_DRIVERS, GpiozeroDoor, RelayDoor, SimulatedDoor, open_door
 from kiosk.errors import ConfigError, HardwareError
 from kiosk.testing import ManualClock
+from tests.helpers import no_new_threads
 
 RELAY, CONTACT, EXIT = 17, 27, 22
 PULSE, MAX = 0.1, 0.2
@@ -50,13 +50,6 @@ def isolated_default_factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
     if Device.pin_factory is not None:
         Device.pin_factory.close()
-
-
-@pytest.fixture()
-def factory() -> Iterator[MockFactory]:
-    f = MockFactory()
-    yield f
-    f.close()
 
 
 def door_cfg(**kw: Any) -> DoorConfig:
@@ -559,7 +552,7 @@ def test_a_relay_that_cannot_be_locked_by_the_timer_stops_the_loop(
     with open_door(door_cfg(), pin_factory=factory) as door:
         door.check()  # healthy: nothing raised
         door.pulse()
-        real_write = door._write  # type: ignore[attr-defined]
+        real_write = door._write
 
         def broken(on: bool, detail: str) -> None:
             if not on and detail == "timer":
@@ -568,7 +561,7 @@ def test_a_relay_that_cannot_be_locked_by_the_timer_stops_the_loop(
 
         monkeypatch.setattr(door, "_write", broken)
         deadline = time.monotonic() + 2.0
-        while door.fault is None and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        while door.fault is None and time.monotonic() < deadline:
             time.sleep(0.005)
         with pytest.raises(HardwareError, match="cannot switch off"):
             door.check()

@@ -7,6 +7,7 @@ import logging
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -267,7 +268,13 @@ def test_evaluate_pairs_without_folds_and_with_enough_impostors(tmp_path: Path) 
 
 
 def test_evaluate_pairs_input_errors(tmp_path: Path) -> None:
-    common = {"root": None, "embed": FakeEmbedder(), "fingerprint": "fp", "cache": EmbeddingCache(None), "models": {}}
+    common: dict[str, Any] = {
+        "root": None,
+        "embed": FakeEmbedder(),
+        "fingerprint": "fp",
+        "cache": EmbeddingCache(None),
+        "models": {},
+    }
     with pytest.raises(InputError, match="no such file"):
         evaluate_pairs(tmp_path / "missing.csv", **common)
     only_same = tmp_path / "same.csv"
@@ -278,7 +285,13 @@ def test_evaluate_pairs_input_errors(tmp_path: Path) -> None:
 
 def test_progress_bar_only_when_asked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     csv_path, _, embedder = make_pairs_set(tmp_path)
-    common = {"root": None, "embed": embedder, "fingerprint": "fp", "cache": EmbeddingCache(None), "models": {}}
+    common: dict[str, Any] = {
+        "root": None,
+        "embed": embedder,
+        "fingerprint": "fp",
+        "cache": EmbeddingCache(None),
+        "models": {},
+    }
     evaluate_pairs(csv_path, progress=True, **common)
     captured = capsys.readouterr()
     assert captured.out == ""

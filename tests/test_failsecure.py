@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import no_new_threads, wait_until  # tests/ is on sys.path
 
 from kiosk.capture import Frame
 from kiosk.config import Config, parse_config
@@ -48,6 +47,7 @@ from kiosk.notify import Notifier
 from kiosk.runner import ThreadCrashedError, run_kiosk, watchdog_limit
 from kiosk.testing import FlakyStage
 from kiosk.watchdog import Watchdog
+from tests.helpers import no_new_threads, wait_until
 
 gpiozero = pytest.importorskip("gpiozero", reason="gpiozero (dev extra) is needed for the mock relay")
 from gpiozero.pins.mock import MockFactory, MockPin  # noqa: E402
@@ -57,13 +57,6 @@ RELAY = 17
 LONG = 5.0  # a pulse that, if anything but the fail-secure path ended it, would show up as ~5 s on the pin
 SLACK = 0.5  # scheduling jitter on a loaded 2-core machine
 WALL = np.full((48, 64, 3), 110, np.uint8)
-
-
-@pytest.fixture()
-def factory() -> Iterator[MockFactory]:
-    f = MockFactory()
-    yield f
-    f.close()
 
 
 @pytest.fixture(autouse=True)
@@ -129,7 +122,7 @@ def fake_pipeline(cfg: Config, stage: Callable[[int], None]) -> FlakyStage[NoFac
 
 
 def fake_loop(cfg: Config, door: Any, stage: Callable[[int], None], frames: int, **kw: Any) -> DoorLoop:
-    return DoorLoop(fake_pipeline(cfg, stage), None, FakeCamera(frames), door, **kw)  # type: ignore[arg-type]
+    return DoorLoop(fake_pipeline(cfg, stage), None, FakeCamera(frames), door, **kw)
 
 
 # -- exceptions --------------------------------------------------------------------------------------------------------
@@ -170,7 +163,7 @@ def test_consecutive_frame_errors_stop_the_loop_with_one_log_line(
         loop = fake_loop(cfg, door, stage, frames=100)
         with pytest.raises(FrameErrorsExceeded, match=r"5 consecutive frames failed.*last: ValueError: bad frame 5"):
             loop.run(frame_timeout_s=0.01)
-    assert loop.pipeline.calls == 5  # type: ignore[attr-defined]
+    assert loop.pipeline.calls == 5
     assert FrameErrorsExceeded.exit_code == ExitCode.FAILURE  # non-zero, not in RestartPreventExitStatus
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == ["frame dropped, relay off: ValueError: bad frame 1"], "rate-limited: one line, not five"
@@ -310,7 +303,7 @@ class FakeRelay:
 def test_watchdog_fires_once_on_a_stale_heartbeat_and_never_on_a_fresh_one(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    relay, exits = FakeRelay(), []
+    relay, exits = FakeRelay(), list[int]()
     beat = [time.monotonic()]
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     listener.bind(str(tmp_path / "n.sock"))
@@ -351,7 +344,7 @@ def test_a_healthy_loop_keeps_the_watchdog_quiet_with_or_without_frames(tmp_path
     cfg = cfg_of(tmp_path)
     exits: list[int] = []
     with open_door(cfg.door, pin_factory=factory) as door:
-        loop = DoorLoop(fake_pipeline(cfg, lambda n: None), None, IdleCamera(), door)  # type: ignore[arg-type]
+        loop = DoorLoop(fake_pipeline(cfg, lambda n: None), None, IdleCamera(), door)
         runner = threading.Thread(target=loop.run, kwargs={"frame_timeout_s": 0.1})
         with Watchdog(lambda: loop.heartbeat, door, 0.3, on_stall=exits.append, poll_s=0.02):
             runner.start()
@@ -359,7 +352,7 @@ def test_a_healthy_loop_keeps_the_watchdog_quiet_with_or_without_frames(tmp_path
             loop.stop()
             runner.join(5)
     assert exits == [], "the heartbeat moves on every iteration"
-    assert loop.camera.index >= 8  # type: ignore[attr-defined]
+    assert loop.camera.index >= 8
 
 
 def test_force_off_does_not_wait_for_a_relay_lock_held_by_the_stalled_thread(
@@ -560,10 +553,10 @@ def test_signal_in_the_middle_of_pulse_never_leaves_the_relay_on(tmp_path: Path,
                 if on and where == "after the write":
                     d.force_off(1.0)
 
-            door._write = write  # type: ignore[method-assign]
+            door._write = write
             door.pulse()
             assert not door.unlocked and not factory.pin(RELAY).state, where
-            door._write = real_write  # type: ignore[method-assign]
+            door._write = real_write
         factory.reset()
 
 
@@ -726,7 +719,7 @@ def test_a_failed_start_never_energises_the_relay(
     pin = factory.pin(RELAY)
     pin.output_with_state(True)  # a crashed run left the strike released
     pin.clear_states()
-    cfg = cfg_of(tmp_path, **broken(tmp_path))  # type: ignore[arg-type]
+    cfg = cfg_of(tmp_path, **broken(tmp_path))
     with pytest.raises(error):
         run_kiosk(cfg, source=str(empty_clip), pin_factory=factory)
     assert states(pin) == [True, False], "driven off first thing at start, never on again"

@@ -26,7 +26,6 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from helpers import wait_until  # tests/ is on sys.path
 
 from kiosk.capture import Camera, Frame
 from kiosk.cli import main
@@ -41,6 +40,7 @@ from kiosk.loop import DoorLoop
 from kiosk.testing import ManualClock, ScriptedSource, ScriptItem
 from kiosk.types import Image
 from kiosk.watchdog import Watchdog
+from tests.helpers import wait_until
 
 gpiozero = pytest.importorskip("gpiozero", reason="gpiozero (dev extra) is needed for the mock relay")
 from gpiozero import Device  # noqa: E402
@@ -76,13 +76,6 @@ def scene(photo: Image | None, i: int = 0) -> Image:
     x, y = (W - w) // 2 + (i % 5), (H - h) // 2
     canvas[y : y + h, x : x + w] = img
     return canvas
-
-
-@pytest.fixture()
-def factory() -> Iterator[MockFactory]:
-    f = MockFactory()
-    yield f
-    f.close()
 
 
 @pytest.fixture()
@@ -230,7 +223,7 @@ def test_gallery_locked_by_another_writer(
     colin = cv2.imread(str(photos["colin"]))
     now = ManualClock(1000.0)
     with enrolled(cfg, photos) as ctx, open_door(cfg.door, pin_factory=factory) as door:
-        loop = DoorLoop(ctx.pipeline, ctx.gallery, None, door, clock=now)  # type: ignore[arg-type]
+        loop = DoorLoop(ctx.pipeline, ctx.gallery, None, door, clock=now)
         feed = Feeder(loop)
         events_before = len([e for e in ctx.gallery.events() if e["kind"] == "access"])
         other = sqlite3.connect(cfg.gallery_path, timeout=0, isolation_level=None)
@@ -273,7 +266,7 @@ def test_disk_full_while_writing_events(
             while fillers < 10_000:
                 gallery.add_event("x", "y")
                 fillers += 1
-        loop = DoorLoop(ctx.pipeline, gallery, None, door)  # type: ignore[arg-type]
+        loop = DoorLoop(ctx.pipeline, gallery, None, door)
         feed = Feeder(loop)
         decisions = feed.visit(colin) + feed.visit(colin) + feed.visit(colin)
     assert [d.outcome for d in decisions] == ["granted"] * 3, "the door still opens for an enrolled person"
@@ -446,6 +439,7 @@ class Jumpy:
         return JumpyDatetime
 
 
+@pytest.mark.slow
 def test_clock_jumps_change_no_cooldown_pulse_or_watchdog(
     tmp_path: Path, photos: dict[str, Path], factory: MockFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

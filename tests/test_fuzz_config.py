@@ -18,13 +18,12 @@ from typing import Any
 
 import pytest
 import yaml
-from fuzzing import _Counter, fuzz, fuzz_counter_fixture  # noqa: F401 (the autouse fixture; tests/ is on sys.path)
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from kiosk.cli import main
 from kiosk.config import Config, iter_fields, load_config, parse_config
 from kiosk.errors import ConfigError, ExitCode
+from tests.fuzzing import _Counter, fuzz, fuzz_counter_fixture  # noqa: F401 (the autouse fixture)
 
 
 def one_line(message: str) -> None:
@@ -179,16 +178,6 @@ def test_any_file_gives_config_or_one_line_error(fuzz_counter: _Counter, tmp_pat
         load_config(f)
     except ConfigError as err:
         one_line(str(err))
-
-
-@pytest.fixture()
-def cli(capsys: pytest.CaptureFixture[str]) -> Any:
-    def run(*argv: str) -> tuple[int, str, str]:
-        code = main(list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 @fuzz(40, share=0.2)

@@ -14,20 +14,20 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import io
 import os
 import sqlite3
 import struct
 import unicodedata
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import cv2
 import numpy as np
 import pytest
-from fuzzing import _Counter, fuzz, fuzz_counter_fixture  # noqa: F401 (the autouse fixture; tests/ is on sys.path)
 from hypothesis import assume, event, example, given
 from hypothesis import strategies as st
 
@@ -37,6 +37,8 @@ from kiosk.evaluate import outside_root, read_labels, read_pairs
 from kiosk.gallery import Gallery, TemplateIn
 from kiosk.imageio import decode_image, header_size, read_image
 from kiosk.liveness.evaluate import read_presentations
+from tests.fuzzing import _Counter, fuzz, fuzz_counter_fixture  # noqa: F401 (the autouse fixture)
+from tests.helpers import config_file, run_main
 
 EXIT_CODES = {int(c) for c in ExitCode}
 
@@ -336,13 +338,9 @@ def test_formats_without_a_size_check_are_never_decoded(tripwire: None, name: st
 
 
 def _write_cfg(tmp_path: Path) -> Path:
-    f = tmp_path / "kiosk.yaml"
-    f.write_text(
-        f"data_dir: {tmp_path / 'data'}\n"
-        "door:\n  pulse_s: 0.05\n  max_pulse_s: 0.1\n"
-        f"camera:\n  source: {tmp_path / 'no-camera.mp4'}\n"
+    return config_file(
+        tmp_path, f"door:\n  pulse_s: 0.05\n  max_pulse_s: 0.1\ncamera:\n  source: {tmp_path / 'no-camera.mp4'}\n"
     )
-    return f
 
 
 def snapshot(path: Path) -> dict[str, Any]:
@@ -386,7 +384,7 @@ def cached_models(monkeypatch: pytest.MonkeyPatch) -> None:
     """Load each configuration's models once per test instead of once per CLI call (the fuzzed part is the input)."""
     from kiosk.pipeline import Pipeline
 
-    real = Pipeline.from_config.__func__  # type: ignore[attr-defined]
+    real = Pipeline.from_config.__func__
     cache: dict[Any, Pipeline] = {}
 
     def from_config(cls: type[Pipeline], cfg: Any, manifest: Any = None) -> Pipeline:
@@ -400,15 +398,8 @@ def cached_models(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture()
 def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
-    def run(*argv: str) -> tuple[int, str, str]:
-        try:
-            code = main(list(argv))
-        except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
-            code = int(exc.code or 0)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+    """conftest's ``cli``, but argparse's exit (--help: 0, a usage error: 2) is an exit code to check, not an error."""
+    return functools.partial(run_main, capsys, catch_exit=True)
 
 
 def assert_clean_error(code: int, err: str) -> None:
@@ -667,12 +658,10 @@ def _counts(g: Gallery) -> tuple[Any, ...]:
 
 
 @pytest.fixture()
-def small_gallery() -> Iterator[Gallery]:
-    g = Gallery(":memory:")
+def small_gallery(fresh_db: Gallery) -> Gallery:
     emb = np.ones(8, np.float32) / np.sqrt(8)
-    g.enroll("Existing", [TemplateIn(emb, "m", "sha", 0.9, "s")])
-    yield g
-    g.close()
+    fresh_db.enroll("Existing", [TemplateIn(emb, "m", "sha", 0.9, "s")])
+    return fresh_db
 
 
 @fuzz(300)

@@ -9,7 +9,6 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -38,13 +37,6 @@ def emb(dim: int = 8, seed: int | None = None) -> np.ndarray:
 
 def tpl(e: np.ndarray | None = None, model: str = M1, sha: str = SHA_A, source: str = "camera") -> TemplateIn:
     return TemplateIn(emb() if e is None else e, model, sha, 0.9, source)
-
-
-@pytest.fixture
-def fresh_db() -> Iterator[Gallery]:
-    """An empty, migrated in-memory gallery."""
-    with Gallery(":memory:") as g:
-        yield g
 
 
 @pytest.fixture

@@ -41,6 +41,7 @@ from kiosk.gallery import (
     erase_from_backup,
     event_hash,
 )
+from tests.helpers import no_new_threads
 
 MODEL, SHA = "sface", "c" * 64
 DIM = 16
@@ -885,6 +886,5 @@ def test_erase_from_backup_refuses_what_is_not_a_gallery(tmp_path: Path) -> None
 
 @pytest.fixture(autouse=True)
 def _no_stray_threads() -> Iterator[None]:
-    before = set(threading.enumerate())
-    yield
-    assert set(threading.enumerate()) <= before
+    with no_new_threads(join_timeout=0.0):
+        yield

@@ -188,6 +188,7 @@ def test_simulated_blink_passes_a_blink_challenge(pipeline: Pipeline, mesh: Face
     assert challenge is not None and challenge.blink.blinks == 1
 
 
+@pytest.mark.slow
 def test_still_photo_fails_the_blink_challenge_at_the_timeout(pipeline: Pipeline, mesh: FaceMesh) -> None:
     image = scene(lfw(BLINK_PHOTOS[0]))
     live = ActiveLiveness(mesh, challenges=("blink",), timeout_s=6.0)

@@ -10,8 +10,8 @@ A still photo of an enrolled person, held up and shaken like a print, must be re
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -52,13 +52,6 @@ def _cfg(tmp_path: Path, mode: str, manifest: Path | None = None, **passive: obj
     return parse_config(data)
 
 
-@pytest.fixture()
-def factory() -> Iterator[MockFactory]:
-    f = MockFactory()
-    yield f
-    f.close()
-
-
 def _relay_states(factory: MockFactory) -> list[bool]:
     return [bool(s.state) for s in factory.pin(RELAY_PIN).states]
 
@@ -90,13 +83,15 @@ def _play(loop: DoorLoop, clips: list[list[Image]], gap_s: float = 1.0) -> list[
     return decisions
 
 
-def _run(cfg: Config, factory: MockFactory, faces_dir: Path, clips: list[list[Image]]) -> tuple[list[Decision], list]:
+def _run(
+    cfg: Config, factory: MockFactory, faces_dir: Path, clips: list[list[Image]]
+) -> tuple[list[Decision], list[dict[str, Any]]]:
     with Context(cfg) as ctx:
         _enrol(ctx, faces_dir)
         door = open_door(cfg.door, pin_factory=factory)
         try:
             door.off()
-            loop = DoorLoop(ctx.pipeline, ctx.gallery, camera=None, door=door, liveness=ctx.liveness)  # type: ignore[arg-type]
+            loop = DoorLoop(ctx.pipeline, ctx.gallery, camera=None, door=door, liveness=ctx.liveness)
             decisions = _play(loop, clips)
             events = [e for e in ctx.gallery.events() if e["kind"] == "access"]
         finally:
@@ -156,6 +151,7 @@ def test_off_lets_the_held_photo_in(tmp_path: Path, faces_dir: Path, factory: Mo
     assert _relay_states(factory).count(True) == 1
 
 
+@pytest.mark.slow
 def test_both_refuses_the_held_photo(
     tmp_path: Path, faces_dir: Path, factory: MockFactory, minifasnet_models: Path
 ) -> None:
@@ -187,6 +183,7 @@ def test_a_configured_liveness_model_that_is_missing_stops_the_start(tmp_path: P
         _ = ctx.liveness
 
 
+@pytest.mark.slow
 def test_demo_refuses_the_photo_and_lets_the_blinking_astronaut_in(capsys: pytest.CaptureFixture[str]) -> None:
     """``make demo`` (one of the README's two commands): the real loop, camera thread and simulated door."""
     # Real time, as a user sees it: the camera thread paces the clip at 10 fps and the loop takes the newest frame.

@@ -166,6 +166,7 @@ def test_manifest_entries(minifasnet_models: Path, minifasnet_dir: Path) -> None
     assert not list(minifasnet_models.glob("*.pth")), "the checkpoints are never copied into the models folder"
 
 
+@pytest.mark.slow
 def test_the_export_is_reproducible(tmp_path: Path, minifasnet_dir: Path, minifasnet_models: Path) -> None:
     out = tmp_path / "models"
     argv = ["--checkpoint", str(minifasnet_dir / V1SE), "--models-dir", str(out), "--bench", "0"]

@@ -119,7 +119,7 @@ def obs(t: float = 0.0) -> Observation:
 
 def test_passive_mode_averages_the_last_frames_against_the_threshold() -> None:
     cfg = LivenessConfig(mode="passive", passive=PassiveLivenessConfig(models=("m",), threshold=0.5, frames=3))
-    live = Liveness(cfg, passive=FakePassive([0.9, 0.9, 0.1, 0.2]))  # type: ignore[arg-type]
+    live = Liveness(cfg, passive=FakePassive([0.9, 0.9, 0.1, 0.2]))
     live.observe(1, IMG, FACE, 0.0)
     assert live(1, obs()).status == "pending"  # 1 of 3 frames scored
     live.observe(1, IMG, FACE, 0.1)
@@ -141,7 +141,7 @@ def test_both_runs_the_challenge_only_after_the_passive_layer_passes() -> None:
     cfg = LivenessConfig(mode="both", passive=PassiveLivenessConfig(models=("m",), frames=1))
     active = FakeActive(["pending", "pass"])
     prompts: list[tuple[int, str]] = []
-    live = Liveness(cfg, passive=FakePassive([0.1, 0.9, 0.9]), active=active)  # type: ignore[arg-type]
+    live = Liveness(cfg, passive=FakePassive([0.1, 0.9, 0.9]), active=active)
     live.on_prompt = lambda tid, text: prompts.append((tid, text))
     live.observe(1, IMG, FACE, 0.0)
     assert live(1, obs()).status == "fail"  # a photo: no challenge is offered

@@ -6,7 +6,6 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -69,18 +68,12 @@ def _write_clip(folder: Path, segments: list[tuple[str, Path | None, int]]) -> N
             k += 1
 
 
-@pytest.fixture()
-def factory() -> Iterator[MockFactory]:
-    f = MockFactory()
-    yield f
-    f.close()
-
-
 def _relay_timeline(factory: MockFactory) -> list[tuple[float, bool]]:
     """(seconds since the previous change, state) for every change of the relay pin."""
     return [(float(s.timestamp), bool(s.state)) for s in factory.pin(RELAY_PIN).states]
 
 
+@pytest.mark.slow
 def test_replay_grants_the_enrolled_person_once_and_denies_strangers(
     tmp_path: Path, faces_dir: Path, factory: MockFactory
 ) -> None:
@@ -153,7 +146,7 @@ def _frame_of(photo: Path) -> np.ndarray:
 def test_camera_lost_mid_run_reconnects_and_the_door_stays_locked(
     tmp_path: Path, faces_dir: Path, factory: MockFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mjpeg_server
+    from tests import mjpeg_server
 
     lfw = faces_dir / "lfw" / "images"
     colin = sorted((lfw / "Colin_Powell").glob("*.jpg"))

@@ -112,7 +112,7 @@ def test_provider_fallback_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     assert chosen == ["CPUExecutionProvider"]
     assert "unavailable" in caplog.text and "CUDAExecutionProvider" in caplog.text
     runner = load_runner(load_manifest().get("yunet"), RuntimeOptions(providers=("CUDAExecutionProvider",)))
-    assert runner.providers == ["CPUExecutionProvider"]  # type: ignore[attr-defined]
+    assert runner.providers == ["CPUExecutionProvider"]
 
 
 def test_tflite_backend_runs_blazeface_and_names_the_extra_when_missing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -140,7 +140,7 @@ def test_onnxruntime_session_entries_pass_through_from_runtime_options() -> None
     spec = load_manifest().get("yunet")
     entries = {"session.intra_op.allow_spinning": "0", "tflite.other_backend": "ignored"}
     runner = load_runner(spec, RuntimeOptions(extra=entries))
-    options = runner._session.get_session_options()  # type: ignore[attr-defined]
+    options = runner._session.get_session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     with pytest.raises(RuntimeError, match="does not have"):
         options.get_session_config_entry("tflite.other_backend")

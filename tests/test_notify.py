@@ -11,7 +11,7 @@ from kiosk.snapshots import SnapshotStore
 
 
 @pytest.fixture()
-def listener(tmp_path: Path):  # type: ignore[no-untyped-def]
+def listener(tmp_path: Path):
     path = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(path))
@@ -20,7 +20,7 @@ def listener(tmp_path: Path):  # type: ignore[no-untyped-def]
     sock.close()
 
 
-def test_ready_status_stopping_and_rate_limited_watchdog(listener) -> None:  # type: ignore[no-untyped-def]
+def test_ready_status_stopping_and_rate_limited_watchdog(listener) -> None:
     path, sock = listener
     now = [100.0]
     n = Notifier(str(path), watchdog_usec="2000000", clock=lambda: now[0])  # pings at most every 1 s

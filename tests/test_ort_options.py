@@ -11,6 +11,7 @@ import pytest
 from tools import ort_options
 
 
+@pytest.mark.slow
 def test_report_has_every_variant_against_the_baseline(tmp_path: Path, faces_dir: Path) -> None:
     out = tmp_path / "ort.json"
     rc = ort_options.main(
@@ -46,7 +47,7 @@ def test_each_variant_computes_the_same_embedding(name: str, faces_dir: Path) ->
         assert result is None
         result = ort_options.last_outputs(spec.path, variant, 2, feed)[0]
     else:
-        result = result[0]  # type: ignore[index]
+        result = result[0]
     np.testing.assert_allclose(result, reference, rtol=1e-3, atol=1e-3)
 
 

@@ -36,6 +36,7 @@ def _op_types(path: Path) -> list[str]:
     return [n.op_type for n in onnx.load(str(path)).graph.node]
 
 
+@pytest.mark.slow
 def test_decomposed_prelu_sface_gives_the_same_embeddings_on_real_faces(
     tmp_path: Path,
     pipeline: Pipeline,

@@ -98,6 +98,7 @@ def test_lockstep_replay_runs_the_real_loop_on_media_time(tmp_path: Path, faces_
     assert len(every_member) == 3
 
 
+@pytest.mark.slow
 def test_realtime_replay_reports_wall_clock_latency(tmp_path: Path, faces_dir: Path) -> None:
     r = _run(tmp_path, faces_dir, "--realtime", "--members", "2", "--strangers", "2", "--probes", "2")
     _common_checks(r, members=2, shown=2)

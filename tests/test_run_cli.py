@@ -17,8 +17,8 @@ import cv2
 import numpy as np
 import pytest
 
-from kiosk.cli import main
 from kiosk.errors import ExitCode
+from tests.helpers import config_file, run_cli
 
 W, H = 640, 480
 
@@ -43,33 +43,26 @@ def _video(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> Path:
 
 @pytest.fixture()
 def cfg_file(tmp_path: Path) -> Path:
-    f = tmp_path / "kiosk.yaml"
-    f.write_text(
-        f"data_dir: {tmp_path / 'data'}\ndoor:\n  driver: simulated\n  pulse_s: 0.2\ncamera:\n  loop_replay: true\n"
+    return config_file(
+        tmp_path,
+        "door:\n  driver: simulated\n  pulse_s: 0.2\ncamera:\n  loop_replay: true\n"
         # Still photos replayed: these tests are about the CLI and the door; liveness has its own tests.
-        "liveness:\n  mode: off\n"
+        "liveness:\n  mode: off\n",
     )
-    return f
 
 
-def _kiosk(cfg: Path, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(["--config", str(cfg), *argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_enroll_from_camera_collects_several_poses(cfg_file: Path, faces_dir: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_enroll_from_camera_collects_several_poses(cfg_file: Path, faces_dir: Path, tmp_path: Path, capsys) -> None:
     colin = sorted((faces_dir / "lfw/images/Colin_Powell").glob("*.jpg"))[:6]
     frames = [_scene(cv2.imread(str(p)), dx) for p in colin for dx in (0, 4, 8, 12)]
     clip = _video(tmp_path / "enrol.avi", frames)
-    code, out, err = _kiosk(cfg_file, capsys, "enroll", "Colin", "--camera", "--source", str(clip), "--frames", "3",
+    code, out, err = run_cli(cfg_file, capsys, "enroll", "Colin", "--camera", "--source", str(clip), "--frames", "3",
                             "--timeout", "60", "--json")  # fmt: skip
     assert code == 0, err
     r = json.loads(out)
     assert r["stored"] >= 2 and all(v["source"].startswith("camera frame") for v in r["images"])
 
 
-def test_enroll_from_camera_explains_rejections(cfg_file: Path, faces_dir: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_enroll_from_camera_explains_rejections(cfg_file: Path, faces_dir: Path, tmp_path: Path, capsys) -> None:
     a = cv2.imread(str(faces_dir / "lfw/images/Colin_Powell/Colin_Powell_0001.jpg"))
     b = cv2.imread(str(faces_dir / "lfw/images/Abel_Pacheco/Abel_Pacheco_0001.jpg"))
     two = np.full((H, W, 3), 110, np.uint8)
@@ -77,10 +70,10 @@ def test_enroll_from_camera_explains_rejections(cfg_file: Path, faces_dir: Path,
     two[100:350, 350:600] = b
     clip = _video(tmp_path / "two.avi", [two] * 8 + [np.full((H, W, 3), 110, np.uint8)] * 4)
     cfg_file.write_text(cfg_file.read_text().replace("loop_replay: true", "loop_replay: false"))
-    code, _, err = _kiosk(cfg_file, capsys, "enroll", "Nobody", "--camera", "--source", str(clip), "--timeout", "20")
+    code, _, err = run_cli(cfg_file, capsys, "enroll", "Nobody", "--camera", "--source", str(clip), "--timeout", "20")
     assert code == ExitCode.NO_FACE
     assert "two faces" in err and "no face in view" in err
-    code, _, err = _kiosk(cfg_file, capsys, "enroll", "Nobody", str(clip), "--camera")
+    code, _, err = run_cli(cfg_file, capsys, "enroll", "Nobody", str(clip), "--camera")
     assert code == ExitCode.INPUT and "not both" in err
 
 
@@ -89,7 +82,7 @@ def test_run_stops_on_sigterm_with_the_door_locked_and_events_recorded(
 ) -> None:
     lfw = faces_dir / "lfw/images"
     colin = sorted((lfw / "Colin_Powell").glob("*.jpg"))
-    assert _kiosk(cfg_file, capsys, "enroll", "Colin", str(colin[0]), str(colin[1]))[0] == 0
+    assert run_cli(cfg_file, capsys, "enroll", "Colin", str(colin[0]), str(colin[1]))[0] == 0
     frames = [_scene(cv2.imread(str(colin[3])), 2 * i) for i in range(12)]
     frames += [np.full((H, W, 3), 110, np.uint8)] * 15
     frames += [_scene(cv2.imread(str(lfw / "Abel_Pacheco/Abel_Pacheco_0001.jpg")), 2 * i) for i in range(12)]
@@ -125,22 +118,22 @@ def test_run_stops_on_sigterm_with_the_door_locked_and_events_recorded(
     assert not re.search(r"(-?\d+\.\d+[,\s]+){16,}", err), "something vector-like was logged"
     assert any(ln for ln in err.splitlines() if "decision outcome=granted" in ln and "name=Colin" in ln)
     # The decisions are in the event log, in every output format.
-    code, out, _ = _kiosk(cfg_file, capsys, "events", "--json")
+    code, out, _ = run_cli(cfg_file, capsys, "events", "--json")
     events = [e for e in json.loads(out) if e["kind"] == "access"]
     assert events[0]["outcome"] == "granted" and events[0]["person_name"] == "Colin"
     assert any(e["outcome"] == "denied" and e["person_name"] is None for e in events)
-    code, out, _ = _kiosk(cfg_file, capsys, "events", "--csv", "--person", "colin")
+    code, out, _ = run_cli(cfg_file, capsys, "events", "--csv", "--person", "colin")
     rows = list(csv.DictReader(io.StringIO(out)))
     assert rows and all(r["person_name"] == "Colin" for r in rows)
-    code, out, _ = _kiosk(cfg_file, capsys, "events", "--since", "1h")
+    code, out, _ = run_cli(cfg_file, capsys, "events", "--since", "1h")
     assert code == 0 and "granted" in out
-    code, out, _ = _kiosk(cfg_file, capsys, "events", "--since", "2999-01-01")
+    code, out, _ = run_cli(cfg_file, capsys, "events", "--since", "2999-01-01")
     assert code == 0 and out.strip() == "no events"
 
 
-def test_run_refuses_a_missing_source_and_bad_driver(cfg_file: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
-    code, _, err = _kiosk(cfg_file, capsys, "run", "--source", str(tmp_path / "nope.mp4"))
+def test_run_refuses_a_missing_source_and_bad_driver(cfg_file: Path, tmp_path: Path, capsys) -> None:
+    code, _, err = run_cli(cfg_file, capsys, "run", "--source", str(tmp_path / "nope.mp4"))
     assert code == ExitCode.CONFIG and "camera.source" in err
     cfg_file.write_text(cfg_file.read_text().replace("driver: simulated", "driver: solenoid"))
-    code, _, err = _kiosk(cfg_file, capsys, "run")
+    code, _, err = run_cli(cfg_file, capsys, "run")
     assert code == ExitCode.CONFIG and "door.driver" in err

@@ -98,6 +98,7 @@ def soak(tmp_path_factory: pytest.TempPathFactory, faces_dir: Path) -> tuple[InP
     return result, source
 
 
+@pytest.mark.slow
 def test_soak_runs_every_frame_to_the_end(soak: tuple[InProcessSoak, rb.ReplaySource]) -> None:
     r, source = soak
     assert not r.stopped_by_guard, "the loop never reached the end of the replay"
@@ -106,6 +107,7 @@ def test_soak_runs_every_frame_to_the_end(soak: tuple[InProcessSoak, rb.ReplaySo
     assert r.stats.frames >= 3000
 
 
+@pytest.mark.slow
 def test_every_injected_fault_is_counted_and_survived(soak: tuple[InProcessSoak, rb.ReplaySource]) -> None:
     r, _ = soak
     f = r.faults
@@ -123,6 +125,7 @@ def test_every_injected_fault_is_counted_and_survived(soak: tuple[InProcessSoak,
     assert r.events_recorded == len(r.decisions)
 
 
+@pytest.mark.slow
 def test_grants_still_happen_and_only_for_the_member(soak: tuple[InProcessSoak, rb.ReplaySource]) -> None:
     r, source = soak
     grants = [d for d, _ in r.decisions if d.granted]
@@ -140,6 +143,7 @@ def test_grants_still_happen_and_only_for_the_member(soak: tuple[InProcessSoak, 
     assert r.stats.pulses == len(grants)
 
 
+@pytest.mark.slow
 def test_the_relay_is_never_left_on(soak: tuple[InProcessSoak, rb.ReplaySource]) -> None:
     r, _ = soak
     unlocks = [i for i, (_, what, _) in enumerate(r.timeline) if what == "unlock"]
@@ -152,6 +156,7 @@ def test_the_relay_is_never_left_on(soak: tuple[InProcessSoak, rb.ReplaySource])
     assert all(b[0] >= a[0] for a, b in pairwise(r.timeline))
 
 
+@pytest.mark.slow
 def test_memory_stays_flat(soak: tuple[InProcessSoak, rb.ReplaySource]) -> None:
     r, _ = soak
     warm, end = r.rss_kb["warm"], r.rss_kb["end"]
@@ -159,6 +164,7 @@ def test_memory_stays_flat(soak: tuple[InProcessSoak, rb.ReplaySource]) -> None:
     assert (end - warm) / 1024.0 < RSS_GROWTH_MAX_MB, f"RSS grew {(end - warm) / 1024:.1f} MB after warm-up"
 
 
+@pytest.mark.slow
 def test_no_file_descriptor_leak(soak: tuple[InProcessSoak, rb.ReplaySource]) -> None:
     r, _ = soak
     before, after = r.fds["before"], r.fds["after"]
@@ -174,6 +180,7 @@ def test_parse_faults_names_the_bad_key() -> None:
             parse_faults(bad)
 
 
+@pytest.mark.slow
 def test_soak_command_restarts_a_failed_child_and_reports(tmp_path: Path, faces_dir: Path) -> None:
     """The soak of hours, shortened: a burst of failing frames makes the child exit (safety.max_frame_errors),
     the parent restarts it and counts it, samples the child's RSS and fds, and writes the JSON report."""

@@ -25,7 +25,7 @@ def test_similarity_transform_recovers_a_known_transform() -> None:
     assert np.allclose(m[:, 2], t, atol=1e-3)
 
 
-def test_aligned_landmarks_land_on_the_template(pipeline, astronaut) -> None:  # type: ignore[no-untyped-def]
+def test_aligned_landmarks_land_on_the_template(pipeline, astronaut) -> None:
     face = pipeline.detect(astronaut)[0]
     tpl = TEMPLATES["arcface_112"]
     crop = align(astronaut, face, tpl)
@@ -49,20 +49,20 @@ def test_blazeface_scheme_maps_to_four_template_points() -> None:
         template_points(tpl, "68pt")
 
 
-def _face_quality(pipeline, image, cfg=None):  # type: ignore[no-untyped-def]
+def _face_quality(pipeline, image, cfg=None):
     face = pipeline.detect(image)[0]
     crop = align(image, face, pipeline.template)
     return assess(face, crop, cfg or QualityConfig())
 
 
-def test_quality_passes_a_good_face(pipeline, astronaut) -> None:  # type: ignore[no-untyped-def]
+def test_quality_passes_a_good_face(pipeline, astronaut) -> None:
     q = _face_quality(pipeline, astronaut)
     assert q.ok, q.reasons
     assert 0.0 < q.score <= 1.0
     assert abs(q.metrics["yaw_deg"]) < 20 and abs(q.metrics["roll_deg"]) < 10
 
 
-def test_quality_rejects_blur_dark_bright_small_and_turned(pipeline, astronaut, cameraman) -> None:  # type: ignore[no-untyped-def]
+def test_quality_rejects_blur_dark_bright_small_and_turned(pipeline, astronaut, cameraman) -> None:
     blurred = cv2.GaussianBlur(astronaut, (0, 0), 4)
     q = _face_quality(pipeline, blurred)
     assert not q.ok and any("blurry" in r for r in q.reasons)
@@ -93,7 +93,7 @@ def test_head_pose_roll_and_yaw_from_landmarks() -> None:
     assert 40 < yaw < 50
 
 
-def test_embeddings_are_unit_vectors_and_batch_equals_single(pipeline, astronaut, cameraman) -> None:  # type: ignore[no-untyped-def]
+def test_embeddings_are_unit_vectors_and_batch_equals_single(pipeline, astronaut, cameraman) -> None:
     crops = [align(im, pipeline.detect(im)[0], pipeline.template) for im in (astronaut, cameraman)]
     batch = pipeline.embedder.embed(crops)
     assert batch.shape == (2, 128)
@@ -104,13 +104,13 @@ def test_embeddings_are_unit_vectors_and_batch_equals_single(pipeline, astronaut
     assert cosine(batch[0], batch[1]) < 0.3
 
 
-def test_same_person_scores_higher_than_different_people(pipeline, faces_dir) -> None:  # type: ignore[no-untyped-def]
+def test_same_person_scores_higher_than_different_people(pipeline, faces_dir) -> None:
     from kiosk.imageio import read_image
 
     def emb(rel: str) -> np.ndarray:
         r = pipeline.analyze(read_image(faces_dir / "lfw" / "images" / rel), select="central")
         assert r and r[0].embedding is not None
-        return r[0].embedding  # type: ignore[no-any-return]
+        return r[0].embedding
 
     a1 = emb("Abel_Pacheco/Abel_Pacheco_0001.jpg")
     a4 = emb("Abel_Pacheco/Abel_Pacheco_0004.jpg")

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import config_file, run_cli  # tests/ is on sys.path
 
 from kiosk.config import Config, parse_config
 from kiosk.errors import ExitCode, GalleryError, TemplateKeyError
@@ -25,6 +24,7 @@ from kiosk.gallery.backup import backup_gallery, list_backups
 from kiosk.gallery.keys import AesGcmCipher
 from kiosk.gallery.open import open_gallery
 from kiosk.gallery.permissions import permission_problems
+from tests.helpers import config_file, run_cli
 
 MODEL, SHA = "sface", "5" * 64
 NOBODY = 65534

@@ -473,6 +473,7 @@ def test_the_filters_deny_what_the_unit_says(tmp_path: Path) -> None:
     ], out.stdout + out.stderr  # fmt: skip
 
 
+@pytest.mark.slow
 @needs_seccomp
 def test_kiosk_run_and_door_off_work_inside_the_filters(faces_dir: Path, tmp_path: Path) -> None:
     """The real door loop under the unit's filters: models load (onnxruntime, OpenCV, numpy), the camera (a clip)

@@ -13,7 +13,6 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from helpers import no_new_threads  # tests/ is on sys.path
 
 from kiosk.capture import Camera, Frame, FrameSource
 from kiosk.config import CameraConfig, Config, parse_config
@@ -23,6 +22,7 @@ from kiosk.errors import HardwareError, InputError
 from kiosk.loop import DoorLoop
 from kiosk.pipeline import Pipeline
 from kiosk.testing import FlakyStage, ManualClock, ScriptedSource
+from tests.helpers import no_new_threads
 
 FAST = CameraConfig(stall_timeout_s=0.2, reconnect_min_s=0.01, reconnect_max_s=0.02, replay_realtime=False)
 
@@ -96,7 +96,7 @@ def test_manual_clock_drives_a_door() -> None:
     with open_door(cfg.door, clock=clock) as door:
         clock.advance(3.0)
         door.off()
-    assert door.timeline[0][0] == 100.0  # type: ignore[attr-defined]
+    assert door.timeline[0][0] == 100.0
 
 
 # -- ScriptedSource --------------------------------------------------------------------------------------------------
@@ -251,7 +251,7 @@ def test_flaky_stage_fails_on_the_scheduled_calls_only() -> None:
     inner = Doubler()
     flaky = FlakyStage(inner, "run", {2, 3})
     stage = flaky.as_stage()
-    assert stage is flaky  # type: ignore[comparison-overlap]
+    assert stage is flaky
     assert stage.run(1) == 2
     for n in (2, 3):
         with pytest.raises(RuntimeError, match=rf"^injected fault in run \(call {n}\)$"):
@@ -336,10 +336,10 @@ class NoFaces:
 def test_default_decider_is_unchanged_and_an_injected_one_is_used_as_is(tmp_path: Path) -> None:
     cfg = loop_cfg(tmp_path)
     with open_door(cfg.door) as door:
-        default = DoorLoop(NoFaces(cfg), None, None, door)  # type: ignore[arg-type]
+        default = DoorLoop(NoFaces(cfg), None, None, door)
         assert type(default.decider) is Decider and default.on_frame is None
         mine = Decider(cfg.decision)
-        assert DoorLoop(NoFaces(cfg), None, None, door, decider=mine).decider is mine  # type: ignore[arg-type]
+        assert DoorLoop(NoFaces(cfg), None, None, door, decider=mine).decider is mine
 
 
 def test_on_frame_sees_every_processed_frame_and_not_a_failed_one(tmp_path: Path) -> None:
@@ -348,9 +348,9 @@ def test_on_frame_sees_every_processed_frame_and_not_a_failed_one(tmp_path: Path
     seen: list[tuple[int, float, float]] = []
     with open_door(cfg.door) as door:
         loop = DoorLoop(
-            flaky.as_stage(),  # type: ignore[arg-type]
-            None,  # type: ignore[arg-type]
-            None,  # type: ignore[arg-type]
+            flaky.as_stage(),
+            None,
+            None,
             door,
             on_frame=lambda f, ms: seen.append((f.index, f.t, ms)),
         )
@@ -369,8 +369,8 @@ def test_the_whole_loop_on_a_scripted_replay_and_a_manual_clock(tmp_path: Path) 
     seen: list[int] = []
     with open_door(cfg.door, clock=clock) as door, Camera(source, FAST, clock=clock) as camera:
         loop = DoorLoop(
-            NoFaces(cfg),  # type: ignore[arg-type]
-            SimpleNamespace(),  # type: ignore[arg-type]  # no face, no decision: the gallery is never used
+            NoFaces(cfg),
+            SimpleNamespace(),  # no face, no decision: the gallery is never used
             camera,
             door,
             clock=clock,

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+pytest.importorskip("torch", reason="the dlib conversion needs the tools extra (torch)")
+
 from tools import dlib_resnet as dr
 
 LFW_SAMPLES = [

@@ -26,6 +26,7 @@ from tools.quantize import main
 from tools.registry import ROOT, read_manifest, write_manifest
 
 pytest.importorskip("onnxruntime.quantization")
+pytest.importorskip("sympy", reason="onnxruntime's quantisation pre-processing needs sympy (the tools extra)")
 
 
 @dataclass(frozen=True)
