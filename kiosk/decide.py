@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from .config import DecisionConfig
 from .match import MatchResult
+from .types import LivenessResult as LivenessResult  # re-exported: the decision API names them
+from .types import Observation as Observation
 
 log = logging.getLogger(__name__)
 
@@ -25,42 +27,6 @@ DENIED = "denied"
 EVERY_FRAME = "every_frame"
 REFRESH = "refresh"
 NONE = "none"
-
-
-@dataclass(frozen=True)
-class Observation:
-    """One frame of a track. ``match`` is None when the frame was not embedded or not usable (it is not a vote)."""
-
-    t: float
-    match: MatchResult | None
-    quality_ok: bool
-    quality_reasons: tuple[str, ...] = ()
-    latency_ms: float | None = None
-
-
-@dataclass(frozen=True)
-class LivenessResult:
-    """Outcome of a liveness check: "pass" | "fail" | "pending" | "unavailable" | "not_required" | "not_checked".
-
-    Only "pass" (or "not_required" when liveness is off) opens the door; "not_checked" marks a deny for which no
-    grant was due (a stranger), so liveness was never asked. "pending" means a challenge is running: the
-    decider holds the grant and asks again on the next frame. ``method`` says which layers ran (passive, active).
-    """
-
-    status: str
-    score: float | None = None
-    reason: str = ""
-    method: str = ""
-
-    def as_dict(self) -> dict[str, object]:
-        out: dict[str, object] = {"status": self.status}
-        if self.method:
-            out["method"] = self.method
-        if self.score is not None:
-            out["score"] = round(self.score, 4)
-        if self.reason:
-            out["reason"] = self.reason
-        return out
 
 
 LivenessCheck = Callable[[int, Observation], LivenessResult]

@@ -104,8 +104,9 @@ def _astronaut_frames(ctx: Context, photo: Image) -> tuple[list[Image], list[Ima
     return held, blink_frames(image, result.points, n_open=15, n_closed=4, n_after=15, seed=2)
 
 
-def run_demo(cfg: Config, *, source: str | None = None, as_json: bool = False) -> int:
-    from .cli._output import emit_json, fmt
+def run_demo(cfg: Config, *, source: str | None = None, as_json: bool = False) -> tuple[int, dict[str, Any]]:
+    """Run the demo, printing each step unless ``as_json``; the exit status and the whole record (the CLI prints it
+    as JSON with ``--json``)."""
     from .runner import run_kiosk
 
     out: dict[str, Any] = {"enrolment": [], "decisions": [], "prompts": []}
@@ -165,7 +166,8 @@ def run_demo(cfg: Config, *, source: str | None = None, as_json: bool = False) -
             out["decisions"].append(item)
             item["liveness"] = d.liveness.status
             who = d.name or "unknown face"
-            say(f"  {d.outcome.upper():8} {who:14} score {fmt(d.score)}  after {item['latency_ms']} ms  door: {door}"
+            score = "-" if d.score is None else f"{d.score:.3f}"
+            say(f"  {d.outcome.upper():8} {who:14} score {score}  after {item['latency_ms']} ms  door: {door}"
                 f"  ({d.reason})")  # fmt: skip
 
         def on_prompt(track_id: int, text: str) -> None:
@@ -184,13 +186,11 @@ def run_demo(cfg: Config, *, source: str | None = None, as_json: bool = False) -
         and any(d["name"] is None for d in denied)  # the stranger
     )
     out["as_expected"] = expected or source is not None
-    if as_json:
-        emit_json(out)
-    else:
+    if not as_json:
         s = out["stats"]
         say(f"\n{s['frames']} frames, {s['granted']} granted, {s['denied']} denied, {s['door_pulses']} door pulse(s); "
             f"processing {s['fps']} fps")  # fmt: skip
         if source is None:
             say("as expected: the photo was refused (no blink), the astronaut let in once after blinking, "
                 "the stranger refused" if expected else "UNEXPECTED decisions: see above")  # fmt: skip
-    return 0 if out["as_expected"] else int(ExitCode.FAILURE)
+    return (0 if out["as_expected"] else int(ExitCode.FAILURE)), out

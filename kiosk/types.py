@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from .match import MatchResult
 
 FloatArray = npt.NDArray[np.float32]
 Image = npt.NDArray[np.uint8]  # HxWx3 BGR uint8, contiguous
@@ -54,3 +58,39 @@ class QualityReport:
     def score(self) -> float:
         """A 0..1 summary used to rank templates of one person (higher is better)."""
         return float(self.metrics.get("score", 0.0))
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One frame of a track. ``match`` is None when the frame was not embedded or not usable (it is not a vote)."""
+
+    t: float
+    match: MatchResult | None
+    quality_ok: bool
+    quality_reasons: tuple[str, ...] = ()
+    latency_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class LivenessResult:
+    """Outcome of a liveness check: "pass" | "fail" | "pending" | "unavailable" | "not_required" | "not_checked".
+
+    Only "pass" (or "not_required" when liveness is off) opens the door; "not_checked" marks a deny for which no
+    grant was due (a stranger), so liveness was never asked. "pending" means a challenge is running: the
+    decider holds the grant and asks again on the next frame. ``method`` says which layers ran (passive, active).
+    """
+
+    status: str
+    score: float | None = None
+    reason: str = ""
+    method: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {"status": self.status}
+        if self.method:
+            out["method"] = self.method
+        if self.score is not None:
+            out["score"] = round(self.score, 4)
+        if self.reason:
+            out["reason"] = self.reason
+        return out

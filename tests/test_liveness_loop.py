@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 from kiosk.capture import Frame
+from kiosk.cli import main
 from kiosk.config import Config, parse_config
 from kiosk.context import Context
 from kiosk.decide import Decision
-from kiosk.demo import run_demo
 from kiosk.door import open_door
 from kiosk.enroll import enroll
 from kiosk.errors import ModelMissingError
@@ -187,7 +187,5 @@ def test_a_configured_liveness_model_that_is_missing_stops_the_start(tmp_path: P
 def test_demo_refuses_the_photo_and_lets_the_blinking_astronaut_in(capsys: pytest.CaptureFixture[str]) -> None:
     """``make demo`` (one of the README's two commands): the real loop, camera thread and simulated door."""
     # Real time, as a user sees it: the camera thread paces the clip at 10 fps and the loop takes the newest frame.
-    cfg = parse_config({})
-    assert run_demo(cfg, as_json=True) == 0
-    out = capsys.readouterr().out
-    assert '"as_expected": true' in out
+    assert main(["demo", "--json"]) == 0  # run_demo's record, printed by the CLI
+    assert '"as_expected": true' in capsys.readouterr().out

@@ -10,6 +10,7 @@ The admin boundary lives here, in one table: the commands in ``ADMIN_COMMANDS`` 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -21,9 +22,25 @@ from ..authz import drop_to_owner, require_admin, set_actor
 from ..config import Config, load_config
 from ..errors import ExitCode, KioskError
 from ..logs import configure
-from . import admin, bench, data, door, liveness, people, recognize, run
 
 log = logging.getLogger("kiosk.cli")
+
+# The command modules, in the order `kiosk --help` lists them, and the commands each registers. A command imports
+# only its own module: `kiosk door off` is the unit's ExecStopPost, the step that locks the door after a crash, and
+# must not wait for the gallery, OpenCV or onnxruntime to load (tests/test_cli_lazy.py holds both to this table).
+COMMAND_MODULES: dict[str, tuple[str, ...]] = {
+    "recognize": ("enroll", "verify", "identify"),
+    "people": ("people",),
+    "run": ("run", "events"),
+    "door": ("door",),
+    "admin": ("check", "models", "eval", "demo"),
+    "liveness": ("eval-liveness",),
+    "data": ("backup", "restore", "keys"),
+    "bench": ("bench",),
+}
+_MODULE_OF = {command: module for module, commands in COMMAND_MODULES.items() for command in commands}
+# Options of the top-level parser that take a value (the word after them is not the command).
+_VALUED_OPTIONS = frozenset({"-c", "--config", "--log-level"})
 
 # Commands that read or change the gallery's people, templates, events or keys, or that unlock the door by hand.
 # `door off` (locking is always safe; it is the service's ExecStopPost), `run`, `check`, `verify` (two photos, no
@@ -52,7 +69,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(ExitCode.USAGE, f"kiosk: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_word(argv: Sequence[str]) -> str | None:
+    """The command in ``argv`` (the first word that is neither an option nor an option's value), or None."""
+    words = iter(argv)
+    for word in words:
+        if word == "--":
+            return next(words, None)
+        if word in _VALUED_OPTIONS:
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or, for a known ``command``, one with only that command's module loaded."""
     parser = _Parser(
         prog="kiosk",
         description="face-kiosk: face-recognition access control for the edge.",
@@ -64,14 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override logging.level")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    recognize.register(sub)
-    people.register(sub)
-    run.register(sub)
-    door.register(sub)
-    admin.register(sub)
-    liveness.register(sub)
-    data.register(sub)
-    bench.register(sub)
+    names = [_MODULE_OF[command]] if command in _MODULE_OF else list(COMMAND_MODULES)
+    for name in names:
+        importlib.import_module(f"{__name__}.{name}").register(sub)
     return parser
 
 
@@ -98,8 +124,9 @@ def _authorise(args: argparse.Namespace, cfg: Config, drop_privileges: bool) -> 
 def main(argv: Sequence[str] | None = None, *, drop_privileges: bool = False) -> int:
     """Run one command; returns its exit code. ``drop_privileges`` (the installed ``kiosk`` entry point only) lets
     root become the data directory's owner for admin commands; in-process callers such as tests keep their uid."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(command_word(words))
+    args = parser.parse_args(words)
     debug = bool(args.debug or os.environ.get("KIOSK_DEBUG"))
     try:
         cfg = load_config(args.config)

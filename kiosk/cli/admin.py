@@ -332,4 +332,7 @@ def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
     With --source 0 the same loop drives a webcam."""
     from ..demo import run_demo
 
-    return run_demo(cfg, source=args.source, as_json=args.json)
+    code, record = run_demo(cfg, source=args.source, as_json=args.json)
+    if args.json:
+        emit_json(record)
+    return code

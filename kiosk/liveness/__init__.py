@@ -20,8 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..config import LivenessConfig
-from ..decide import LivenessResult, Observation
-from ..types import Face, Image
+from ..types import Face, Image, LivenessResult, Observation
 
 if TYPE_CHECKING:
     from ..backends import RuntimeOptions

@@ -27,9 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..decide import LivenessResult
 from ..errors import ConfigError
-from ..types import Face, Image
+from ..types import Face, Image, LivenessResult
 from .mesh import FaceMesh, MeshResult, eye_aspect_ratio, head_yaw_deg
 
 log = logging.getLogger(__name__)
