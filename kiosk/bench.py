@@ -42,6 +42,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from . import SOURCE_ROOT
 from .align import align
 from .capture import Camera, Frame
 from .config import Config
@@ -65,7 +66,7 @@ from .testing import ManualClock, ScriptedSource
 from .types import Image
 
 ENV_DATA = "KIOSK_TEST_DATA"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = SOURCE_ROOT
 W, H = 640, 480
 WALL = 110
 JPEG_QUALITY = 90

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from . import SOURCE_ROOT
 from .errors import ModelError, ModelIntegrityError, ModelMissingError
 
 REBUILD_HINT = "run `make models` (or `python -m tools.build_models`) to rebuild it"
@@ -27,7 +28,7 @@ def default_models_dir() -> Path:
     env = os.environ.get("KIOSK_MODELS_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "models"
+    return SOURCE_ROOT / "models"
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -29,9 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from kiosk.manifest import sha256_file
+from tools import ROOT
 from tools.registry import read_manifest, write_manifest
-
-ROOT = Path(__file__).resolve().parent.parent
 
 # The ArcFace / InsightFace 112x112 5-point template (right eye, left eye, nose, right mouth, left mouth).
 RECIPES: list[dict[str, Any]] = [

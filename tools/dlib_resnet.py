@@ -47,6 +47,7 @@ from torch import nn
 
 from kiosk.manifest import sha256_file
 from kiosk.stats import median_ms
+from tools import ROOT
 from tools.registry import strip_onnx_metadata
 
 from .ort import session as onnx_session
@@ -626,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.fit_template:
         import os
 
-        root = Path(os.environ.get("KIOSK_TEST_DATA", Path(__file__).resolve().parents[2] / "shared/data/faces"))
+        root = Path(os.environ.get("KIOSK_TEST_DATA", ROOT.parent / "shared/data/faces"))
         lines = (root / "lfw" / "labels.csv").read_text(encoding="utf-8").splitlines()[1:]
         paths = [root / "lfw" / line.split(",")[0] for line in lines][:: max(1, len(lines) // args.fit_template)]
         fit = fit_template(paths[: args.fit_template])

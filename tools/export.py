@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from kiosk.stats import median_ms
+from tools import ROOT
 from tools.arch import ARCHS, build
 from tools.errors import ToolError, run_tool
 from tools.registry import (
@@ -228,7 +229,7 @@ def _image_paths(args_paths: list[Path] | None) -> list[Path]:
             out += sorted(q for q in p.rglob("*") if q.suffix.lower() in exts) if p.is_dir() else [p]
         return out[:8]
     data = os.environ.get("KIOSK_TEST_DATA")
-    root = Path(data) if data else Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"
+    root = Path(data) if data else ROOT.parent / "shared" / "data" / "faces"
     pairs = root / "lfw" / "pairs.csv"
     if not pairs.is_file():
         return []

@@ -32,6 +32,7 @@ from kiosk.liveness.mesh import load_face_mesh
 from kiosk.liveness.simulate import H, W, blink_frames, scene, still_frames
 from kiosk.pipeline import runtime_options
 from kiosk.types import Image
+from tools import ROOT
 
 
 def _write(path: Path, frames: list[Image], fps: float) -> None:
@@ -48,9 +49,7 @@ def _write(path: Path, frames: list[Image], fps: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools liveness-clips", description=__doc__.splitlines()[0])
-    default_data = os.environ.get(
-        "KIOSK_TEST_DATA", str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "faces")
-    )
+    default_data = os.environ.get("KIOSK_TEST_DATA", str(ROOT / ".." / "shared" / "data" / "faces"))
     parser.add_argument("--data", type=Path, default=Path(default_data), help="the faces folder (has lfw/)")
     parser.add_argument("--out", type=Path, required=True, help="folder for the clips and labels.csv")
     parser.add_argument("--n", type=int, default=100, help="photos to use (default 100)")

@@ -36,9 +36,9 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from tools import ROOT
 from tools.errors import ToolError, run_tool
 
-ROOT = Path(__file__).resolve().parents[1]
 LOCK_DIR = ROOT / "tools" / "requirements"
 MODEL_SOURCES = [ROOT / "tools" / "model-sources.txt", ROOT / "tools" / "model-sources-extra.txt"]
 GLIBC = "2_36"  # Debian 12 (Raspberry Pi OS bookworm); Debian 13 has 2.41

@@ -30,6 +30,7 @@ import numpy.typing as npt
 import torch
 
 from kiosk.stats import median_ms
+from tools import ROOT
 from tools.arch.minifasnet import MiniFASNet, ShapeError, minifasnet
 from tools.errors import run_tool
 from tools.export import ExportError, load_state_dict
@@ -335,7 +336,7 @@ def default_checkpoint_dir() -> Path:
     env = os.environ.get("KIOSK_MINIFASNET_DIR")
     if env:
         return Path(env)
-    root = Path(__file__).resolve().parent.parent
+    root = ROOT
     faces = Path(os.environ.get("KIOSK_TEST_DATA", root / ".." / "shared" / "data" / "faces"))
     return (faces / ".." / "models" / "minifasnet").resolve()
 

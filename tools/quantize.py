@@ -47,9 +47,10 @@ from kiosk.manifest import ModelSpec, load_manifest, sha256_file
 from kiosk.pipeline import Pipeline, runtime_options
 from kiosk.stats import interleaved_ms, median, percentile
 from kiosk.types import Image
+from tools import ROOT
 from tools.build_models import recompose_prelu, set_nodes
 from tools.errors import ToolError, run_tool
-from tools.registry import ROOT, default_models_dir, read_manifest, register, tool_versions
+from tools.registry import default_models_dir, read_manifest, register, tool_versions
 
 F32 = npt.NDArray[np.float32]
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})

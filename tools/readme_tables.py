@@ -34,9 +34,9 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
+from tools import ROOT
 from tools.errors import ToolError, run_tool
 
-ROOT = Path(__file__).resolve().parent.parent
 PROG = "python -m tools readme-tables"
 
 # Paths under the results folder. Commands name them from the repository root (LINK_BASE); the links in

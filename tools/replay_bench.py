@@ -70,10 +70,10 @@ from kiosk.pipeline import Pipeline
 from kiosk.stats import dist
 from kiosk.testing import ManualClock
 from kiosk.types import Image
+from tools import ROOT
 
 log = logging.getLogger("tools.replay_bench")
 
-ROOT = Path(__file__).resolve().parent.parent
 ENV_DATA = "KIOSK_TEST_DATA"
 PROG = "python -m tools.replay_bench"
 W, H = 640, 480

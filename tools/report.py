@@ -30,7 +30,8 @@ from kiosk.machine import describe, package_version
 from kiosk.manifest import ModelSpec, load_manifest, sha256_file
 from kiosk.stats import Timing, timings
 
-from .registry import ROOT, default_models_dir
+from . import ROOT
+from .registry import default_models_dir
 
 RESULTS = ROOT / "docs" / "results" / "models"
 DEFAULT_DETECTOR = "yunet"

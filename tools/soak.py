@@ -71,11 +71,11 @@ from kiosk.notify import Notifier
 from kiosk.pipeline import Pipeline
 from kiosk.testing import FlakyStage
 from kiosk.types import Image
+from tools import ROOT
 
 log = logging.getLogger("tools.soak")
 
 PROG = "python -m tools soak"
-ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_FAULTS = "drop=0.02,stall=0.002,unplug=0.002,exception=0.01,lock=0.02"
 STATUS_EVERY_S = 1.0  # how often a child rewrites its status file
 # NOTE: the default lock episode lasts twice gallery.busy_timeout_s: a write arriving in its first half waits the whole

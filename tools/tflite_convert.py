@@ -42,10 +42,10 @@ from kiosk.manifest import ModelSpec, load_manifest
 from kiosk.pipeline import Pipeline
 from kiosk.stats import median_ms
 from kiosk.types import FloatArray, Image
+from tools import ROOT
 from tools.build_models import recompose_prelu
 from tools.registry import default_models_dir, read_manifest, register, tool_versions
 
-ROOT = Path(__file__).resolve().parent.parent
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # Ops whose output is a constant when all their inputs are: folded before onnx2tf sees the graph.
 FOLDABLE = frozenset({"Constant", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Cast", "Identity"})
