@@ -1,3 +1,3 @@
-from .cli import entry
+from kiosk.cli import entry
 
 entry()

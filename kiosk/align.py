@@ -14,8 +14,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .errors import ModelError
-from .types import Face, FloatArray, Image
+from kiosk.errors import ModelError
+from kiosk.types import Face, FloatArray, Image
 
 
 @dataclass(frozen=True)

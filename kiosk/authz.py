@@ -19,7 +19,7 @@ import pwd
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import AccessDeniedError
+from kiosk.errors import AccessDeniedError
 
 log = logging.getLogger("kiosk.authz")
 

@@ -42,28 +42,28 @@ from typing import Any
 import cv2
 import numpy as np
 
-from . import SOURCE_ROOT
-from .align import align
-from .capture import Camera, Frame
-from .config import Config
-from .context import Context
-from .decide import Decision
-from .detect import select_faces
-from .door import SimulatedDoor, open_door
-from .enroll import enroll
-from .errors import ConfigError, FaceError, InputError, KioskError
-from .imageio import read_image
-from .liveness import Liveness
-from .loop import DoorLoop
-from .machine import describe, loadavg, versions
-from .manifest import Manifest, load_manifest
-from .match import Matcher
-from .notify import Notifier
-from .pipeline import Pipeline
-from .quality import assess
-from .stats import dist, time_ms
-from .testing import ManualClock, ScriptedSource
-from .types import Image
+from kiosk import SOURCE_ROOT
+from kiosk.align import align
+from kiosk.capture import Camera, Frame
+from kiosk.config import Config
+from kiosk.context import Context
+from kiosk.decide import Decision
+from kiosk.detect import select_faces
+from kiosk.door import SimulatedDoor, open_door
+from kiosk.enroll import enroll
+from kiosk.errors import ConfigError, FaceError, InputError, KioskError
+from kiosk.imageio import read_image
+from kiosk.liveness import Liveness
+from kiosk.loop import DoorLoop
+from kiosk.machine import describe, loadavg, versions
+from kiosk.manifest import Manifest, load_manifest
+from kiosk.match import Matcher
+from kiosk.notify import Notifier
+from kiosk.pipeline import Pipeline
+from kiosk.quality import assess
+from kiosk.stats import dist, time_ms
+from kiosk.testing import ManualClock, ScriptedSource
+from kiosk.types import Image
 
 ENV_DATA = "KIOSK_TEST_DATA"
 ROOT = SOURCE_ROOT

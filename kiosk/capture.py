@@ -31,10 +31,10 @@ from urllib.parse import urlsplit
 import cv2
 import numpy as np
 
-from .config import CameraConfig
-from .errors import ConfigError, HardwareError, InputError
-from .imageio import as_bgr, read_image
-from .types import Image
+from kiosk.config import CameraConfig
+from kiosk.errors import ConfigError, HardwareError, InputError
+from kiosk.imageio import as_bgr, read_image
+from kiosk.types import Image
 
 log = logging.getLogger(__name__)
 

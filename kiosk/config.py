@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from kiosk.errors import ConfigError
 
 ENV_CONFIG = "KIOSK_CONFIG"
 MAX_CONFIG_BYTES = 1024 * 1024  # a config file is a few kB; anything this big is a mistake (or an attack)

@@ -10,13 +10,13 @@ import logging
 from functools import cached_property
 from types import TracebackType
 
-from .config import Config
-from .gallery import Gallery, GalleryMatrix
-from .gallery.open import open_gallery
-from .liveness import Liveness
-from .manifest import Manifest, load_manifest
-from .match import Matcher
-from .pipeline import Pipeline, runtime_options
+from kiosk.config import Config
+from kiosk.gallery import Gallery, GalleryMatrix
+from kiosk.gallery.open import open_gallery
+from kiosk.liveness import Liveness
+from kiosk.manifest import Manifest, load_manifest
+from kiosk.match import Matcher
+from kiosk.pipeline import Pipeline, runtime_options
 
 log = logging.getLogger(__name__)
 

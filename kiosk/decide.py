@@ -11,10 +11,10 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .config import DecisionConfig
-from .match import MatchResult
-from .types import LivenessResult as LivenessResult  # re-exported: the decision API names them
-from .types import Observation as Observation
+from kiosk.config import DecisionConfig
+from kiosk.match import MatchResult
+from kiosk.types import LivenessResult as LivenessResult  # re-exported: the decision API names them
+from kiosk.types import Observation as Observation
 
 log = logging.getLogger(__name__)
 

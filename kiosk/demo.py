@@ -18,13 +18,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .config import Config
-from .context import Context
-from .decide import Decision
-from .enroll import enroll
-from .errors import BackendUnavailableError, ExitCode, KioskError
-from .imageio import as_bgr
-from .types import Image
+from kiosk.config import Config
+from kiosk.context import Context
+from kiosk.decide import Decision
+from kiosk.enroll import enroll
+from kiosk.errors import BackendUnavailableError, ExitCode, KioskError
+from kiosk.imageio import as_bgr
+from kiosk.types import Image
 
 W, H, FPS = 640, 480, 10
 DEMO_CHALLENGE_S = 3.0  # liveness.active.timeout_s for the built-in clip
@@ -90,9 +90,9 @@ def build_clip(path: Path, held_photo: list[Image], blinking: list[Image]) -> di
 
 def _astronaut_frames(ctx: Context, photo: Image) -> tuple[list[Image], list[Image]]:
     """The astronaut's photo held still before the camera, and the astronaut blinking once (eyelids from the mesh)."""
-    from .liveness.mesh import load_face_mesh
-    from .liveness.simulate import blink_frames, scene, still_frames
-    from .pipeline import runtime_options
+    from kiosk.liveness.mesh import load_face_mesh
+    from kiosk.liveness.simulate import blink_frames, scene, still_frames
+    from kiosk.pipeline import runtime_options
 
     image = scene(photo, 1.4)
     faces = ctx.pipeline.detect(image)
@@ -107,7 +107,7 @@ def _astronaut_frames(ctx: Context, photo: Image) -> tuple[list[Image], list[Ima
 def run_demo(cfg: Config, *, source: str | None = None, as_json: bool = False) -> tuple[int, dict[str, Any]]:
     """Run the demo, printing each step unless ``as_json``; the exit status and the whole record (the CLI prints it
     as JSON with ``--json``)."""
-    from .runner import run_kiosk
+    from kiosk.runner import run_kiosk
 
     out: dict[str, Any] = {"enrolment": [], "decisions": [], "prompts": []}
 

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Protocol
 
-from .config import DoorConfig
-from .errors import ConfigError, HardwareError
+from kiosk.config import DoorConfig
+from kiosk.errors import ConfigError, HardwareError
 
 log = logging.getLogger("kiosk.door")
 

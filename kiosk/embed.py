@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backends import Runner
-from .errors import ModelError
-from .manifest import ModelSpec
-from .types import FloatArray, Image
+from kiosk.backends import Runner
+from kiosk.errors import ModelError
+from kiosk.manifest import ModelSpec
+from kiosk.types import FloatArray, Image
 
 
 class Embedder:

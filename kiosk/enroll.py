@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DuplicateError, FaceError, InputError, KioskError, PersonNotFoundError
-from .gallery import Gallery, Person, TemplateIn, clean_name
-from .imageio import read_image
-from .match import Matcher
-from .pipeline import FaceResult, Pipeline
-from .types import FloatArray, Image
+from kiosk.errors import DuplicateError, FaceError, InputError, KioskError, PersonNotFoundError
+from kiosk.gallery import Gallery, Person, TemplateIn, clean_name
+from kiosk.imageio import read_image
+from kiosk.match import Matcher
+from kiosk.pipeline import FaceResult, Pipeline
+from kiosk.types import FloatArray, Image
 
 log = logging.getLogger(__name__)
 

@@ -30,12 +30,12 @@ from typing import Any, TextIO
 import numpy as np
 import numpy.typing as npt
 
-from . import metrics
-from .cache import EmbeddingCache
-from .errors import FaceError, InputError
-from .imageio import display
-from .manifest import sha256_file
-from .plot import plot as plot_scores
+from kiosk import metrics
+from kiosk.cache import EmbeddingCache
+from kiosk.errors import FaceError, InputError
+from kiosk.imageio import display
+from kiosk.manifest import sha256_file
+from kiosk.plot import plot as plot_scores
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import InputError
-from .types import Image
+from kiosk.errors import InputError
+from kiosk.types import Image
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000

@@ -20,11 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .capture import Camera, Frame
-from .decide import NONE, Decider, Decision, Observation
-from .detect import select_faces
-from .door import Door
-from .errors import (
+from kiosk.capture import Camera, Frame
+from kiosk.decide import NONE, Decider, Decision, Observation
+from kiosk.detect import select_faces
+from kiosk.door import Door
+from kiosk.errors import (
     ConfigError,
     GalleryCorruptError,
     GalleryError,
@@ -34,14 +34,14 @@ from .errors import (
     ModelError,
     TemplateKeyError,
 )
-from .gallery import Gallery, utc_now
-from .liveness import Liveness
-from .match import Matcher
-from .notify import Notifier
-from .pipeline import Pipeline
-from .snapshots import SnapshotStore
-from .stats import median
-from .track import Track, Tracker
+from kiosk.gallery import Gallery, utc_now
+from kiosk.liveness import Liveness
+from kiosk.match import Matcher
+from kiosk.notify import Notifier
+from kiosk.pipeline import Pipeline
+from kiosk.snapshots import SnapshotStore
+from kiosk.stats import median
+from kiosk.track import Track, Tracker
 
 log = logging.getLogger("kiosk.loop")
 

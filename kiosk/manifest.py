@@ -14,8 +14,8 @@ from typing import Any
 
 import yaml
 
-from . import SOURCE_ROOT
-from .errors import ModelError, ModelIntegrityError, ModelMissingError
+from kiosk import SOURCE_ROOT
+from kiosk.errors import ModelError, ModelIntegrityError, ModelMissingError
 
 REBUILD_HINT = "run `make models` (or `python -m tools.build_models`) to rebuild it"
 TASKS = ("detect", "embed", "liveness", "landmarks")

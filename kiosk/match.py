@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .types import FloatArray
+from kiosk.types import FloatArray
 
 
 @dataclass(frozen=True)

@@ -13,14 +13,14 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .align import Template, align, get_template
-from .backends import RuntimeOptions, load_runner
-from .config import Config
-from .detect import Detector, build_detector, select_faces
-from .embed import Embedder
-from .manifest import Manifest, ModelSpec, load_manifest
-from .quality import assess
-from .types import Face, FloatArray, Image, QualityReport
+from kiosk.align import Template, align, get_template
+from kiosk.backends import RuntimeOptions, load_runner
+from kiosk.config import Config
+from kiosk.detect import Detector, build_detector, select_faces
+from kiosk.embed import Embedder
+from kiosk.manifest import Manifest, ModelSpec, load_manifest
+from kiosk.quality import assess
+from kiosk.types import Face, FloatArray, Image, QualityReport
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from .errors import InputError
-from .metrics import F64, ArrayLike, Histogram, histogram
+from kiosk.errors import InputError
+from kiosk.metrics import F64, ArrayLike, Histogram, histogram
 
 log = logging.getLogger(__name__)
 

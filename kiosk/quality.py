@@ -13,8 +13,8 @@ import math
 import cv2
 import numpy as np
 
-from .config import QualityConfig
-from .types import Face, Image, QualityReport
+from kiosk.config import QualityConfig
+from kiosk.types import Face, Image, QualityReport
 
 # Frontal reference: where the nose tip sits between the eye line (0) and the mouth (1) on a level face. The ArcFace
 # template says 0.495; detected landmarks put it lower, so this is the median over LFW (median pitch 0 there).

@@ -24,16 +24,16 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .capture import Camera, open_source
-from .config import Config
-from .context import Context
-from .decide import Decision
-from .door import Door, open_door
-from .errors import KioskError
-from .loop import DoorLoop, LoopStats
-from .notify import Notifier
-from .snapshots import SnapshotStore
-from .watchdog import Watchdog
+from kiosk.capture import Camera, open_source
+from kiosk.config import Config
+from kiosk.context import Context
+from kiosk.decide import Decision
+from kiosk.door import Door, open_door
+from kiosk.errors import KioskError
+from kiosk.loop import DoorLoop, LoopStats
+from kiosk.notify import Notifier
+from kiosk.snapshots import SnapshotStore
+from kiosk.watchdog import Watchdog
 
 log = logging.getLogger("kiosk.run")
 

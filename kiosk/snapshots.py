@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .types import FloatArray, Image
+from kiosk.types import FloatArray, Image
 
 log = logging.getLogger(__name__)
 

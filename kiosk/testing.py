@@ -19,9 +19,9 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar, cast
 
-from .errors import HardwareError
-from .imageio import read_image
-from .types import Image
+from kiosk.errors import HardwareError
+from kiosk.imageio import read_image
+from kiosk.types import Image
 
 __all__ = ["FlakyStage", "ManualClock", "ScriptItem", "ScriptedSource"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .types import Face, FloatArray
+from kiosk.types import Face, FloatArray
 
 Box = Sequence[float] | FloatArray
 

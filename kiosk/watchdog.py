@@ -24,7 +24,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import NoReturn, Protocol
 
-from .errors import ExitCode
+from kiosk.errors import ExitCode
 
 log = logging.getLogger("kiosk.watchdog")
 

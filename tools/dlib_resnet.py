@@ -48,9 +48,8 @@ from torch import nn
 from kiosk.manifest import sha256_file
 from kiosk.stats import median_ms
 from tools import ROOT
+from tools.ort import session as onnx_session
 from tools.registry import strip_onnx_metadata
-
-from .ort import session as onnx_session
 
 PACKAGE = "face-recognition-models"
 SOURCE = "face_recognition_models/models/dlib_face_recognition_resnet_model_v1.dat"

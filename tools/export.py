@@ -37,6 +37,7 @@ from kiosk.stats import median_ms
 from tools import ROOT
 from tools.arch import ARCHS, build
 from tools.errors import ToolError, run_tool
+from tools.ort import session as _session
 from tools.registry import (
     default_models_dir,
     file_provenance,
@@ -45,8 +46,6 @@ from tools.registry import (
     strip_onnx_metadata,
     tool_versions,
 )
-
-from .ort import session as _session
 
 DEFAULT_LICENCE = "user-supplied: check your training data's licence"
 INPUT_SIZE = 112

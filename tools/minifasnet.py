@@ -35,6 +35,7 @@ from tools.arch.minifasnet import MiniFASNet, ShapeError, minifasnet
 from tools.errors import run_tool
 from tools.export import ExportError, load_state_dict
 from tools.export import export_onnx as shared_export
+from tools.ort import session
 from tools.registry import (
     default_models_dir,
     file_provenance,
@@ -43,8 +44,6 @@ from tools.registry import (
     tool_versions,
     write_manifest,
 )
-
-from .ort import session
 
 REAL_CLASS = 1
 LICENCE = "Apache-2.0"

@@ -29,9 +29,8 @@ from kiosk.config import Config
 from kiosk.machine import describe, package_version
 from kiosk.manifest import ModelSpec, load_manifest, sha256_file
 from kiosk.stats import Timing, timings
-
-from . import ROOT
-from .registry import default_models_dir
+from tools import ROOT
+from tools.registry import default_models_dir
 
 RESULTS = ROOT / "docs" / "results" / "models"
 DEFAULT_DETECTOR = "yunet"

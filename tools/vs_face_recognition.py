@@ -468,8 +468,7 @@ def build_frames(lfw: Path, n: int, seed: int, folder: Path) -> list[tuple[str, 
     import cv2
 
     from kiosk.imageio import read_image
-
-    from .replay_bench import ClipSpec, _rng, read_lfw_labels, render_face_frame
+    from tools.replay_bench import ClipSpec, _rng, read_lfw_labels, render_face_frame
 
     by_identity = read_lfw_labels(lfw / "labels.csv")
     identities = list(by_identity)
@@ -742,8 +741,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def compare(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     from kiosk.machine import loadavg, versions
-
-    from .replay_bench import data_dir, git_state
+    from tools.replay_bench import data_dir, git_state
 
     started = datetime.now(UTC).isoformat(timespec="seconds")
     t_start = time.perf_counter()

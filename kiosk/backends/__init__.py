@@ -12,8 +12,8 @@ from typing import Protocol
 
 import numpy as np
 
-from ..errors import ModelError
-from ..manifest import ModelSpec
+from kiosk.errors import ModelError
+from kiosk.manifest import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -37,13 +37,13 @@ class Runner(Protocol):
 
 
 def _onnx(spec: ModelSpec, options: RuntimeOptions) -> Runner:
-    from .onnx import OnnxRunner
+    from kiosk.backends.onnx import OnnxRunner
 
     return OnnxRunner(spec, options)
 
 
 def _tflite(spec: ModelSpec, options: RuntimeOptions) -> Runner:
-    from .tflite import TfliteRunner
+    from kiosk.backends.tflite import TfliteRunner
 
     return TfliteRunner(spec, options)
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, ModelIntegrityError
-from ..manifest import ModelSpec
-from . import RuntimeOptions
+from kiosk.backends import RuntimeOptions
+from kiosk.errors import BackendUnavailableError, ModelIntegrityError
+from kiosk.manifest import ModelSpec
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from .. import __version__
-from ..authz import drop_to_owner, require_admin, set_actor
-from ..config import Config, load_config
-from ..errors import ExitCode, KioskError
-from ..logs import configure
+from kiosk import __version__
+from kiosk.authz import drop_to_owner, require_admin, set_actor
+from kiosk.config import Config, load_config
+from kiosk.errors import ExitCode, KioskError
+from kiosk.logs import configure
 
 log = logging.getLogger("kiosk.cli")
 

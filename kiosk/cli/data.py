@@ -7,14 +7,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .. import authz
-from ..config import Config
-from ..errors import GalleryCorruptError, GalleryError, InputError, TamperedError
-from ..gallery import Gallery
-from ..gallery.backup import backup_gallery
-from ..gallery.keys import AesGcmCipher, generate_key_file, load_cipher, read_key_file
-from ..gallery.open import gallery_in_use, move_damaged_aside, open_gallery
-from ._output import emit_json
+from kiosk import authz
+from kiosk.cli._output import emit_json
+from kiosk.config import Config
+from kiosk.errors import GalleryCorruptError, GalleryError, InputError, TamperedError
+from kiosk.gallery import Gallery
+from kiosk.gallery.backup import backup_gallery
+from kiosk.gallery.keys import AesGcmCipher, generate_key_file, load_cipher, read_key_file
+from kiosk.gallery.open import gallery_in_use, move_damaged_aside, open_gallery
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 

@@ -10,9 +10,9 @@ import argparse
 import time
 from typing import Any
 
-from ..config import Config, DoorConfig
-from ..door import Door, open_door
-from ..errors import HardwareError
+from kiosk.config import Config, DoorConfig
+from kiosk.door import Door, open_door
+from kiosk.errors import HardwareError
 
 LOCK_WAIT_SLACK_S = 2.0  # how much longer than the pulse we wait for the off-timer before forcing the relay off
 

@@ -11,14 +11,14 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..config import Config
-from ..context import Context
-from ..errors import InputError, KioskError
-from ..imageio import read_image
-from ..liveness.evaluate import Presentation, Scored, evaluate, read_presentations, score_all
-from ..pipeline import Pipeline, runtime_options
-from ..track import Tracker
-from ..types import Face, Image
+from kiosk.config import Config
+from kiosk.context import Context
+from kiosk.errors import InputError, KioskError
+from kiosk.imageio import read_image
+from kiosk.liveness.evaluate import Presentation, Scored, evaluate, read_presentations, score_all
+from kiosk.pipeline import Pipeline, runtime_options
+from kiosk.track import Tracker
+from kiosk.types import Face, Image
 
 
 def register(sub: Any) -> None:
@@ -122,7 +122,7 @@ def _frames(path: Path, every: int) -> tuple[list[tuple[float, Image]], float]:
 def _passive_scorer(
     args: argparse.Namespace, cfg: Config, ctx: Context, pipeline: Pipeline
 ) -> tuple[Any, dict[str, Any]]:
-    from ..liveness.passive import PassiveLiveness
+    from kiosk.liveness.passive import PassiveLiveness
 
     ids = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else list(cfg.liveness.passive.models)
     if not ids:
@@ -153,8 +153,8 @@ def _passive_scorer(
 def _active_scorer(
     args: argparse.Namespace, cfg: Config, ctx: Context, pipeline: Pipeline
 ) -> tuple[Any, dict[str, Any]]:
-    from ..liveness.active import BlinkDetector
-    from ..liveness.mesh import eye_aspect_ratio, load_face_mesh
+    from kiosk.liveness.active import BlinkDetector
+    from kiosk.liveness.mesh import eye_aspect_ratio, load_face_mesh
 
     mesh = load_face_mesh(ctx.manifest, cfg.liveness.active.model, runtime_options(cfg))
     models = {mesh.spec.id: mesh.spec.sha256}

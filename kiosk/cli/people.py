@@ -6,12 +6,12 @@ import argparse
 import sys
 from typing import Any
 
-from ..config import Config
-from ..errors import ExitCode, InputError, KioskError
-from ..gallery import Gallery, Person, erase_from_backup
-from ..gallery.backup import backup_files
-from ..gallery.open import open_gallery
-from ._output import emit_json, table
+from kiosk.cli._output import emit_json, table
+from kiosk.config import Config
+from kiosk.errors import ExitCode, InputError, KioskError
+from kiosk.gallery import Gallery, Person, erase_from_backup
+from kiosk.gallery.backup import backup_files
+from kiosk.gallery.open import open_gallery
 
 
 def register(sub: Any) -> None:

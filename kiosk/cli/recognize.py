@@ -8,16 +8,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..config import Config
-from ..context import Context
-from ..detect import select_faces
-from ..enroll import EnrollReport, enroll
-from ..errors import ExitCode, FaceError, InputError, NoFaceError
-from ..gallery import clean_name
-from ..imageio import read_image
-from ..match import cosine
-from ..pipeline import FaceResult, Pipeline
-from ._output import emit_json, fmt, table
+from kiosk.cli._output import emit_json, fmt, table
+from kiosk.config import Config
+from kiosk.context import Context
+from kiosk.detect import select_faces
+from kiosk.enroll import EnrollReport, enroll
+from kiosk.errors import ExitCode, FaceError, InputError, NoFaceError
+from kiosk.gallery import clean_name
+from kiosk.imageio import read_image
+from kiosk.match import cosine
+from kiosk.pipeline import FaceResult, Pipeline
 
 
 def _when(text: str) -> datetime:
@@ -107,9 +107,9 @@ def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:
 
 def _enroll_from_camera(args: argparse.Namespace, cfg: Config, ctx: Context) -> EnrollReport:
     """Guided capture: progress on one terminal line, then the same checks and storage as photo enrolment."""
-    from ..capture import Camera, open_source
-    from ..enroll import existing_person, store
-    from ..guided import guided_capture
+    from kiosk.capture import Camera, open_source
+    from kiosk.enroll import existing_person, store
+    from kiosk.guided import guided_capture
 
     existing_person(ctx.gallery, args.name, args.append)
     interactive = sys.stderr.isatty()

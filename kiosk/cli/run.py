@@ -10,11 +10,11 @@ import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ..config import Config
-from ..decide import Decision
-from ..errors import TamperedError
-from ..gallery.open import open_gallery
-from ._output import emit_json, fmt, table
+from kiosk.cli._output import emit_json, fmt, table
+from kiosk.config import Config
+from kiosk.decide import Decision
+from kiosk.errors import TamperedError
+from kiosk.gallery.open import open_gallery
 
 
 def _since(text: str) -> datetime:
@@ -59,7 +59,7 @@ def cmd_run(args: argparse.Namespace, cfg: Config) -> int:
     """Run the door loop until SIGTERM/SIGINT (or the end of a replayed file): newest frame → detect → track →
     match → K-of-N decision → relay pulse, one log line and one event per decision. Under systemd it sends READY
     once models are warm and watchdog pings from the frame loop."""
-    from ..runner import run_kiosk
+    from kiosk.runner import run_kiosk
 
     def show(d: Decision, door: str) -> None:
         if not args.json:

@@ -9,14 +9,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-from ..backends import Runner
-from ..errors import ModelError
-from ..manifest import ModelSpec
-from ..types import Face, Image
-from ._common import check_image, nms, resolve_threshold
-from .blazeface import BlazeFaceDetector
-from .mtcnn import MTCNNDetector
-from .yunet import YuNetDetector
+from kiosk.backends import Runner
+from kiosk.detect._common import check_image, nms, resolve_threshold
+from kiosk.detect.blazeface import BlazeFaceDetector
+from kiosk.detect.mtcnn import MTCNNDetector
+from kiosk.detect.yunet import YuNetDetector
+from kiosk.errors import ModelError
+from kiosk.manifest import ModelSpec
+from kiosk.types import Face, Image
 
 SELECT_POLICIES = ("largest", "central", "all")
 

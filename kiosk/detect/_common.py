@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import InputError, ModelError
-from ..manifest import ModelSpec
-from ..types import Image
+from kiosk.errors import InputError, ModelError
+from kiosk.manifest import ModelSpec
+from kiosk.types import Image
 
 
 def nms(boxes: npt.ArrayLike, scores: npt.ArrayLike, iou: float, top_k: int = 750) -> npt.NDArray[np.intp]:

@@ -25,11 +25,11 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from ..backends import Runner
-from ..errors import ModelError
-from ..manifest import ModelSpec
-from ..types import Face, FloatArray, Image
-from ._common import check_image, resolve_threshold
+from kiosk.backends import Runner
+from kiosk.detect._common import check_image, resolve_threshold
+from kiosk.errors import ModelError
+from kiosk.manifest import ModelSpec
+from kiosk.types import Face, FloatArray, Image
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from ..backends import Runner
-from ..errors import ModelError
-from ..manifest import ModelSpec
-from ..types import Face, FloatArray, Image
-from ._common import check_image, nms, resolve_threshold
+from kiosk.backends import Runner
+from kiosk.detect._common import check_image, nms, resolve_threshold
+from kiosk.errors import ModelError
+from kiosk.manifest import ModelSpec
+from kiosk.types import Face, FloatArray, Image
 
 log = logging.getLogger(__name__)
 

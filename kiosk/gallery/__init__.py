@@ -36,12 +36,12 @@ def utc_iso(dt: datetime | None = None) -> str:
 
 # NOTE: utc_now and utc_iso are defined here, before the submodules that use them are imported, so that the wall
 # clock is this module's ``datetime``: tests/test_faults.py makes it jump by patching ``kiosk.gallery.datetime``.
-from .backup import erase_from_backup  # noqa: E402
-from .chain import CHAIN_FIELDS, GENESIS_HASH, EventChainReport, event_hash, verify_chain  # noqa: E402
-from .db import Gallery  # noqa: E402
-from .events import EVENT_FIELDS  # noqa: E402
-from .records import MAX_NAME_LEN, GalleryMatrix, Person, TemplateCipher, TemplateIn, clean_name  # noqa: E402
-from .schema import MIGRATIONS, _migrate_initial, _migrate_security  # noqa: E402
+from kiosk.gallery.backup import erase_from_backup  # noqa: E402
+from kiosk.gallery.chain import CHAIN_FIELDS, GENESIS_HASH, EventChainReport, event_hash, verify_chain  # noqa: E402
+from kiosk.gallery.db import Gallery  # noqa: E402
+from kiosk.gallery.events import EVENT_FIELDS  # noqa: E402
+from kiosk.gallery.records import MAX_NAME_LEN, GalleryMatrix, Person, TemplateCipher, TemplateIn, clean_name  # noqa: E402
+from kiosk.gallery.schema import MIGRATIONS, _migrate_initial, _migrate_security  # noqa: E402
 
 __all__ = [
     "CHAIN_FIELDS",

@@ -18,17 +18,15 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from kiosk.errors import GalleryCorruptError, GalleryError, InsecureStorageError, TamperedError
-
-from .chain import verify_chain
-from .events import EventLog
-from .permissions import SIDECARS, private_path_problem
-from .schema import MIGRATIONS
-from .sql import _columns, _sql_message
+from kiosk.gallery.chain import verify_chain
+from kiosk.gallery.events import EventLog
+from kiosk.gallery.permissions import SIDECARS, private_path_problem
+from kiosk.gallery.schema import MIGRATIONS
+from kiosk.gallery.sql import _columns, _sql_message
 
 if TYPE_CHECKING:
     from kiosk.config import Config
-
-    from .db import Gallery
+    from kiosk.gallery.db import Gallery
 
 # NOTE: the names of the modules this code came from (kiosk/gallery.py, kiosk/storage.py), so log lines and their
 # filters stay as they were.

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from .sql import _columns
+from kiosk.gallery.sql import _columns
 
 # The columns an event's hash covers, in this fixed order: later migrations may add columns without changing
 # the hash of events already written.

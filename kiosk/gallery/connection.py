@@ -15,11 +15,10 @@ from typing import Any
 from sqlite_utils import Database
 
 from kiosk.errors import GalleryCorruptError, GalleryError, GalleryLockedError, TemplateKeyError
-
-from . import utc_iso
-from .records import TemplateCipher, _template_aad
-from .schema import MIGRATIONS
-from .sql import _sql_message
+from kiosk.gallery import utc_iso
+from kiosk.gallery.records import TemplateCipher, _template_aad
+from kiosk.gallery.schema import MIGRATIONS
+from kiosk.gallery.sql import _sql_message
 
 # NOTE: the name of the module this code came from (kiosk/gallery.py), so log lines and their filters stay as they were.
 logger = logging.getLogger("kiosk.gallery")

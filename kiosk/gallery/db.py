@@ -15,12 +15,11 @@ import numpy as np
 from sqlite_utils import Database
 
 from kiosk.errors import DuplicateError, InputError, PersonNotFoundError
-
-from . import utc_iso
-from .backup import GalleryBackup
-from .connection import GalleryConnection
-from .events import EventLog
-from .records import (
+from kiosk.gallery import utc_iso
+from kiosk.gallery.backup import GalleryBackup
+from kiosk.gallery.connection import GalleryConnection
+from kiosk.gallery.events import EventLog
+from kiosk.gallery.records import (
     GalleryMatrix,
     Person,
     TemplateCipher,

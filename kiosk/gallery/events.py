@@ -12,10 +12,10 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from . import utc_iso
-from .chain import CHAIN_FIELDS, GENESIS_HASH, EventChainReport, event_hash, verify_chain
-from .connection import GalleryConnection
-from .records import _has_surrogate
+from kiosk.gallery import utc_iso
+from kiosk.gallery.chain import CHAIN_FIELDS, GENESIS_HASH, EventChainReport, event_hash, verify_chain
+from kiosk.gallery.connection import GalleryConnection
+from kiosk.gallery.records import _has_surrogate
 
 # fmt: off
 EVENT_FIELDS = ("ts", "track_id", "person_id", "person_name", "score", "runner_up", "threshold", "frames",

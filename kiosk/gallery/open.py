@@ -19,11 +19,10 @@ from pathlib import Path
 from kiosk import authz
 from kiosk.config import Config
 from kiosk.errors import GalleryCorruptError, TemplateKeyError
-
-from .backup import newest_backup
-from .db import Gallery
-from .keys import load_cipher
-from .permissions import check_permissions
+from kiosk.gallery.backup import newest_backup
+from kiosk.gallery.db import Gallery
+from kiosk.gallery.keys import load_cipher
+from kiosk.gallery.permissions import check_permissions
 
 # SQLite's POSIX lock bytes: every open connection of a WAL database holds a shared lock on the -shm file's
 # dead-man-switch byte, and readers hold one on the database file's shared range.

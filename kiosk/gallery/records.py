@@ -12,8 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from kiosk.errors import InputError
-
-from . import utc_iso
+from kiosk.gallery import utc_iso
 
 MAX_NAME_LEN = 200
 

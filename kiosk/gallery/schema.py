@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 from sqlite_utils import Database
 
-from .chain import _chain_new_events
-from .sql import _columns
+from kiosk.gallery.chain import _chain_new_events
+from kiosk.gallery.sql import _columns
 
 _SCHEMA_1 = """
 CREATE TABLE IF NOT EXISTS people (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE COLLATE NOCASE,

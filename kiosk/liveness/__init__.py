@@ -19,14 +19,14 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..config import LivenessConfig
-from ..types import Face, Image, LivenessResult, Observation
+from kiosk.config import LivenessConfig
+from kiosk.types import Face, Image, LivenessResult, Observation
 
 if TYPE_CHECKING:
-    from ..backends import RuntimeOptions
-    from ..manifest import Manifest
-    from .active import ActiveLiveness
-    from .passive import PassiveLiveness
+    from kiosk.backends import RuntimeOptions
+    from kiosk.liveness.active import ActiveLiveness
+    from kiosk.liveness.passive import PassiveLiveness
+    from kiosk.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class Liveness:
         passive = active = None
         if cfg.passive_required:
             if cfg.passive.models:
-                from .passive import PassiveLiveness
+                from kiosk.liveness.passive import PassiveLiveness
 
                 passive = PassiveLiveness.from_manifest(manifest, list(cfg.passive.models), options)
             else:
@@ -75,8 +75,8 @@ class Liveness:
                     cfg.mode,
                 )
         if cfg.active_required:
-            from .active import ActiveLiveness
-            from .mesh import load_face_mesh
+            from kiosk.liveness.active import ActiveLiveness
+            from kiosk.liveness.mesh import load_face_mesh
 
             mesh = load_face_mesh(manifest, cfg.active.model, options)
             active = ActiveLiveness(

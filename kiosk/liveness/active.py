@@ -27,9 +27,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..errors import ConfigError
-from ..types import Face, Image, LivenessResult
-from .mesh import FaceMesh, MeshResult, eye_aspect_ratio, head_yaw_deg
+from kiosk.errors import ConfigError
+from kiosk.liveness.mesh import FaceMesh, MeshResult, eye_aspect_ratio, head_yaw_deg
+from kiosk.types import Face, Image, LivenessResult
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
-from ..evaluate import _plain, _read_csv, _short, check_path, outside_root
-from ..imageio import display
+from kiosk.errors import InputError
+from kiosk.evaluate import _plain, _read_csv, _short, check_path, outside_root
+from kiosk.imageio import display
 
 BONA_FIDE = "bona_fide"
 ATTACK = "attack"

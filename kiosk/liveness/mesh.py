@@ -41,10 +41,10 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from ..backends import Runner, RuntimeOptions, load_runner
-from ..errors import InputError, ModelError
-from ..manifest import Manifest, ModelSpec
-from ..types import Face, FloatArray, Image
+from kiosk.backends import Runner, RuntimeOptions, load_runner
+from kiosk.errors import InputError, ModelError
+from kiosk.manifest import Manifest, ModelSpec
+from kiosk.types import Face, FloatArray, Image
 
 NUM_LANDMARKS = 468
 NUM_EYE_CONTOUR = 71

@@ -18,10 +18,10 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from ..backends import Runner, RuntimeOptions, load_runner
-from ..errors import ModelError
-from ..manifest import Manifest, ModelSpec
-from ..types import Face, Image
+from kiosk.backends import Runner, RuntimeOptions, load_runner
+from kiosk.errors import ModelError
+from kiosk.manifest import Manifest, ModelSpec
+from kiosk.types import Face, Image
 
 F64 = npt.NDArray[np.float64]
 

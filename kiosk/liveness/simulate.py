@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from ..types import Image
+from kiosk.types import Image
 
 W, H = 640, 480
 

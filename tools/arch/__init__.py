@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 from torch import nn
 
-from .iresnet import DEPTHS, iresnet
-from .mobilefacenet import mobilefacenet
+from tools.arch.iresnet import DEPTHS, iresnet
+from tools.arch.mobilefacenet import mobilefacenet
 
 
 def _iresnet_factory(name: str) -> Callable[[int], nn.Module]:
