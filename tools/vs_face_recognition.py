@@ -55,7 +55,8 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
-ROOT = Path(__file__).resolve().parent.parent
+# The checkout (this file is also run by path in another venv, so it cannot import tools.ROOT).
+ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
 PROG = "python -m tools vs-face-recognition"
 FR, FK = "face_recognition", "face_kiosk"
 DEFAULT_VENV = Path("~/.cache/face-kiosk/vs-fr-venv")
