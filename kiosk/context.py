@@ -14,9 +14,9 @@ from kiosk.config import Config
 from kiosk.gallery import Gallery, GalleryMatrix
 from kiosk.gallery.open import open_gallery
 from kiosk.liveness import Liveness
-from kiosk.manifest import Manifest, load_manifest
-from kiosk.match import Matcher
-from kiosk.pipeline import Pipeline, runtime_options
+from kiosk.models.manifest import Manifest, load_manifest
+from kiosk.recognition.match import Matcher
+from kiosk.recognition.pipeline import Pipeline, runtime_options
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import numpy as np
 from kiosk.errors import DuplicateError, FaceError, InputError, KioskError, PersonNotFoundError
 from kiosk.gallery import Gallery, Person, TemplateIn, clean_name
 from kiosk.imageio import read_image
-from kiosk.match import Matcher
-from kiosk.pipeline import FaceResult, Pipeline
+from kiosk.recognition.match import Matcher
+from kiosk.recognition.pipeline import FaceResult, Pipeline
 from kiosk.types import FloatArray, Image
 
 log = logging.getLogger(__name__)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from kiosk.capture import Camera
+from kiosk.door.camera import Camera
 from kiosk.enroll import ImageVerdict, assess_frame
-from kiosk.pipeline import Pipeline
+from kiosk.recognition.pipeline import Pipeline
 
 # Prompts cycle while frames are collected; any good frame with a new enough pose counts, so a person who does not
 # follow them exactly (or a replayed video) still enrols.

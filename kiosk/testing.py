@@ -1,7 +1,7 @@
 """Fakes shipped with the package, for tests and the measuring tools alike (as httpx ships its mock transport and
 gpiozero its MockFactory): one scripted camera source, one manual clock, one flaky stage.
 
-* ``ScriptedSource``: a ``kiosk.capture.FrameSource`` that plays a script of frames, gaps and failures, so the real
+* ``ScriptedSource``: a ``kiosk.door.camera.FrameSource`` that plays a script of frames, gaps and failures, so the real
   ``Camera`` (reader thread, reconnects, lockstep) runs on it unchanged.
 * ``ManualClock``: monotonic time that moves only when told; ``sleep`` advances it, so code that waits (backoff,
   pacing) runs instantly and the waits it asked for are recorded.

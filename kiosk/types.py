@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 if TYPE_CHECKING:
-    from kiosk.match import MatchResult
+    from kiosk.recognition.match import MatchResult
 
 FloatArray = npt.NDArray[np.float32]
 Image = npt.NDArray[np.uint8]  # HxWx3 BGR uint8, contiguous

@@ -38,7 +38,7 @@ MINIFASNET_FILES = ("2.7_80x80_MiniFASNetV2.pth", "4_0_0_80x80_MiniFASNetV1SE.pt
 def minifasnet_dir() -> Path:
     """The user-supplied MiniFASNet checkpoints ($KIOSK_MINIFASNET_DIR, else ../shared/data/models/minifasnet)."""
     pytest.importorskip("torch", reason="the tools extra (torch) converts the MiniFASNet checkpoints")
-    from tools.minifasnet import default_checkpoint_dir
+    from tools.models.convert.minifasnet import default_checkpoint_dir
 
     d = default_checkpoint_dir()
     if not all((d / name).is_file() for name in MINIFASNET_FILES):
@@ -49,7 +49,7 @@ def minifasnet_dir() -> Path:
 @pytest.fixture(scope="session")
 def minifasnet_models(tmp_path_factory: pytest.TempPathFactory, minifasnet_dir: Path) -> Path:
     """The repository's manifest plus minifasnet_v2 / minifasnet_v1se, converted once into a temporary folder."""
-    from tools.minifasnet import build_minifasnet_models
+    from tools.models.convert.minifasnet import build_minifasnet_models
 
     return build_minifasnet_models(tmp_path_factory.mktemp("minifasnet"), minifasnet_dir)
 
@@ -94,7 +94,7 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str
 @pytest.fixture(scope="session")
 def pipeline():
     from kiosk.config import parse_config
-    from kiosk.pipeline import Pipeline
+    from kiosk.recognition.pipeline import Pipeline
 
     return Pipeline.from_config(parse_config({}))
 

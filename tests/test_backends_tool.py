@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import yaml
 
-from kiosk.manifest import load_manifest
+from kiosk.models.manifest import load_manifest
 from kiosk.types import FloatArray, Image
-from tools import backends
+from tools.measure import backends
 
 TOP_KEYS = {
     "candidates",

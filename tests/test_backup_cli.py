@@ -15,7 +15,7 @@ import pytest
 from kiosk.errors import ExitCode
 from kiosk.gallery import Gallery, TemplateIn
 from kiosk.gallery.keys import AesGcmCipher, read_key_file
-from kiosk.manifest import load_manifest
+from kiosk.models.manifest import load_manifest
 from tests.helpers import config_file, run_cli
 
 MODEL, SHA = "sface", "5" * 64

@@ -13,11 +13,11 @@ import cv2
 import numpy as np
 import pytest
 
-from kiosk import bench
 from kiosk.cli import main
 from kiosk.errors import ExitCode
 from kiosk.imageio import read_image
-from kiosk.manifest import load_manifest
+from kiosk.lab import bench
+from kiosk.models.manifest import load_manifest
 
 STAGES = {"decode", "detect", "quality", "align", "embed", "match", "liveness"}
 TOP_KEYS = {

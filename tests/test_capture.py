@@ -1,4 +1,4 @@
-"""kiosk.capture with real media and no camera: MJPG video files, PNG folders and patterns written by OpenCV, an
+"""kiosk.door.camera with real media and no camera: MJPG video files, PNG folders and patterns written by OpenCV, an
 MJPEG-over-HTTP "IP camera" on 127.0.0.1 that is killed and restarted, and ``kiosk.testing.ScriptedSource`` for the
 timing rules.
 
@@ -21,7 +21,8 @@ import cv2
 import numpy as np
 import pytest
 
-from kiosk.capture import (
+from kiosk.config import CameraConfig
+from kiosk.door.camera import (
     Camera,
     Frame,
     ImageDirSource,
@@ -31,7 +32,6 @@ from kiosk.capture import (
     open_source,
     safe_url,
 )
-from kiosk.config import CameraConfig
 from kiosk.errors import ConfigError, HardwareError
 from kiosk.testing import ManualClock, ScriptedSource, ScriptItem
 from tests.helpers import no_new_threads, wait_until
@@ -324,7 +324,7 @@ def test_mjpeg_stream_dies_and_comes_back(
     server: MjpegServer, cameras: Any, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A real MJPEG-over-HTTP camera read by OpenCV's FFMPEG backend is killed, then restarted on the same port."""
-    caplog.set_level(logging.INFO, logger="kiosk.capture")
+    caplog.set_level(logging.INFO, logger="kiosk.door.camera")
     c = cfg()
     cam = cameras(open_source(server.url, c), c)
     first = [cam.latest(5.0) for _ in range(5)]
@@ -386,7 +386,7 @@ def test_stall_or_read_failure_reopens(then: str, cameras: Any, caplog: pytest.L
 
 
 def test_open_failures_back_off_exponentially(cameras: Any, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="kiosk.capture")
+    caplog.set_level(logging.DEBUG, logger="kiosk.door.camera")
     t = ManualClock(1000.0, yield_s=0.001)  # sleeping advances it; a real 1 ms yield keeps the reader cheap
     # 200 frames (~0.4 s) on the good open: a consumer woken late on a loaded machine still finds one.
     src = fake_source(opens=[False] * 9 + [True], frames_per_open=200, then="raise")

@@ -241,7 +241,7 @@ def test_corrupt_and_locked_gallery(kiosk, cfg_file: Path, photos, tmp_path: Pat
 
 
 def test_tampered_model_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from kiosk.manifest import default_models_dir
+    from kiosk.models.manifest import default_models_dir
 
     src = default_models_dir()
     models = tmp_path / "models"

@@ -16,7 +16,7 @@ import pytest
 from kiosk.cli import COMMAND_MODULES, build_parser, command_word
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("cv2", "onnxruntime", "sqlite_utils", "numpy", "kiosk.gallery", "kiosk.pipeline", "kiosk.context")
+HEAVY = ("cv2", "onnxruntime", "sqlite_utils", "numpy", "kiosk.gallery", "kiosk.recognition.pipeline", "kiosk.context")
 
 
 def _commands(parser: argparse.ArgumentParser) -> list[str]:
@@ -77,4 +77,4 @@ def test_door_off_imports_no_gallery_pipeline_or_native_runtime(tmp_path: Path) 
     assert result["rc"] == 0
     loaded = [m for m in result["modules"] if any(m == h or m.startswith(h + ".") for h in HEAVY)]
     assert loaded == []
-    assert "kiosk.door" in result["modules"]  # the probe did run the command
+    assert "kiosk.door.relay" in result["modules"]  # the probe did run the command

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import pytest
 
 from kiosk.config import DecisionConfig
-from kiosk.decide import EVERY_FRAME, NONE, REFRESH, Decider, Decision, LivenessResult, Observation
-from kiosk.match import MatchResult
+from kiosk.door.decide import EVERY_FRAME, NONE, REFRESH, Decider, Decision, LivenessResult, Observation
+from kiosk.recognition.match import MatchResult
 
 CFG = DecisionConfig(frames_needed=3, window=5, cooldown_s=10.0, deny_interval_s=5.0)
 THR, MARGIN = 0.47, 0.05

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from skimage import data as skdata
 
-from kiosk.backends import load_runner
-from kiosk.detect import DETECTORS, Detector, YuNetDetector, build_detector, nms, select_faces
 from kiosk.errors import InputError, ModelError
-from kiosk.manifest import load_manifest
+from kiosk.models.backends import load_runner
+from kiosk.models.manifest import load_manifest
+from kiosk.recognition.detect import DETECTORS, Detector, YuNetDetector, build_detector, nms, select_faces
 from kiosk.types import Face
 
 DETECTOR_IDS = ("yunet", "blazeface")
@@ -138,7 +138,7 @@ def test_build_detector_table_and_errors() -> None:
 
 def test_import_loads_no_runtime() -> None:
     runtimes = "('onnxruntime', 'ai_edge_litert', 'tflite_runtime')"
-    code = f"import sys, kiosk.detect; print([m for m in {runtimes} if m in sys.modules])"
+    code = f"import sys, kiosk.recognition.detect; print([m for m in {runtimes} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

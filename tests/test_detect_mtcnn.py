@@ -1,6 +1,6 @@
-"""MTCNN detector (kiosk/detect/mtcnn.py, numpy/OpenCV + three ONNX nets) on real LFW photos.
+"""MTCNN detector (kiosk/recognition/detect/mtcnn.py, numpy/OpenCV + three ONNX nets) on real LFW photos.
 
-The reference is facenet-pytorch 2.6's ``detect_face`` transliterated below with the torch nets from tools/mtcnn.py,
+The reference is facenet-pytorch 2.6's ``detect_face`` transliterated below with the torch nets from tools/models/convert/mtcnn.py,
 torch's own ``interpolate(mode="area")`` and a torchvision-free NMS with torchvision's rule (facenet-pytorch itself
 needs torchvision and torch<2.3, so it is never imported). The kiosk's boxes and landmarks must match it to 1e-3 px.
 """
@@ -18,11 +18,11 @@ import cv2
 import numpy as np
 import pytest
 
-from kiosk.backends import load_runner
-from kiosk.detect import Detector, build_detector
-from kiosk.detect.mtcnn import MTCNNDetector, area_resize, integral_image, nms_min, pyramid_scales
 from kiosk.errors import InputError, ModelError
-from kiosk.manifest import ModelSpec, load_manifest
+from kiosk.models.backends import load_runner
+from kiosk.models.manifest import ModelSpec, load_manifest
+from kiosk.recognition.detect import Detector, build_detector
+from kiosk.recognition.detect.mtcnn import MTCNNDetector, area_resize, integral_image, nms_min, pyramid_scales
 from kiosk.types import Face, Image
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ def mtcnn_spec(tmp_path_factory: pytest.TempPathFactory) -> ModelSpec:
         spec = load_manifest().get("mtcnn", task="detect")
         spec.verify()
         return spec
-    from tools import mtcnn
+    from tools.models.convert import mtcnn
 
     out = tmp_path_factory.mktemp("mtcnn_models")
     with contextlib.redirect_stdout(io.StringIO()):
@@ -217,7 +217,7 @@ def reference_detect(
 
 @pytest.fixture(scope="module")
 def torch_nets(mtcnn_spec: ModelSpec) -> dict[str, nn.Module]:
-    from tools.mtcnn import load_net
+    from tools.models.convert.mtcnn import load_net
 
     return {name: load_net(name) for name in ("pnet", "rnet", "onet")}
 
@@ -382,7 +382,7 @@ def test_rejects_invalid_input_and_missing_parts(detector: MTCNNDetector, mtcnn_
 
 
 def test_registered_in_the_detector_table(mtcnn_spec: ModelSpec) -> None:
-    """``family: mtcnn`` resolves through kiosk.detect.DETECTORS, with the R-net and O-net runners as parts."""
+    """``family: mtcnn`` resolves through kiosk.recognition.detect.DETECTORS, with the R-net and O-net runners as parts."""
     parts = {name: load_runner(part) for name, part in mtcnn_spec.parts.items()}
     det = build_detector(mtcnn_spec, load_runner(mtcnn_spec), score_threshold=0.5, parts=parts)
     assert isinstance(det, MTCNNDetector) and det.score_threshold == 0.5 and det.nms_iou == 0.7

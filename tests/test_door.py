@@ -23,7 +23,7 @@ from gpiozero.pins.mock import MockFactory, MockPin
 
 from kiosk.cli import door as door_cli
 from kiosk.config import Config, DoorConfig
-from kiosk.door import DOOR_DRIVERS, GpiozeroDoor, RelayDoor, SimulatedDoor, open_door
+from kiosk.door.relay import DOOR_DRIVERS, GpiozeroDoor, RelayDoor, SimulatedDoor, open_door
 from kiosk.errors import ConfigError, HardwareError
 from kiosk.testing import ManualClock
 from tests.helpers import no_new_threads
@@ -348,7 +348,7 @@ def test_contact_open_is_low_and_a_broken_event_sink(factory: MockFactory, caplo
 
 
 def test_simulated_logs_and_records_a_timeline(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="kiosk.door")
+    caplog.set_level(logging.INFO, logger="kiosk.door.relay")
     clock = ManualClock(1000.0)
     with open_door(door_cfg(driver="simulated", pulse_s=0.05), clock=clock) as door:
         assert isinstance(door, SimulatedDoor)
@@ -377,7 +377,7 @@ def test_driver_table_and_unknown_driver() -> None:
 
 def test_door_module_imports_no_hardware_or_model_library() -> None:
     heavy = "{'gpiozero', 'numpy', 'cv2', 'onnxruntime', 'Jetson'}"
-    code = f"import sys, kiosk.door; print(sorted({heavy} & set(sys.modules)))"
+    code = f"import sys, kiosk.door.relay; print(sorted({heavy} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
 

@@ -1,4 +1,4 @@
-"""kiosk.evaluate end to end with a fake embedder over tiny generated images, plus the CSV readers and the cache."""
+"""kiosk.lab.evaluate end to end with a fake embedder over tiny generated images, plus the CSV readers and the cache."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import cv2
 import numpy as np
 import pytest
 
-from kiosk import metrics
-from kiosk.cache import EmbeddingCache, default_cache_path
 from kiosk.errors import InputError, NoFaceError
-from kiosk.evaluate import LabeledImage, Pair, evaluate_labels, evaluate_pairs, read_labels, read_pairs
+from kiosk.lab import metrics
+from kiosk.lab.cache import EmbeddingCache, default_cache_path
+from kiosk.lab.evaluate import LabeledImage, Pair, evaluate_labels, evaluate_pairs, read_labels, read_pairs
 
 PAIR_KEYS = {
     "n_pairs",
@@ -335,7 +335,7 @@ def test_evaluate_labels_end_to_end(tmp_path: Path, cache: EmbeddingCache) -> No
     assert set(out["fnmr_at_fmr"]) == {"1e-3", "1e-4", "1e-5", "1e-6"}
     assert out["fnmr_at_fmr"]["1e-5"] is None and out["fnmr_at_fmr"]["1e-6"] is None  # 18,633 impostor pairs
 
-    # Same figures straight from kiosk.metrics on the fake vectors (failed ones as None).
+    # Same figures straight from kiosk.lab.metrics on the fake vectors (failed ones as None).
     vectors: list[np.ndarray | None] = []
     labels = []
     for path, identity in rows:
@@ -388,7 +388,7 @@ def test_disabled_cache_is_a_no_op() -> None:
 def test_corrupt_cache_is_moved_aside_and_recreated(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "e.sqlite"
     path.write_bytes(b"this is not a database" * 100)
-    with caplog.at_level(logging.WARNING, logger="kiosk.cache"), EmbeddingCache(path) as cache:
+    with caplog.at_level(logging.WARNING, logger="kiosk.lab.cache"), EmbeddingCache(path) as cache:
         assert cache.enabled
         cache.put("aa", "fp", np.ones(4, np.float32))
         assert cache.get("aa", "fp")[0]
@@ -407,7 +407,7 @@ def test_cache_corrupted_while_open_recovers(tmp_path: Path, caplog: pytest.LogC
             cache.put(f"{k:064x}", "fp", np.full(128, k, np.float32))
         cache.commit()
         path.write_bytes(b"\0garbage" * 4096)  # someone overwrote it under our feet
-        with caplog.at_level(logging.WARNING, logger="kiosk.cache"):
+        with caplog.at_level(logging.WARNING, logger="kiosk.lab.cache"):
             assert cache.get(f"{5:064x}", "fp") == (False, None, None)  # a miss, never an exception
         assert "unreadable" in caplog.text and cache.enabled
         cache.put("new", "fp", np.ones(2, np.float32))

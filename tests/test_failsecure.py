@@ -28,10 +28,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from kiosk.capture import Frame
 from kiosk.config import Config, parse_config
-from kiosk.decide import Decision
-from kiosk.door import RelayDoor, open_door
+from kiosk.door.camera import Frame
+from kiosk.door.decide import Decision
+from kiosk.door.loop import DoorLoop, FrameErrorsExceeded
+from kiosk.door.notify import Notifier
+from kiosk.door.relay import RelayDoor, open_door
+from kiosk.door.service import ThreadCrashedError, run_kiosk, watchdog_limit
+from kiosk.door.watchdog import Watchdog
 from kiosk.errors import (
     ConfigError,
     ExitCode,
@@ -42,11 +46,7 @@ from kiosk.errors import (
     ModelIntegrityError,
     TemplateKeyError,
 )
-from kiosk.loop import DoorLoop, FrameErrorsExceeded
-from kiosk.notify import Notifier
-from kiosk.runner import ThreadCrashedError, run_kiosk, watchdog_limit
 from kiosk.testing import FlakyStage
-from kiosk.watchdog import Watchdog
 from tests.helpers import no_new_threads, wait_until
 
 gpiozero = pytest.importorskip("gpiozero", reason="gpiozero (dev extra) is needed for the mock relay")
@@ -322,7 +322,7 @@ def test_watchdog_fires_once_on_a_stale_heartbeat_and_never_on_a_fresh_one(
     assert notifier.send("WATCHDOG=1") is False, "silenced"
     notifier.close()
     listener.close()
-    msgs = [r.getMessage() for r in caplog.records if r.name == "kiosk.watchdog"]
+    msgs = [r.getMessage() for r in caplog.records if r.name == "kiosk.door.watchdog"]
     assert len(msgs) == 1 and "no progress" in msgs[0] and "relay off, exiting 15 (WATCHDOG)" in msgs[0]
 
 
@@ -389,7 +389,7 @@ def test_run_kiosk_watchdog_locks_the_door_when_the_loop_stalls(
     tmp_path: Path, factory: MockFactory, monkeypatch: pytest.MonkeyPatch, empty_clip: Path
 ) -> None:
     """In-process, with the watchdog's exit replaced by a recorder: the wiring in run_kiosk."""
-    import kiosk.watchdog
+    import kiosk.door.watchdog
 
     exits: list[tuple[int, bool]] = []
     release = threading.Event()
@@ -398,7 +398,7 @@ def test_run_kiosk_watchdog_locks_the_door_when_the_loop_stalls(
         exits.append((code, bool(factory.pin(RELAY).state)))
         release.set()
 
-    monkeypatch.setattr(kiosk.watchdog, "_exit", fake_exit)
+    monkeypatch.setattr(kiosk.door.watchdog, "_exit", fake_exit)
 
     def process(self: DoorLoop, frame: Frame) -> list[Decision]:
         if frame.index == 2:
@@ -423,7 +423,7 @@ WATCHDOG_CHILD = textwrap.dedent(
     import logging, os, sys, time
     from gpiozero import Device
     from kiosk.cli import main
-    from kiosk.loop import DoorLoop
+    from kiosk.door.loop import DoorLoop
 
     cfg_path, record = sys.argv[1], sys.argv[2]
     fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -436,7 +436,7 @@ WATCHDOG_CHILD = textwrap.dedent(
             if record.levelno >= logging.CRITICAL:
                 note(f"watchdog relay={bool(Device.pin_factory.pin(17).state)}")
 
-    logging.getLogger("kiosk.watchdog").addHandler(PinAtWatchdog())
+    logging.getLogger("kiosk.door.watchdog").addHandler(PinAtWatchdog())
 
     def process(self, frame):
         if frame.index == 3:
@@ -594,8 +594,8 @@ EXIT_CHILD = textwrap.dedent(
     import atexit, sys
     from gpiozero.pins.mock import MockFactory
     from kiosk.config import DoorConfig
-    from kiosk.door import open_door
-    from kiosk.runner import _fail_secure_hooks
+    from kiosk.door.relay import open_door
+    from kiosk.door.service import _fail_secure_hooks
 
     factory = MockFactory()
     pin = factory.pin(17)
@@ -624,8 +624,8 @@ ABORT_CHILD = textwrap.dedent(
     import os, signal
     from gpiozero.pins.mock import MockFactory
     from kiosk.config import DoorConfig
-    from kiosk.door import open_door
-    from kiosk.runner import _fail_secure_hooks
+    from kiosk.door.relay import open_door
+    from kiosk.door.service import _fail_secure_hooks
 
     factory = MockFactory()
     door = open_door(DoorConfig(driver="gpiozero", relay_pin=17, pulse_s=5.0, max_pulse_s=10.0), pin_factory=factory)

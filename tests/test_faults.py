@@ -27,19 +27,19 @@ import cv2
 import numpy as np
 import pytest
 
-from kiosk.capture import Camera, Frame
 from kiosk.cli import main
 from kiosk.config import Config, parse_config
 from kiosk.context import Context
-from kiosk.decide import Decision
-from kiosk.door import open_door
+from kiosk.door.camera import Camera, Frame
+from kiosk.door.decide import Decision
+from kiosk.door.loop import DoorLoop
+from kiosk.door.relay import open_door
+from kiosk.door.watchdog import Watchdog
 from kiosk.enroll import enroll
 from kiosk.errors import ExitCode, GalleryError, HardwareError
 from kiosk.gallery import Gallery, TemplateIn
-from kiosk.loop import DoorLoop
 from kiosk.testing import ManualClock, ScriptedSource, ScriptItem
 from kiosk.types import Image
-from kiosk.watchdog import Watchdog
 from tests.helpers import wait_until
 
 gpiozero = pytest.importorskip("gpiozero", reason="gpiozero (dev extra) is needed for the mock relay")
@@ -213,7 +213,7 @@ def test_camera_down_keeps_the_loop_running_door_locked_then_recognises(
 
 
 def error_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "kiosk.loop" and r.levelno >= logging.ERROR]
+    return [r.getMessage() for r in caplog.records if r.name == "kiosk.door.loop" and r.levelno >= logging.ERROR]
 
 
 def test_gallery_locked_by_another_writer(

@@ -33,10 +33,10 @@ from hypothesis import strategies as st
 
 from kiosk.cli import build_parser, main
 from kiosk.errors import DuplicateError, ExitCode, InputError, KioskError
-from kiosk.evaluate import outside_root, read_labels, read_pairs
 from kiosk.gallery import Gallery, TemplateIn
 from kiosk.imageio import decode_image, header_size, read_image
-from kiosk.liveness.evaluate import read_presentations
+from kiosk.lab.evaluate import outside_root, read_labels, read_pairs
+from kiosk.lab.liveness_eval import read_presentations
 from tests.fuzzing import _Counter, fuzz, fuzz_counter_fixture  # noqa: F401 (the autouse fixture)
 from tests.helpers import config_file, run_main
 
@@ -382,7 +382,7 @@ def enrolled(tmp_path_factory: pytest.TempPathFactory, astronaut: np.ndarray) ->
 @pytest.fixture()
 def cached_models(monkeypatch: pytest.MonkeyPatch) -> None:
     """Load each configuration's models once per test instead of once per CLI call (the fuzzed part is the input)."""
-    from kiosk.pipeline import Pipeline
+    from kiosk.recognition.pipeline import Pipeline
 
     real = Pipeline.from_config.__func__
     cache: dict[Any, Pipeline] = {}

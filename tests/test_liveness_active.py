@@ -18,9 +18,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from kiosk.backends import RuntimeOptions
-from kiosk.detect import select_faces
 from kiosk.errors import ConfigError
+from kiosk.lab.simulate import H, W, blink_frames, close_eyes, scene, still_frames
 from kiosk.liveness.active import ActiveLiveness, BlinkDetector, Challenge, Chooser
 from kiosk.liveness.mesh import (
     LEFT_EYE,
@@ -32,9 +31,10 @@ from kiosk.liveness.mesh import (
     head_yaw_deg,
     load_face_mesh,
 )
-from kiosk.liveness.simulate import H, W, blink_frames, close_eyes, scene, still_frames
-from kiosk.manifest import Manifest, load_manifest
-from kiosk.pipeline import Pipeline
+from kiosk.models.backends import RuntimeOptions
+from kiosk.models.manifest import Manifest, load_manifest
+from kiosk.recognition.detect import select_faces
+from kiosk.recognition.pipeline import Pipeline
 from kiosk.types import Face, Image
 
 FPS = 15.0
@@ -70,7 +70,7 @@ def mesh_manifest(tmp_path_factory: pytest.TempPathFactory) -> Manifest:
     manifest = load_manifest()
     if "face_mesh" in manifest.models and "face_iris" in manifest.models:
         return manifest
-    from tools.build_models import build
+    from tools.models.build import build
 
     out = tmp_path_factory.mktemp("models")
     build(out, only=["face_mesh", "face_iris"])

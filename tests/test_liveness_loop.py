@@ -4,7 +4,7 @@ timeouts are exact and independent of this machine's speed; ``kiosk demo`` cover
 thread in real time.
 
 A still photo of an enrolled person, held up and shaken like a print, must be refused under ``active`` and
-``both`` with the reason in the event; the same person blinking (``kiosk.liveness.simulate``) is let in.
+``both`` with the reason in the event; the same person blinking (``kiosk.lab.simulate``) is let in.
 """
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ import cv2
 import numpy as np
 import pytest
 
-from kiosk.capture import Frame
 from kiosk.cli import main
 from kiosk.config import Config, parse_config
 from kiosk.context import Context
-from kiosk.decide import Decision
-from kiosk.door import open_door
+from kiosk.door.camera import Frame
+from kiosk.door.decide import Decision
+from kiosk.door.loop import DoorLoop
+from kiosk.door.relay import open_door
 from kiosk.enroll import enroll
 from kiosk.errors import ModelMissingError
-from kiosk.liveness.simulate import blink_frames, scene, still_frames
-from kiosk.loop import DoorLoop
+from kiosk.lab.simulate import blink_frames, scene, still_frames
 from kiosk.types import Image
 
 gpiozero = pytest.importorskip("gpiozero", reason="gpiozero (dev extra) is needed for the mock relay")
@@ -106,7 +106,7 @@ def _clips(faces_dir: Path, mode_manifest: Path | None = None) -> tuple[list[Ima
     cfg = parse_config({} if mode_manifest is None else {"models": {"manifest": str(mode_manifest)}})
     with Context(cfg) as ctx:
         from kiosk.liveness.mesh import load_face_mesh
-        from kiosk.pipeline import runtime_options
+        from kiosk.recognition.pipeline import runtime_options
 
         mesh = load_face_mesh(ctx.manifest, "face_mesh", runtime_options(cfg))
         face = max(ctx.pipeline.detect(photo), key=lambda f: f.area)

@@ -21,8 +21,6 @@ import yaml
 
 torch = pytest.importorskip("torch", reason="the tools extra (torch) is not installed")
 
-from kiosk.backends import RuntimeOptions, load_runner  # noqa: E402
-from kiosk.detect import build_detector, select_faces  # noqa: E402
 from kiosk.errors import ModelError, ModelIntegrityError, ModelMissingError  # noqa: E402
 from kiosk.imageio import read_image  # noqa: E402
 from kiosk.liveness.passive import (  # noqa: E402
@@ -33,11 +31,13 @@ from kiosk.liveness.passive import (  # noqa: E402
     face_box_xywh,
     softmax,
 )
-from kiosk.manifest import Manifest, load_manifest, sha256_file  # noqa: E402
+from kiosk.models.backends import RuntimeOptions, load_runner  # noqa: E402
+from kiosk.models.manifest import Manifest, load_manifest, sha256_file  # noqa: E402
+from kiosk.recognition.detect import build_detector, select_faces  # noqa: E402
 from kiosk.types import Face  # noqa: E402
-from tools.arch.minifasnet import minifasnet  # noqa: E402
-from tools.export import load_state_dict  # noqa: E402
-from tools.minifasnet import main  # noqa: E402
+from tools.models.arch.minifasnet import minifasnet  # noqa: E402
+from tools.models.convert.minifasnet import main  # noqa: E402
+from tools.models.export import load_state_dict  # noqa: E402
 
 TOL = 1e-4
 V2 = "2.7_80x80_MiniFASNetV2.pth"

@@ -10,11 +10,11 @@ import pytest
 import yaml
 
 from kiosk.config import DecisionConfig, LivenessConfig, PassiveLivenessConfig, parse_config
-from kiosk.decide import Decider, LivenessResult, Observation
+from kiosk.door.decide import Decider, LivenessResult, Observation
 from kiosk.errors import ConfigError, InputError
+from kiosk.lab.liveness_eval import Presentation, Scored, evaluate, rates, read_presentations
 from kiosk.liveness import Liveness
-from kiosk.liveness.evaluate import Presentation, Scored, evaluate, rates, read_presentations
-from kiosk.match import MatchResult
+from kiosk.recognition.match import MatchResult
 from kiosk.types import Face, Image
 
 CFG = DecisionConfig(frames_needed=3, window=5, cooldown_s=10.0, deny_interval_s=5.0)

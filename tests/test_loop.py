@@ -14,12 +14,12 @@ import pytest
 
 from kiosk.config import Config, parse_config
 from kiosk.context import Context
-from kiosk.decide import Decision
-from kiosk.door import open_door
+from kiosk.door.decide import Decision
+from kiosk.door.loop import DoorLoop, FrameErrorsExceeded
+from kiosk.door.notify import Notifier
+from kiosk.door.relay import open_door
+from kiosk.door.service import run_kiosk
 from kiosk.enroll import enroll
-from kiosk.loop import DoorLoop, FrameErrorsExceeded
-from kiosk.notify import Notifier
-from kiosk.runner import run_kiosk
 
 gpiozero = pytest.importorskip("gpiozero", reason="gpiozero (dev extra) is needed for the mock relay")
 from gpiozero.pins.mock import MockFactory  # noqa: E402

@@ -1,10 +1,10 @@
-"""``kiosk.machine``: the one machine description every results JSON records (parsed from sample cpuinfo texts)."""
+"""``kiosk.lab.machine``: the one machine description every results JSON records (parsed from sample cpuinfo texts)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from kiosk import machine
+from kiosk.lab import machine
 
 XEON = """processor\t: 0
 vendor_id\t: GenuineIntel

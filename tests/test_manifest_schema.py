@@ -1,5 +1,5 @@
 """Manifest features the model tools rely on: inline alignment templates, per-image normalisation, multi-file models,
-and ``tools.registry.register``."""
+and ``tools.models.registry.register``."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import yaml
 
-from kiosk.align import get_template
-from kiosk.embed import Embedder
 from kiosk.errors import ModelError, ModelIntegrityError
-from kiosk.manifest import default_models_dir, load_manifest
-from tools.registry import read_manifest, register
+from kiosk.models.manifest import default_models_dir, load_manifest
+from kiosk.recognition.align import get_template
+from kiosk.recognition.embed import Embedder
+from tools.models.registry import read_manifest, register
 
 TEMPLATE = {"size": [150, 150], "points": [[50, 60], [100, 60], [75, 85], [55, 110], [95, 110]]}
 

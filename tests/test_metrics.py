@@ -1,4 +1,4 @@
-"""kiosk.metrics against hand-computed cases and brute-force N x N references."""
+"""kiosk.lab.metrics against hand-computed cases and brute-force N x N references."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from kiosk import metrics
 from kiosk.errors import InputError
-from kiosk.plot import plot
+from kiosk.lab import metrics
+from kiosk.lab.plot import plot
 
 # ------------------------------------------------------------------------------------------------ references
 

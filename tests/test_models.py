@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import yaml
 
-from kiosk.backends import RuntimeOptions, load_runner
-from kiosk.backends.onnx import select_providers
 from kiosk.errors import BackendUnavailableError, ModelError, ModelIntegrityError, ModelMissingError
-from kiosk.manifest import default_models_dir, load_manifest
+from kiosk.models.backends import RuntimeOptions, load_runner
+from kiosk.models.backends.onnx import select_providers
+from kiosk.models.manifest import default_models_dir, load_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +41,7 @@ def test_folded_sface_matches_opencv_on_the_original_int8bq_file() -> None:
 
 
 def test_build_is_reproducible_and_idempotent(tmp_path: Path) -> None:
-    from tools.build_models import build
+    from tools.models.build import build
 
     _original("face_detection_yunet_2023mar_int8bq.onnx")
     m1 = build(tmp_path, only=["yunet"])
@@ -96,7 +96,7 @@ def test_tampered_and_unloadable_model_files(tmp_path: Path) -> None:
     garbage.write_bytes(b"not a model")
     data = yaml.safe_load((models / "manifest.yaml").read_text())
     data["models"]["yunet"]["file"] = "garbage.onnx"
-    from kiosk.manifest import sha256_file
+    from kiosk.models.manifest import sha256_file
 
     data["models"]["yunet"]["sha256"] = sha256_file(garbage)
     (models / "manifest.yaml").write_text(yaml.safe_dump(data))
@@ -135,7 +135,7 @@ def test_tflite_backend_runs_blazeface_and_names_the_extra_when_missing(monkeypa
 def test_onnxruntime_session_entries_pass_through_from_runtime_options() -> None:
 
     from kiosk.config import parse_config
-    from kiosk.pipeline import runtime_options
+    from kiosk.recognition.pipeline import runtime_options
 
     spec = load_manifest().get("yunet")
     entries = {"session.intra_op.allow_spinning": "0", "tflite.other_backend": "ignored"}

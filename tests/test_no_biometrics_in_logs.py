@@ -15,8 +15,8 @@ import yaml
 from kiosk.cli import main
 from kiosk.config import parse_config
 from kiosk.context import Context
+from kiosk.door.service import run_kiosk
 from kiosk.enroll import enroll
-from kiosk.runner import run_kiosk
 
 # Six or more numbers in a row separated by commas/spaces: the printout of a vector or a pixel row.
 NUMBER_RUN = re.compile(r"(?:[-+]?\d*\.?\d+(?:e[-+]?\d+)?[,\s]+){5,}[-+]?\d*\.?\d+", re.IGNORECASE)
@@ -90,10 +90,10 @@ def test_enrol_identify_and_the_door_loop_log_no_biometrics(
     printed = capsys.readouterr()
 
     assert len(records) > 10, "too few log records: logging was not captured"
-    assert any(r.name == "kiosk.loop" and "decision" in r.getMessage() for r in records)
+    assert any(r.name == "kiosk.door.loop" and "decision" in r.getMessage() for r in records)
     problems = [(r.name, p) for r in records for p in _problems(r, template_bytes)]
     assert not problems, problems[:5]
-    assert "kiosk.pipeline" in printed.err, "the CLI's debug log was not captured"
+    assert "kiosk.recognition.pipeline" in printed.err, "the CLI's debug log was not captured"
     for stream in (printed.out, printed.err):
         assert not BLOB_RUN.search(stream)
         assert not NUMBER_RUN.search(stream), NUMBER_RUN.search(stream)

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kiosk.notify import Notifier
-from kiosk.snapshots import SnapshotStore
+from kiosk.door.notify import Notifier
+from kiosk.door.snapshots import SnapshotStore
 
 
 @pytest.fixture()

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tools import ort_options
+from tools.measure import ort_options
 
 
 @pytest.mark.slow
@@ -36,7 +36,7 @@ def test_each_variant_computes_the_same_embedding(name: str, faces_dir: Path) ->
     import onnxruntime as ort
 
     from kiosk.config import load_config
-    from kiosk.manifest import load_manifest
+    from kiosk.models.manifest import load_manifest
 
     spec = load_manifest(load_config(None).models.manifest).get("sface")
     feed, _ = ort_options.model_inputs(spec, faces_dir)

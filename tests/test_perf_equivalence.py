@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kiosk.backends import RuntimeOptions, load_runner
-from kiosk.embed import Embedder
 from kiosk.imageio import read_image
-from kiosk.manifest import ModelSpec, load_manifest
-from kiosk.match import Matcher, MatchResult
-from kiosk.pipeline import Pipeline
+from kiosk.models.backends import RuntimeOptions, load_runner
+from kiosk.models.manifest import ModelSpec, load_manifest
+from kiosk.recognition.embed import Embedder
+from kiosk.recognition.match import Matcher, MatchResult
+from kiosk.recognition.pipeline import Pipeline
 
 MAX_ABS_DIFF = 1e-4  # raw (unnormalised) SFace output, values up to ~2
 MIN_COSINE = 0.99999
@@ -42,7 +42,7 @@ def test_decomposed_prelu_sface_gives_the_same_embeddings_on_real_faces(
     pipeline: Pipeline,
     faces_dir: Path,
 ) -> None:
-    from tools.build_models import RECIPES, fold_dequantize
+    from tools.models.build import RECIPES, fold_dequantize
 
     recipe = next(r for r in RECIPES if r["id"] == "sface")
     try:
@@ -76,7 +76,7 @@ def test_decompose_prelu_equals_prelu_and_leaves_other_slopes_alone() -> None:
     ort = pytest.importorskip("onnxruntime")
     from onnx import TensorProto, helper, numpy_helper
 
-    from tools.build_models import decompose_prelu, recompose_prelu
+    from tools.models.build import decompose_prelu, recompose_prelu
 
     rng = np.random.default_rng(3)
     channels = 8

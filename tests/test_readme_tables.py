@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tools.readme_tables import (
+from tools.measure.readme_tables import (
     ACCURACY,
     BENCH,
     BLOCKS,

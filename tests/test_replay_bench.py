@@ -1,4 +1,4 @@
-"""``python -m tools.replay_bench`` on a tiny configuration: the JSON schema and sane values, not the figures.
+"""``python -m tools.measure.replay_bench`` on a tiny configuration: the JSON schema and sane values, not the figures.
 
 The benchmark's numbers are for a person to read; what is pinned here is that it measures what it claims — the real
 loop on media time (stamps 0.1 s apart, no frame dropped), every probe shown once, the door pulsing once per grant —
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tools import replay_bench
+from tools.measure import replay_bench
 
 TOP_KEYS = {
     "false_grants",

@@ -1,7 +1,7 @@
 """A test-sized soak: thousands of frames through the real door loop with camera drops, stalls and unplugs, a gallery
 locked by another writer and exceptions inside the models — and ``python -m tools soak``'s child/restart machinery.
 
-The in-process soak runs lockstep on a media clock (``tools.soak.SoakClock``), so the faults and what the loop does
+The in-process soak runs lockstep on a media clock (``tools.measure.soak.SoakClock``), so the faults and what the loop does
 with them are the same on every run whatever the machine's speed; only the gallery locks are timed by the real clock
 (another writer does not wait for our frames), and their effect is counted, not assumed.
 """
@@ -19,8 +19,8 @@ import pytest
 from kiosk.config import Config, parse_config
 from kiosk.context import Context
 from kiosk.enroll import enroll
-from tools import replay_bench as rb
-from tools.soak import FaultPlan, InProcessSoak, parse_faults, soak_inprocess
+from tools.measure import replay_bench as rb
+from tools.measure.soak import FaultPlan, InProcessSoak, parse_faults, soak_inprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 MEMBER = "Colin Powell"

@@ -6,11 +6,11 @@ import cv2
 import numpy as np
 import pytest
 
-from kiosk.align import TEMPLATES, align, similarity_transform, template_points
 from kiosk.config import QualityConfig
 from kiosk.errors import ModelError
-from kiosk.match import Matcher, cosine
-from kiosk.quality import assess, head_pose
+from kiosk.recognition.align import TEMPLATES, align, similarity_transform, template_points
+from kiosk.recognition.match import Matcher, cosine
+from kiosk.recognition.quality import assess, head_pose
 from kiosk.types import Face
 
 

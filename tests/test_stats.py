@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kiosk.loop import LoopStats
+from kiosk.door.loop import LoopStats
 from kiosk.stats import dist, interleaved_ms, median, median_ms, percentile, time_ms, timings
 
 

@@ -14,13 +14,13 @@ import cv2
 import numpy as np
 import pytest
 
-from kiosk.capture import Camera, Frame, FrameSource
 from kiosk.config import CameraConfig, Config, parse_config
-from kiosk.decide import Decider
-from kiosk.door import open_door
+from kiosk.door.camera import Camera, Frame, FrameSource
+from kiosk.door.decide import Decider
+from kiosk.door.loop import DoorLoop
+from kiosk.door.relay import open_door
 from kiosk.errors import HardwareError, InputError
-from kiosk.loop import DoorLoop
-from kiosk.pipeline import Pipeline
+from kiosk.recognition.pipeline import Pipeline
 from kiosk.testing import FlakyStage, ManualClock, ScriptedSource
 from tests.helpers import no_new_threads
 

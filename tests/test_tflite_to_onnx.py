@@ -24,8 +24,15 @@ pytest.importorskip("ai_edge_litert", reason="the TFLite reference needs ai-edge
 pytest.importorskip("onnx", reason="the converter needs onnx (the build or dev extra)")
 
 from kiosk.errors import ExitCode
-from tools import tflite_to_onnx
-from tools.tflite_to_onnx import UnsupportedOpError, convert_file, dequantize, list_ops, run_both, same_pads
+from tools.models.convert import tflite_to_onnx
+from tools.models.convert.tflite_to_onnx import (
+    UnsupportedOpError,
+    convert_file,
+    dequantize,
+    list_ops,
+    run_both,
+    same_pads,
+)
 
 ATOL, RTOL = 1e-4, 1e-5
 PRESENCE_ATOL = 1e-4

@@ -1,4 +1,4 @@
-"""tools/dlib_resnet.py: dlib's .dat read in pure Python, PyTorch = ONNX, ONNX = dlib itself, and the kiosk runs it."""
+"""tools/models/convert/dlib_resnet.py: dlib's .dat read in pure Python, PyTorch = ONNX, ONNX = dlib itself, and the kiosk runs it."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("torch", reason="the dlib conversion needs the tools extra (torch)")
 
-from tools import dlib_resnet as dr
+from tools.models.convert import dlib_resnet as dr
 
 LFW_SAMPLES = [
     "images/Aaron_Peirsol/Aaron_Peirsol_0001.jpg",
@@ -29,7 +29,7 @@ def net() -> dr.DlibNet:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One export per session: yunet (for the pipeline) and dlib_resnet registered in a temporary models folder."""
-    from tools.build_models import build
+    from tools.models.build import build
 
     models = tmp_path_factory.mktemp("models")
     build(models, only=["yunet"])
@@ -124,8 +124,8 @@ def test_the_kiosk_loads_the_registered_model_and_embeds_a_face(
 ) -> None:
     from kiosk.config import parse_config
     from kiosk.imageio import read_image
-    from kiosk.manifest import load_manifest
-    from kiosk.pipeline import Pipeline
+    from kiosk.models.manifest import load_manifest
+    from kiosk.recognition.pipeline import Pipeline
 
     manifest = load_manifest(exported / "manifest.yaml")
     spec = manifest.get("dlib_resnet", task="embed")

@@ -20,8 +20,8 @@ pytest.importorskip("onnxscript", reason="the tools extra (onnxscript) is not in
 
 from torch import nn  # noqa: E402
 
-from tools.arch import build  # noqa: E402
-from tools.export import DEFAULT_LICENCE, PROVISIONAL, main, normalise, parser  # noqa: E402
+from tools.models.arch import build  # noqa: E402
+from tools.models.export import DEFAULT_LICENCE, PROVISIONAL, main, normalise, parser  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-4
@@ -190,7 +190,7 @@ def test_iresnet_export_matches_pytorch(arch: str, exporter: str, tmp_path: Path
 
 def test_the_kiosk_runs_the_exported_model_end_to_end(mbf_export: dict[str, Any], faces_dir: Path) -> None:
     from kiosk.config import parse_config
-    from kiosk.pipeline import Pipeline
+    from kiosk.recognition.pipeline import Pipeline
 
     out: Path = mbf_export["out"]
     cfg = parse_config({"models": {"manifest": str(out / "manifest.yaml"), "recognizer": "mobilefacenet"}})
@@ -274,7 +274,7 @@ def test_thresholds_are_required_or_explicitly_provisional(tmp_path: Path, capsy
     rc, err = _run(argv, capsys)
     assert rc == 2 and "likely (0.6) <= accept (0.4)" in err
 
-    from tools.export import _thresholds
+    from tools.models.export import _thresholds
 
     args = parser().parse_args(["--arch", "mobilefacenet", "--checkpoint", "x.pth", "--provisional-thresholds"])
     thresholds, note = _thresholds(args)

@@ -16,9 +16,9 @@ import yaml
 torch = pytest.importorskip("torch", reason="the model tools need the tools extra (torch)")
 
 from kiosk.imageio import read_image  # noqa: E402
-from kiosk.manifest import ModelSpec, default_models_dir, load_manifest  # noqa: E402
-from tools import facenet  # noqa: E402
-from tools.arch.inception_resnet_v1 import InceptionResnetV1  # noqa: E402
+from kiosk.models.manifest import ModelSpec, default_models_dir, load_manifest  # noqa: E402
+from tools.models.arch.inception_resnet_v1 import InceptionResnetV1  # noqa: E402
+from tools.models.convert import facenet  # noqa: E402
 
 # TensorFlow running the original GraphDef (the reference) vs our ONNX export, on the 512-D bottleneck before L2
 # normalisation.
@@ -141,7 +141,7 @@ def test_tool_exports_registers_and_matches_torch(
 
 def _aligned_lfw_crops(faces_dir: Path, spec: ModelSpec, n: int) -> list[np.ndarray]:
     from kiosk.config import parse_config
-    from kiosk.pipeline import Pipeline
+    from kiosk.recognition.pipeline import Pipeline
 
     pipe = Pipeline.from_config(
         parse_config({"models": {"manifest": str(spec.path.parent / "manifest.yaml"), "recognizer": "facenet"}})
@@ -163,10 +163,10 @@ def _aligned_lfw_crops(faces_dir: Path, spec: ModelSpec, n: int) -> list[np.ndar
 def test_reference_equivalence_on_real_faces(
     faces_dir: Path, spec: ModelSpec, source: Path, model: InceptionResnetV1
 ) -> None:
-    from kiosk.backends import load_runner
     from kiosk.config import parse_config
-    from kiosk.embed import Embedder
-    from kiosk.pipeline import runtime_options
+    from kiosk.models.backends import load_runner
+    from kiosk.recognition.embed import Embedder
+    from kiosk.recognition.pipeline import runtime_options
 
     crops = _aligned_lfw_crops(faces_dir, spec, 4)
     embedder = Embedder(spec, load_runner(spec, runtime_options(parse_config({}))))
@@ -185,7 +185,7 @@ def test_reference_equivalence_on_real_faces(
 
 def test_kiosk_runs_the_registered_model_end_to_end(faces_dir: Path, exported: tuple[Path, str]) -> None:
     from kiosk.config import parse_config
-    from kiosk.pipeline import Pipeline
+    from kiosk.recognition.pipeline import Pipeline
 
     out = exported[0]
     cfg = parse_config({"models": {"manifest": str(out / "manifest.yaml"), "recognizer": "facenet"}})

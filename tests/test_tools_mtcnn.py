@@ -13,10 +13,10 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the model tools need the tools extra (torch)")
 
-from kiosk.backends import load_runner  # noqa: E402
 from kiosk.errors import ModelIntegrityError  # noqa: E402
-from kiosk.manifest import ModelSpec, load_manifest  # noqa: E402
-from tools import mtcnn  # noqa: E402
+from kiosk.models.backends import load_runner  # noqa: E402
+from kiosk.models.manifest import ModelSpec, load_manifest  # noqa: E402
+from tools.models.convert import mtcnn  # noqa: E402
 
 
 @pytest.fixture(scope="module")

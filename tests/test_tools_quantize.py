@@ -20,11 +20,11 @@ import pytest
 
 from kiosk.config import parse_config
 from kiosk.imageio import read_image
-from kiosk.manifest import load_manifest
-from kiosk.pipeline import Pipeline
+from kiosk.models.manifest import load_manifest
+from kiosk.recognition.pipeline import Pipeline
 from tools import ROOT
-from tools.quantize import main
-from tools.registry import read_manifest, write_manifest
+from tools.models.quantize import main
+from tools.models.registry import read_manifest, write_manifest
 
 pytest.importorskip("onnxruntime.quantization")
 pytest.importorskip("sympy", reason="onnxruntime's quantisation pre-processing needs sympy (the tools extra)")

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from kiosk.manifest import load_manifest
+from kiosk.models.manifest import load_manifest
 from tools.__main__ import COMMANDS
 from tools.__main__ import main as tools_main
-from tools.report import plan, render, summarise
+from tools.measure.report import plan, render, summarise
 
 
 def test_dispatcher_lists_every_command_and_refuses_unknown_ones(capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kiosk.backends import RuntimeOptions, load_runner
 from kiosk.config import parse_config
-from kiosk.embed import Embedder
 from kiosk.gallery import Gallery
 from kiosk.imageio import read_image
-from kiosk.manifest import Manifest, load_manifest, sha256_file
-from kiosk.match import Matcher
-from kiosk.pipeline import Pipeline
+from kiosk.models.backends import RuntimeOptions, load_runner
+from kiosk.models.manifest import Manifest, load_manifest, sha256_file
+from kiosk.recognition.embed import Embedder
+from kiosk.recognition.match import Matcher
+from kiosk.recognition.pipeline import Pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 FP32_ATOL = 1e-4  # raw embedding, max abs difference to ONNX
@@ -37,7 +37,7 @@ OTHER = "images/George_HW_Bush/George_HW_Bush_0001.jpg"
 def converted(tmp_path_factory: pytest.TempPathFactory, faces_dir: Path) -> Path:
     pytest.importorskip("tensorflow", reason="the tflite tool needs the tools extra (tensorflow)")
     pytest.importorskip("onnx2tf", reason="the tflite tool needs the tools extra (onnx2tf)")
-    from tools.tflite_convert import main
+    from tools.models.tflite import main
 
     models = tmp_path_factory.mktemp("models")
     src = load_manifest(ROOT / "models" / "manifest.yaml")
@@ -87,7 +87,7 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def test_help() -> None:
-    from tools.tflite_convert import main
+    from tools.models.tflite import main
 
     with pytest.raises(SystemExit) as exc:
         main(["--help"])
@@ -163,7 +163,7 @@ def test_end_to_end_on_tflite(recognizer: str, manifest: Manifest, faces_dir: Pa
 
 
 def test_refuses_a_non_onnx_model(converted: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from tools.tflite_convert import main
+    from tools.models.tflite import main
 
     assert main(["blazeface", "--out", str(converted)]) == 2
     assert "only ONNX recognisers" in capsys.readouterr().err

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kiosk.track import Track, Tracker, iou
+from kiosk.door.track import Track, Tracker, iou
 from kiosk.types import Face
 
 

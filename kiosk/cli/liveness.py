@@ -13,11 +13,11 @@ import numpy as np
 
 from kiosk.config import Config
 from kiosk.context import Context
+from kiosk.door.track import Tracker
 from kiosk.errors import InputError, KioskError
 from kiosk.imageio import read_image
-from kiosk.liveness.evaluate import Presentation, Scored, evaluate, read_presentations, score_all
-from kiosk.pipeline import Pipeline, runtime_options
-from kiosk.track import Tracker
+from kiosk.lab.liveness_eval import Presentation, Scored, evaluate, read_presentations, score_all
+from kiosk.recognition.pipeline import Pipeline, runtime_options
 from kiosk.types import Face, Image
 
 

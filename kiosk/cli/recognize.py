@@ -11,13 +11,13 @@ from typing import Any
 from kiosk.cli._output import emit_json, fmt, table
 from kiosk.config import Config
 from kiosk.context import Context
-from kiosk.detect import select_faces
 from kiosk.enroll import EnrollReport, enroll
 from kiosk.errors import ExitCode, FaceError, InputError, NoFaceError
 from kiosk.gallery import clean_name
 from kiosk.imageio import read_image
-from kiosk.match import cosine
-from kiosk.pipeline import FaceResult, Pipeline
+from kiosk.recognition.detect import select_faces
+from kiosk.recognition.match import cosine
+from kiosk.recognition.pipeline import FaceResult, Pipeline
 
 
 def _when(text: str) -> datetime:
@@ -107,7 +107,7 @@ def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:
 
 def _enroll_from_camera(args: argparse.Namespace, cfg: Config, ctx: Context) -> EnrollReport:
     """Guided capture: progress on one terminal line, then the same checks and storage as photo enrolment."""
-    from kiosk.capture import Camera, open_source
+    from kiosk.door.camera import Camera, open_source
     from kiosk.enroll import existing_person, store
     from kiosk.guided import guided_capture
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from kiosk.cli._output import emit_json, fmt, table
 from kiosk.config import Config
-from kiosk.decide import Decision
+from kiosk.door.decide import Decision
 from kiosk.errors import TamperedError
 from kiosk.gallery.open import open_gallery
 
@@ -59,7 +59,7 @@ def cmd_run(args: argparse.Namespace, cfg: Config) -> int:
     """Run the door loop until SIGTERM/SIGINT (or the end of a replayed file): newest frame → detect → track →
     match → K-of-N decision → relay pulse, one log line and one event per decision. Under systemd it sends READY
     once models are warm and watchdog pings from the frame loop."""
-    from kiosk.runner import run_kiosk
+    from kiosk.door.service import run_kiosk
 
     def show(d: Decision, door: str) -> None:
         if not args.json:

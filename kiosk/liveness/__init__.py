@@ -7,7 +7,7 @@ Two independent layers:
 - **active** (``active.py``): after a match, a challenge (blink, or a head turn in a random direction) that must be
   answered within ``liveness.active.timeout_s``; the 468-point face mesh runs only while a challenge is running.
 
-``Liveness`` is the decider's liveness check (``kiosk.decide.LivenessCheck``). It fails secure: anything but an
+``Liveness`` is the decider's liveness check (``kiosk.door.decide.LivenessCheck``). It fails secure: anything but an
 explicit pass keeps the door shut, a layer the mode requires but that cannot run reports "unavailable" (a deny), and
 a liveness model named in the config that is missing from the manifest is a startup error.
 """
@@ -23,10 +23,10 @@ from kiosk.config import LivenessConfig
 from kiosk.types import Face, Image, LivenessResult, Observation
 
 if TYPE_CHECKING:
-    from kiosk.backends import RuntimeOptions
     from kiosk.liveness.active import ActiveLiveness
     from kiosk.liveness.passive import PassiveLiveness
-    from kiosk.manifest import Manifest
+    from kiosk.models.backends import RuntimeOptions
+    from kiosk.models.manifest import Manifest
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ mirrored); its eye aspect ratio falls by half or more on the same warped photos.
 
 Preprocessing (size, colour order, mean/std, layout) comes from the manifest, and outputs are found by name (the
 manifest's ``params.outputs``) or else by size, so a TFLite file and an ONNX conversion of it are used the same way
-through ``kiosk.backends.load_runner``.
+through ``kiosk.models.backends.load_runner``.
 
 Mesh indices (MediaPipe's canonical face mesh; "right" = the subject's right, the image's left on a frontal face):
 
@@ -41,9 +41,9 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from kiosk.backends import Runner, RuntimeOptions, load_runner
 from kiosk.errors import InputError, ModelError
-from kiosk.manifest import Manifest, ModelSpec
+from kiosk.models.backends import Runner, RuntimeOptions, load_runner
+from kiosk.models.manifest import Manifest, ModelSpec
 from kiosk.types import Face, FloatArray, Image
 
 NUM_LANDMARKS = 468
@@ -108,7 +108,7 @@ def head_yaw_deg(points: npt.NDArray[np.floating[Any]]) -> float:
     For a camera facing the subject that is towards the image's right: the nose moves right and the subject's left
     cheek (454) moves away from the camera (its z grows). The yaw is the angle of the cheek-to-cheek vector
     (234 -> 454) in the x-z plane, with the in-plane roll of the eye line removed first; the same sign as
-    ``kiosk.quality.head_pose`` (on 200 LFW faces the two correlate at 0.94, this one ~0.7x as large).
+    ``kiosk.recognition.quality.head_pose`` (on 200 LFW faces the two correlate at 0.94, this one ~0.7x as large).
     """
     p = np.asarray(points, dtype=np.float64)
     if p.ndim != 2 or p.shape[0] < NUM_LANDMARKS or p.shape[1] < 3:

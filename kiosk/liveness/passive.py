@@ -6,7 +6,7 @@ grown by the model's ``params.crop_scale`` (2.7 or 4.0, so the patch shows the f
 a print's edge, moiré), kept inside the image and resized to 80x80. The crop rule and its integer rounding are the
 original Silent-Face-Anti-Spoofing ``CropImage`` ones, so the models see the patches they were trained on. The fused
 score is the mean over models of the softmax probability of ``params.real_class``: 0..1, higher = more likely a
-live face. This module needs onnxruntime only (through ``kiosk.backends``), never torch.
+live face. This module needs onnxruntime only (through ``kiosk.models.backends``), never torch.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from kiosk.backends import Runner, RuntimeOptions, load_runner
 from kiosk.errors import ModelError
-from kiosk.manifest import Manifest, ModelSpec
+from kiosk.models.backends import Runner, RuntimeOptions, load_runner
+from kiosk.models.manifest import Manifest, ModelSpec
 from kiosk.types import Face, Image
 
 F64 = npt.NDArray[np.float64]

@@ -1,0 +1,285 @@
+"""Access decisions: K-of-N voting over a track's recent frames, per-person cooldown, rate-limited denies, liveness.
+
+Pure and clock-injected: every time comes from ``Observation.t`` (monotonic seconds), so a wall-clock jump cannot
+shorten a cooldown. The loop logs one INFO line per decision; this module logs at DEBUG only and never biometrics.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kiosk.config import DecisionConfig
+from kiosk.recognition.match import MatchResult
+from kiosk.types import LivenessResult as LivenessResult  # re-exported: the decision API names them
+from kiosk.types import Observation as Observation
+
+log = logging.getLogger(__name__)
+
+GRANTED = "granted"
+DENIED = "denied"
+
+# How much a track still needs embeddings (``Decider.embedding_need``): every frame while its decision is open, a
+# refresh (at ``decision.embed_interval_s`` or on a clearly better face) once it was denied or held by a cooldown or
+# while a liveness challenge runs, none once granted (the decider ignores a granted track's frames).
+EVERY_FRAME = "every_frame"
+REFRESH = "refresh"
+NONE = "none"
+
+
+LivenessCheck = Callable[[int, Observation], LivenessResult]
+NOT_REQUIRED = LivenessResult("not_required")
+NOT_CHECKED = LivenessResult("not_checked", reason="no grant was due")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One access decision for a track. ``person_id``/``name`` are set for a grant and for a liveness deny."""
+
+    outcome: str  # GRANTED | DENIED
+    track_id: int
+    person_id: int | None
+    name: str | None
+    score: float | None  # best score among the frames used
+    runner_up: str | None
+    runner_up_score: float | None
+    threshold: float | None
+    frames_used: int  # agreeing frames for a grant, frames in the window for a deny
+    liveness: LivenessResult
+    reason: str
+    first_seen: float
+    t: float
+
+    @property
+    def granted(self) -> bool:
+        return self.outcome == GRANTED
+
+    @property
+    def latency_s(self) -> float:
+        """Seconds from the track's first frame to this decision."""
+        return self.t - self.first_seen
+
+
+Frame = tuple[Observation, MatchResult]  # an embedded frame in a track's window, its match pulled out for typing
+
+
+@dataclass
+class _TrackState:
+    first_seen: float
+    window: deque[Frame]
+    granted: bool = False
+    denied: bool = False  # at least one deny was emitted
+    last_deny: float | None = None
+    cooled: bool = False  # recognised while that person was in cooldown: this track never denies
+    pending: tuple[int, int] | None = None  # (person_id, votes): a grant waits on a running liveness challenge
+    pending_best: MatchResult | None = None  # the best vote when the challenge began (the window moves on)
+
+
+class Decider:
+    """Turns each track's observations into at most one grant, plus rate-limited denies."""
+
+    def __init__(self, cfg: DecisionConfig, *, liveness: LivenessCheck | None = None) -> None:
+        self.cfg = cfg
+        self.liveness = liveness
+        self._tracks: dict[int, _TrackState] = {}
+        self._last_grant: dict[int, float] = {}  # person_id -> time of the last grant, by any track
+
+    def reset(self) -> None:
+        """Forget every track and every cooldown."""
+        self._tracks.clear()
+        self._last_grant.clear()
+
+    def observe(self, track_id: int, obs: Observation, first_seen: float) -> Decision | None:
+        """Add one frame of ``track_id``; returns a decision when one is due, else None.
+
+        A grant is attempted only on a frame that itself votes, so liveness always judges a frame of that person.
+        """
+        st = self._tracks.get(track_id)
+        if st is None:
+            st = self._tracks[track_id] = _TrackState(first_seen, deque(maxlen=self.cfg.window))
+        m = obs.match
+        if st.granted:
+            return None
+        if m is not None:
+            st.window.append((obs, m))
+        if st.pending is not None:
+            # A grant is due and a liveness challenge is running: ask again on every frame, voted or not, so an
+            # answer (a blink) or a timeout is acted on at once.
+            return self._try_grant(track_id, st, obs, *st.pending)
+        if m is None:
+            return None
+        counts = Counter(pid for pid, _ in _votes(st.window))
+        if _votes_for(obs, m) and m.person_id is not None and counts[m.person_id] >= self.cfg.frames_needed:
+            return self._try_grant(track_id, st, obs, m.person_id, counts[m.person_id])
+        if len(st.window) < self.cfg.window or st.cooled:
+            return None
+        if counts and max(counts.values()) >= self.cfg.frames_needed:
+            return None  # a grant is held back (cooldown or liveness); that is not a stranger
+        if st.last_deny is not None and obs.t - st.last_deny < self.cfg.deny_interval_s:
+            return None
+        return self._deny(track_id, st, obs.t)
+
+    def embedding_need(self, track_id: int) -> str:
+        """``EVERY_FRAME`` for a new or undecided track; ``REFRESH`` for one already denied or held by a cooldown, and
+        while a liveness challenge runs (the challenge, not new votes, decides then: the recogniser's time goes to the
+        face mesh, so a blink is seen in more frames); ``NONE`` for a granted one: its frames can no longer change
+        anything.
+        """
+        st = self._tracks.get(track_id)
+        if st is None:
+            return EVERY_FRAME
+        if st.granted:
+            return NONE
+        if st.pending is not None or st.denied or st.cooled:
+            return REFRESH
+        return EVERY_FRAME
+
+    def end_track(self, track_id: int, t: float) -> Decision | None:
+        """Forget ``track_id``; a track with votes that was never granted, denied or cooled down gets one deny."""
+        st = self._tracks.pop(track_id, None)
+        if st is None or st.granted or st.cooled or not st.window:
+            return None
+        if st.pending is not None:
+            pid, count = st.pending
+            best = self._best_for(st, pid)
+            liveness = LivenessResult("fail", reason="the face left before the liveness challenge was answered")
+            reason = f"liveness fail: {liveness.reason}"
+            return self._emit(DENIED, track_id, st, t, best, count, liveness, reason, pid, best.name)
+        if st.denied:
+            return None
+        return self._deny(track_id, st, t)
+
+    def _try_grant(self, track_id: int, st: _TrackState, obs: Observation, pid: int, count: int) -> Decision | None:
+        last = self._last_grant.get(pid)
+        if last is not None and obs.t - last < self.cfg.cooldown_s:
+            st.cooled = True
+            log.debug("track %d: person %d granted %.1f s ago, in cooldown: no decision", track_id, pid, obs.t - last)
+            return None
+        best = self._best_for(st, pid)
+        if self.liveness is None:
+            liveness = NOT_REQUIRED
+        else:
+            liveness = _check_liveness(self.liveness, track_id, obs)
+            if liveness.status == "pending":
+                if st.pending is None:
+                    st.pending, st.pending_best = (pid, count), best
+                return None
+            st.pending = None
+            if liveness.status != "pass":
+                # Fail secure: anything but an explicit pass is a deny. The track stays undecided, so a later frame
+                # may still pass; the deny rate limit keeps a failing check from flooding the event log.
+                if st.last_deny is not None and obs.t - st.last_deny < self.cfg.deny_interval_s:
+                    return None
+                reason = f"liveness {liveness.status}" + (f": {liveness.reason}" if liveness.reason else "")
+                return self._emit(DENIED, track_id, st, obs.t, best, count, liveness, reason, pid, best.name)
+        st.granted = True
+        self._last_grant[pid] = obs.t
+        reason = f"{count} of {len(st.window)} frames matched {best.name}"
+        if liveness.status == "pass" and liveness.reason:
+            reason += f"; liveness: {liveness.reason}"
+        return self._emit(GRANTED, track_id, st, obs.t, best, count, liveness, reason, pid, best.name)
+
+    @staticmethod
+    def _best_for(st: _TrackState, pid: int) -> MatchResult:
+        """The best vote for ``pid`` in the window, else the one kept when a liveness challenge began."""
+        votes = [m for p, m in _votes(st.window) if p == pid]
+        if votes:
+            return _best(votes)
+        # Only reachable while a challenge is pending (pending_best is set); the window is never empty here.
+        return st.pending_best if st.pending_best is not None else _best([m for _, m in st.window])
+
+    def _deny(self, track_id: int, st: _TrackState, t: float) -> Decision:
+        best = _best([m for _, m in st.window])
+        liveness = NOT_REQUIRED if self.liveness is None else NOT_CHECKED
+        return self._emit(DENIED, track_id, st, t, best, len(st.window), liveness, self._deny_reason(st), None, None)
+
+    def _deny_reason(self, st: _TrackState) -> str:
+        """Reason of the most common failure in the window (ties: below threshold, ambiguous, split, quality)."""
+        groups: dict[str, list[Frame]] = {"below": [], "ambiguous": [], "split": [], "quality": [], "other": []}
+        for frame in st.window:
+            groups[_failure(*frame)].append(frame)
+        kind = max(groups, key=lambda k: len(groups[k]))  # max() keeps the first of equals: dict order breaks ties
+        n, w = len(groups[kind]), len(st.window)
+        top = _best([m for _, m in groups[kind]])
+        if kind == "below":
+            return f"unknown face: best score {top.score or 0.0:.2f} below threshold {top.threshold:.2f}"
+        if kind == "ambiguous":
+            lead = (top.score or 0.0) - (top.runner_up_score or 0.0)
+            return (
+                f"ambiguous in {n} of {w} frames: {top.candidate} leads {top.runner_up} by {lead:.2f}, "
+                f"margin {top.margin:.2f} needed"
+            )
+        if kind == "split":
+            name, agree = Counter(m.name for _, m in groups[kind]).most_common(1)[0]
+            return f"only {agree} of {w} frames matched {name}, {self.cfg.frames_needed} needed"
+        if kind == "quality":
+            why = Counter(r for o, _ in groups[kind] for r in o.quality_reasons).most_common(1)
+            return f"poor quality in {n} of {w} frames" + (f": {why[0][0]}" if why else "")
+        return f"no match in {n} of {w} frames: {top.reason}"
+
+    def _emit(
+        self,
+        outcome: str,
+        track_id: int,
+        st: _TrackState,
+        t: float,
+        best: MatchResult,
+        frames: int,
+        liveness: LivenessResult,
+        reason: str,
+        person_id: int | None,
+        name: str | None,
+    ) -> Decision:
+        if outcome == DENIED:
+            st.denied, st.last_deny = True, t
+        log.debug("track %d: %s (%s)", track_id, outcome, reason)
+        return Decision(
+            outcome=outcome,
+            track_id=track_id,
+            person_id=person_id,
+            name=name,
+            score=best.score,
+            runner_up=best.runner_up,
+            runner_up_score=best.runner_up_score,
+            threshold=best.threshold,
+            frames_used=frames,
+            liveness=liveness,
+            reason=reason,
+            first_seen=st.first_seen,
+            t=t,
+        )
+
+
+def _votes_for(obs: Observation, m: MatchResult) -> bool:
+    """A frame votes for a person only when it passed quality and the matcher accepted it."""
+    return obs.quality_ok and m.accepted and m.person_id is not None
+
+
+def _votes(window: deque[Frame]) -> list[tuple[int, MatchResult]]:
+    return [(m.person_id, m) for o, m in window if m.person_id is not None and _votes_for(o, m)]
+
+
+def _best(matches: list[MatchResult]) -> MatchResult:
+    """The highest-scoring match (a match without a score ranks last); ``matches`` is never empty here."""
+    return max(matches, key=lambda m: float("-inf") if m.score is None else m.score)
+
+
+def _check_liveness(check: LivenessCheck, track_id: int, obs: Observation) -> LivenessResult:
+    try:
+        return check(track_id, obs)
+    except Exception as exc:  # a broken check must keep the door shut, not crash the loop
+        log.warning("liveness check raised %s: treating it as unavailable", type(exc).__name__, exc_info=True)
+        return LivenessResult("unavailable", reason=f"liveness check raised {type(exc).__name__}: {exc}")
+
+
+def _failure(o: Observation, m: MatchResult) -> str:
+    """Why a frame did not help a grant: quality, split (accepted, too few agree), below threshold, ambiguous."""
+    if not o.quality_ok:
+        return "quality"
+    if m.accepted:
+        return "split"
+    if m.score is None:
+        return "other"  # e.g. an empty gallery
+    return "below" if m.score < m.threshold else "ambiguous"

@@ -1,0 +1,1 @@
+"""Models: the manifest (files, hashes, preprocessing, thresholds) and the runtime backends that load them."""

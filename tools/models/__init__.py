@@ -1,0 +1,1 @@
+"""Model tools: build the default models, export, quantise, convert to and from TFLite, the manifest registry."""
