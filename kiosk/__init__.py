@@ -1,7 +1,7 @@
 """face-kiosk: face-recognition access control for the edge.
 
-Pipeline stages live in one module each (detect, quality, align, embed, match); ``kiosk.recognition.pipeline`` composes them and
-``kiosk.context`` is the one place models and the gallery are created.
+Pipeline stages live in one module each (detect, quality, align, embed, match); ``kiosk.recognition.pipeline``
+composes them and ``kiosk.context`` is the one place models and the gallery are created.
 """
 
 from pathlib import Path

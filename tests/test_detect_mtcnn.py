@@ -1,8 +1,9 @@
 """MTCNN detector (kiosk/recognition/detect/mtcnn.py, numpy/OpenCV + three ONNX nets) on real LFW photos.
 
-The reference is facenet-pytorch 2.6's ``detect_face`` transliterated below with the torch nets from tools/models/convert/mtcnn.py,
-torch's own ``interpolate(mode="area")`` and a torchvision-free NMS with torchvision's rule (facenet-pytorch itself
-needs torchvision and torch<2.3, so it is never imported). The kiosk's boxes and landmarks must match it to 1e-3 px.
+The reference is facenet-pytorch 2.6's ``detect_face`` transliterated below with the torch nets from
+tools/models/convert/mtcnn.py, torch's own ``interpolate(mode="area")`` and a torchvision-free NMS with torchvision's
+rule (facenet-pytorch itself needs torchvision and torch<2.3, so it is never imported). The kiosk's boxes and
+landmarks must match it to 1e-3 px.
 """
 
 from __future__ import annotations
@@ -382,7 +383,8 @@ def test_rejects_invalid_input_and_missing_parts(detector: MTCNNDetector, mtcnn_
 
 
 def test_registered_in_the_detector_table(mtcnn_spec: ModelSpec) -> None:
-    """``family: mtcnn`` resolves through kiosk.recognition.detect.DETECTORS, with the R-net and O-net runners as parts."""
+    """``family: mtcnn`` resolves through kiosk.recognition.detect.DETECTORS, with the R-net and O-net runners as
+    parts."""
     parts = {name: load_runner(part) for name, part in mtcnn_spec.parts.items()}
     det = build_detector(mtcnn_spec, load_runner(mtcnn_spec), score_threshold=0.5, parts=parts)
     assert isinstance(det, MTCNNDetector) and det.score_threshold == 0.5 and det.nms_iou == 0.7

@@ -1,9 +1,9 @@
 """A test-sized soak: thousands of frames through the real door loop with camera drops, stalls and unplugs, a gallery
 locked by another writer and exceptions inside the models — and ``python -m tools soak``'s child/restart machinery.
 
-The in-process soak runs lockstep on a media clock (``tools.measure.soak.SoakClock``), so the faults and what the loop does
-with them are the same on every run whatever the machine's speed; only the gallery locks are timed by the real clock
-(another writer does not wait for our frames), and their effect is counted, not assumed.
+The in-process soak runs lockstep on a media clock (``tools.measure.soak.SoakClock``), so the faults and what the loop
+does with them are the same on every run whatever the machine's speed; only the gallery locks are timed by the real
+clock (another writer does not wait for our frames), and their effect is counted, not assumed.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""tools/models/convert/dlib_resnet.py: dlib's .dat read in pure Python, PyTorch = ONNX, ONNX = dlib itself, and the kiosk runs it."""
+"""tools/models/convert/dlib_resnet.py: dlib's .dat read in pure Python, PyTorch = ONNX, ONNX = dlib itself, and the
+kiosk runs it."""
 
 from __future__ import annotations
 

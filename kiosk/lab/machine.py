@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 CPUINFO = Path("/proc/cpuinfo")
-# x86: AVX2/FMA (fp32 kernels), AVX-512, VNNI (int8 dot products: without it U8S8 saturates, see tools/models/quantize.py);
-# Arm: NEON (reported as "asimd") and its int8 dot product ("asimddp").
+# x86: AVX2/FMA (fp32 kernels), AVX-512, VNNI (int8 dot products: without it U8S8 saturates, see
+# tools/models/quantize.py); Arm: NEON (reported as "asimd") and its int8 dot product ("asimddp").
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "fma", "neon", "asimddp")
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni"})
 

@@ -1,1 +1,2 @@
-"""Measuring tools: replay bench, soak, backend and session-option timings, the face_recognition comparison, reports and generated tables."""
+"""Measuring tools: replay bench, soak, backend and session-option timings, the face_recognition comparison, reports
+and generated tables."""

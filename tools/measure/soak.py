@@ -4,13 +4,13 @@
 
 What it does: a setup step (a subprocess) enrols ``--members`` LFW identities into a throwaway gallery with the real
 ``kiosk.enroll.enroll`` and writes a clip of 640x480 JPEG frames (members shown an unseen photo, and strangers, each
-on a plain wall with hand-held jitter: ``tools.measure.replay_bench``'s renderer). Then the kiosk runs as a CHILD PROCESS —
-``python -m tools.measure.soak --child``, which calls ``kiosk.door.service.run_kiosk`` (the function ``kiosk run`` calls: relay,
-watchdog, signals, fail-secure hooks) on that clip as a looping real-time replay, with the fault injectors wired in.
-When the child exits non-zero (or is killed by a signal) it is restarted, as ``Restart=on-failure`` would, and the
-restart is counted with its exit code. Every ``--interval`` seconds one line: elapsed, frames, faults injected by
-kind, restarts, the child's RSS (MB) and open file descriptors (read from ``/proc/<pid>``), decisions. At the end: the
-RSS drift (first interval vs last) and, with ``--json``, every sample.
+on a plain wall with hand-held jitter: ``tools.measure.replay_bench``'s renderer). Then the kiosk runs as a CHILD
+PROCESS — ``python -m tools.measure.soak --child``, which calls ``kiosk.door.service.run_kiosk`` (the function ``kiosk
+run`` calls: relay, watchdog, signals, fail-secure hooks) on that clip as a looping real-time replay, with the fault
+injectors wired in. When the child exits non-zero (or is killed by a signal) it is restarted, as
+``Restart=on-failure`` would, and the restart is counted with its exit code. Every ``--interval`` seconds one line:
+elapsed, frames, faults injected by kind, restarts, the child's RSS (MB) and open file descriptors (read from
+``/proc/<pid>``), decisions. At the end: the RSS drift (first interval vs last) and, with ``--json``, every sample.
 
 Fault injection is a set of composable wrappers (all seeded, all counted in a ``FaultLog``), used here and by the
 test-sized soak in ``tests/test_soak.py``:
@@ -173,9 +173,10 @@ class SoakClock:
     """Media time for a lockstep replay: (frames read - 1) / fps, plus the real duration of every camera outage.
 
     In lockstep the loop runs much faster than the clip's fps, so frames stamped with the real clock would be
-    milliseconds apart and tracks would never end (``tools.measure.replay_bench`` explains). During a stall or an unplug the
-    clock follows real time, so ``Camera`` (which measures ``stall_timeout_s`` on it) notices the stall, and the
-    outage lasts in media time as long as it lasted. Called from the camera's reader thread and the loop's thread.
+    milliseconds apart and tracks would never end (``tools.measure.replay_bench`` explains). During a stall or an
+    unplug the clock follows real time, so ``Camera`` (which measures ``stall_timeout_s`` on it) notices the stall,
+    and the outage lasts in media time as long as it lasted. Called from the camera's reader thread and the loop's
+    thread.
     """
 
     def __init__(self, fps: float) -> None:
@@ -538,8 +539,8 @@ def soak_inprocess(
 ) -> InProcessSoak:
     """Run ``inner`` (a finite replay) through the real ``DoorLoop`` in lockstep with every fault of ``plan``.
 
-    Wired as ``tools.measure.replay_bench.run_replay`` does (camera and loop on a media clock) but the simulated door runs
-    on the real clock, so its timeline shows real pulse lengths. RSS is sampled after ``warmup_frames`` frames and
+    Wired as ``tools.measure.replay_bench.run_replay`` does (camera and loop on a media clock) but the simulated door
+    runs on the real clock, so its timeline shows real pulse lengths. RSS is sampled after ``warmup_frames`` frames and
     when the loop returns; file descriptors before anything is opened and after everything is closed. After the run
     the locker stops and the loop's queued events are flushed, so every decision is either in the events table or
     counted in ``events_dropped``. ``guard_s``
@@ -811,8 +812,8 @@ class Life:
 
 
 def _child_command(args: argparse.Namespace, n: int, status: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "tools.measure.soak", "--child", "--workdir", str(args.workdir), "--fps", str(args.fps),
-           "--faults", args.faults, "--seed", str(args.seed + n), "--status", str(status),
+    cmd = [sys.executable, "-m", "tools.measure.soak", "--child", "--workdir", str(args.workdir),
+           "--fps", str(args.fps), "--faults", args.faults, "--seed", str(args.seed + n), "--status", str(status),
            "--log-level", args.log_level]  # fmt: skip
     if args.config is not None:
         cmd += ["--config", str(args.config)]

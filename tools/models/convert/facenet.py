@@ -570,7 +570,8 @@ def main(argv: list[str] | None = None) -> int:
     entry["provenance"] = {
         **package_provenance(PACKAGE, SOURCE),
         "transform": (
-            "GraphDef read without TensorFlow, constants mapped by scope onto tools/models/arch/inception_resnet_v1.py, "
+            "GraphDef read without TensorFlow, constants mapped by scope onto "
+            "tools/models/arch/inception_resnet_v1.py, "
             f"bottleneck batch-norm folded, exported to ONNX; max |tensorflow - onnx| {d_ref:.1e}"
         ),
         "built_by": "tools/models/convert/facenet.py",
