@@ -505,7 +505,8 @@ def test_watchdog_still_catches_a_stall_after_the_clock_jumps_back(monkeypatch: 
 
 
 DURATION_MODULES = [
-    "capture.py", "decide.py", "door.py", "loop.py", "notify.py", "runner.py", "track.py", "watchdog.py", "liveness",
+    "door/camera.py", "door/decide.py", "door/relay.py", "door/loop.py", "door/notify.py", "door/service.py",
+    "door/track.py", "door/watchdog.py", "liveness",
 ]  # fmt: skip
 
 
