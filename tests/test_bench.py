@@ -16,7 +16,7 @@ import pytest
 from kiosk.cli import main
 from kiosk.errors import ExitCode
 from kiosk.imageio import read_image
-from kiosk.lab import bench
+from kiosk.lab import bench, frames
 from kiosk.models.manifest import load_manifest
 
 STAGES = {"decode", "detect", "quality", "align", "embed", "match", "liveness"}
@@ -124,7 +124,7 @@ def test_bench_liveness_off_threads_and_source(
     src.mkdir()
     rng = np.random.default_rng(0)
     for i in range(14):
-        frame = np.full((480, 640, 3), 110, np.uint8) if i < 6 else bench.compose(photo, rng, 1.7, (320.0, 240.0))
+        frame = np.full((480, 640, 3), 110, np.uint8) if i < 6 else frames.compose(photo, rng, 1.7, (320.0, 240.0))
         cv2.imwrite(str(src / f"{i:03d}.png"), frame)
     cfg = tmp_path / "kiosk.yaml"
     cfg.write_text("liveness:\n  mode: 'off'\n")

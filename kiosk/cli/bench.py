@@ -120,9 +120,81 @@ def cmd_bench(args: argparse.Namespace, cfg: Config) -> int:
             print(f"[kiosk bench] {text}", file=sys.stderr, flush=True)
 
     report = bench.run_bench(measured(cfg.data_dir), opts, progress)
-    print(bench.format_table(report))
+    print(format_table(report))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         print(f"  JSON: {args.json}")
     return 0
+
+
+# -- output --------------------------------------------------------------------------------------------------------
+
+
+def _ms(d: Any) -> str:
+    if not isinstance(d, dict):
+        return f"{d:>10} {'':>10}"
+    if d.get("median") is None:
+        return f"{'-':>10} {'-':>10}"
+    return f"{d['median']:>10.3f} {d['p95']:>10.3f}"
+
+
+def format_table(r: dict[str, Any]) -> str:
+    """The report as a table a person reads first (the JSON has everything)."""
+    m, c, lp, fr = r["machine"], r["config"], r["loop"], r["frames"]
+    models = c["models"]
+    rt = c["runtime"]
+    lines = [
+        f"kiosk bench — {fr['count']} frames {fr['size'][0]}x{fr['size'][1]} from {fr['origin']}",
+        f"  machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['flags']) or 'no listed SIMD flags'}), "
+        f"load {m['loadavg_start']} → {m['loadavg_end']}",
+        f"  models: {models['detector']['id']} ({models['detector']['format']}) at {c['detection']['input_size']}, "
+        f"{models['recognizer']['id']} ({models['recognizer']['format']}); threads intra {rt['intra_op_threads']}, "
+        f"inter {rt['inter_op_threads']}, tflite {rt['tflite_threads']}; liveness {c['liveness']}",
+        "",
+        f"  {'stage (ms)':28}{'median':>10} {'p95':>10} {'n':>6}",
+    ]
+    for stage, d in r["stages_ms"].items():
+        lines.append(f"  {stage:28}{_ms(d)} {d['n'] if isinstance(d, dict) else '':>6}")
+    by = r["end_to_end_ms_by_frame"]
+    off = r["end_to_end_ms_liveness_off"]
+    lines += [
+        f"  {'end to end, face frames':28}{_ms(by['face'])} {by['face']['n']:>6}   door loop, liveness "
+        f"{lp['liveness']}",
+        *(
+            f"  {label:28}{_ms(by[key])} {by[key]['n']:>6}"
+            for key, label in (("face_embedded", "  recogniser ran"), ("face_not_embedded", "  tracked, not embedded"))
+            if key in by
+        ),
+        f"  {'end to end, empty frames':28}{_ms(by['empty'])} {by['empty']['n']:>6}",
+        f"  {'end to end, all frames':28}{_ms(by['all'])} {by['all']['n']:>6}   {r['fps']} fps",
+    ]
+    if off is not None:
+        lines.append(f"  {'  face frames, liveness off':28}{_ms(off['face'])} {off['face']['n']:>6}")
+    lines += [
+        f"  {'decision: face → pulse':28}{_ms(r['decision_latency_ms'])} {r['decision_latency_ms']['n']:>6}   "
+        f"liveness {r['decision_latency_ms']['liveness']}",
+        "",
+        f"  {'1:N match (ms)':28}{'median':>10} {'p95':>10}",
+    ]
+    for size, d in r["match_ms"].items():
+        lines.append(f"  {int(size):>12,} templates{'':5}{_ms(d)}")
+    floor = r.get("recognizer_floor")
+    if floor:
+        lines.append(
+            f"  recogniser floor: {floor['gflop_per_face']} GFLOP / ({floor['core_peak_gflops']} GFLOP/s x "
+            f"{floor['threads']}) = {floor['floor_ms']:.2f} ms; embed median {floor['embed_ms_median']:.2f} ms = "
+            f"{floor['ratio']:.2f}x"
+        )
+    cold = r["cold_start"]
+    lines.append("")
+    if cold is None:
+        lines.append("  cold start: skipped")
+    else:
+        s = cold["since_launch_s"]
+        lines.append(
+            f"  cold start: {r['cold_start_s']:.2f} s to the first decision (models warm at {s['models_warm']:.2f} s; "
+            f"{cold['frames_shown']} frames shown; child peak RSS {cold['peak_rss_mb']} MB)"
+        )
+    lines.append(f"  peak RSS (door loop process): {r['peak_rss_mb']} MB")
+    return "\n".join(line.rstrip() for line in lines)

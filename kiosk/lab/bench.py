@@ -22,17 +22,14 @@ Nothing here asserts a speed; the JSON records the machine, versions and configu
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
-import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,7 +39,6 @@ from typing import Any
 import cv2
 import numpy as np
 
-from kiosk import SOURCE_ROOT
 from kiosk.config import Config
 from kiosk.context import Context
 from kiosk.door.camera import Camera, Frame
@@ -52,8 +48,18 @@ from kiosk.door.notify import Notifier
 from kiosk.door.relay import SimulatedDoor, open_door
 from kiosk.enroll import enroll
 from kiosk.errors import ConfigError, FaceError, InputError, KioskError
-from kiosk.imageio import read_image
-from kiosk.lab.machine import describe, loadavg, versions
+from kiosk.lab.frames import (
+    DEFAULT_FPS,
+    ENV_DATA,
+    JPEG_QUALITY,
+    FrameSet,
+    data_dir,
+    decode,
+    lfw_frames,
+    seeded_rng,
+    source_frames,
+)
+from kiosk.lab.machine import describe, loadavg, peak_rss_mb, ru_maxrss_mb, versions
 from kiosk.liveness import Liveness
 from kiosk.models.manifest import Manifest, load_manifest
 from kiosk.recognition.align import align
@@ -65,14 +71,6 @@ from kiosk.stats import dist, time_ms
 from kiosk.testing import ManualClock, ScriptedSource
 from kiosk.types import Image
 
-ENV_DATA = "KIOSK_TEST_DATA"
-ROOT = SOURCE_ROOT
-W, H = 640, 480
-WALL = 110
-JPEG_QUALITY = 90
-DEFAULT_FPS = 10.0
-FACE_FRAMES = 8
-MAX_MEMBERS = 8
 MATCH_RUNS = 60
 WARMUP_FRAMES = 3
 STAGES = ("decode", "detect", "quality", "align", "embed", "match", "liveness")
@@ -80,7 +78,6 @@ STAGES = ("decode", "detect", "quality", "align", "embed", "match", "liveness")
 # peak. The floor on N threads is gflop / (peak * N); the issue's target is the embed stage within 1.5x of it.
 FLOOR_GFLOP = {"sface": 1.14, "sface_tflite": 1.14}  # fp32 models only: an int8 floor is a different peak
 FLOOR_CORE_GFLOPS = 78.0
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
 @dataclass(frozen=True)
@@ -95,119 +92,6 @@ class BenchOptions:
     seed: int = 0
     config_file: Path | None = None  # passed on to the cold-start child
     overrides: tuple[str, ...] = ()  # the child's command-line overrides (--threads, --detector, ...)
-
-
-@dataclass
-class FrameSet:
-    """The benchmark's frames as JPEG bytes, which frames begin a face appearance, and who to enrol."""
-
-    jpegs: list[bytes]
-    fps: float
-    origin: str
-    appearances: list[int] = field(default_factory=list)  # frame indices where a face appears (LFW: known)
-    enrol: list[tuple[str, Path]] = field(default_factory=list)  # (name, photo) to enrol before the loop runs
-    face_frames: set[int] = field(default_factory=set)  # LFW: frames showing a face (None known for --source)
-
-
-# -- frames --------------------------------------------------------------------------------------------------------
-
-
-def data_dir(override: Path | None) -> Path:
-    """``--faces``, else ``$KIOSK_TEST_DATA``, else ``<project>/../shared/data/faces``."""
-    if override is not None:
-        return override.expanduser().resolve()
-    return Path(os.environ.get(ENV_DATA, ROOT / ".." / "shared" / "data" / "faces")).expanduser().resolve()
-
-
-def _rng(seed: int, *salt: int | str) -> np.random.Generator:
-    return np.random.default_rng([seed, *(zlib.crc32(s.encode()) if isinstance(s, str) else s for s in salt)])
-
-
-def _jpeg(image: Image) -> bytes:
-    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-    if not ok:  # pragma: no cover - OpenCV always encodes a uint8 BGR image
-        raise InputError("cannot JPEG-encode a benchmark frame")
-    return bytes(buf.tobytes())
-
-
-def decode(jpeg: bytes) -> Image:
-    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:  # pragma: no cover - frames are encoded by _jpeg
-        raise InputError("cannot decode a benchmark frame")
-    return np.asarray(image, dtype=np.uint8)
-
-
-def compose(photo: Image, rng: np.random.Generator, scale: float, centre: tuple[float, float]) -> Image:
-    """The photo scaled onto a plain 640x480 wall, shifted a few pixels (a hand-held camera)."""
-    img = cv2.resize(photo, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
-    canvas = np.full((H, W, 3), WALL, np.uint8)
-    h, w = img.shape[:2]
-    dx, dy = (int(v) for v in rng.integers(-3, 4, size=2))
-    x, y = round(centre[0] - w / 2) + dx, round(centre[1] - h / 2) + dy
-    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, W), min(y + h, H)
-    canvas[y0:y1, x0:x1] = img[y0 - y : y1 - y, x0 - x : x1 - x]
-    return canvas
-
-
-def lfw_frames(faces: Path, n: int, fps: float, gap_frames: int, seed: int) -> FrameSet:
-    """Clips of ``FACE_FRAMES`` frames of one member's probe photo, then ``gap_frames`` of empty wall, until ``n``
-    frames. Members (up to ``MAX_MEMBERS``) are LFW identities with 2+ photos: one to enrol, another to show."""
-    labels = faces / "lfw" / "labels.csv"
-    by_identity: dict[str, list[str]] = {}
-    with labels.open(newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            by_identity.setdefault(row["identity"], []).append(row["path"])
-    eligible = sorted(k for k, v in by_identity.items() if len(v) >= 2)
-    if not eligible:
-        raise InputError(f"no LFW identity with two photos in {labels}")
-    order = [eligible[int(i)] for i in _rng(seed, "members").permutation(len(eligible))]
-    clip_len = FACE_FRAMES + gap_frames
-    clips = max(1, math.ceil(n / clip_len))
-    members = order[: min(MAX_MEMBERS, clips, len(order))]
-    fs = FrameSet(jpegs=[], fps=fps, origin=f"LFW {faces / 'lfw'}")
-    probes = []
-    for name in members:
-        photos = sorted(by_identity[name])
-        fs.enrol.append((name, faces / "lfw" / photos[0]))
-        probes.append(read_image(faces / "lfw" / photos[1]))
-    wall = _jpeg(np.full((H, W, 3), WALL, np.uint8))
-    for clip in range(clips):
-        rng = _rng(seed, "clip", clip)
-        scale = float(rng.uniform(1.5, 1.9))
-        centre = (W / 2 + float(rng.uniform(-50, 50)), H / 2 + float(rng.uniform(-20, 20)))
-        photo = probes[clip % len(probes)]
-        fs.appearances.append(len(fs.jpegs))
-        for _ in range(FACE_FRAMES):
-            fs.face_frames.add(len(fs.jpegs))
-            fs.jpegs.append(_jpeg(compose(photo, rng, scale, centre)))
-        fs.jpegs += [wall] * gap_frames
-    del fs.jpegs[n:]
-    fs.appearances = [i for i in fs.appearances if i < n]
-    fs.face_frames = {i for i in fs.face_frames if i < n}
-    return fs
-
-
-def source_frames(source: Path, n: int, fps: float | None) -> FrameSet:
-    """Up to ``n`` frames of a video file or an image folder (sorted by name), JPEG-encoded."""
-    images: list[Image] = []
-    if source.is_dir():
-        files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        images = [read_image(p) for p in files[:n]]
-        rate = fps or DEFAULT_FPS
-    else:
-        cap = cv2.VideoCapture(str(source))
-        try:
-            rate = fps or float(cap.get(cv2.CAP_PROP_FPS) or 0.0) or DEFAULT_FPS
-            while len(images) < n:
-                ok, image = cap.read()
-                if not ok:
-                    break
-                images.append(np.asarray(image, dtype=np.uint8))
-        finally:
-            cap.release()
-    if not images:
-        raise InputError(f"--source {source}: no frames could be read (a video file or a folder of images)")
-    return FrameSet(jpegs=[_jpeg(im) for im in images], fps=rate, origin=f"--source {source}")
 
 
 def load_frames(opts: BenchOptions, cfg: Config) -> FrameSet:
@@ -225,25 +109,6 @@ def load_frames(opts: BenchOptions, cfg: Config) -> FrameSet:
         )
     gap = math.ceil(cfg.decision.track_max_age_s * fps) + 2  # long enough for the track to end between clips
     return lfw_frames(faces, opts.frames, fps, gap, opts.seed)
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set size in MB: ``VmHWM`` from /proc/self/status where there is one (it starts
-    afresh at exec), else ``getrusage`` ru_maxrss (KiB on Linux, bytes on macOS). On Linux ru_maxrss survives
-    fork+exec, so a child started by a big parent would report at least the parent's size at the fork."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024.0, 1)
-    except (OSError, ValueError, IndexError):
-        pass
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0, 1)
-
-
-def ru_maxrss_mb() -> float:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0, 1)
 
 
 # -- configuration -------------------------------------------------------------------------------------------------
@@ -514,7 +379,7 @@ def _matching(matcher: Matcher, probes: np.ndarray) -> Callable[[], object]:
 
 def match_times(sizes: Sequence[int], dim: int, threshold: float, margin: float, seed: int) -> dict[str, Any]:
     """``Matcher.match`` over synthetic unit-norm galleries of each size (one template per person)."""
-    rng = _rng(seed, "gallery")
+    rng = seeded_rng(seed, "gallery")
     out: dict[str, Any] = {}
     for size in sizes:
         emb = rng.standard_normal((size, dim), dtype=np.float32)
@@ -725,75 +590,3 @@ def run_bench(cfg: Config, opts: BenchOptions, progress: Callable[[str], None] |
         "machine": mach,
         "versions": versions(),
     }
-
-
-# -- output --------------------------------------------------------------------------------------------------------
-
-
-def _ms(d: Any) -> str:
-    if not isinstance(d, dict):
-        return f"{d:>10} {'':>10}"
-    if d.get("median") is None:
-        return f"{'-':>10} {'-':>10}"
-    return f"{d['median']:>10.3f} {d['p95']:>10.3f}"
-
-
-def format_table(r: dict[str, Any]) -> str:
-    """The report as a table a person reads first (the JSON has everything)."""
-    m, c, lp, fr = r["machine"], r["config"], r["loop"], r["frames"]
-    models = c["models"]
-    rt = c["runtime"]
-    lines = [
-        f"kiosk bench — {fr['count']} frames {fr['size'][0]}x{fr['size'][1]} from {fr['origin']}",
-        f"  machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['flags']) or 'no listed SIMD flags'}), "
-        f"load {m['loadavg_start']} → {m['loadavg_end']}",
-        f"  models: {models['detector']['id']} ({models['detector']['format']}) at {c['detection']['input_size']}, "
-        f"{models['recognizer']['id']} ({models['recognizer']['format']}); threads intra {rt['intra_op_threads']}, "
-        f"inter {rt['inter_op_threads']}, tflite {rt['tflite_threads']}; liveness {c['liveness']}",
-        "",
-        f"  {'stage (ms)':28}{'median':>10} {'p95':>10} {'n':>6}",
-    ]
-    for stage, d in r["stages_ms"].items():
-        lines.append(f"  {stage:28}{_ms(d)} {d['n'] if isinstance(d, dict) else '':>6}")
-    by = r["end_to_end_ms_by_frame"]
-    off = r["end_to_end_ms_liveness_off"]
-    lines += [
-        f"  {'end to end, face frames':28}{_ms(by['face'])} {by['face']['n']:>6}   door loop, liveness "
-        f"{lp['liveness']}",
-        *(
-            f"  {label:28}{_ms(by[key])} {by[key]['n']:>6}"
-            for key, label in (("face_embedded", "  recogniser ran"), ("face_not_embedded", "  tracked, not embedded"))
-            if key in by
-        ),
-        f"  {'end to end, empty frames':28}{_ms(by['empty'])} {by['empty']['n']:>6}",
-        f"  {'end to end, all frames':28}{_ms(by['all'])} {by['all']['n']:>6}   {r['fps']} fps",
-    ]
-    if off is not None:
-        lines.append(f"  {'  face frames, liveness off':28}{_ms(off['face'])} {off['face']['n']:>6}")
-    lines += [
-        f"  {'decision: face → pulse':28}{_ms(r['decision_latency_ms'])} {r['decision_latency_ms']['n']:>6}   "
-        f"liveness {r['decision_latency_ms']['liveness']}",
-        "",
-        f"  {'1:N match (ms)':28}{'median':>10} {'p95':>10}",
-    ]
-    for size, d in r["match_ms"].items():
-        lines.append(f"  {int(size):>12,} templates{'':5}{_ms(d)}")
-    floor = r.get("recognizer_floor")
-    if floor:
-        lines.append(
-            f"  recogniser floor: {floor['gflop_per_face']} GFLOP / ({floor['core_peak_gflops']} GFLOP/s x "
-            f"{floor['threads']}) = {floor['floor_ms']:.2f} ms; embed median {floor['embed_ms_median']:.2f} ms = "
-            f"{floor['ratio']:.2f}x"
-        )
-    cold = r["cold_start"]
-    lines.append("")
-    if cold is None:
-        lines.append("  cold start: skipped")
-    else:
-        s = cold["since_launch_s"]
-        lines.append(
-            f"  cold start: {r['cold_start_s']:.2f} s to the first decision (models warm at {s['models_warm']:.2f} s; "
-            f"{cold['frames_shown']} frames shown; child peak RSS {cold['peak_rss_mb']} MB)"
-        )
-    lines.append(f"  peak RSS (door loop process): {r['peak_rss_mb']} MB")
-    return "\n".join(line.rstrip() for line in lines)

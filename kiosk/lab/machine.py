@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.metadata as md
 import os
 import platform
+import resource
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -101,3 +103,22 @@ def versions() -> dict[str, str | None]:
         "tflite_runtime": package_version("tflite-runtime"),
         "face_kiosk": package_version("face-kiosk"),
     }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MB: ``VmHWM`` from /proc/self/status where there is one (it starts
+    afresh at exec), else ``getrusage`` ru_maxrss (KiB on Linux, bytes on macOS). On Linux ru_maxrss survives
+    fork+exec, so a child started by a big parent would report at least the parent's size at the fork."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024.0, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0, 1)
+
+
+def ru_maxrss_mb() -> float:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0, 1)

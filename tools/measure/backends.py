@@ -12,7 +12,7 @@ how to build them):
   timed and compared but never picked as a runtime for YuNet.
 
 Inputs are real: 112x112 crops aligned by the kiosk (YuNet + ArcFace template) from LFW photos, and 640x480 frames
-of LFW photos on a plain wall composed with ``kiosk.lab.bench.compose``. Timing: per thread count (and per batch size
+of LFW photos on a plain wall composed with ``kiosk.lab.frames.compose``. Timing: per thread count (and per batch size
 for the recogniser) a warm-up, then interleaved rounds — every candidate once per round, in a rotating order — and
 median / p95 per candidate. Agreement: cosine of each recogniser's embeddings to onnxruntime fp32's on the same crops;
 for detectors, IoU of the largest box, mean landmark distance and the frames where only one of the two finds a face,
@@ -41,7 +41,7 @@ import numpy as np
 from kiosk.config import parse_config
 from kiosk.errors import BackendUnavailableError, KioskError
 from kiosk.imageio import read_image
-from kiosk.lab import bench
+from kiosk.lab import frames as lab_frames
 from kiosk.lab.machine import describe, loadavg, versions
 from kiosk.models.backends import RuntimeOptions, load_runner
 from kiosk.models.manifest import Manifest, ModelSpec, load_manifest
@@ -327,11 +327,11 @@ def wall_frames(photos: Sequence[Path], n: int, seed: int) -> list[Image]:
     for i, path in enumerate(photos[:n]):
         rng = np.random.default_rng([seed, 11, i])
         if i % 6 == 5:
-            frames.append(np.full((bench.H, bench.W, 3), bench.WALL, np.uint8))
+            frames.append(np.full((lab_frames.H, lab_frames.W, 3), lab_frames.WALL, np.uint8))
             continue
         scale = float(rng.uniform(1.5, 1.9))
-        centre = (bench.W / 2 + float(rng.uniform(-50, 50)), bench.H / 2 + float(rng.uniform(-20, 20)))
-        frames.append(bench.compose(read_image(path), rng, scale, centre))
+        centre = (lab_frames.W / 2 + float(rng.uniform(-50, 50)), lab_frames.H / 2 + float(rng.uniform(-20, 20)))
+        frames.append(lab_frames.compose(read_image(path), rng, scale, centre))
     return frames
 
 
@@ -550,9 +550,9 @@ def measure(opts: Options, extra_recognizers: Sequence[Candidate] = ()) -> dict[
     """Everything: inputs, candidates, latency, agreement, pick, machine and versions."""
     mach = describe()
     started = time.perf_counter()
-    faces = bench.data_dir(opts.faces)
+    faces = lab_frames.data_dir(opts.faces)
     if not (faces / "lfw" / "labels.csv").is_file():
-        raise KioskError(f"no LFW faces at {faces} (lfw/labels.csv missing); set {bench.ENV_DATA} or --faces DIR")
+        raise KioskError(f"no LFW faces at {faces} (lfw/labels.csv missing); set {lab_frames.ENV_DATA} or --faces DIR")
     manifest = load_manifest(opts.manifest)
     rec, rec_absent = recognizer_candidates(manifest)
     rec += list(extra_recognizers)
@@ -606,9 +606,9 @@ def measure(opts: Options, extra_recognizers: Sequence[Candidate] = ()) -> dict[
             "faces": str(faces),
             "crops": len(crops),
             "frames": len(frames),
-            "frame_size": [bench.W, bench.H],
+            "frame_size": [lab_frames.W, lab_frames.H],
             "crop_source": "LFW photos, one per identity, kiosk YuNet (onnxruntime) + ArcFace-template alignment",
-            "frame_source": "LFW photos composed onto a 640x480 wall (kiosk.lab.bench.compose); every 6th frame empty",
+            "frame_source": "LFW photos composed onto a 640x480 wall (kiosk.lab.frames.compose); every 6th frame empty",
         },
         "method": {
             "runs": opts.runs,
@@ -691,7 +691,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def parse_args(argv: Sequence[str] | None) -> tuple[Options, Path | None]:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0] if __doc__ else None)
-    p.add_argument("--faces", type=Path, help=f"face data folder with lfw/ (default ${bench.ENV_DATA})")
+    p.add_argument("--faces", type=Path, help=f"face data folder with lfw/ (default ${lab_frames.ENV_DATA})")
     p.add_argument("--manifest", type=Path, help="model manifest (default models/manifest.yaml)")
     p.add_argument("--crops", type=int, default=48, help="aligned LFW crops for the recogniser (default 48)")
     p.add_argument("--frames", type=int, default=24, help="640x480 frames for the detectors (default 24)")

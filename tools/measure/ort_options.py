@@ -131,7 +131,7 @@ def last_outputs(path: Path, v: Variant, threads: int, feed: dict[str, np.ndarra
 def model_inputs(spec: ModelSpec, faces: Path | None) -> tuple[dict[str, np.ndarray], str]:
     """The tensor the kiosk feeds ``spec`` and where it came from: a real LFW face through the kiosk's own
     preprocessing when ``faces`` holds LFW, else a fixed pseudo-random image."""
-    from kiosk.lab import bench
+    from kiosk.lab import frames
     from kiosk.models.backends import RuntimeOptions, load_runner
     from kiosk.recognition.detect.yunet import YuNetDetector
     from kiosk.recognition.embed import Embedder
@@ -141,8 +141,8 @@ def model_inputs(spec: ModelSpec, faces: Path | None) -> tuple[dict[str, np.ndar
     origin = "pseudo-random 640x480 image (no LFW data found)"
     labels = None if faces is None else faces / "lfw" / "labels.csv"
     if labels is not None and labels.is_file():
-        fs = bench.lfw_frames(faces, 1, 10.0, 0, 0)  # type: ignore[arg-type]
-        frame = bench.decode(fs.jpegs[0])
+        fs = frames.lfw_frames(faces, 1, 10.0, 0, 0)  # type: ignore[arg-type]
+        frame = frames.decode(fs.jpegs[0])
         origin = f"LFW face composed onto a 640x480 frame ({fs.enrol[0][0]})"
     run = load_runner(spec, RuntimeOptions())
     if spec.task == "detect":
