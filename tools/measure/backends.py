@@ -180,9 +180,9 @@ def _missing(manifest: Manifest, model_id: str) -> str | None:
         return f"model file {spec.path} is missing; build it with `{BUILD_HINT}`"
     if spec.format == "tflite":
         try:
-            from kiosk.models.backends.tflite import _interpreter_class
+            from kiosk.models.backends.tflite import interpreter_class
 
-            _interpreter_class()
+            interpreter_class()
         except BackendUnavailableError as exc:
             return str(exc)
     return None
@@ -260,9 +260,9 @@ def detector_candidates(manifest: Manifest) -> tuple[list[Candidate], list[Absen
 def tflite_delegation(spec: ModelSpec, threads: int) -> dict[str, Any] | None:
     """How the XNNPACK delegate partitioned a TFLite model: delegate partitions and the op types left outside."""
     try:
-        from kiosk.models.backends.tflite import _interpreter_class
+        from kiosk.models.backends.tflite import interpreter_class
 
-        interp = _interpreter_class()(model_path=str(spec.path), num_threads=threads)
+        interp = interpreter_class()(model_path=str(spec.path), num_threads=threads)
         interp.allocate_tensors()
         ops = interp._get_ops_details()
     except (BackendUnavailableError, AttributeError, ValueError, RuntimeError):

@@ -14,7 +14,7 @@ from kiosk.models.manifest import ModelSpec
 log = logging.getLogger(__name__)
 
 
-def _interpreter_class() -> Any:
+def interpreter_class() -> Any:
     try:
         from ai_edge_litert.interpreter import Interpreter
 
@@ -34,7 +34,7 @@ def _interpreter_class() -> Any:
 
 class TfliteRunner:
     def __init__(self, spec: ModelSpec, options: RuntimeOptions) -> None:
-        interpreter_cls = _interpreter_class()
+        interpreter_cls = interpreter_class()
         try:
             self._interp = interpreter_cls(model_path=str(spec.path), num_threads=options.tflite_threads)
             self._interp.allocate_tensors()
