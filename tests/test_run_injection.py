@@ -8,7 +8,6 @@ import sqlite3
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from kiosk.config import CameraConfig, parse_config
 from kiosk.door.camera import FrameSource
