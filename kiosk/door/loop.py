@@ -131,11 +131,13 @@ class DoorLoop:
         on_prompt: Callable[[int, str], None] | None = None,
         decider: Decider | None = None,
         on_frame: Callable[[Frame, float], None] | None = None,
+        on_event_error: Callable[[GalleryError], None] | None = None,
     ) -> None:
         """``decider`` replaces the ``Decider`` built from ``decision`` config and ``liveness`` (a measuring tool
         passes one that records what it is asked; build it with the same liveness). ``on_frame(frame, ms)`` is called
         after each frame ``process()`` completed, with its processing time in ms (not for a frame whose processing
-        raised); an error it raises counts as the frame's."""
+        raised); an error it raises counts as the frame's. ``on_event_error(exc)`` is called with every failed event
+        write (the event stays queued, as without it): the soak counts locked-gallery hits with it."""
         self.cfg = pipeline.cfg
         self.pipeline = pipeline
         self.gallery = gallery
@@ -154,6 +156,7 @@ class DoorLoop:
             liveness.on_prompt = self._prompt
         self.decider = decider if decider is not None else Decider(d, liveness=liveness)
         self.on_frame = on_frame
+        self.on_event_error = on_event_error
         self.stats = LoopStats()
         self.stop_event = threading.Event()
         self._matcher: Matcher | None = None
@@ -343,6 +346,8 @@ class DoorLoop:
             try:
                 self.gallery.add_event(kind, outcome, wait_s=EVENT_WRITE_WAIT_S, **fields)
             except GalleryError as exc:
+                if self.on_event_error is not None:
+                    self.on_event_error(exc)
                 # NOTE: a full disk or a locked database must not stop the door from deciding; log once a minute.
                 now = self.clock()
                 if now - self._event_error_logged > EVENT_ERROR_LOG_INTERVAL_S:

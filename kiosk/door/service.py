@@ -24,16 +24,17 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from kiosk.config import Config
+from kiosk.config import CameraConfig, Config
 from kiosk.context import Context
-from kiosk.door.camera import Camera, open_source
+from kiosk.door.camera import Camera, FrameSource, open_source
 from kiosk.door.decide import Decision
 from kiosk.door.loop import DoorLoop, LoopStats
 from kiosk.door.notify import Notifier
 from kiosk.door.relay import Door, open_door
 from kiosk.door.snapshots import SnapshotStore
 from kiosk.door.watchdog import Watchdog
-from kiosk.errors import KioskError
+from kiosk.errors import GalleryError, KioskError
+from kiosk.recognition.pipeline import Pipeline
 
 log = logging.getLogger("kiosk.run")
 
@@ -153,8 +154,17 @@ def run_kiosk(
     on_decision: Callable[[Decision, str], None] | None = None,
     on_prompt: Callable[[int, str], None] | None = None,
     started: Callable[[DoorLoop], None] | None = None,
+    open_source: Callable[[str, CameraConfig], FrameSource] = open_source,
+    wrap_pipeline: Callable[[Pipeline], Pipeline] | None = None,
+    on_event_error: Callable[[GalleryError], None] | None = None,
 ) -> LoopStats:
-    """Build everything from ``cfg`` (tests inject ``door``/``pin_factory``), run the loop, tear down in reverse."""
+    """Build everything from ``cfg`` (tests inject ``door``/``pin_factory``), run the loop, tear down in reverse.
+
+    Injection points for tests and the soak (the defaults are ``kiosk run``'s own behaviour): ``open_source(spec,
+    camera_cfg)`` makes the camera's source (default: ``kiosk.door.camera.open_source``);
+    ``wrap_pipeline(pipeline)`` is given the loaded, warmed-up pipeline and returns the one the loop runs (say, one
+    whose stages are ``kiosk.testing.FlakyStage`` wrappers); ``on_event_error`` goes to ``DoorLoop``: it is called
+    with each failed event write."""
     t0 = time.monotonic()
     _quiet_native_logs()
     notifier = notifier or Notifier()
@@ -174,6 +184,8 @@ def run_kiosk(
             gallery = ctx.gallery
             pipeline = ctx.pipeline
             pipeline.warmup()
+            if wrap_pipeline is not None:
+                pipeline = wrap_pipeline(pipeline)
             liveness = ctx.liveness  # loaded (and hash-checked) at start: a missing liveness model stops here
             stale = ctx.stale_warning()
             if stale:
@@ -199,6 +211,7 @@ def run_kiosk(
                 door_events=door_events,
                 liveness=liveness,
                 on_prompt=on_prompt,
+                on_event_error=on_event_error,
             )
             limit = watchdog_limit(cfg)
             log.info("kiosk ready in %.1f s (models warm, camera started, relay off)", time.monotonic() - t0)

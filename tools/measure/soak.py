@@ -22,13 +22,12 @@ test-sized soak in ``tests/test_soak.py``:
   the source would show as an fd leak.
 * ``GalleryLocker`` is another writer: a second sqlite3 connection that, at random times, holds ``BEGIN IMMEDIATE``
   for longer than the kiosk's ``gallery.busy_timeout_s``, so the loop's event writes meet a locked gallery (each
-  failed attempt counted as ``lock_hit`` by ``count_event_failures``; the loop queues the event and retries). The
-  soak runs it in the parent: a genuinely separate process.
+  failed attempt counted as ``lock_hit`` by ``event_failure_counter``, the loop's ``on_event_error`` hook; the loop
+  queues the event and retries). The soak runs it in the parent: a genuinely separate process.
 * ``ExceptionInjector`` (asked before every model call by ``kiosk.testing.FlakyStage`` wrappers of the detector and
-  the embedder: ``flaky_pipeline``, or ``inject_exceptions`` in the soak child) raises ``RuntimeError`` in the
-  detector or the embedder at a rate; optionally a *burst* of ``safety.max_frame_errors`` consecutive failing
-  frames (the loop must exit and be restarted) or a *hang* longer than the internal watchdog's limit (the watchdog
-  must lock the door and end the process).
+  the embedder: ``flaky_pipeline``) raises ``RuntimeError`` in the detector or the embedder at a rate; optionally a
+  *burst* of ``safety.max_frame_errors`` consecutive failing frames (the loop must exit and be restarted) or a *hang*
+  longer than the internal watchdog's limit (the watchdog must lock the door and end the process).
 
 ``--faults`` takes ``kind=value`` pairs separated by commas (``none`` for no faults); rates are per camera read for
 drop/stall/unplug, per model call for exception, per frame for burst/hang, and lock episodes per second for lock.
@@ -50,7 +49,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from kiosk.config import Config, load_config
+from kiosk.config import CameraConfig, Config, load_config
 from kiosk.door.camera import Camera, FrameSource
 from kiosk.door.decide import Decision
 from kiosk.door.loop import DoorLoop, LoopStats
@@ -373,24 +372,10 @@ def flaky_stages(pipeline: Pipeline, injector: ExceptionInjector) -> tuple[Flaky
 
 
 def flaky_pipeline(pipeline: Pipeline, injector: ExceptionInjector) -> Pipeline:
-    """A second ``Pipeline`` on the same loaded models and config, its detector and embedder made flaky."""
+    """A second ``Pipeline`` on the same loaded models and config, its detector and embedder made flaky (the
+    in-process soak passes it to ``DoorLoop``, the soak child to ``run_kiosk(wrap_pipeline=)``)."""
     detector, embedder = flaky_stages(pipeline, injector)
     return Pipeline(pipeline.cfg, detector.as_stage(), embedder.as_stage(), pipeline.template)
-
-
-@contextlib.contextmanager
-def inject_exceptions(pipeline: Pipeline, injector: ExceptionInjector) -> Iterator[None]:
-    """The pipeline's detector and embedder made flaky in place; restored on exit.
-
-    Only for the soak child: ``run_kiosk`` builds its own pipeline and offers no way to pass one in, so the child
-    swaps the stages of the running one (the in-process soak builds ``flaky_pipeline`` instead)."""
-    detector, embedder = pipeline.detector, pipeline.embedder
-    flaky_detector, flaky_embedder = flaky_stages(pipeline, injector)
-    pipeline.detector, pipeline.embedder = flaky_detector.as_stage(), flaky_embedder.as_stage()
-    try:
-        yield
-    finally:
-        pipeline.detector, pipeline.embedder = detector, embedder
 
 
 # -- the gallery ----------------------------------------------------------------------------------------------------
@@ -453,27 +438,14 @@ class GalleryLocker:
                 conn.close()
 
 
-@contextlib.contextmanager
-def count_event_failures(gallery: Gallery, faults: FaultLog) -> Iterator[None]:
-    """Count every failed ``gallery.add_event`` (``lock_hit`` for a locked gallery, ``event_write_failed`` for any
-    other gallery error); the error still reaches the loop, which must ride it out."""
-    original = gallery.add_event
+def event_failure_counter(faults: FaultLog) -> Callable[[GalleryError], None]:
+    """The door loop's ``on_event_error`` hook: count every failed event write (``lock_hit`` for a locked gallery,
+    ``event_write_failed`` for any other gallery error); the loop keeps the event queued and must ride it out."""
 
-    def add_event(kind: str, outcome: str, **fields: Any) -> int:
-        try:
-            return original(kind, outcome, **fields)
-        except GalleryLockedError:
-            faults.add("lock_hit")
-            raise
-        except GalleryError:
-            faults.add("event_write_failed")
-            raise
+    def count(exc: GalleryError) -> None:
+        faults.add("lock_hit" if isinstance(exc, GalleryLockedError) else "event_write_failed")
 
-    vars(gallery)["add_event"] = add_event
-    try:
-        yield
-    finally:
-        vars(gallery).pop("add_event", None)
+    return count
 
 
 # -- the process -----------------------------------------------------------------------------------------------------
@@ -578,38 +550,38 @@ def soak_inprocess(
     )
     t0 = time.perf_counter()
     try:
-        with count_event_failures(gallery, faults):
-            loop = DoorLoop(
-                flaky_pipeline(pipeline, injector),
-                gallery,
-                camera,
-                door,
-                notifier=Notifier(address=""),
-                clock=clock,
-                on_decision=lambda d, action: decisions.append((d, action)),
-            )
+        loop = DoorLoop(
+            flaky_pipeline(pipeline, injector),
+            gallery,
+            camera,
+            door,
+            notifier=Notifier(address=""),
+            clock=clock,
+            on_decision=lambda d, action: decisions.append((d, action)),
+            on_event_error=event_failure_counter(faults),
+        )
 
-            def stop_by_guard() -> None:
-                guard_fired.set()
-                loop.stop()
+        def stop_by_guard() -> None:
+            guard_fired.set()
+            loop.stop()
 
-            guard = threading.Timer(guard_s, stop_by_guard)
-            guard.daemon = True
-            camera.start()
-            door.off()
-            if locker is not None:
-                locker.start()
-            guard.start()
-            try:
-                stats = loop.run()
-            finally:
-                guard.cancel()
-            rss["end"] = rss_kb()
-            cam = camera.status()
-            if locker is not None:
-                locker.stop()
-            loop.flush_events()  # the gallery takes writes again: whatever is still queued must go in now
-            events_dropped = loop.events_dropped
+        guard = threading.Timer(guard_s, stop_by_guard)
+        guard.daemon = True
+        camera.start()
+        door.off()
+        if locker is not None:
+            locker.start()
+        guard.start()
+        try:
+            stats = loop.run()
+        finally:
+            guard.cancel()
+        rss["end"] = rss_kb()
+        cam = camera.status()
+        if locker is not None:
+            locker.stop()
+        loop.flush_events()  # the gallery takes writes again: whatever is still queued must go in now
+        events_dropped = loop.events_dropped
     finally:
         if locker is not None:
             locker.stop()
@@ -700,7 +672,8 @@ def setup_main(args: argparse.Namespace) -> int:
 
 def child_main(args: argparse.Namespace) -> int:
     """One kiosk life: ``run_kiosk`` on the looping clip with the injectors wired in; status to ``args.status``."""
-    import kiosk.door.service as runner
+    from kiosk.door.camera import open_source
+    from kiosk.door.service import run_kiosk, watchdog_limit
     from kiosk.logs import configure
 
     cfg = soak_config(load_config(args.config), args.workdir, args.fps)
@@ -708,15 +681,10 @@ def child_main(args: argparse.Namespace) -> int:
     plan = parse_faults(args.faults)
     faults = FaultLog()
     seed = args.seed
-    real_open_source: Callable[[str, Any], FrameSource] = vars(runner)["open_source"]
 
-    def open_faulty(spec: str, cam_cfg: Any) -> FrameSource:
-        return FaultySource(real_open_source(spec, cam_cfg), plan, faults, seed=seed)
+    def open_faulty(spec: str, cam_cfg: CameraConfig) -> FrameSource:
+        return FaultySource(open_source(spec, cam_cfg), plan, faults, seed=seed)
 
-    # NOTE: the one seam used: run_kiosk builds its camera through this module-level name. Everything else is the
-    # kiosk as `kiosk run` starts it.
-    vars(runner)["open_source"] = open_faulty
-    watchdog_limit: Callable[[Config], float] = getattr(runner, "watchdog_limit", lambda c: c.safety.watchdog_s)
     injector = ExceptionInjector(
         plan,
         faults,
@@ -757,19 +725,22 @@ def child_main(args: argparse.Namespace) -> int:
             with contextlib.suppress(Exception):  # a status write must never take the kiosk down
                 write_status()
 
-    hooks = contextlib.ExitStack()
-
     def started(loop: DoorLoop) -> None:
-        hooks.enter_context(inject_exceptions(loop.pipeline, injector))
-        hooks.enter_context(count_event_failures(loop.gallery, faults))
         state["loop"] = loop
 
     thread = threading.Thread(target=writer, name="soak-status", daemon=True)
     thread.start()
     code = int(ExitCode.OK)
     try:
-        with hooks:
-            runner.run_kiosk(cfg, started=started)
+        # NOTE: the kiosk as `kiosk run` starts it, through run_kiosk's injection points only: the camera source
+        # wrapped in FaultySource, the warmed-up pipeline's stages made flaky, failed event writes counted.
+        run_kiosk(
+            cfg,
+            started=started,
+            open_source=open_faulty,
+            wrap_pipeline=lambda pipeline: flaky_pipeline(pipeline, injector),
+            on_event_error=event_failure_counter(faults),
+        )
     except KioskError as exc:
         code, state["error"] = int(exc.exit_code), f"{type(exc).__name__}: {exc}"
     except Exception as exc:
