@@ -47,6 +47,8 @@ def test_the_full_parser_lists_every_command_once() -> None:
         (["--config=x.yaml", "events"], "events"),
         (["--log-level", "DEBUG", "check"], "check"),
         (["--", "enroll"], "enroll"),
+        (["--conf", "door", "run"], "run"),  # argparse's abbreviation of --config takes the next word
+        (["--log-level", "LOUD", "door"], None),  # a bad value: the whole parser reports it
         (["--help"], None),
         ([], None),
     ],

@@ -39,8 +39,6 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "bench": ("bench",),
 }
 _MODULE_OF = {command: module for module, commands in COMMAND_MODULES.items() for command in commands}
-# Options of the top-level parser that take a value (the word after them is not the command).
-_VALUED_OPTIONS = frozenset({"-c", "--config", "--log-level"})
 
 # Commands that read or change the gallery's people, templates, events or keys, or that unlock the door by hand.
 # `door off` (locking is always safe; it is the service's ExecStopPost), `run`, `check`, `verify` (two photos, no
@@ -69,17 +67,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(ExitCode.USAGE, f"kiosk: error: {message}\n")
 
 
+def _add_global_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", help="config file (default: $KIOSK_CONFIG, else built-in defaults)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override logging.level")
+
+
 def command_word(argv: Sequence[str]) -> str | None:
-    """The command in ``argv`` (the first word that is neither an option nor an option's value), or None."""
-    words = iter(argv)
-    for word in words:
-        if word == "--":
-            return next(words, None)
-        if word in _VALUED_OPTIONS:
-            next(words, None)
-        elif not word.startswith("-"):
-            return word
-    return None
+    """The command in ``argv``, read by argparse with the same global options as the real parser (so an option's
+    value, ``--opt=value`` or an abbreviated ``--conf`` is never taken for the command); None when there is none or
+    the global options are wrong (the whole parser then reports it)."""
+    pre = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    _add_global_options(pre)
+    pre.add_argument("command", nargs="?")
+    pre.add_argument("rest", nargs=argparse.REMAINDER)
+    try:
+        word: str | None = pre.parse_known_args(list(argv))[0].command
+    except argparse.ArgumentError:
+        return None
+    return word
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -90,9 +96,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         epilog=EXIT_CODES_HELP,
     )
     parser.add_argument("--version", action="version", version=f"face-kiosk {__version__}")
-    parser.add_argument("-c", "--config", help="config file (default: $KIOSK_CONFIG, else built-in defaults)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override logging.level")
+    _add_global_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     names = [_MODULE_OF[command]] if command in _MODULE_OF else list(COMMAND_MODULES)
