@@ -78,11 +78,6 @@ class Target:
 TARGETS = [Target("3.11", "x86_64"), Target("3.13", "x86_64"), Target("3.11", "aarch64"), Target("3.13", "aarch64")]
 
 
-def lock_path(name: str, python: str, arch: str) -> Path:
-    """The lock file ``make`` installs for a set on this Python (``3.11``) and ``uname -m``."""
-    return Target(python, arch).path(name)
-
-
 def skipped(name: str, target: Target) -> str | None:
     """Why a (set, target) has no lock, or None."""
     if name == "tools" and target.arch == "x86_64" and target.python != "3.11":

@@ -115,10 +115,10 @@ def peak_rss_mb() -> float:
                 return round(int(line.split()[1]) / 1024.0, 1)
     except (OSError, ValueError, IndexError):
         pass
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0, 1)
+    return ru_maxrss_mb()
 
 
 def ru_maxrss_mb() -> float:
+    """``getrusage`` ru_maxrss in MB (KiB on Linux, bytes on macOS)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0, 1)
