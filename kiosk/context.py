@@ -61,14 +61,7 @@ class Context:
         return self.gallery.matrix(spec.id, spec.sha256)
 
     def matcher(self) -> Matcher:
-        m = self.gallery_matrix()
-        return Matcher(
-            m.embeddings,
-            m.person_ids,
-            m.names,
-            threshold=self.pipeline.thresholds.accept,
-            margin=self.cfg.recognition.margin,
-        )
+        return self.pipeline.matcher(self.gallery_matrix())
 
     def stale_warning(self) -> str | None:
         """One line when people have templates from another model (they are never compared)."""

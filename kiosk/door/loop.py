@@ -186,13 +186,7 @@ class DoorLoop:
         if self._matcher is None or version != self._data_version or now - self._matrix_loaded > VALIDITY_REFRESH_S:
             spec = self.pipeline.embedder.spec
             m = self.gallery.matrix(spec.id, spec.sha256)
-            self._matcher = Matcher(
-                m.embeddings,
-                m.person_ids,
-                m.names,
-                threshold=self.pipeline.thresholds.accept,
-                margin=self.cfg.recognition.margin,
-            )
+            self._matcher = self.pipeline.matcher(m)
             if version != self._data_version:
                 log.info("gallery loaded: %d templates of %d people", len(m), len(set(m.person_ids.tolist())))
             self._data_version, self._matrix_loaded = version, now

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,8 +20,12 @@ from kiosk.models.manifest import Manifest, ModelSpec, load_manifest
 from kiosk.recognition.align import Template, align, get_template
 from kiosk.recognition.detect import Detector, build_detector, select_faces
 from kiosk.recognition.embed import Embedder
+from kiosk.recognition.match import Matcher
 from kiosk.recognition.quality import assess
 from kiosk.types import Face, FloatArray, Image, QualityReport
+
+if TYPE_CHECKING:
+    from kiosk.gallery.records import GalleryMatrix
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +80,12 @@ class Pipeline:
         likely = min(spec.thresholds.get("likely", accept), accept)
         dup = cfg.enroll.duplicate_threshold if cfg.enroll.duplicate_threshold is not None else accept
         return Thresholds(accept=accept, likely=likely, duplicate=dup)
+
+    def matcher(self, m: GalleryMatrix) -> Matcher:
+        """The door's matcher over the gallery matrix ``m`` (the one place its threshold and margin are set)."""
+        return Matcher(
+            m.embeddings, m.person_ids, m.names, threshold=self.thresholds.accept, margin=self.cfg.recognition.margin
+        )
 
     @classmethod
     def from_config(cls, cfg: Config, manifest: Manifest | None = None) -> Pipeline:
