@@ -73,8 +73,18 @@ class QualityConfig:
 
 @dataclass(frozen=True)
 class RecognitionConfig:
-    threshold: float | None = field(default=None, metadata=_range(-1.0, 1.0))
+    threshold: float | None = field(
+        default=None,
+        metadata={**_range(-1.0, 1.0), "help": "fixed threshold; null = from fpir and the gallery's size"},
+    )
     margin: float = field(default=0.05, metadata=_range(0.0, 2.0))
+    fpir: float = field(
+        default=1e-3,
+        metadata={
+            **_range(1e-9, 0.5),
+            "help": "chance a stranger is matched to someone, kept as the gallery grows (raises the threshold)",
+        },
+    )
 
 
 @dataclass(frozen=True)

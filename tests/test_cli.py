@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import re
 import shutil
 import sqlite3
 from pathlib import Path
@@ -192,6 +193,24 @@ def test_check_and_models(kiosk, cfg_file: Path) -> None:
     code, out, _ = kiosk("check", "--json")
     live = next(c for c in json.loads(out)["checks"] if c["check"] == "liveness")
     assert code == ExitCode.FAILURE and not live["ok"] and "every grant will be refused" in live["detail"]
+
+
+def test_check_reports_gallery_size_and_expected_false_grants(kiosk, cfg_file: Path, photos) -> None:
+    kiosk("enroll", "Abel", str(photos["abel1"]))
+    kiosk("enroll", "Colin", str(photos["colin1"]))
+    code, out, _ = kiosk("check", "--json")
+    fg = next(c for c in json.loads(out)["checks"] if c["check"] == "false grants")
+    assert code == 0 and fg["ok"] and (fg["people"], fg["templates"]) == (2, 2)
+    # Two templates: the fpir-calibrated threshold is below the model's accept threshold, which stays in force.
+    assert fg["threshold"] == 0.47 and fg["target_fpir"] == 1e-3
+    assert fg["expected_fpir"] == pytest.approx(2e-5, rel=0.05)
+    assert re.search(r"about 1 in 5\d,\d{3}\)$", fg["detail"]) and "2 people, 2 templates" in fg["detail"]
+    # A fixed threshold far too low for any gallery: check fails and says how many strangers it lets in.
+    cfg_file.write_text(cfg_file.read_text() + "recognition:\n  threshold: 0.2\n")
+    code, out, _ = kiosk("check", "--json")
+    fg = next(c for c in json.loads(out)["checks"] if c["check"] == "false grants")
+    assert code == ExitCode.FAILURE and not fg["ok"] and "fixed by recognition.threshold" in fg["detail"]
+    assert fg["expected_fpir"] > 0.5
 
 
 def test_bad_config_exits_with_config_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from kiosk.gallery.open import encryption_problem, open_gallery
 from kiosk.gallery.permissions import permission_problems
 from kiosk.imageio import read_image
 from kiosk.models.manifest import load_manifest
+
+if TYPE_CHECKING:
+    from kiosk.recognition.pipeline import Pipeline
 
 
 def register(sub: Any) -> None:
@@ -144,6 +147,8 @@ def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
                 if pipeline is not None:
                     stale = ctx.stale_warning()
                     checks.append({"check": "stale templates", "ok": stale is None, "detail": stale or "none"})
+                    spec = pipeline.embedder.spec
+                    checks.append(_check_open_set(cfg, pipeline, n_people, counts.get((spec.id, spec.sha256), 0)))
             except KioskError as exc:
                 checks.append({"check": "gallery", "ok": False, "detail": str(exc)})
     checks += [_check_camera(cfg), _check_door(cfg)]
@@ -154,6 +159,37 @@ def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
         for c in checks:
             print(f"{'ok  ' if c['ok'] else 'FAIL'}  {c['check']}: {c['detail']}")
     return 0 if ok else int(ExitCode.FAILURE)
+
+
+def _check_open_set(cfg: Config, pipeline: Pipeline, people: int, templates: int) -> dict[str, Any]:
+    """The threshold in force for this gallery's size and the expected false grants per stranger it gives.
+
+    Fails when a fixed ``recognition.threshold`` lets strangers in at more than ten times ``recognition.fpir``."""
+    threshold = pipeline.accept_threshold(templates)
+    expected = pipeline.expected_fpir(templates)
+    target = cfg.recognition.fpir
+    if cfg.recognition.threshold is not None:
+        how = "fixed by recognition.threshold"
+    elif pipeline.tail is None:
+        how = f"fixed: model {pipeline.embedder.spec.id} has no measured impostor tail"
+    elif threshold > pipeline.thresholds.accept:
+        how = f"raised from {pipeline.thresholds.accept:.3f} for the gallery's size to keep recognition.fpir {target:g}"
+    else:
+        how = f"the model's accept threshold (recognition.fpir {target:g} needs no more at this size)"
+    rate = "unknown" if expected is None else f"{expected:.1e} (about 1 in {max(1, round(1 / expected)):,})"
+    detail = f"{people} people, {templates} templates: threshold {threshold:.3f}, {how}; expected false grants per "
+    detail += f"stranger {rate}"
+    ok = expected is None or cfg.recognition.threshold is None or expected <= 10 * target
+    return {
+        "check": "false grants",
+        "ok": ok,
+        "detail": detail,
+        "people": people,
+        "templates": templates,
+        "threshold": round(threshold, 4),
+        "expected_fpir": expected,
+        "target_fpir": target,
+    }
 
 
 def _open_for_check(cfg: Config) -> tuple[Gallery | None, str]:
@@ -239,7 +275,6 @@ def cmd_eval(args: argparse.Namespace, cfg: Config) -> int:
     Embeddings are cached per (image sha256, pipeline fingerprint)."""
     from kiosk.lab.cache import EmbeddingCache, default_cache_path
     from kiosk.lab.evaluate import evaluate_labels, evaluate_pairs
-    from kiosk.recognition.pipeline import Pipeline
 
     csv_path: Path = args.pairs or args.labels
     if not csv_path.is_file():

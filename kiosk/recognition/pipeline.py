@@ -21,6 +21,7 @@ from kiosk.recognition.align import Template, align, get_template
 from kiosk.recognition.detect import Detector, build_detector, select_faces
 from kiosk.recognition.embed import Embedder
 from kiosk.recognition.match import Matcher
+from kiosk.recognition.openset import ImpostorTail, fpir, threshold_for
 from kiosk.recognition.quality import assess
 from kiosk.types import Face, FloatArray, Image, QualityReport
 
@@ -73,6 +74,9 @@ class Pipeline:
         retry = cfg.detection.retry_score_threshold
         self.retry_threshold = min(retry, self.score_threshold) if retry is not None else None
         self.thresholds = self._thresholds(cfg, embedder.spec)
+        # The recogniser's measured impostor tail (None when its manifest entry has none): what scales the door's
+        # threshold with the gallery's size.
+        self.tail = ImpostorTail.from_thresholds(embedder.spec.thresholds)
 
     @staticmethod
     def _thresholds(cfg: Config, spec: ModelSpec) -> Thresholds:
@@ -81,11 +85,25 @@ class Pipeline:
         dup = cfg.enroll.duplicate_threshold if cfg.enroll.duplicate_threshold is not None else accept
         return Thresholds(accept=accept, likely=likely, duplicate=dup)
 
+    def accept_threshold(self, templates: int) -> float:
+        """The door's threshold for a gallery of ``templates`` templates: the one that keeps the chance of a stranger
+        matching anyone at ``recognition.fpir`` (``kiosk.recognition.openset``), never below the model's accept
+        threshold. A configured ``recognition.threshold``, or a model without a measured impostor tail, is fixed."""
+        accept = self.thresholds.accept
+        if self.cfg.recognition.threshold is not None or self.tail is None:
+            return accept
+        return max(accept, threshold_for(self.tail, templates, self.cfg.recognition.fpir))
+
+    def expected_fpir(self, templates: int) -> float | None:
+        """Chance that one stranger clears the threshold in force against some template (None: tail unmeasured)."""
+        if self.tail is None:
+            return None
+        return fpir(self.tail, templates, self.accept_threshold(templates))
+
     def matcher(self, m: GalleryMatrix) -> Matcher:
         """The door's matcher over the gallery matrix ``m`` (the one place its threshold and margin are set)."""
-        return Matcher(
-            m.embeddings, m.person_ids, m.names, threshold=self.thresholds.accept, margin=self.cfg.recognition.margin
-        )
+        threshold = self.accept_threshold(len(m))
+        return Matcher(m.embeddings, m.person_ids, m.names, threshold=threshold, margin=self.cfg.recognition.margin)
 
     @classmethod
     def from_config(cls, cfg: Config, manifest: Manifest | None = None) -> Pipeline:

@@ -491,7 +491,13 @@ def measured_thresholds(labels_report: dict[str, Any]) -> dict[str, float]:
     fnmr = labels_report["fnmr_at_fmr"]
     if fnmr.get(ACCEPT_FMR) is None or fnmr.get(LIKELY_FMR) is None:
         raise QuantizeError(f"--labels has too few impostor pairs to set thresholds at FMR {ACCEPT_FMR}")
-    return {"accept": round(fnmr[ACCEPT_FMR]["threshold"], 2), "likely": round(fnmr[LIKELY_FMR]["threshold"], 2)}
+    out = {"accept": round(fnmr[ACCEPT_FMR]["threshold"], 2), "likely": round(fnmr[LIKELY_FMR]["threshold"], 2)}
+    # The impostor tail the door scales its threshold along (kiosk/recognition/openset.py): FMR 1e-3 … 1e-5 only;
+    # below that LFW's label errors dominate its impostor pairs.
+    for fmr in ("1e-3", "1e-4", "1e-5"):
+        if fnmr.get(fmr) is not None:
+            out[f"fmr_{fmr}"] = round(fnmr[fmr]["threshold"], 4)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------------ CLI

@@ -571,7 +571,12 @@ MEASURED: dict[str, tuple[float, float]] = {
 }
 # accept = the threshold at FMR 1e-5 (the door's and `verify`'s "same person"); likely = at FMR 1e-3 (below it,
 # "not the same person"), as for SFace. Note the FNMR at 1e-5: dlib's net is far weaker than SFace at a door's FMR.
-THRESHOLDS = {"accept": round(MEASURED["1e-5"][0], 3), "likely": round(MEASURED["1e-3"][0], 3)}
+THRESHOLDS = {
+    "accept": round(MEASURED["1e-5"][0], 3),
+    "likely": round(MEASURED["1e-3"][0], 3),
+    # The impostor tail the door scales its threshold along with the gallery's size (kiosk/recognition/openset.py).
+    **{f"fmr_{fmr}": MEASURED[fmr][0] for fmr in ("1e-3", "1e-4", "1e-5")},
+}
 
 
 def manifest_entry(
