@@ -1,7 +1,9 @@
 """Access decisions: K-of-N voting over a track's recent frames, per-person cooldown, rate-limited denies, liveness.
 
 Pure and clock-injected: every time comes from ``Observation.t`` (monotonic seconds), so a wall-clock jump cannot
-shorten a cooldown. The loop logs one INFO line per decision; this module logs at DEBUG only and never biometrics.
+shorten a cooldown. While a liveness challenge runs, every frame of the track must still be the person whose votes
+started it (identity continuity): otherwise the challenge is dropped and the track starts over. The loop logs one
+INFO line per decision; this module logs at DEBUG only and never biometrics.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ log = logging.getLogger(__name__)
 GRANTED = "granted"
 DENIED = "denied"
 
-# How much a track still needs embeddings (``Decider.embedding_need``): every frame while its decision is open, a
-# refresh (at ``decision.embed_interval_s`` or on a clearly better face) once it was denied or held by a cooldown or
-# while a liveness challenge runs, none once granted (the decider ignores a granted track's frames).
+# How much a track still needs embeddings (``Decider.embedding_need``): every frame while its decision is open or a
+# liveness challenge runs (each frame the challenge judges must be identity-checked), a refresh (at
+# ``decision.embed_interval_s`` or on a clearly better face) once it was denied or held by a cooldown, none once
+# granted (the decider ignores a granted track's frames).
 EVERY_FRAME = "every_frame"
 REFRESH = "refresh"
 NONE = "none"
@@ -75,14 +78,21 @@ class _TrackState:
     cooled: bool = False  # recognised while that person was in cooldown: this track never denies
     pending: tuple[int, int] | None = None  # (person_id, votes): a grant waits on a running liveness challenge
     pending_best: MatchResult | None = None  # the best vote when the challenge began (the window moves on)
+    restarted: bool = False  # the challenge was dropped (identity changed): the loop ends the track's liveness state
 
 
 class Decider:
     """Turns each track's observations into at most one grant, plus rate-limited denies."""
 
-    def __init__(self, cfg: DecisionConfig, *, liveness: LivenessCheck | None = None) -> None:
+    def __init__(
+        self, cfg: DecisionConfig, *, liveness: LivenessCheck | None = None, continuity: float | None = None
+    ) -> None:
+        """``continuity``: the lowest score of the challenged person that still counts as that person during a
+        liveness challenge (the loop passes the recogniser's ``likely`` threshold); None: the matcher's own
+        threshold."""
         self.cfg = cfg
         self.liveness = liveness
+        self.continuity = continuity
         self._tracks: dict[int, _TrackState] = {}
         self._last_grant: dict[int, float] = {}  # person_id -> time of the last grant, by any track
 
@@ -106,7 +116,11 @@ class Decider:
             st.window.append((obs, m))
         if st.pending is not None:
             # A grant is due and a liveness challenge is running: ask again on every frame, voted or not, so an
-            # answer (a blink) or a timeout is acted on at once.
+            # answer (a blink) or a timeout is acted on at once; but first check that this frame, which the
+            # challenge has just judged, is still the person it was started for.
+            broken = self._continuity_break(st, obs)
+            if broken is not None:
+                return self._restart(track_id, st, obs.t, broken)
             return self._try_grant(track_id, st, obs, *st.pending)
         if m is None:
             return None
@@ -122,9 +136,9 @@ class Decider:
         return self._deny(track_id, st, obs.t)
 
     def embedding_need(self, track_id: int) -> str:
-        """``EVERY_FRAME`` for a new or undecided track; ``REFRESH`` for one already denied or held by a cooldown, and
-        while a liveness challenge runs (the challenge, not new votes, decides then: the recogniser's time goes to the
-        face mesh, so a blink is seen in more frames); ``NONE`` for a granted one: its frames can no longer change
+        """``EVERY_FRAME`` for a new or undecided track and while a liveness challenge runs (every frame the challenge
+        judges is identity-checked: a face swapped in between two embeddings could otherwise answer it); ``REFRESH``
+        for one already denied or held by a cooldown; ``NONE`` for a granted one: its frames can no longer change
         anything.
         """
         st = self._tracks.get(track_id)
@@ -132,9 +146,20 @@ class Decider:
             return EVERY_FRAME
         if st.granted:
             return NONE
-        if st.pending is not None or st.denied or st.cooled:
+        if st.pending is not None:
+            return EVERY_FRAME
+        if st.denied or st.cooled:
             return REFRESH
         return EVERY_FRAME
+
+    def take_restart(self, track_id: int) -> bool:
+        """True once after ``track_id``'s liveness challenge was dropped because the face changed: the caller ends the
+        track's liveness state (``Liveness.end``), so the next grant starts a fresh challenge."""
+        st = self._tracks.get(track_id)
+        if st is None or not st.restarted:
+            return False
+        st.restarted = False
+        return True
 
     def end_track(self, track_id: int, t: float) -> Decision | None:
         """Forget ``track_id``; a track with votes that was never granted, denied or cooled down gets one deny."""
@@ -150,6 +175,42 @@ class Decider:
         if st.denied:
             return None
         return self._deny(track_id, st, t)
+
+    def _continuity_break(self, st: _TrackState, obs: Observation) -> str | None:
+        """Why ``obs`` is not the person the running challenge was started for, or None when it is.
+
+        Every frame must carry a match whose best candidate is that person, at or above the continuity threshold;
+        the match need not be accepted (closed eyes lower the score, and a frame may fail quality)."""
+        assert st.pending is not None and st.pending_best is not None  # set together in _try_grant
+        pid, claimed = st.pending[0], st.pending_best.name
+        m = obs.match
+        if m is None:
+            return f"identity changed during the liveness challenge: a frame of the face was not identified ({claimed})"
+        if m.candidate_id != pid:
+            who = f"{m.candidate} ({m.score:.2f})" if m.candidate is not None and m.score is not None else "no one"
+            return f"identity changed during the liveness challenge: the face became {who}, not {claimed}"
+        floor = self.continuity if self.continuity is not None else m.threshold
+        if m.score is None or m.score < floor:
+            score = "no score" if m.score is None else f"{m.score:.2f}"
+            return (
+                f"identity changed during the liveness challenge: {claimed} scored {score}, "
+                f"below the continuity threshold {floor:.2f}"
+            )
+        return None
+
+    def _restart(self, track_id: int, st: _TrackState, t: float, reason: str) -> Decision | None:
+        """Drop the track's votes and its challenge (it must earn a fresh match and a fresh challenge); deny with
+        ``reason``, within the deny rate limit."""
+        assert st.pending is not None and st.pending_best is not None
+        (pid, count), best = st.pending, st.pending_best
+        st.window.clear()
+        st.pending = st.pending_best = None
+        st.restarted = True
+        log.debug("track %d: %s; votes and challenge dropped", track_id, reason)
+        if st.last_deny is not None and t - st.last_deny < self.cfg.deny_interval_s:
+            return None
+        liveness = LivenessResult("fail", reason=reason)
+        return self._emit(DENIED, track_id, st, t, best, count, liveness, reason, pid, best.name)
 
     def _try_grant(self, track_id: int, st: _TrackState, obs: Observation, pid: int, count: int) -> Decision | None:
         last = self._last_grant.get(pid)

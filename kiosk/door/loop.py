@@ -154,7 +154,10 @@ class DoorLoop:
         self.on_prompt = on_prompt
         if liveness is not None:
             liveness.on_prompt = self._prompt
-        self.decider = decider if decider is not None else Decider(d, liveness=liveness)
+        # During a liveness challenge the face must stay the matched person at no less than the recogniser's
+        # "likely the same person" threshold (docs/liveness.md: closed eyes lower the score, never that far).
+        continuity = pipeline.thresholds.likely
+        self.decider = decider if decider is not None else Decider(d, liveness=liveness, continuity=continuity)
         self.on_frame = on_frame
         self.on_event_error = on_event_error
         self.stats = LoopStats()
@@ -259,6 +262,8 @@ class DoorLoop:
                 t=t, match=match, quality_ok=quality.ok, quality_reasons=quality.reasons, latency_ms=latency
             )
             decision = self.decider.observe(track.id, obs, track.first_seen)
+            if self.liveness is not None and self.decider.take_restart(track.id):
+                self.liveness.end(track.id)  # the face changed mid-challenge: the next match gets a fresh challenge
             if decision is not None:
                 decisions.append(decision)
                 self._act(decision, frame, track)
