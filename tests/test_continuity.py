@@ -13,7 +13,7 @@ from kiosk.door.decide import EVERY_FRAME, REFRESH, Decider, LivenessResult, Obs
 from kiosk.recognition.match import MatchResult
 
 CFG = DecisionConfig(frames_needed=3, window=5, cooldown_s=10.0, deny_interval_s=5.0)
-THR, MARGIN, CONTINUITY = 0.47, 0.05, 0.36
+THR, MARGIN = 0.47, 0.05  # the default continuity threshold is then 0.47 - CLOSED_EYE_ALLOWANCE = 0.42
 ALICE, BOB = 1, 2
 
 
@@ -70,7 +70,7 @@ def run(decider: Decider, frames: list[MatchResult | None], t0: float = 0.0, dt:
     return out
 
 
-def decider(check: Check, continuity: float | None = CONTINUITY) -> Decider:
+def decider(check: Check, continuity: float | None = None) -> Decider:
     return Decider(CFG, liveness=check, continuity=continuity)
 
 
@@ -84,7 +84,7 @@ def test_the_same_person_with_closed_eyes_keeps_the_challenge_and_is_granted() -
     # Closed eyes drop the score below the accept threshold (not accepted) but not below the continuity threshold.
     check = Check(answer_at=4)  # frames 2, 3, 4 pending; 5 passes
     d = decider(check)
-    out = run(d, [alice()] * 3 + [alice(0.40), alice(0.37), alice(0.7)])
+    out = run(d, [alice()] * 3 + [alice(0.45), alice(0.42), alice(0.7)])
     assert [(i, o) for i, o, *_ in out] == [(5, "granted")]
     assert not d.take_restart(1)
 
@@ -122,9 +122,9 @@ def test_a_stranger_whose_best_candidate_is_someone_else_restarts() -> None:
 
 def test_the_claimed_person_below_the_continuity_threshold_restarts() -> None:
     d = decider(Check(answer_at=6))
-    out = run(d, [alice()] * 3 + [alice(0.30)])
+    out = run(d, [alice()] * 3 + [alice(0.41)])
     assert [(i, o) for i, o, *_ in out] == [(3, "denied")]
-    assert "alice scored 0.30, below the continuity threshold 0.36" in out[0][2]
+    assert "alice scored 0.41, below the continuity threshold 0.42" in out[0][2]
 
 
 def test_a_frame_that_was_not_identified_restarts() -> None:
@@ -187,10 +187,20 @@ def test_a_restart_within_the_deny_interval_is_not_recorded_twice_but_still_rest
     assert d.end_track(1, 3.0) is None  # already denied: nothing more to record
 
 
-def test_without_a_continuity_threshold_the_matchers_own_threshold_applies() -> None:
-    d = decider(Check(), continuity=None)
-    out = run(d, [alice()] * 3 + [alice(0.40)])  # 0.40 < THR 0.47
-    assert [(i, o) for i, o, *_ in out] == [(3, "denied")] and "threshold 0.47" in out[0][2]
+def test_the_default_continuity_threshold_follows_the_matchers_threshold() -> None:
+    strict = MatchResult(False, None, None, 0.55, "alice", "carol", 0.1, 0.6, MARGIN, "below", candidate_id=ALICE)
+    out = run(decider(Check()), [alice()] * 3 + [strict])  # threshold 0.6: the floor is 0.55
+    assert [(i, o) for i, o, *_ in out] == []
+    strict = MatchResult(False, None, None, 0.54, "alice", "carol", 0.1, 0.6, MARGIN, "below", candidate_id=ALICE)
+    out = run(decider(Check()), [alice()] * 3 + [strict])
+    assert [(i, o) for i, o, *_ in out] == [(3, "denied")] and "threshold 0.55" in out[0][2]
+
+
+def test_an_explicit_continuity_threshold_replaces_the_default() -> None:
+    out = run(decider(Check(), continuity=0.36), [alice()] * 3 + [alice(0.37)])
+    assert out == []
+    out = run(decider(Check(), continuity=0.5), [alice()] * 3 + [alice(0.49)])
+    assert [(i, o) for i, o, *_ in out] == [(3, "denied")] and "threshold 0.50" in out[0][2]
 
 
 def test_take_restart_is_false_for_unknown_and_untouched_tracks() -> None:

@@ -270,10 +270,10 @@ def test_embedding_need_follows_the_decision() -> None:
 
 def test_embedding_need_is_every_frame_while_a_liveness_challenge_runs() -> None:
     answers = iter([LivenessResult("pending", reason="please blink")] * 3 + [LivenessResult("pass", reason="blink")])
-    decider = Decider(CFG, liveness=lambda track_id, obs: next(answers), continuity=0.36)
+    decider = Decider(CFG, liveness=lambda track_id, obs: next(answers))
     assert feed(decider, 1, [alice()] * 3) == []
     assert decider.embedding_need(1) == EVERY_FRAME  # each frame the challenge judges is identity-checked
     # Frames that are not accepted (closed eyes: lower score) but still alice carry the challenge to its answer.
-    out = feed(decider, 1, [below(0.4), below(0.4), alice()], t0=1.0)
+    out = feed(decider, 1, [below(0.45), below(0.43), alice()], t0=1.0)
     assert [(i, d.outcome, d.name) for i, d in out] == [(2, "granted", "alice")]
     assert decider.embedding_need(1) == NONE

@@ -154,10 +154,7 @@ class DoorLoop:
         self.on_prompt = on_prompt
         if liveness is not None:
             liveness.on_prompt = self._prompt
-        # During a liveness challenge the face must stay the matched person at no less than the recogniser's
-        # "likely the same person" threshold (docs/liveness.md: closed eyes lower the score, never that far).
-        continuity = pipeline.thresholds.likely
-        self.decider = decider if decider is not None else Decider(d, liveness=liveness, continuity=continuity)
+        self.decider = decider if decider is not None else Decider(d, liveness=liveness)
         self.on_frame = on_frame
         self.on_event_error = on_event_error
         self.stats = LoopStats()

@@ -12,13 +12,19 @@ track across the cut. Attack types:
 
 A bona fide presentation is the live person, enrolled, blinking: the door must open. ``run_clip`` plays a clip
 through the real door loop (``kiosk.lab.bench.lockstep_loop``: the scripted camera, the manual clock, the simulated
-door) at the recording's capture times.
+door) at the recording's capture times; ``score_splices`` builds one presentation of each kind around every labelled
+blink of the recordings and scores it for ``kiosk eval-liveness --splice``: 1 when the door opened for the claimed
+person, else 0.
 """
 
 from __future__ import annotations
 
+import csv
+import random
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -27,16 +33,27 @@ import numpy.typing as npt
 from kiosk.context import Context
 from kiosk.door.camera import Frame
 from kiosk.door.decide import Decision
+from kiosk.enroll import enroll
+from kiosk.errors import KioskError
+from kiosk.gallery import Gallery
 from kiosk.lab.bench import lockstep_loop
-from kiosk.lab.blinks import BlinkVideo
+from kiosk.lab.blinks import VIDEOS, BlinkVideo, blinks_dir, load_blink_video
+from kiosk.lab.liveness_eval import ATTACK, Presentation, Scored
+from kiosk.lab.liveness_eval import BONA_FIDE as BONA_FIDE_LABEL
 from kiosk.lab.simulate import blink_frames
 from kiosk.liveness import Liveness
+from kiosk.recognition.detect import select_faces
+from kiosk.recognition.pipeline import Pipeline
 from kiosk.testing import ManualClock
 from kiosk.types import Image
 
 PHOTO_TO_LIVE, LIVE_TO_OTHER, PHOTO_BESIDE = "splice_photo_to_live", "splice_live_to_other", "splice_photo_beside"
 SPLICE_TYPES = (PHOTO_TO_LIVE, LIVE_TO_OTHER, PHOTO_BESIDE)
 BONA_FIDE = "bona_fide"
+CHANGED = "identity changed during the liveness challenge"  # the decider's reason when continuity breaks
+LEAD = 20  # frames of the first face before the cut: 3 votes and the challenge start, then 0.6 s of challenge
+BEFORE_S, AFTER_S = 3.0, 0.7  # a presentation: from this long before a labelled blink to this long after it
+ENROL_AT = (300, 900, 1500)  # open-eye frames of the *next* recording enrol the live person (another session)
 Box = Sequence[float] | npt.NDArray[np.floating]
 
 
@@ -144,3 +161,107 @@ def run_clip(
                 decisions.append(final)
         unlocks = sum(what == "unlock" for _, what, _ in door.timeline)
     return decisions, unlocks
+
+
+def _largest(pipeline: Pipeline, image: Image) -> npt.NDArray[np.floating] | None:
+    faces = select_faces(pipeline.detect(image), "largest", image.shape)
+    return faces[0].box if faces else None
+
+
+def _collect(into: list[str]) -> Callable[[int, str], None]:
+    return lambda _track, prompt: into.append(prompt)
+
+
+def _lfw_people(faces: Path, n: int, seed: int) -> list[list[Path]]:
+    """``n`` LFW people with at least 3 photos (seeded): photos 1-2 enrol them, photo 3 is the one held up."""
+    by_person: dict[str, list[str]] = {}
+    with (faces / "lfw" / "labels.csv").open(newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            by_person.setdefault(row["identity"], []).append(row["path"])
+    people = sorted(p for p, paths in by_person.items() if len(paths) >= 3)
+    random.Random(seed).shuffle(people)
+    return [[faces / "lfw" / rel for rel in sorted(by_person[p])[:3]] for p in people[:n]]
+
+
+def score_splices(
+    ctx: Context,
+    liveness: Liveness,
+    faces: Path,
+    *,
+    limit: int | None = None,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Scored]:
+    """One bona fide and one presentation of each of ``SPLICE_TYPES`` around every labelled blink (``limit``: the
+    first that many blinks), each run through the real door loop with only the claimed person enrolled (an in-memory
+    gallery: the configured one is never touched)."""
+    pipeline = ctx.pipeline
+    mesh = liveness.active.mesh if liveness.active is not None else None
+    with (blinks_dir(faces) / "blinks.csv").open(newline="", encoding="utf-8") as f:
+        blinks = list(csv.DictReader(f))[:limit]
+    people = _lfw_people(faces, len(blinks), seed)
+    out: list[Scored] = []
+    line = 0
+    with tempfile.TemporaryDirectory(prefix="kiosk-splice-") as tmp:
+        # The live person's enrolment photos: frames of another recording, in a temporary folder only.
+        live_photos: dict[str, list[Path]] = {}
+        for k, name in enumerate(VIDEOS):
+            other = VIDEOS[(k + 1) % len(VIDEOS)]
+            paths = []
+            for i in ENROL_AT:
+                paths.append(Path(tmp) / f"{other}_{i}.png")
+                cv2.imwrite(str(paths[-1]), load_blink_video(faces, other, start=i, stop=i + 1).frames[0])
+            live_photos[name] = paths
+        for b, (row, person) in enumerate(zip(blinks, people, strict=True)):
+            name = Path(row["video"]).stem
+            start_f, end_f = int(row["start_frame"]), int(row["end_frame"])
+            first = max(0, start_f - round(BEFORE_S * 30))
+            video = load_blink_video(faces, name, start=first, stop=end_f + round(AFTER_S * 30) + 1)
+            where = f"{name}.avi@{first}-{first + len(video) - 1}"
+            photo = np.asarray(cv2.imread(str(person[2])), dtype=np.uint8)
+            live_box, photo_box = _largest(pipeline, video.frames[0]), _largest(pipeline, photo)
+            photo_mesh = None
+            if photo_box is not None and mesh is not None:
+                face = select_faces(pipeline.detect(photo), "largest", photo.shape)[0]
+                result = mesh.landmarks(photo, face)
+                photo_mesh = result.points if result is not None else None
+            photo_name = person[0].parent.name.replace("_", " ")
+            for kind in (BONA_FIDE, *SPLICE_TYPES):
+                line += 1
+                label = BONA_FIDE_LABEL if kind == BONA_FIDE else ATTACK
+                item = Presentation(line, f"{where}/{kind}/{person[2].name}", label, "" if kind == BONA_FIDE else kind)
+                if live_box is None or photo_box is None or (kind == LIVE_TO_OTHER and photo_mesh is None):
+                    out.append(Scored(item, None, reason="no face found", frames=len(video)))
+                    continue
+                if kind == BONA_FIDE:
+                    clip = bona_fide(video)
+                elif kind == PHOTO_TO_LIVE:
+                    clip = photo_to_live(video, live_box, photo, photo_box, LEAD)
+                elif kind == LIVE_TO_OTHER:
+                    assert photo_mesh is not None
+                    clip = live_to_other(video, live_box, photo, photo_box, photo_mesh, LEAD, seed=b)
+                else:
+                    clip = photo_beside(video, live_box, photo, photo_box)
+                claimed, photos = (
+                    ("Live Person", live_photos[name]) if clip.claimed == "live" else (photo_name, person[:2])
+                )
+                with Gallery(":memory:") as gallery:
+                    try:
+                        enroll(pipeline, gallery, claimed, photos)
+                    except KioskError as exc:
+                        out.append(Scored(item, None, reason=f"enrolment failed: {exc}", frames=len(video)))
+                        continue
+                    clip_ctx = Context(ctx.cfg, pipeline=pipeline, gallery=gallery, liveness=liveness)
+                    prompts: list[str] = []
+                    decisions, unlocks = run_clip(clip_ctx, clip, liveness, _collect(prompts))
+                opened = any(d.granted and d.name == claimed for d in decisions)
+                extra = {
+                    "unlocks": unlocks,
+                    "challenges": len(prompts),
+                    "continuity_restarts": sum(CHANGED in d.reason for d in decisions),
+                    "decisions": [f"{d.outcome}: {d.reason}" for d in decisions],
+                }
+                out.append(Scored(item, 1.0 if opened else 0.0, frames=len(video), faces=len(video), extra=extra))
+            if progress is not None:
+                progress(b + 1, len(blinks))
+    return out
