@@ -8,9 +8,16 @@ tests/test_continuity_clips.py.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
 from kiosk.config import DecisionConfig
 from kiosk.door.decide import EVERY_FRAME, REFRESH, Decider, LivenessResult, Observation
+from kiosk.errors import ExitCode
 from kiosk.recognition.match import MatchResult
+from tests.helpers import config_file
 
 CFG = DecisionConfig(frames_needed=3, window=5, cooldown_s=10.0, deny_interval_s=5.0)
 THR, MARGIN = 0.47, 0.05  # the default continuity threshold is then 0.47 - CLOSED_EYE_ALLOWANCE = 0.42
@@ -208,3 +215,23 @@ def test_take_restart_is_false_for_unknown_and_untouched_tracks() -> None:
     assert not d.take_restart(9)
     run(d, [alice()] * 4)
     assert not d.take_restart(1)
+
+
+# -- kiosk eval-liveness --splice: its input errors (the measurement itself runs in tests/test_continuity_clips.py) --
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--splice", "--labels", "x.csv"], "--splice builds its own presentations: leave out --labels"),
+        ([], "eval-liveness needs --labels CSV (or --splice)"),
+        (["--splice", "--limit", "0"], "--limit must be at least 1"),
+        (["--splice", "--faces", "{tmp}/nowhere"], "--splice needs the blink recordings and LFW under"),
+    ],
+)
+def test_eval_liveness_splice_input_errors(
+    tmp_path: Path, cli: Callable[..., tuple[int, str, str]], argv: list[str], message: str
+) -> None:
+    cfg = config_file(tmp_path)
+    code, _, err = cli("-c", str(cfg), "eval-liveness", *(a.replace("{tmp}", str(tmp_path)) for a in argv))
+    assert code == ExitCode.INPUT and message in err and err.count("\n") == 1, err

@@ -10,8 +10,12 @@ closed one: lids moving) and open. For each group: score percentiles, the fracti
 the fraction whose best candidate is someone else. The other side: the best score of the person against LFW faces
 (an impostor B answering A's challenge) and of LFW people against the recording's frames.
 
-Usage: ``python -m tools continuity [--data DIR] [--distractors 200] [--json OUT]``. Prints figures; no images are
-written anywhere.
+With ``--cost`` it measures instead what the rule costs: a running challenge embeds every frame (it used to embed
+one every ``decision.embed_interval_s``, 0.5 s), so each challenge frame pays one more recogniser run; the stages of
+a challenge frame (detect, align + quality, embed, face mesh + iris) are timed interleaved on frames of a recording.
+
+Usage: ``python -m tools continuity [--data DIR] [--distractors 200] [--json OUT]``, or ``... --cost [--json OUT]``.
+Prints figures; no images are written anywhere.
 """
 
 from __future__ import annotations
@@ -28,10 +32,14 @@ import cv2
 import numpy as np
 
 from kiosk.config import parse_config
+from kiosk.context import Context
 from kiosk.lab.blinks import VIDEOS, iter_blink_video
+from kiosk.lab.machine import describe, loadavg
+from kiosk.liveness.mesh import load_face_mesh
 from kiosk.recognition.detect import select_faces
 from kiosk.recognition.match import Matcher
-from kiosk.recognition.pipeline import Pipeline
+from kiosk.recognition.pipeline import Pipeline, runtime_options
+from kiosk.stats import dist, interleaved_ms
 from kiosk.types import FloatArray
 from tools import ROOT
 
@@ -76,6 +84,48 @@ def _stats(values: np.ndarray, thresholds: dict[str, float]) -> dict[str, Any]:
     return out
 
 
+def _cost(args: argparse.Namespace) -> int:
+    """Median ms of each stage of a challenge frame, interleaved so they share the machine's load."""
+    cfg = parse_config({})
+    with Context(cfg) as ctx:
+        pipeline = ctx.pipeline
+        mesh = load_face_mesh(ctx.manifest, cfg.liveness.active.model, runtime_options(cfg))
+        frames = [f.image for f in iter_blink_video(args.data, VIDEOS[0], stop=60)]
+        faces = [select_faces(pipeline.detect(f), "largest", f.shape)[0] for f in frames]
+        crops = [pipeline.prepare(f, [face])[0][0] for f, face in zip(frames, faces, strict=True)]
+        n = len(frames)
+        started = describe()
+        samples = interleaved_ms(
+            {
+                "detect": lambda r: pipeline.detect(frames[r % n]),
+                "align_quality": lambda r: pipeline.prepare(frames[r % n], [faces[r % n]]),
+                "embed": lambda r: pipeline.embedder.embed([crops[r % n]]),
+                "face_mesh_iris": lambda r: mesh.landmarks(frames[r % n], faces[r % n]),
+            },
+            args.rounds,
+        )
+    ms = {k: dist(v, 3) for k, v in samples.items()}
+    med = {k: float(d["median"] or 0.0) for k, d in ms.items()}
+    frame = sum(med.values())
+    interval = cfg.decision.embed_interval_s
+    report: dict[str, Any] = {
+        "machine": started | {"loadavg_end": loadavg()},
+        "stage_ms": ms,
+        "challenge_frame_ms": {
+            "before (embed every embed_interval_s)": round(frame - med["embed"], 2),
+            "now (embed every frame)": round(frame, 2),
+        },
+        "embed_interval_s": interval,
+        "extra_embeddings_per_challenge_second": {f"{fps:g} fps": fps - 1.0 / interval for fps in (10.0, 15.0, 30.0)},
+    }
+    print(", ".join(f"{k} {v['median']:.2f} ms" for k, v in ms.items()))
+    print(f"a challenge frame: {frame - med['embed']:.2f} ms without its embedding, {frame:.2f} ms with it")
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools continuity", description=__doc__.splitlines()[0])
     default_data = os.environ.get("KIOSK_TEST_DATA", str(ROOT / ".." / "shared" / "data" / "faces"))
@@ -83,7 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--distractors", type=int, default=200, help="LFW people in the gallery (default 200)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, dest="json_out", help="write the figures as JSON here")
+    parser.add_argument("--cost", action="store_true", help="time the stages of a challenge frame instead")
+    parser.add_argument("--rounds", type=int, default=200, help="--cost: timed rounds (default 200)")
     args = parser.parse_args(argv)
+    if args.cost:
+        return _cost(args)
 
     pipeline = Pipeline.from_config(parse_config({}))
     thr = {"likely": pipeline.thresholds.likely, "accept": pipeline.thresholds.accept}
