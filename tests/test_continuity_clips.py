@@ -21,6 +21,7 @@ import pytest
 
 from kiosk.config import Config, parse_config
 from kiosk.context import Context
+from kiosk.door.decide import IDENTITY_CHANGED as CHANGED
 from kiosk.door.decide import Decision
 from kiosk.enroll import enroll
 from kiosk.lab.blinks import BlinkVideo, blinks_dir, load_blink_video
@@ -36,7 +37,6 @@ PHOTO = "Colin_Powell/Colin_Powell_0080.jpg"  # frontal; not one of the enrolmen
 SEGMENT = ("mahie_test_1", 0, 130)  # 4.3 s; the real blink is at frames 93-96 (3.0 s)
 LEAD = 20  # frames of the first face before the cut (0.67 s: enough for 3 votes and the challenge to start)
 ENROL_FRAMES = ("mahie_test_2", (300, 900, 1500))  # open-eye frames of another recording
-CHANGED = "identity changed during the liveness challenge"
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ NONE = "none"
 # the second before, while frames of another person reached at most 0.370 against 200 LFW people, below 0.47 - 0.05
 # (``python -m tools continuity``, docs/liveness.md). The recogniser's "likely" threshold, 0.36, was below that.
 CLOSED_EYE_ALLOWANCE = 0.05
+IDENTITY_CHANGED = "identity changed during the liveness challenge"  # how a continuity deny's reason begins
 
 LivenessCheck = Callable[[int, Observation], LivenessResult]
 NOT_REQUIRED = LivenessResult("not_required")
@@ -124,10 +125,11 @@ class Decider:
             # A grant is due and a liveness challenge is running: ask again on every frame, voted or not, so an
             # answer (a blink) or a timeout is acted on at once; but first check that this frame, which the
             # challenge has just judged, is still the person it was started for.
-            broken = self._continuity_break(st, obs)
+            pid, count = st.pending
+            broken = self._continuity_break(pid, self._best_for(st, pid), obs)
             if broken is not None:
-                return self._restart(track_id, st, obs.t, broken)
-            return self._try_grant(track_id, st, obs, *st.pending)
+                return self._restart(track_id, st, obs.t, f"{IDENTITY_CHANGED}: {broken}", pid, count)
+            return self._try_grant(track_id, st, obs, pid, count)
         if m is None:
             return None
         counts = Counter(pid for pid, _ in _votes(st.window))
@@ -182,33 +184,28 @@ class Decider:
             return None
         return self._deny(track_id, st, t)
 
-    def _continuity_break(self, st: _TrackState, obs: Observation) -> str | None:
-        """Why ``obs`` is not the person the running challenge was started for, or None when it is.
+    def _continuity_break(self, pid: int, claimed: MatchResult, obs: Observation) -> str | None:
+        """Why ``obs`` is not person ``pid`` (``claimed``: their best vote), for whom the running challenge was
+        started, or None when it is.
 
         Every frame must carry a match whose best candidate is that person, at or above the continuity threshold;
         the match need not be accepted (closed eyes lower the score, and a frame may fail quality)."""
-        assert st.pending is not None and st.pending_best is not None  # set together in _try_grant
-        pid, claimed = st.pending[0], st.pending_best.name
         m = obs.match
         if m is None:
-            return f"identity changed during the liveness challenge: a frame of the face was not identified ({claimed})"
+            return f"a frame of the face was not identified ({claimed.name})"
         if m.candidate_id != pid:
             who = f"{m.candidate} ({m.score:.2f})" if m.candidate is not None and m.score is not None else "no one"
-            return f"identity changed during the liveness challenge: the face became {who}, not {claimed}"
+            return f"the face became {who}, not {claimed.name}"
         floor = self.continuity if self.continuity is not None else m.threshold - CLOSED_EYE_ALLOWANCE
         if m.score is None or m.score < floor:
             score = "no score" if m.score is None else f"{m.score:.2f}"
-            return (
-                f"identity changed during the liveness challenge: {claimed} scored {score}, "
-                f"below the continuity threshold {floor:.2f}"
-            )
+            return f"{claimed.name} scored {score}, below the continuity threshold {floor:.2f}"
         return None
 
-    def _restart(self, track_id: int, st: _TrackState, t: float, reason: str) -> Decision | None:
-        """Drop the track's votes and its challenge (it must earn a fresh match and a fresh challenge); deny with
-        ``reason``, within the deny rate limit."""
-        assert st.pending is not None and st.pending_best is not None
-        (pid, count), best = st.pending, st.pending_best
+    def _restart(self, track_id: int, st: _TrackState, t: float, reason: str, pid: int, count: int) -> Decision | None:
+        """Drop the track's votes and its challenge for ``pid`` (``count`` votes): it must earn a fresh match and a
+        fresh challenge. Deny with ``reason``, within the deny rate limit."""
+        best = self._best_for(st, pid)
         st.window.clear()
         st.pending = st.pending_best = None
         st.restarted = True

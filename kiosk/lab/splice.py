@@ -32,7 +32,7 @@ import numpy.typing as npt
 
 from kiosk.context import Context
 from kiosk.door.camera import Frame
-from kiosk.door.decide import Decision
+from kiosk.door.decide import IDENTITY_CHANGED, Decision
 from kiosk.enroll import enroll
 from kiosk.errors import KioskError
 from kiosk.gallery import Gallery
@@ -50,7 +50,6 @@ from kiosk.types import Image
 PHOTO_TO_LIVE, LIVE_TO_OTHER, PHOTO_BESIDE = "splice_photo_to_live", "splice_live_to_other", "splice_photo_beside"
 SPLICE_TYPES = (PHOTO_TO_LIVE, LIVE_TO_OTHER, PHOTO_BESIDE)
 BONA_FIDE = "bona_fide"
-CHANGED = "identity changed during the liveness challenge"  # the decider's reason when continuity breaks
 LEAD = 20  # frames of the first face before the cut: 3 votes and the challenge start, then 0.6 s of challenge
 BEFORE_S, AFTER_S = 3.0, 0.7  # a presentation: from this long before a labelled blink to this long after it
 ENROL_AT = (300, 900, 1500)  # open-eye frames of the *next* recording enrol the live person (another session)
@@ -229,7 +228,8 @@ def score_splices(
             for kind in (BONA_FIDE, *SPLICE_TYPES):
                 line += 1
                 label = BONA_FIDE_LABEL if kind == BONA_FIDE else ATTACK
-                item = Presentation(line, f"{where}/{kind}/{person[2].name}", label, "" if kind == BONA_FIDE else kind)
+                what = f"{where}/{kind}" + ("" if kind == BONA_FIDE else f"/{person[2].name}")
+                item = Presentation(line, what, label, "" if kind == BONA_FIDE else kind)
                 if live_box is None or photo_box is None or (kind == LIVE_TO_OTHER and photo_mesh is None):
                     out.append(Scored(item, None, reason="no face found", frames=len(video)))
                     continue
@@ -247,7 +247,7 @@ def score_splices(
                 )
                 with Gallery(":memory:") as gallery:
                     try:
-                        enroll(pipeline, gallery, claimed, photos)
+                        enroll(pipeline, gallery, claimed, photos, select="largest")
                     except KioskError as exc:
                         out.append(Scored(item, None, reason=f"enrolment failed: {exc}", frames=len(video)))
                         continue
@@ -258,7 +258,7 @@ def score_splices(
                 extra = {
                     "unlocks": unlocks,
                     "challenges": len(prompts),
-                    "continuity_restarts": sum(CHANGED in d.reason for d in decisions),
+                    "continuity_restarts": sum(d.reason.startswith(IDENTITY_CHANGED) for d in decisions),
                     "decisions": [f"{d.outcome}: {d.reason}" for d in decisions],
                 }
                 out.append(Scored(item, 1.0 if opened else 0.0, frames=len(video), faces=len(video), extra=extra))
