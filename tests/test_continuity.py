@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 
 from kiosk.config import DecisionConfig
-from kiosk.door.decide import EVERY_FRAME, REFRESH, Decider, LivenessResult, Observation
+from kiosk.door.decide import EVERY_FRAME, REFRESH, Decider, LivenessResult, Observation, continuity_allowance
 from kiosk.errors import ExitCode
 from kiosk.recognition.match import MatchResult
 from tests.helpers import config_file
 
 CFG = DecisionConfig(frames_needed=3, window=5, cooldown_s=10.0, deny_interval_s=5.0)
-THR, MARGIN = 0.47, 0.05  # the default continuity threshold is then 0.47 - CLOSED_EYE_ALLOWANCE = 0.42
+THR, MARGIN = 0.47, 0.05
+ALLOWANCE = 0.05  # SFace's: continuity_allowance(0.47, 0.36) rounded; the continuity threshold is 0.42
 ALICE, BOB = 1, 2
 
 
@@ -77,8 +78,8 @@ def run(decider: Decider, frames: list[MatchResult | None], t0: float = 0.0, dt:
     return out
 
 
-def decider(check: Check, continuity: float | None = None) -> Decider:
-    return Decider(CFG, liveness=check, continuity=continuity)
+def decider(check: Check, allowance: float = ALLOWANCE) -> Decider:
+    return Decider(CFG, liveness=check, continuity_allowance=allowance)
 
 
 def test_a_challenge_needs_an_embedding_on_every_frame() -> None:
@@ -194,7 +195,13 @@ def test_a_restart_within_the_deny_interval_is_not_recorded_twice_but_still_rest
     assert d.end_track(1, 3.0) is None  # already denied: nothing more to record
 
 
-def test_the_default_continuity_threshold_follows_the_matchers_threshold() -> None:
+def test_the_continuity_allowance_is_a_share_of_the_recognisers_threshold_gap() -> None:
+    assert continuity_allowance(0.47, 0.36) == pytest.approx(0.0495)  # SFace: continuity threshold 0.42
+    assert 0.952 - continuity_allowance(0.952, 0.926) == pytest.approx(0.9403, abs=1e-3)  # dlib: its FMR 1e-4 point
+    assert continuity_allowance(0.47, 0.47) == 0.0 and continuity_allowance(0.4, 0.47) == 0.0  # never negative
+
+
+def test_the_continuity_threshold_follows_the_matchers_threshold() -> None:
     strict = MatchResult(False, None, None, 0.55, "alice", "carol", 0.1, 0.6, MARGIN, "below", candidate_id=ALICE)
     out = run(decider(Check()), [alice()] * 3 + [strict])  # threshold 0.6: the floor is 0.55
     assert [(i, o) for i, o, *_ in out] == []
@@ -203,11 +210,12 @@ def test_the_default_continuity_threshold_follows_the_matchers_threshold() -> No
     assert [(i, o) for i, o, *_ in out] == [(3, "denied")] and "threshold 0.55" in out[0][2]
 
 
-def test_an_explicit_continuity_threshold_replaces_the_default() -> None:
-    out = run(decider(Check(), continuity=0.36), [alice()] * 3 + [alice(0.37)])
+def test_without_an_allowance_every_challenge_frame_must_reach_the_match_threshold() -> None:
+    assert Decider(CFG).continuity_allowance == 0.0  # the default: strict
+    out = run(decider(Check(), allowance=0.0), [alice()] * 3 + [alice(0.47)])
     assert out == []
-    out = run(decider(Check(), continuity=0.5), [alice()] * 3 + [alice(0.49)])
-    assert [(i, o) for i, o, *_ in out] == [(3, "denied")] and "threshold 0.50" in out[0][2]
+    out = run(decider(Check(), allowance=0.0), [alice()] * 3 + [alice(0.46)])
+    assert [(i, o) for i, o, *_ in out] == [(3, "denied")] and "threshold 0.47" in out[0][2]
 
 
 def test_take_restart_is_false_for_unknown_and_untouched_tracks() -> None:

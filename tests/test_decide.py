@@ -270,7 +270,7 @@ def test_embedding_need_follows_the_decision() -> None:
 
 def test_embedding_need_is_every_frame_while_a_liveness_challenge_runs() -> None:
     answers = iter([LivenessResult("pending", reason="please blink")] * 3 + [LivenessResult("pass", reason="blink")])
-    decider = Decider(CFG, liveness=lambda track_id, obs: next(answers))
+    decider = Decider(CFG, liveness=lambda track_id, obs: next(answers), continuity_allowance=0.05)
     assert feed(decider, 1, [alice()] * 3) == []
     assert decider.embedding_need(1) == EVERY_FRAME  # each frame the challenge judges is identity-checked
     # Frames that are not accepted (closed eyes: lower score) but still alice carry the challenge to its answer.

@@ -53,7 +53,7 @@ def run(decider: Decider, matches: list[MatchResult | None], dt: float = 0.25) -
 
 def test_pending_holds_the_grant_and_asks_on_every_frame_even_unvoted() -> None:
     check = Script("pending", "pending", "pending", "pass")
-    decider = Decider(CFG, liveness=check)
+    decider = Decider(CFG, liveness=check, continuity_allowance=0.05)
     # Frames 0-2 vote (grant due at 2: pending); 3 and 4 do not vote but still ask; 5 passes.
     out = run(decider, [alice(), alice(), alice(), alice_unaccepted(), alice_unaccepted(), alice_unaccepted()])
     assert out == [(5, "granted", "pass")]
@@ -62,7 +62,7 @@ def test_pending_holds_the_grant_and_asks_on_every_frame_even_unvoted() -> None:
 
 @pytest.mark.parametrize("status", ["fail", "unavailable"])
 def test_a_failed_or_unavailable_check_denies_the_matched_person(status: str) -> None:
-    decider = Decider(CFG, liveness=Script("pending", status))
+    decider = Decider(CFG, liveness=Script("pending", status), continuity_allowance=0.05)
     out = run(decider, [alice(), alice(), alice(), alice_unaccepted()])
     assert out == [(3, "denied", status)]
 

@@ -111,7 +111,7 @@ def cmd_eval_liveness(args: argparse.Namespace, cfg: Config) -> int:
 def _splice(args: argparse.Namespace, cfg: Config) -> int:
     """``--splice``: the door loop's decision (recogniser, identity continuity, active blink challenge) on spliced
     presentations; the configured gallery is not used (each clip enrols its claimed person in memory)."""
-    from kiosk.door.decide import CLOSED_EYE_ALLOWANCE
+    from kiosk.door.decide import continuity_allowance
     from kiosk.lab.frames import data_dir
     from kiosk.lab.splice import score_splices
 
@@ -142,7 +142,8 @@ def _splice(args: argparse.Namespace, cfg: Config) -> int:
         scored = score_splices(ctx, liveness, faces, limit=args.limit, progress=progress)
         if show:
             sys.stderr.write("\n")
-        continuity = ctx.pipeline.thresholds.accept - CLOSED_EYE_ALLOWANCE
+        t = ctx.pipeline.thresholds
+        continuity = t.accept - continuity_allowance(t.accept, t.likely)
         mesh = liveness.active.mesh
         models = {s.id: s.sha256 for s in (ctx.pipeline.detector.spec, ctx.pipeline.embedder.spec, mesh.spec)}
         if mesh.eyes is not None:

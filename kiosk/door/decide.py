@@ -32,12 +32,22 @@ REFRESH = "refresh"
 NONE = "none"
 
 
-# During a liveness challenge a frame still counts as the matched person down to the matcher's threshold minus this.
-# On the real blink recordings closing the eyes lowered SFace's score by at most 0.038 (median 0.007, p95 0.027) from
-# the second before, while frames of another person reached at most 0.370 against 200 LFW people, below 0.47 - 0.05
-# (``python -m tools continuity``, docs/liveness.md). The recogniser's "likely" threshold, 0.36, was below that.
-CLOSED_EYE_ALLOWANCE = 0.05
+# During a liveness challenge a frame still counts as the matched person down to its match threshold minus an
+# allowance for closed eyes: this share of the way from the recogniser's accept threshold (its FMR 1e-5 point) down to
+# its likely threshold (FMR 1e-3), which lands near its FMR 1e-4 point whatever its score scale (SFace: 0.47 - 0.45 x
+# 0.11 = 0.42; dlib's ResNet: 0.952 - 0.45 x 0.026 = 0.940, its measured 1e-4 point). On the real blink recordings
+# closing the eyes lowered SFace's score by at most 0.038 (median 0.007, p95 0.027) from the second before, while
+# other people's frames reached at most 0.370 against 200 LFW people, so the likely threshold itself (0.36) was too
+# low (``python -m tools continuity``, docs/liveness.md).
+CLOSED_EYE_SHARE = 0.45
 IDENTITY_CHANGED = "identity changed during the liveness challenge"  # how a continuity deny's reason begins
+
+
+def continuity_allowance(accept: float, likely: float) -> float:
+    """How far below its match threshold a frame of the challenged person may score (closed eyes), for a recogniser
+    with these thresholds: ``CLOSED_EYE_SHARE`` of the gap between them (0 when ``likely`` is not below ``accept``)."""
+    return CLOSED_EYE_SHARE * max(accept - likely, 0.0)
+
 
 LivenessCheck = Callable[[int, Observation], LivenessResult]
 NOT_REQUIRED = LivenessResult("not_required")
@@ -92,14 +102,14 @@ class Decider:
     """Turns each track's observations into at most one grant, plus rate-limited denies."""
 
     def __init__(
-        self, cfg: DecisionConfig, *, liveness: LivenessCheck | None = None, continuity: float | None = None
+        self, cfg: DecisionConfig, *, liveness: LivenessCheck | None = None, continuity_allowance: float = 0.0
     ) -> None:
-        """``continuity``: the lowest score of the challenged person that still counts as that person during a
-        liveness challenge; None (the default): the frame's own match threshold minus ``CLOSED_EYE_ALLOWANCE``, so it
-        follows ``recognition.threshold``."""
+        """``continuity_allowance``: during a liveness challenge, how far below its match threshold a frame of the
+        challenged person may score and still be that person (the loop passes ``continuity_allowance(accept,
+        likely)``); 0: every frame must reach the threshold itself."""
         self.cfg = cfg
         self.liveness = liveness
-        self.continuity = continuity
+        self.continuity_allowance = continuity_allowance
         self._tracks: dict[int, _TrackState] = {}
         self._last_grant: dict[int, float] = {}  # person_id -> time of the last grant, by any track
 
@@ -196,7 +206,7 @@ class Decider:
         if m.candidate_id != pid:
             who = f"{m.candidate} ({m.score:.2f})" if m.candidate is not None and m.score is not None else "no one"
             return f"the face became {who}, not {claimed.name}"
-        floor = self.continuity if self.continuity is not None else m.threshold - CLOSED_EYE_ALLOWANCE
+        floor = m.threshold - self.continuity_allowance
         if m.score is None or m.score < floor:
             score = "no score" if m.score is None else f"{m.score:.2f}"
             return f"{claimed.name} scored {score}, below the continuity threshold {floor:.2f}"

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kiosk.door.camera import Camera, Frame
-from kiosk.door.decide import NONE, Decider, Decision, Observation
+from kiosk.door.decide import NONE, Decider, Decision, Observation, continuity_allowance
 from kiosk.door.notify import Notifier
 from kiosk.door.relay import Door
 from kiosk.door.snapshots import SnapshotStore
@@ -154,7 +154,10 @@ class DoorLoop:
         self.on_prompt = on_prompt
         if liveness is not None:
             liveness.on_prompt = self._prompt
-        self.decider = decider if decider is not None else Decider(d, liveness=liveness)
+        # A frame of the person answering a liveness challenge may score this much below the match threshold (closed
+        # eyes) and still be that person; see kiosk.door.decide.CLOSED_EYE_SHARE.
+        allowance = continuity_allowance(pipeline.thresholds.accept, pipeline.thresholds.likely)
+        self.decider = decider if decider is not None else Decider(d, liveness=liveness, continuity_allowance=allowance)
         self.on_frame = on_frame
         self.on_event_error = on_event_error
         self.stats = LoopStats()
