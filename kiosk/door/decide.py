@@ -35,10 +35,10 @@ NONE = "none"
 # During a liveness challenge a frame still counts as the matched person down to its match threshold minus an
 # allowance for closed eyes: this share of the way from the recogniser's accept threshold (its FMR 1e-5 point) down to
 # its likely threshold (FMR 1e-3), which lands near its FMR 1e-4 point whatever its score scale (SFace: 0.47 - 0.45 x
-# 0.11 = 0.42; dlib's ResNet: 0.952 - 0.45 x 0.026 = 0.940, its measured 1e-4 point). On the real blink recordings
-# closing the eyes lowered SFace's score by at most 0.038 (median 0.007, p95 0.027) from the second before, while
-# other people's frames reached at most 0.370 against 200 LFW people, so the likely threshold itself (0.36) was too
-# low (``python -m tools continuity``, docs/liveness.md).
+# 0.11 = 0.42, its LFW 1e-4 point being 0.417; dlib's ResNet: 0.952 - 0.45 x 0.026 = 0.940, its 1e-4 point). On the
+# real blink recordings closing the eyes lowered SFace's score by at most 0.038 (median 0.007, p95 0.027) from the
+# second before, while other people's frames reached at most 0.370 against 200 LFW people, so the likely threshold
+# itself (0.36) was too low (``python -m tools continuity``, docs/liveness.md).
 CLOSED_EYE_SHARE = 0.45
 IDENTITY_CHANGED = "identity changed during the liveness challenge"  # how a continuity deny's reason begins
 
