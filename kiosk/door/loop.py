@@ -154,10 +154,12 @@ class DoorLoop:
         self.on_prompt = on_prompt
         if liveness is not None:
             liveness.on_prompt = self._prompt
-        # A frame of the person answering a liveness challenge may score this much below the match threshold (closed
-        # eyes) and still be that person; see kiosk.door.decide.CLOSED_EYE_SHARE.
-        allowance = continuity_allowance(pipeline.thresholds.accept, pipeline.thresholds.likely)
-        self.decider = decider if decider is not None else Decider(d, liveness=liveness, continuity_allowance=allowance)
+        if decider is None:
+            # A frame of the person answering a liveness challenge may score this much below the match threshold
+            # (closed eyes) and still be that person; see kiosk.door.decide.CLOSED_EYE_SHARE.
+            t = pipeline.thresholds
+            decider = Decider(d, liveness=liveness, continuity_allowance=continuity_allowance(t.accept, t.likely))
+        self.decider = decider
         self.on_frame = on_frame
         self.on_event_error = on_event_error
         self.stats = LoopStats()
