@@ -16,7 +16,7 @@ THR, MARGIN = 0.47, 0.05
 
 
 def accepted(pid: int = 1, name: str = "alice", score: float = 0.8) -> MatchResult:
-    return MatchResult(True, pid, name, score, name, "carol", 0.3, THR, MARGIN, "match")
+    return MatchResult(True, pid, name, score, name, "carol", 0.3, THR, MARGIN, "match", candidate_id=pid)
 
 
 def alice(score: float = 0.8) -> MatchResult:
@@ -28,11 +28,15 @@ def bob(score: float = 0.8) -> MatchResult:
 
 
 def below(score: float = 0.2) -> MatchResult:
-    return MatchResult(False, None, None, score, "alice", "bob", 0.1, THR, MARGIN, f"best score {score} below")
+    return MatchResult(
+        False, None, None, score, "alice", "bob", 0.1, THR, MARGIN, f"best score {score} below", candidate_id=1
+    )
 
 
 def ambiguous(score: float = 0.6, runner_up_score: float = 0.58) -> MatchResult:
-    return MatchResult(False, None, None, score, "alice", "bob", runner_up_score, THR, MARGIN, "ambiguous")
+    return MatchResult(
+        False, None, None, score, "alice", "bob", runner_up_score, THR, MARGIN, "ambiguous", candidate_id=1
+    )
 
 
 def feed(
@@ -264,12 +268,12 @@ def test_embedding_need_follows_the_decision() -> None:
     assert decider.embedding_need(2) == EVERY_FRAME  # forgotten: a new track with that id starts over
 
 
-def test_embedding_need_is_a_refresh_while_a_liveness_challenge_runs() -> None:
+def test_embedding_need_is_every_frame_while_a_liveness_challenge_runs() -> None:
     answers = iter([LivenessResult("pending", reason="please blink")] * 3 + [LivenessResult("pass", reason="blink")])
-    decider = Decider(CFG, liveness=lambda track_id, obs: next(answers))
+    decider = Decider(CFG, liveness=lambda track_id, obs: next(answers), continuity_allowance=0.05)
     assert feed(decider, 1, [alice()] * 3) == []
-    assert decider.embedding_need(1) == REFRESH
-    # Frames without an embedding still carry the challenge to its answer: the grant comes on an unembedded frame.
-    out = feed(decider, 1, [None, None, None], t0=1.0)
+    assert decider.embedding_need(1) == EVERY_FRAME  # each frame the challenge judges is identity-checked
+    # Frames that are not accepted (closed eyes: lower score) but still alice carry the challenge to its answer.
+    out = feed(decider, 1, [below(0.45), below(0.43), alice()], t0=1.0)
     assert [(i, d.outcome, d.name) for i, d in out] == [(2, "granted", "alice")]
     assert decider.embedding_need(1) == NONE

@@ -46,6 +46,7 @@ from kiosk.errors import (
     ModelIntegrityError,
     TemplateKeyError,
 )
+from kiosk.recognition.pipeline import Thresholds
 from kiosk.testing import FlakyStage
 from tests.helpers import no_new_threads, wait_until
 
@@ -111,6 +112,8 @@ class NoFaces:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
+        # The loop derives its decider's continuity allowance from the recogniser's thresholds.
+        self.thresholds = Thresholds(accept=0.47, likely=0.36, duplicate=0.47)
 
     def detect(self, image: np.ndarray) -> list[Any]:
         return []

@@ -21,7 +21,12 @@ CFG = DecisionConfig(frames_needed=3, window=5, cooldown_s=10.0, deny_interval_s
 
 
 def alice() -> MatchResult:
-    return MatchResult(True, 1, "alice", 0.8, "alice", "carol", 0.3, 0.47, 0.05, "match")
+    return MatchResult(True, 1, "alice", 0.8, "alice", "carol", 0.3, 0.47, 0.05, "match", candidate_id=1)
+
+
+def alice_unaccepted() -> MatchResult:
+    """alice at a score under the threshold (eyes closed): no vote, but still alice for the running challenge."""
+    return MatchResult(False, None, None, 0.45, "alice", "carol", 0.3, 0.47, 0.05, "below", candidate_id=1)
 
 
 class Script:
@@ -48,17 +53,17 @@ def run(decider: Decider, matches: list[MatchResult | None], dt: float = 0.25) -
 
 def test_pending_holds_the_grant_and_asks_on_every_frame_even_unvoted() -> None:
     check = Script("pending", "pending", "pending", "pass")
-    decider = Decider(CFG, liveness=check)
-    # Frames 0-2 vote (grant due at 2: pending); 3 and 4 are not embedded (None) but still ask; 5 passes.
-    out = run(decider, [alice(), alice(), alice(), None, None, None])
+    decider = Decider(CFG, liveness=check, continuity_allowance=0.05)
+    # Frames 0-2 vote (grant due at 2: pending); 3 and 4 do not vote but still ask; 5 passes.
+    out = run(decider, [alice(), alice(), alice(), alice_unaccepted(), alice_unaccepted(), alice_unaccepted()])
     assert out == [(5, "granted", "pass")]
     assert check.calls == 4
 
 
 @pytest.mark.parametrize("status", ["fail", "unavailable"])
 def test_a_failed_or_unavailable_check_denies_the_matched_person(status: str) -> None:
-    decider = Decider(CFG, liveness=Script("pending", status))
-    out = run(decider, [alice(), alice(), alice(), None])
+    decider = Decider(CFG, liveness=Script("pending", status), continuity_allowance=0.05)
+    out = run(decider, [alice(), alice(), alice(), alice_unaccepted()])
     assert out == [(3, "denied", status)]
 
 

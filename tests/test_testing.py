@@ -20,7 +20,7 @@ from kiosk.door.decide import Decider
 from kiosk.door.loop import DoorLoop
 from kiosk.door.relay import open_door
 from kiosk.errors import HardwareError, InputError
-from kiosk.recognition.pipeline import Pipeline
+from kiosk.recognition.pipeline import Pipeline, Thresholds
 from kiosk.testing import FlakyStage, ManualClock, ScriptedSource
 from tests.helpers import no_new_threads
 
@@ -328,6 +328,8 @@ class NoFaces:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
+        # The loop derives its decider's continuity allowance from the recogniser's thresholds.
+        self.thresholds = Thresholds(accept=0.47, likely=0.36, duplicate=0.47)
 
     def detect(self, image: np.ndarray) -> list[Any]:
         return []

@@ -43,6 +43,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "tools.measure.liveness_clips",
         "write still-photo and simulated-blink clips for kiosk eval-liveness",
     ),
+    "continuity": (
+        "tools.measure.continuity",
+        "closed-eye similarity on the real blink recordings: chooses the liveness identity-continuity threshold",
+    ),
     "report": ("tools.measure.report", "evaluate every model in the manifest and write models/README.md"),
     "replay-bench": ("tools.measure.replay_bench", "replay enrolled members and strangers through the real door loop"),
     "vs-face-recognition": (

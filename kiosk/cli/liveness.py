@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ def register(sub: Any) -> None:
         help="measure a liveness layer: APCER per attack type, BPCER (ISO/IEC 30107-3)",
         description=cmd_eval_liveness.__doc__,
     )
-    p.add_argument("--labels", type=Path, required=True, help="CSV with columns path,label,attack_type")
+    p.add_argument("--labels", type=Path, help="CSV with columns path,label,attack_type (or --splice)")
     p.add_argument("--root", type=Path, help="folder the CSV paths are relative to (default: the CSV's folder)")
     p.add_argument("--json", type=Path, dest="json_out", metavar="OUT", help="write the full report as JSON here")
     p.add_argument(
@@ -39,6 +40,20 @@ def register(sub: Any) -> None:
     p.add_argument("--models", help="passive: comma-separated liveness model ids (default: liveness.passive.models)")
     p.add_argument("--threshold", type=float, help="decision threshold (default: liveness.passive.threshold; 0.5)")
     p.add_argument("--every", type=int, default=1, help="videos: score every Nth frame (default 1)")
+    p.add_argument(
+        "--splice",
+        action="store_true",
+        help="instead of --labels: build spliced presentations (the face answering the blink challenge is not the "
+        "one matched) in memory from the blink recordings and LFW in --faces, and run each through the real door "
+        "loop; score 1 = the door opened for the claimed person",
+    )
+    p.add_argument(
+        "--faces",
+        type=Path,
+        metavar="DIR",
+        help="--splice: face data folder (default $KIOSK_TEST_DATA, else <project>/../shared/data/faces)",
+    )
+    p.add_argument("--limit", type=int, help="--splice: use only the first N labelled blinks (default: all 27)")
     p.set_defaults(func=cmd_eval_liveness)
 
 
@@ -49,6 +64,12 @@ def cmd_eval_liveness(args: argparse.Namespace, cfg: Config) -> int:
     curve over thresholds 0..1 and every presentation's score."""
     if args.every < 1:
         raise InputError("--every must be at least 1")
+    if args.splice:
+        if args.labels is not None:
+            raise InputError("--splice builds its own presentations: leave out --labels")
+        return _splice(args, cfg)
+    if args.labels is None:
+        raise InputError("eval-liveness needs --labels CSV (or --splice)")
     items = read_presentations(args.labels)
     root = args.root if args.root is not None else args.labels.parent
     threshold = args.threshold
@@ -84,6 +105,78 @@ def cmd_eval_liveness(args: argparse.Namespace, cfg: Config) -> int:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
         args.json_out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     _print(report)
+    return 0
+
+
+def _splice(args: argparse.Namespace, cfg: Config) -> int:
+    """``--splice``: the door loop's decision (recogniser, identity continuity, active blink challenge) on spliced
+    presentations; the configured gallery is not used (each clip enrols its claimed person in memory)."""
+    from kiosk.door.decide import continuity_allowance
+    from kiosk.lab.frames import data_dir
+    from kiosk.lab.splice import score_splices
+
+    if args.limit is not None and args.limit < 1:
+        raise InputError("--limit must be at least 1")
+    faces = data_dir(args.faces)
+    if not (faces / "liveness" / "blinks" / "blinks.csv").is_file() or not (faces / "lfw" / "labels.csv").is_file():
+        raise InputError(
+            f"--splice needs the blink recordings and LFW under {faces} (liveness/blinks/, lfw/): pass --faces DIR "
+            "or set KIOSK_TEST_DATA"
+        )
+    threshold = 0.5 if args.threshold is None else args.threshold
+    # The recordings can answer a blink, not a head turn: the active layer is measured with the blink challenge.
+    live_cfg = dataclasses.replace(
+        cfg.liveness, mode="active", active=dataclasses.replace(cfg.liveness.active, challenges=("blink",))
+    )
+    cfg = dataclasses.replace(cfg, liveness=live_cfg)
+    with Context(cfg) as ctx:
+        liveness = ctx.liveness
+        assert liveness is not None and liveness.active is not None  # mode is active
+        show = sys.stderr.isatty()
+
+        def progress(done: int, total: int) -> None:
+            if show:
+                sys.stderr.write(f"\r{done}/{total} blinks")
+                sys.stderr.flush()
+
+        scored = score_splices(ctx, liveness, faces, limit=args.limit, progress=progress)
+        if show:
+            sys.stderr.write("\n")
+        t = ctx.pipeline.thresholds
+        continuity = t.accept - continuity_allowance(t.accept, t.likely)
+        mesh = liveness.active.mesh
+        models = {s.id: s.sha256 for s in (ctx.pipeline.detector.spec, ctx.pipeline.embedder.spec, mesh.spec)}
+        if mesh.eyes is not None:
+            models[mesh.eyes.spec.id] = mesh.eyes.spec.sha256
+    report = evaluate(scored, threshold)
+    kinds = sorted({s.item.attack_type or "bona_fide" for s in scored})
+    of_kind = {
+        k: [s for s in scored if (s.item.attack_type or "bona_fide") == k and s.score is not None] for k in kinds
+    }
+    # How many presentations got as far as a liveness challenge, and in how many the continuity rule restarted it.
+    restarts = {
+        k: {
+            "challenged": sum(1 for s in v if s.extra.get("challenges")),
+            "restarted": sum(1 for s in v if s.extra.get("continuity_restarts")),
+        }
+        for k, v in of_kind.items()
+    }
+    report = {
+        "labels": "spliced presentations (kiosk.lab.splice) from liveness/blinks and lfw",
+        "layer": "door",
+        "models": models,
+        "continuity_threshold": round(continuity, 4),
+        **report,
+        "continuity_restarts": restarts,
+        "presentations": [s.as_dict() for s in scored],
+    }
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    _print(report)
+    print("  reached a liveness challenge / identity-continuity restart:")
+    for k, v in restarts.items():
+        print(f"    {k:<22} {v['challenged']:>3} / {v['restarted']:>3}   (n={len(of_kind[k])})")
     return 0
 
 

@@ -1,7 +1,9 @@
 """Access decisions: K-of-N voting over a track's recent frames, per-person cooldown, rate-limited denies, liveness.
 
 Pure and clock-injected: every time comes from ``Observation.t`` (monotonic seconds), so a wall-clock jump cannot
-shorten a cooldown. The loop logs one INFO line per decision; this module logs at DEBUG only and never biometrics.
+shorten a cooldown. While a liveness challenge runs, every frame of the track must still be the person whose votes
+started it (identity continuity): otherwise the challenge is dropped and the track starts over. The loop logs one
+INFO line per decision; this module logs at DEBUG only and never biometrics.
 """
 
 from __future__ import annotations
@@ -21,12 +23,30 @@ log = logging.getLogger(__name__)
 GRANTED = "granted"
 DENIED = "denied"
 
-# How much a track still needs embeddings (``Decider.embedding_need``): every frame while its decision is open, a
-# refresh (at ``decision.embed_interval_s`` or on a clearly better face) once it was denied or held by a cooldown or
-# while a liveness challenge runs, none once granted (the decider ignores a granted track's frames).
+# How much a track still needs embeddings (``Decider.embedding_need``): every frame while its decision is open or a
+# liveness challenge runs (each frame the challenge judges must be identity-checked), a refresh (at
+# ``decision.embed_interval_s`` or on a clearly better face) once it was denied or held by a cooldown, none once
+# granted (the decider ignores a granted track's frames).
 EVERY_FRAME = "every_frame"
 REFRESH = "refresh"
 NONE = "none"
+
+
+# During a liveness challenge a frame still counts as the matched person down to its match threshold minus an
+# allowance for closed eyes: this share of the way from the recogniser's accept threshold (its FMR 1e-5 point) down to
+# its likely threshold (FMR 1e-3), which lands near its FMR 1e-4 point whatever its score scale (SFace: 0.47 - 0.45 x
+# 0.11 = 0.42, its LFW 1e-4 point being 0.417; dlib's ResNet: 0.952 - 0.45 x 0.026 = 0.940, its 1e-4 point). On the
+# real blink recordings closing the eyes lowered SFace's score by at most 0.038 (median 0.007, p95 0.027) from the
+# second before, while other people's frames reached at most 0.370 against 200 LFW people, so the likely threshold
+# itself (0.36) was too low (``python -m tools continuity``, docs/liveness.md).
+CLOSED_EYE_SHARE = 0.45
+IDENTITY_CHANGED = "identity changed during the liveness challenge"  # how a continuity deny's reason begins
+
+
+def continuity_allowance(accept: float, likely: float) -> float:
+    """How far below its match threshold a frame of the challenged person may score (closed eyes), for a recogniser
+    with these thresholds: ``CLOSED_EYE_SHARE`` of the gap between them (0 when ``likely`` is not below ``accept``)."""
+    return CLOSED_EYE_SHARE * max(accept - likely, 0.0)
 
 
 LivenessCheck = Callable[[int, Observation], LivenessResult]
@@ -75,14 +95,21 @@ class _TrackState:
     cooled: bool = False  # recognised while that person was in cooldown: this track never denies
     pending: tuple[int, int] | None = None  # (person_id, votes): a grant waits on a running liveness challenge
     pending_best: MatchResult | None = None  # the best vote when the challenge began (the window moves on)
+    restarted: bool = False  # the challenge was dropped (identity changed): the loop ends the track's liveness state
 
 
 class Decider:
     """Turns each track's observations into at most one grant, plus rate-limited denies."""
 
-    def __init__(self, cfg: DecisionConfig, *, liveness: LivenessCheck | None = None) -> None:
+    def __init__(
+        self, cfg: DecisionConfig, *, liveness: LivenessCheck | None = None, continuity_allowance: float = 0.0
+    ) -> None:
+        """``continuity_allowance``: during a liveness challenge, how far below its match threshold a frame of the
+        challenged person may score and still be that person (the loop passes ``continuity_allowance(accept,
+        likely)``); 0: every frame must reach the threshold itself."""
         self.cfg = cfg
         self.liveness = liveness
+        self.continuity_allowance = continuity_allowance
         self._tracks: dict[int, _TrackState] = {}
         self._last_grant: dict[int, float] = {}  # person_id -> time of the last grant, by any track
 
@@ -106,8 +133,13 @@ class Decider:
             st.window.append((obs, m))
         if st.pending is not None:
             # A grant is due and a liveness challenge is running: ask again on every frame, voted or not, so an
-            # answer (a blink) or a timeout is acted on at once.
-            return self._try_grant(track_id, st, obs, *st.pending)
+            # answer (a blink) or a timeout is acted on at once; but first check that this frame, which the
+            # challenge has just judged, is still the person it was started for.
+            pid, count = st.pending
+            broken = self._continuity_break(pid, self._best_for(st, pid), obs)
+            if broken is not None:
+                return self._restart(track_id, st, obs.t, f"{IDENTITY_CHANGED}: {broken}", pid, count)
+            return self._try_grant(track_id, st, obs, pid, count)
         if m is None:
             return None
         counts = Counter(pid for pid, _ in _votes(st.window))
@@ -122,9 +154,9 @@ class Decider:
         return self._deny(track_id, st, obs.t)
 
     def embedding_need(self, track_id: int) -> str:
-        """``EVERY_FRAME`` for a new or undecided track; ``REFRESH`` for one already denied or held by a cooldown, and
-        while a liveness challenge runs (the challenge, not new votes, decides then: the recogniser's time goes to the
-        face mesh, so a blink is seen in more frames); ``NONE`` for a granted one: its frames can no longer change
+        """``EVERY_FRAME`` for a new or undecided track and while a liveness challenge runs (every frame the challenge
+        judges is identity-checked: a face swapped in between two embeddings could otherwise answer it); ``REFRESH``
+        for one already denied or held by a cooldown; ``NONE`` for a granted one: its frames can no longer change
         anything.
         """
         st = self._tracks.get(track_id)
@@ -132,9 +164,20 @@ class Decider:
             return EVERY_FRAME
         if st.granted:
             return NONE
-        if st.pending is not None or st.denied or st.cooled:
+        if st.pending is not None:
+            return EVERY_FRAME
+        if st.denied or st.cooled:
             return REFRESH
         return EVERY_FRAME
+
+    def take_restart(self, track_id: int) -> bool:
+        """True once after ``track_id``'s liveness challenge was dropped because the face changed: the caller ends the
+        track's liveness state (``Liveness.end``), so the next grant starts a fresh challenge."""
+        st = self._tracks.get(track_id)
+        if st is None or not st.restarted:
+            return False
+        st.restarted = False
+        return True
 
     def end_track(self, track_id: int, t: float) -> Decision | None:
         """Forget ``track_id``; a track with votes that was never granted, denied or cooled down gets one deny."""
@@ -150,6 +193,37 @@ class Decider:
         if st.denied:
             return None
         return self._deny(track_id, st, t)
+
+    def _continuity_break(self, pid: int, claimed: MatchResult, obs: Observation) -> str | None:
+        """Why ``obs`` is not person ``pid`` (``claimed``: their best vote), for whom the running challenge was
+        started, or None when it is.
+
+        Every frame must carry a match whose best candidate is that person, at or above the continuity threshold;
+        the match need not be accepted (closed eyes lower the score, and a frame may fail quality)."""
+        m = obs.match
+        if m is None:
+            return f"a frame of the face was not identified ({claimed.name})"
+        if m.candidate_id != pid:
+            who = f"{m.candidate} ({m.score:.2f})" if m.candidate is not None and m.score is not None else "no one"
+            return f"the face became {who}, not {claimed.name}"
+        floor = m.threshold - self.continuity_allowance
+        if m.score is None or m.score < floor:
+            score = "no score" if m.score is None else f"{m.score:.2f}"
+            return f"{claimed.name} scored {score}, below the continuity threshold {floor:.2f}"
+        return None
+
+    def _restart(self, track_id: int, st: _TrackState, t: float, reason: str, pid: int, count: int) -> Decision | None:
+        """Drop the track's votes and its challenge for ``pid`` (``count`` votes): it must earn a fresh match and a
+        fresh challenge. Deny with ``reason``, within the deny rate limit."""
+        best = self._best_for(st, pid)
+        st.window.clear()
+        st.pending = st.pending_best = None
+        st.restarted = True
+        log.debug("track %d: %s; votes and challenge dropped", track_id, reason)
+        if st.last_deny is not None and t - st.last_deny < self.cfg.deny_interval_s:
+            return None
+        liveness = LivenessResult("fail", reason=reason)
+        return self._emit(DENIED, track_id, st, t, best, count, liveness, reason, pid, best.name)
 
     def _try_grant(self, track_id: int, st: _TrackState, obs: Observation, pid: int, count: int) -> Decision | None:
         last = self._last_grant.get(pid)

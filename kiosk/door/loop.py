@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kiosk.door.camera import Camera, Frame
-from kiosk.door.decide import NONE, Decider, Decision, Observation
+from kiosk.door.decide import NONE, Decider, Decision, Observation, continuity_allowance
 from kiosk.door.notify import Notifier
 from kiosk.door.relay import Door
 from kiosk.door.snapshots import SnapshotStore
@@ -154,7 +154,12 @@ class DoorLoop:
         self.on_prompt = on_prompt
         if liveness is not None:
             liveness.on_prompt = self._prompt
-        self.decider = decider if decider is not None else Decider(d, liveness=liveness)
+        if decider is None:
+            # A frame of the person answering a liveness challenge may score this much below the match threshold
+            # (closed eyes) and still be that person; see kiosk.door.decide.CLOSED_EYE_SHARE.
+            t = pipeline.thresholds
+            decider = Decider(d, liveness=liveness, continuity_allowance=continuity_allowance(t.accept, t.likely))
+        self.decider = decider
         self.on_frame = on_frame
         self.on_event_error = on_event_error
         self.stats = LoopStats()
@@ -253,6 +258,8 @@ class DoorLoop:
                 t=t, match=match, quality_ok=quality.ok, quality_reasons=quality.reasons, latency_ms=latency
             )
             decision = self.decider.observe(track.id, obs, track.first_seen)
+            if self.liveness is not None and self.decider.take_restart(track.id):
+                self.liveness.end(track.id)  # the face changed mid-challenge: the next match gets a fresh challenge
             if decision is not None:
                 decisions.append(decision)
                 self._act(decision, frame, track)

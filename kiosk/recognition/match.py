@@ -25,6 +25,9 @@ class MatchResult:
     threshold: float
     margin: float
     reason: str
+    # The best person's id, accepted or not: during a liveness challenge the decider tells "still the same person at a
+    # lower score" (eyes closed) from "someone else" with it. None only for an empty gallery.
+    candidate_id: int | None = None
 
 
 def cosine(a: FloatArray, b: FloatArray) -> float:
@@ -118,8 +121,14 @@ class Matcher:
         ru_score = runner_up[1] if runner_up is not None else None
         if score < self.threshold:
             reason = f"best score {score:.3f} below threshold {self.threshold:.3f}"
-            return MatchResult(False, None, None, score, name, ru_name, ru_score, self.threshold, self.margin, reason)
+            return MatchResult(
+                False, None, None, score, name, ru_name, ru_score, self.threshold, self.margin, reason, candidate_id=pid
+            )
         if ru_score is not None and score - ru_score < self.margin:
             reason = f"ambiguous: {score - ru_score:.3f} ahead of {ru_name}, margin {self.margin:.3f} needed"
-            return MatchResult(False, None, None, score, name, ru_name, ru_score, self.threshold, self.margin, reason)
-        return MatchResult(True, pid, name, score, name, ru_name, ru_score, self.threshold, self.margin, "match")
+            return MatchResult(
+                False, None, None, score, name, ru_name, ru_score, self.threshold, self.margin, reason, candidate_id=pid
+            )
+        return MatchResult(
+            True, pid, name, score, name, ru_name, ru_score, self.threshold, self.margin, "match", candidate_id=pid
+        )
