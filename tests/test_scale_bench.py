@@ -115,3 +115,17 @@ def test_prefix_keeps_exactly_the_people_asked() -> None:
     sub = scale_bench.prefix(m, [1, 3])
     assert sub.person_ids.tolist() == [1, 1, 3, 3] and sub.names == ["a", "a", "c", "c"]
     assert sub.embeddings.shape == (4, 4)
+
+
+def test_the_lfw_errata_name_real_identities_in_pairs(faces_dir: Path) -> None:
+    """Every person the errata list leaves out exists in LFW, and every row names two different people with a kind
+    and its evidence."""
+    import csv
+
+    with (faces_dir / "lfw" / "labels.csv").open(newline="") as f:
+        labels = {row["identity"] for row in csv.DictReader(f)}
+    with scale_bench.ERRATA.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all(r["identity_a"] != r["identity_b"] and r["kind"] and r["evidence"] for r in rows)
+    assert scale_bench.lfw_errata() <= labels
+    assert {r["kind"] for r in rows} <= {"alias", "same_face_image", "swapped_photos"}
