@@ -275,6 +275,7 @@ def cmd_eval(args: argparse.Namespace, cfg: Config) -> int:
     Embeddings are cached per (image sha256, pipeline fingerprint)."""
     from kiosk.lab.cache import EmbeddingCache, default_cache_path
     from kiosk.lab.evaluate import evaluate_labels, evaluate_pairs
+    from kiosk.recognition.pipeline import Pipeline
 
     csv_path: Path = args.pairs or args.labels
     if not csv_path.is_file():
