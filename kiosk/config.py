@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import reprlib
 import types
 import typing
@@ -26,6 +27,7 @@ MAX_CONFIG_BYTES = 1024 * 1024  # a config file is a few kB; anything this big i
 
 
 LIVENESS_MODES = ("off", "passive", "active", "both")
+_EXPONENT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")  # 1e-4, 2.5E3: numbers YAML 1.1 leaves as strings
 CHALLENGES = ("blink", "turn")
 
 
@@ -310,6 +312,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: must be an integer, got {_show(value)}")
         return value
     if tp is float:
+        if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):
+            value = float(value)  # PyYAML (YAML 1.1) reads `1e-4` as a string: only `1.0e-4` is a float to it
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}: must be a number, got {_show(value)}")
         try:

@@ -102,3 +102,18 @@ def test_env_var_and_missing_and_invalid_files(tmp_path: Path, monkeypatch: pyte
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
     assert isinstance(load_config(empty), Config)
+
+
+def test_exponent_numbers_are_numbers_even_where_yaml_reads_a_string() -> None:
+    """PyYAML reads `1e-4` (no dot) as a string; a float key takes it as the number it means, nothing else."""
+    import yaml
+
+    raw = yaml.safe_load("recognition:\n  fpir: 1e-4\n  margin: 5E-2\n")
+    assert isinstance(raw["recognition"]["fpir"], str)
+    cfg = parse_config(raw)
+    assert cfg.recognition.fpir == 1e-4 and cfg.recognition.margin == 0.05
+    for bad in ("1e", "e-4", "1e-4x", "0x1p-4"):
+        with pytest.raises(ConfigError, match=r"recognition\.fpir: must be a number"):
+            parse_config({"recognition": {"fpir": bad}})
+    with pytest.raises(ConfigError, match=r"recognition\.fpir: must be within"):
+        parse_config({"recognition": {"fpir": "1e3"}})

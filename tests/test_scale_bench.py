@@ -100,6 +100,7 @@ def test_bad_override_and_missing_data_fail_in_one_line(tmp_path: Path, capsys: 
     assert scale_bench.main(["--data", str(tmp_path), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert "no face data" in err and len(err.splitlines()) == 1
+    assert scale_bench.main(["--data", str(tmp_path), "--set", "recognition.fpir=high", "--quiet"]) == 2
     with pytest.raises(scale_bench.ScaleBenchError, match="KEY=VALUE"):
         scale_bench._overrides(["recognition.margin"])
     assert scale_bench._overrides(["a.b=1", "a.c=null"]) == {"a": {"b": 1, "c": None}}

@@ -62,7 +62,7 @@ from kiosk.door.loop import DoorLoop
 from kiosk.door.notify import Notifier
 from kiosk.door.relay import open_door
 from kiosk.enroll import enroll
-from kiosk.errors import FaceError
+from kiosk.errors import FaceError, KioskError
 from kiosk.gallery import Gallery, GalleryMatrix, TemplateIn
 from kiosk.imageio import read_image
 from kiosk.lab.machine import versions
@@ -788,7 +788,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "config_file": None if args.config is None else str(args.config),
                     "models": pipeline.models,
                 }
-    except ScaleBenchError as exc:
+    except (ScaleBenchError, KioskError) as exc:  # missing data, a bad --set or --config: one line
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
     report = {
