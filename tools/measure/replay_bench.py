@@ -798,15 +798,19 @@ def git_state() -> dict[str, Any]:
     return {"commit": git("rev-parse", "HEAD"), "dirty": None if status is None else bool(status)}
 
 
-def config_summary(cfg: Config, pipeline: Pipeline) -> dict[str, Any]:
-    """The settings that shape the result, with the thresholds actually in force (manifest defaults resolved)."""
+def config_summary(cfg: Config, pipeline: Pipeline, templates: int) -> dict[str, Any]:
+    """The settings that shape the result, with the thresholds actually in force (manifest defaults resolved; the
+    door's threshold for a gallery of ``templates`` templates)."""
     return {
         "config_file": None if cfg.origin is None else str(cfg.origin),
         "models": pipeline.models,
         "decision": dataclasses.asdict(cfg.decision),
         "recognition": {
-            "threshold": pipeline.thresholds.accept,
+            "threshold": round(pipeline.accept_threshold(templates), 4),
+            "threshold_model_accept": pipeline.thresholds.accept,
             "threshold_configured": cfg.recognition.threshold,
+            "fpir": cfg.recognition.fpir,
+            "expected_fpir": pipeline.expected_fpir(templates),
             "margin": cfg.recognition.margin,
             "likely": pipeline.thresholds.likely,
             "enrol_duplicate_threshold": pipeline.thresholds.duplicate,
@@ -882,6 +886,7 @@ def build_report(
     """Every figure of the run as one JSON-ready dict; ``false_grants`` and ``genuine_grant_rate`` on top."""
     views, stray = attribute(source, run.recorder)
     k = cfg.decision.frames_needed
+    templates = sum(p.templates for p in enrolment.members)
     members, strangers = _members(views, k), _strangers(views)
     grants = sum(d.granted for d, _ in run.recorder.decisions)
     pulses = sum(what == "unlock" for _, what, _ in run.timeline)
@@ -934,7 +939,7 @@ def build_report(
         "latency": _latency(views, source, run, args.realtime),
         "loop": _loop(source, run),
         "per_frame": {MEMBER: _population(views, MEMBER, k), STRANGER: _population(views, STRANGER, k)},
-        "threshold_what_if": threshold_sweep(views, k, pipeline.thresholds.accept),
+        "threshold_what_if": threshold_sweep(views, k, pipeline.accept_threshold(templates)),
         "clip": {
             "width": W,
             "height": H,
@@ -954,7 +959,7 @@ def build_report(
         "media_s": round(source.total / spec.fps, 1),
         "wall_s": round(run.wall_s, 2),
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
-        "config": config_summary(cfg, pipeline),
+        "config": config_summary(cfg, pipeline, templates),
         "machine": {**machine_before, "loadavg_after": machine()["loadavg"]},
         "versions": versions(),
         "git": git_state(),

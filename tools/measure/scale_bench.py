@@ -814,10 +814,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def rule_text(cfg: Config, pipeline: Pipeline) -> str:
     d, r = cfg.decision, cfg.recognition
-    return (
-        f"{d.frames_needed} of {d.window} frames, threshold {pipeline.thresholds.accept:g}"
-        f"{'' if r.threshold is None else ' (configured)'}, margin {r.margin:g}"
-    )
+    if r.threshold is not None or pipeline.tail is None:
+        threshold = f"fixed threshold {pipeline.thresholds.accept:g}"
+    else:
+        threshold = (
+            f"threshold for recognition.fpir {r.fpir:g} at each size (never below {pipeline.thresholds.accept:g})"
+        )
+    return f"{d.frames_needed} of {d.window} frames, {threshold}, margin {r.margin:g}"
 
 
 if __name__ == "__main__":
