@@ -193,7 +193,12 @@ class DoorLoop:
             m = self.gallery.matrix(spec.id, spec.sha256)
             self._matcher = self.pipeline.matcher(m)
             if version != self._data_version:
-                log.info("gallery loaded: %d templates of %d people", len(m), len(set(m.person_ids.tolist())))
+                log.info(
+                    "gallery loaded: %d templates of %d people, threshold %.3f",
+                    len(m),
+                    len(set(m.person_ids.tolist())),
+                    self._matcher.threshold,
+                )
             self._data_version, self._matrix_loaded = version, now
         return self._matcher
 
