@@ -243,3 +243,46 @@ def test_eval_liveness_splice_input_errors(
     cfg = config_file(tmp_path)
     code, _, err = cli("-c", str(cfg), "eval-liveness", *(a.replace("{tmp}", str(tmp_path)) for a in argv))
     assert code == ExitCode.INPUT and message in err and err.count("\n") == 1, err
+
+
+class Passive:
+    """A passive check: "pass" whenever asked (what a live face's frames would give it); records each call."""
+
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+
+    def __call__(self, track_id: int, obs: Observation) -> LivenessResult:
+        self.calls.append(obs.t)
+        return LivenessResult("pass", reason="passive score 0.93")
+
+
+def test_passive_evidence_from_another_face_holds_the_grant_until_it_is_all_the_voted_person() -> None:
+    """Passive liveness averages the track's last frames: a live stranger's frames just before Alice's photo must not
+    lend the photo their score. With three evidence frames, the grant waits until the last three are all Alice."""
+    frames = [alice(), seen(BOB, "bob", 0.3), seen(BOB, "bob", 0.3), alice(), alice(), alice(), alice()]
+    old = Passive()
+    assert run(Decider(CFG, liveness=old, continuity_allowance=ALLOWANCE), frames)[0][0] == 4  # votes at 0, 3, 4
+    strict = Passive()
+    d = Decider(CFG, liveness=strict, continuity_allowance=ALLOWANCE, evidence_frames=3)
+    decisions = run(d, frames[:5])
+    assert decisions == [] and strict.calls == []  # frame 4: the evidence is (bob, alice, alice): no check, no grant
+    assert d.embedding_need(1) == EVERY_FRAME  # until the evidence is all checked frames of Alice
+    d2 = Decider(CFG, liveness=Passive(), continuity_allowance=ALLOWANCE, evidence_frames=3)
+    assert [(i, o, who) for i, o, _, who in run(d2, frames)] == [(5, "granted", "alice")]
+
+
+def test_an_unembedded_frame_in_the_evidence_holds_the_grant_and_asks_for_embeddings() -> None:
+    d = Decider(CFG, liveness=Passive(), continuity_allowance=ALLOWANCE, evidence_frames=3)
+    frames: list[MatchResult | None] = [alice(), alice(), None, alice(), alice(), alice()]
+    assert [(i, o) for i, o, _, _ in run(d, frames)] == [(5, "granted")]
+
+
+def test_the_loop_gives_its_decider_the_passive_layers_frames_as_evidence() -> None:
+    from kiosk.config import parse_config
+    from kiosk.door.loop import DoorLoop
+    from tests.test_failsecure import NoFaces
+
+    for mode, frames in (("passive", 4), ("both", 4), ("active", 1), ("off", 1)):
+        cfg = parse_config({"liveness": {"mode": mode, "passive": {"frames": 4}}})
+        loop = DoorLoop(NoFaces(cfg), None, None, None)
+        assert loop.decider.evidence_frames == frames, mode

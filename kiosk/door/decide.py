@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kiosk.config import DecisionConfig
 from kiosk.recognition.match import MatchResult
@@ -96,20 +96,31 @@ class _TrackState:
     pending: tuple[int, int] | None = None  # (person_id, votes): a grant waits on a running liveness challenge
     pending_best: MatchResult | None = None  # the best vote when the challenge began (the window moves on)
     restarted: bool = False  # the challenge was dropped (identity changed): the loop ends the track's liveness state
+    recent: deque[Observation] = field(default_factory=deque)  # the last ``evidence_frames`` frames, embedded or not
+    confirming: bool = False  # a grant is due but the liveness evidence holds unchecked frames: embed every frame
 
 
 class Decider:
     """Turns each track's observations into at most one grant, plus rate-limited denies."""
 
     def __init__(
-        self, cfg: DecisionConfig, *, liveness: LivenessCheck | None = None, continuity_allowance: float = 0.0
+        self,
+        cfg: DecisionConfig,
+        *,
+        liveness: LivenessCheck | None = None,
+        continuity_allowance: float = 0.0,
+        evidence_frames: int = 1,
     ) -> None:
         """``continuity_allowance``: during a liveness challenge, how far below its match threshold a frame of the
         challenged person may score and still be that person (the loop passes ``continuity_allowance(accept,
-        likely)``); 0: every frame must reach the threshold itself."""
+        likely)``); 0: every frame must reach the threshold itself. ``evidence_frames``: how many of a track's latest
+        frames the liveness check judges before a challenge (the passive layer's ``liveness.passive.frames``); a
+        grant is attempted only when every one of them is the person voted for, by the same continuity rule, so a
+        live face shown just before a photo cannot lend the photo its liveness score."""
         self.cfg = cfg
         self.liveness = liveness
         self.continuity_allowance = continuity_allowance
+        self.evidence_frames = max(1, int(evidence_frames))
         self._tracks: dict[int, _TrackState] = {}
         self._last_grant: dict[int, float] = {}  # person_id -> time of the last grant, by any track
 
@@ -125,10 +136,13 @@ class Decider:
         """
         st = self._tracks.get(track_id)
         if st is None:
-            st = self._tracks[track_id] = _TrackState(first_seen, deque(maxlen=self.cfg.window))
+            st = self._tracks[track_id] = _TrackState(
+                first_seen, deque(maxlen=self.cfg.window), recent=deque(maxlen=self.evidence_frames)
+            )
         m = obs.match
         if st.granted:
             return None
+        st.recent.append(obs)
         if m is not None:
             st.window.append((obs, m))
         if st.pending is not None:
@@ -144,6 +158,10 @@ class Decider:
             return None
         counts = Counter(pid for pid, _ in _votes(st.window))
         if _votes_for(obs, m) and m.person_id is not None and counts[m.person_id] >= self.cfg.frames_needed:
+            if self.liveness is not None and self._evidence_break(st, m.person_id) is not None:
+                st.confirming = True  # the evidence holds frames of another face or unchecked ones: wait for more
+                return None
+            st.confirming = False
             return self._try_grant(track_id, st, obs, m.person_id, counts[m.person_id])
         if len(st.window) < self.cfg.window or st.cooled:
             return None
@@ -164,7 +182,7 @@ class Decider:
             return EVERY_FRAME
         if st.granted:
             return NONE
-        if st.pending is not None:
+        if st.pending is not None or st.confirming:
             return EVERY_FRAME
         if st.denied or st.cooled:
             return REFRESH
@@ -210,6 +228,16 @@ class Decider:
         if m.score is None or m.score < floor:
             score = "no score" if m.score is None else f"{m.score:.2f}"
             return f"{claimed.name} scored {score}, below the continuity threshold {floor:.2f}"
+        return None
+
+    def _evidence_break(self, st: _TrackState, pid: int) -> str | None:
+        """Why the frames the liveness check is about to judge are not all person ``pid``, or None when they are
+        (fewer frames than ``evidence_frames`` so far: the check itself waits for more)."""
+        claimed = self._best_for(st, pid)
+        for obs in st.recent:
+            broken = self._continuity_break(pid, claimed, obs)
+            if broken is not None:
+                return broken
         return None
 
     def _restart(self, track_id: int, st: _TrackState, t: float, reason: str, pid: int, count: int) -> Decision | None:

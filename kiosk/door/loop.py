@@ -157,8 +157,14 @@ class DoorLoop:
         if decider is None:
             # A frame of the person answering a liveness challenge may score this much below the match threshold
             # (closed eyes) and still be that person; see kiosk.door.decide.CLOSED_EYE_SHARE.
-            t = pipeline.thresholds
-            decider = Decider(d, liveness=liveness, continuity_allowance=continuity_allowance(t.accept, t.likely))
+            # The passive layer judges the track's last ``liveness.passive.frames`` frames: all must be the person.
+            t, live = pipeline.thresholds, self.cfg.liveness
+            decider = Decider(
+                d,
+                liveness=liveness,
+                continuity_allowance=continuity_allowance(t.accept, t.likely),
+                evidence_frames=live.passive.frames if live.passive_required else 1,
+            )
         self.decider = decider
         self.on_frame = on_frame
         self.on_event_error = on_event_error
