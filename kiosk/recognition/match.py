@@ -119,16 +119,27 @@ class Matcher:
         name = self._person_name[pid]
         ru_name = self._person_name[runner_up[0]] if runner_up is not None else None
         ru_score = runner_up[1] if runner_up is not None else None
+
+        def result(accepted: bool, reason: str) -> MatchResult:
+            """The outcome: person id and name only when accepted; the candidate (best person) always."""
+            return MatchResult(
+                accepted,
+                pid if accepted else None,
+                name if accepted else None,
+                score,
+                name,
+                ru_name,
+                ru_score,
+                self.threshold,
+                self.margin,
+                reason,
+                candidate_id=pid,
+            )
+
         if score < self.threshold:
-            reason = f"best score {score:.3f} below threshold {self.threshold:.3f}"
-            return MatchResult(
-                False, None, None, score, name, ru_name, ru_score, self.threshold, self.margin, reason, candidate_id=pid
-            )
+            return result(False, f"best score {score:.3f} below threshold {self.threshold:.3f}")
         if ru_score is not None and score - ru_score < self.margin:
-            reason = f"ambiguous: {score - ru_score:.3f} ahead of {ru_name}, margin {self.margin:.3f} needed"
-            return MatchResult(
-                False, None, None, score, name, ru_name, ru_score, self.threshold, self.margin, reason, candidate_id=pid
+            return result(
+                False, f"ambiguous: {score - ru_score:.3f} ahead of {ru_name}, margin {self.margin:.3f} needed"
             )
-        return MatchResult(
-            True, pid, name, score, name, ru_name, ru_score, self.threshold, self.margin, "match", candidate_id=pid
-        )
+        return result(True, "match")
