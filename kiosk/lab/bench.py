@@ -42,12 +42,13 @@ import numpy as np
 from kiosk.config import Config
 from kiosk.context import Context
 from kiosk.door.camera import Camera, Frame
-from kiosk.door.decide import Decision
+from kiosk.door.decide import Decider, Decision
 from kiosk.door.loop import DoorLoop
 from kiosk.door.notify import Notifier
 from kiosk.door.relay import SimulatedDoor, open_door
 from kiosk.enroll import enroll
 from kiosk.errors import ConfigError, FaceError, InputError, KioskError
+from kiosk.gallery import Gallery
 from kiosk.lab.frames import (
     DEFAULT_FPS,
     ENV_DATA,
@@ -258,13 +259,16 @@ class LoopRun:
 @contextlib.contextmanager
 def lockstep_loop(
     pipeline: Pipeline,
-    ctx: Context,
+    gallery: Gallery,
     clock: ManualClock,
     on_decision: Callable[[Decision, str], None],
     liveness: Liveness | None = None,
+    *,
+    decider: Decider | None = None,
 ) -> Iterator[tuple[DoorLoop, SimulatedDoor]]:
     """The real ``DoorLoop`` driven frame by frame through ``DoorLoop.process`` on the media clock ``clock`` (its
-    camera, on an empty scripted source, is never started), with the simulated door; both closed on the way out."""
+    camera, on an empty scripted source, is never started), with the simulated door; both closed on the way out.
+    ``decider``: as ``DoorLoop``'s (a measuring tool's own; default: the loop builds the door's)."""
     cfg = pipeline.cfg
     camera = Camera(ScriptedSource(name="bench"), cfg.camera, clock=clock)
     door = open_door(cfg.door, clock=clock)
@@ -273,13 +277,14 @@ def lockstep_loop(
             raise KioskError("kiosk bench needs the simulated door")
         loop = DoorLoop(
             pipeline,
-            ctx.gallery,
+            gallery,
             camera,
             door,
             notifier=Notifier(address=""),
             clock=clock,
             on_decision=on_decision,
             liveness=liveness,
+            decider=decider,
         )
         yield loop, door
     finally:
@@ -301,7 +306,7 @@ def run_loop(pipeline: Pipeline, ctx: Context, frames: FrameSet, liveness: Liven
 
     frame_ms: list[float] = []
     embedded: list[bool] = []
-    with lockstep_loop(pipeline, ctx, clock, on_decision, liveness) as (loop, door):
+    with lockstep_loop(pipeline, ctx.gallery, clock, on_decision, liveness) as (loop, door):
         door.off()
         started = time.perf_counter()
         for i, jpeg in enumerate(frames.jpegs):
@@ -457,7 +462,7 @@ def cold_start_child(cfg: Config, frame_path: Path) -> dict[str, Any]:
         rss_warm = peak_rss_mb()
         clock = ManualClock()
         decided: list[Decision] = []
-        with lockstep_loop(pipeline, ctx, clock, lambda d, _a: decided.append(d)) as (loop, _door):
+        with lockstep_loop(pipeline, ctx.gallery, clock, lambda d, _a: decided.append(d)) as (loop, _door):
             fps = cfg.camera.fps or DEFAULT_FPS
             frames = 0
             limit = cfg.decision.window * 4 + 10

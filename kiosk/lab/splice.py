@@ -145,7 +145,7 @@ def run_clip(
     recorded too."""
     clock = ManualClock(start=clip.times[0])
     decisions: list[Decision] = []
-    with lockstep_loop(ctx.pipeline, ctx, clock, lambda d, _: decisions.append(d), liveness) as (loop, door):
+    with lockstep_loop(ctx.pipeline, ctx.gallery, clock, lambda d, _: decisions.append(d), liveness) as (loop, door):
         loop.on_prompt = on_prompt
         door.off()
         for i, (image, t) in enumerate(zip(clip.frames, clip.times, strict=True)):

@@ -56,16 +56,15 @@ import yaml
 
 from kiosk.config import Config, load_config, parse_config
 from kiosk.context import Context
-from kiosk.door.camera import Camera, Frame
+from kiosk.door.camera import Frame
 from kiosk.door.decide import EVERY_FRAME, Decider, Decision
-from kiosk.door.loop import DoorLoop
-from kiosk.door.notify import Notifier
-from kiosk.door.relay import open_door
 from kiosk.enroll import enroll
 from kiosk.errors import FaceError, KioskError
 from kiosk.gallery import Gallery, GalleryMatrix, TemplateIn
 from kiosk.imageio import read_image
+from kiosk.lab.bench import lockstep_loop
 from kiosk.lab.machine import versions
+from kiosk.models.manifest import ModelSpec
 from kiosk.recognition.match import Matcher
 from kiosk.recognition.pipeline import Pipeline
 from kiosk.stats import dist
@@ -77,13 +76,13 @@ from tools.measure.replay_bench import (
     STRANGER,
     ClipSpec,
     Probe,
-    ReplaySource,
     _rng,
     _shuffled,
     data_dir,
     git_state,
     machine,
     noise_bank,
+    pick_strangers,
     read_lfw_labels,
     render_face_frame,
 )
@@ -160,15 +159,10 @@ def enrol_population(
             break
         if slot % 200 == 199:
             progress(f"seed {seed}: {slot + 1} members enrolled")
-    others = [k for k in by_identity if k not in used]
-    if len(others) < n_strangers:
-        raise ScaleBenchError(f"only {len(others)} LFW identities left for {n_strangers} strangers")
-    for identity in _shuffled(others, _rng(seed, "strangers"))[:n_strangers]:
-        photos = by_identity[identity]
-        pick = photos[int(_rng(seed, "stranger photo", identity).integers(len(photos)))]
-        pop.strangers.append(Probe(STRANGER, identity, lfw / pick))
-        used.add(identity)
-    rest = [("lfw", k) for k in by_identity if k not in used] + [("train", k) for k in _train_identities(faces)]
+    pop.strangers = pick_strangers(by_identity, used, lfw, n_strangers, seed)
+    used |= {p.identity for p in pop.strangers}
+    train = _train_labels(faces)
+    rest = [("lfw", k) for k in by_identity if k not in used] + [("train", k) for k in train]
     order = [rest[int(i)] for i in _rng(seed, "distractors").permutation(len(rest))]
     spec = pipeline.embedder.spec
     for source, identity in order:
@@ -184,7 +178,8 @@ def enrol_population(
                 assert report.person is not None
                 pid = report.person.id
             else:
-                crop = _train_crop(faces, identity, seed)
+                crops = train[identity]
+                crop = faces / "train" / crops[int(_rng(seed, "train crop", identity).integers(len(crops)))]
                 vector = pipeline.embedder.embed([read_image(crop)])[0]
                 template = TemplateIn(vector, spec.id, spec.sha256, 1.0, f"train/{crop.name}")
                 pid = gallery.enroll(identity, [template]).id
@@ -203,29 +198,15 @@ def enrol_population(
     return pop
 
 
-_TRAIN: dict[Path, dict[str, list[str]]] = {}
-
-
 def _train_labels(faces: Path) -> dict[str, list[str]]:
     """``train/labels.csv`` as identity -> crop paths (sorted); empty when the folder is absent."""
-    if faces not in _TRAIN:
-        labels = faces / "train" / "labels.csv"
-        out: dict[str, list[str]] = {}
-        if labels.is_file():
-            with labels.open(newline="", encoding="utf-8") as f:
-                for row in csv.DictReader(f):
-                    out.setdefault(row["identity"], []).append(row["path"])
-        _TRAIN[faces] = {k: sorted(v) for k, v in sorted(out.items())}
-    return _TRAIN[faces]
-
-
-def _train_identities(faces: Path) -> list[str]:
-    return list(_train_labels(faces))
-
-
-def _train_crop(faces: Path, identity: str, seed: int) -> Path:
-    crops = _train_labels(faces)[identity]
-    return faces / "train" / crops[int(_rng(seed, "train crop", identity).integers(len(crops)))]
+    labels = faces / "train" / "labels.csv"
+    out: dict[str, list[str]] = {}
+    if labels.is_file():
+        with labels.open(newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                out.setdefault(row["identity"], []).append(row["path"])
+    return {k: sorted(v) for k, v in sorted(out.items())}
 
 
 # -- recording -----------------------------------------------------------------------------------------------------
@@ -267,7 +248,7 @@ class _RecordingPipeline:
         self.thresholds = inner.thresholds
         self.embedder = self  # the loop calls pipeline.embedder.embed and reads .spec
         self.spec = inner.embedder.spec
-        self.faces: list[Face] = []
+        self.selected: list[Face] = []  # the faces the loop prepared (its tracks' faces), in its order
         self.prepared: list[tuple[Image, QualityReport]] = []
         self.vectors: dict[int, FloatArray] = {}
 
@@ -275,12 +256,11 @@ class _RecordingPipeline:
         return self.inner.matcher(m)
 
     def detect(self, image: Image) -> list[Face]:
-        self.faces, self.prepared, self.vectors = self.inner.detect(image), [], {}
-        return self.faces
+        self.selected, self.prepared, self.vectors = [], [], {}
+        return self.inner.detect(image)
 
     def prepare(self, image: Image, faces: list[Face]) -> list[tuple[Image, QualityReport]]:
-        self.prepared = self.inner.prepare(image, faces)
-        self.selected = list(faces)
+        self.selected, self.prepared = list(faces), self.inner.prepare(image, faces)
         return self.prepared
 
     def embed(self, crops: list[Image]) -> FloatArray:
@@ -291,10 +271,11 @@ class _RecordingPipeline:
         return out
 
     def take(self) -> FrameRec:
-        faces = tuple(getattr(self, "selected", []) if self.prepared else [])
-        rec = FrameRec(faces, tuple(q for _, q in self.prepared), tuple(self.vectors.get(i) for i in range(len(faces))))
-        self.prepared, self.selected = [], []
-        return rec
+        """What the frame just processed gave (nothing when it had no face)."""
+        n = len(self.selected)
+        return FrameRec(
+            tuple(self.selected), tuple(q for _, q in self.prepared), tuple(map(self.vectors.get, range(n)))
+        )
 
 
 class _EmbedEveryFrame(Decider):
@@ -307,12 +288,12 @@ class _EmbedEveryFrame(Decider):
 class _Replayed:
     """A pipeline whose detector, quality stage and recogniser return the recorded results of the current frame."""
 
-    def __init__(self, real: Pipeline | _Stub) -> None:
+    def __init__(self, real: Pipeline) -> None:
         self.cfg = real.cfg
         self.thresholds = real.thresholds
         self._real = real
         self.embedder = self
-        self.spec = real.embedder.spec if isinstance(real, Pipeline) else real.spec
+        self.spec = real.embedder.spec
         self.current = EMPTY
 
     def matcher(self, m: GalleryMatrix) -> Matcher:
@@ -332,40 +313,6 @@ class _Replayed:
         return np.stack([v for v in vectors if v is not None])
 
 
-@dataclass(frozen=True)
-class _Stub:
-    """What a replay needs of a pipeline when the models are not loaded (a cached recording): config, thresholds,
-    the recogniser's spec and the door's matcher factory."""
-
-    cfg: Config
-    thresholds: Any
-    spec: Any
-    factory: Callable[[GalleryMatrix], Matcher]
-
-    def matcher(self, m: GalleryMatrix) -> Matcher:
-        return self.factory(m)
-
-
-class _FixedMatcherLoop(DoorLoop):
-    """The real loop on one fixed gallery matrix (a prefix of the recorded gallery), built by the product's factory."""
-
-    fixed: Matcher
-
-    def matcher(self, now: float) -> Matcher:
-        return self.fixed
-
-
-def _loop(pipeline: Any, gallery: Gallery, clock: ManualClock, decider: Decider | None, matcher: Matcher) -> Any:
-    cfg = pipeline.cfg
-    door = open_door(cfg.door, clock=clock)
-    camera = Camera(ReplaySource([], {}, ClipSpec(), 0), cfg.camera, clock=clock)  # never started: frames are fed
-    loop = _FixedMatcherLoop(
-        pipeline, gallery, camera, door, notifier=Notifier(address=""), clock=clock, decider=decider
-    )
-    loop.fixed = matcher
-    return loop, door
-
-
 def record(
     pipeline: Pipeline, gallery: Gallery, pop: Population, spec: ClipSpec, seed: int, progress: Callable[[str], None]
 ) -> Recording:
@@ -377,11 +324,12 @@ def record(
     full = gallery.matrix(spec_m.id, spec_m.sha256)
     rec_pipeline = _RecordingPipeline(pipeline)
     clock = ManualClock()
-    loop, door = _loop(rec_pipeline, gallery, clock, _EmbedEveryFrame(pipeline.cfg.decision), pipeline.matcher(full))
     noise = noise_bank(seed)
     clips: list[list[FrameRec]] = []
     period = spec.frames_per_clip / spec.fps
-    try:
+    every_frame = _EmbedEveryFrame(pipeline.cfg.decision)
+    runner: Any = rec_pipeline  # enough of a Pipeline for the loop
+    with lockstep_loop(runner, gallery, clock, lambda _d, _a: None, decider=every_frame) as (loop, _door):
         for n, probe in enumerate(probes):
             photo = read_image(probe.path)
             frames = []
@@ -397,8 +345,6 @@ def record(
             clips.append(frames)
             if n % 100 == 99:
                 progress(f"seed {seed}: {n + 1}/{len(probes)} clips recorded")
-    finally:
-        door.close()
     return Recording(
         seed=seed,
         spec=spec,
@@ -445,9 +391,20 @@ class SizeResult:
     seconds: float
 
 
-def decide(rec: Recording, pipeline: Any, size: int, gallery: Gallery, *, live: Pipeline | None = None) -> SizeResult:
-    """Replay the probes of gallery size ``size`` through the real loop on the recorded frames; with ``live`` (the
-    real pipeline), render the same frames again and run them through it instead (``--verify``: a replay must decide
+def gallery_of(m: GalleryMatrix, spec: ModelSpec) -> Gallery:
+    """A throwaway in-memory gallery holding exactly the templates of ``m``, people in their order: the door loop
+    loads it, builds its matcher and writes its events as it does at a real door."""
+    gallery = Gallery(":memory:")
+    for pid in dict.fromkeys(m.person_ids.tolist()):
+        rows = np.flatnonzero(m.person_ids == pid)
+        templates = [TemplateIn(m.embeddings[r], spec.id, spec.sha256, 1.0, "scale-bench") for r in rows]
+        gallery.enroll(m.names[rows[0]], templates)
+    return gallery
+
+
+def decide(rec: Recording, pipeline: Pipeline, size: int, *, live: bool = False) -> SizeResult:
+    """Replay the probes of gallery size ``size`` through the real loop on the recorded frames; with ``live``,
+    render the same frames again and run them through the real pipeline instead (``--verify``: a replay must decide
     exactly as the live loop does)."""
     started = time.perf_counter()
     pop = rec.population
@@ -467,39 +424,37 @@ def decide(rec: Recording, pipeline: Any, size: int, gallery: Gallery, *, live: 
     ]
     m = prefix(rec.matrix, ids)
     replayed = _Replayed(pipeline)
-    matcher = replayed.matcher(m)
     clock = ManualClock()
     decisions: list[Decision] = []
-    decider = Decider(pipeline.cfg.decision)
-    loop, door = _loop(replayed if live is None else live, gallery, clock, decider, matcher)
-    noise = noise_bank(rec.seed) if live is not None else []
-    loop.on_decision = lambda d, _action: decisions.append(d)
+    noise = noise_bank(rec.seed) if live else []
     spec = rec.spec
     period = spec.frames_per_clip / spec.fps
     per_clip: list[list[Decision]] = []
-    try:
+    runner: Any = pipeline if live else replayed
+    with (
+        gallery_of(m, pipeline.embedder.spec) as gallery,
+        lockstep_loop(runner, gallery, clock, lambda d, _a: decisions.append(d)) as (loop, _door),
+    ):
         for slot, (n, probe) in enumerate(shown):
             before = len(decisions)
-            photo = read_image(probe.path) if live is not None else IMAGE
+            photo = read_image(probe.path) if live else IMAGE
             for k, frame in enumerate(rec.clips[n]):
                 t = slot * period + k / spec.fps
                 clock.advance_to(t)
                 replayed.current = frame
-                image = IMAGE if live is None else render_face_frame(photo, spec, rec.seed, n, k, noise)
+                image = render_face_frame(photo, spec, rec.seed, n, k, noise) if live else IMAGE
                 loop.process(Frame(image, slot * spec.frames_per_clip + k, t))
             t = slot * period + (spec.frames_per_clip - 1) / spec.fps
             clock.advance_to(t)
             replayed.current = EMPTY
             loop.process(Frame(IMAGE, slot * spec.frames_per_clip + spec.frames_per_clip - 1, t))
             per_clip.append(decisions[before:])
-    finally:
-        door.close()
     pairs = [(p, ds) for (_, p), ds in zip(shown, per_clip, strict=True)]
     return SizeResult(
         size=size,
         people=len(ids),
         templates=len(m),
-        threshold=matcher.threshold,
+        threshold=pipeline.accept_threshold(len(m)),  # what the loop's matcher used (Pipeline.matcher)
         members=[(p, ds) for p, ds in pairs if p.kind == MEMBER],
         strangers=[(p, ds) for p, ds in pairs if p.kind == STRANGER],
         seconds=time.perf_counter() - started,
@@ -518,7 +473,7 @@ def same_decisions(a: SizeResult, b: SizeResult) -> bool:
     return keys(a) == keys(b)
 
 
-def summarise(r: SizeResult, spec: ClipSpec) -> dict[str, Any]:
+def summarise(r: SizeResult) -> dict[str, Any]:
     """Counts, rates and waits of one size."""
 
     def granted(ds: list[Decision]) -> Decision | None:
@@ -762,12 +717,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for seed in args.seeds:
                     rec = load_or_record(args, ctx, faces, seed, progress)
                     for size in args.sizes:
-                        with Gallery(":memory:") as events:  # the loop's event log, thrown away
-                            result = decide(rec, pipeline, size, events)
-                        row = {"seed": seed, **summarise(result, rec.spec)}
+                        result = decide(rec, pipeline, size)
+                        row = {"seed": seed, **summarise(result)}
                         if args.verify and size == args.sizes[0]:
-                            with Gallery(":memory:") as events:
-                                live = decide(rec, pipeline, size, events, live=pipeline)
+                            live = decide(rec, pipeline, size, live=True)
                             row["verified_live"] = same_decisions(result, live)
                             if not row["verified_live"]:
                                 raise ScaleBenchError(
