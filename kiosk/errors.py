@@ -24,6 +24,7 @@
     ├── AccountError                        exit FAILURE       the web's accounts database (kiosk.web.accounts)
     │   ├── AccountNotFoundError (LookupError)  exit NOT_FOUND
     │   └── AccountExistsError              exit DUPLICATE
+    ├── ListenError                         exit FAILURE       `kiosk web` cannot open a listener (address in use, ...)
     ├── InsecureStorageError                exit INSECURE      data dir / gallery readable by others or wrong owner
     ├── TemplateKeyError                    exit KEY           gallery encryption key missing, wrong or unreadable
     └── TamperedError                       exit TAMPERED      event hash chain broken, backup not a gallery
@@ -171,3 +172,7 @@ class AccountNotFoundError(AccountError, LookupError):
 
 class AccountExistsError(AccountError):
     exit_code = ExitCode.DUPLICATE
+
+
+class ListenError(KioskError):
+    """``kiosk web`` cannot open a listener: the address is in use or not this host's, or the port is privileged."""

