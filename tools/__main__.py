@@ -65,6 +65,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "tools.measure.soak",
         "run the kiosk for hours under injected faults; report frames, restarts, memory, fds",
     ),
+    "web-rss": ("tools.measure.web_rss", "peak memory (VmHWM) and page times of `kiosk web` under an admin session"),
     "lock": ("tools.lock", "regenerate the hashed dependency lock in tools/requirements/ (make lock)"),
     "readme-tables": (
         "tools.measure.readme_tables",
