@@ -140,6 +140,7 @@ def test_cookie_flags_without_and_with_tls(services: WebServices) -> None:
     with TestClient(create_app(services)) as c:
         cookie = c.post("/api/session", json={"username": "ada", "password": PASSWORD}).headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie and "Secure" not in cookie
+    assert f"Max-Age={round(services.cfg.web.session_max_h * 3600)}" in cookie  # the server ends it when idle
     with TestClient(create_app(services), base_url="https://testserver") as c:
         r = c.post("/api/session", json={"username": "ada", "password": PASSWORD})
     assert "Secure" in r.headers["set-cookie"] and "HttpOnly" in r.headers["set-cookie"]
