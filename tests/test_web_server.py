@@ -282,6 +282,26 @@ def test_the_server_serves_https_with_its_certificate_and_stops_cleanly(server: 
     assert PASSWORD not in log and "Traceback" not in log
 
 
+def test_a_server_without_accounts_says_how_to_make_one(tmp_path: Path) -> None:
+    cfg = config_file(tmp_path, "web:\n  listen: ['127.0.0.1:0']\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KIOSK_")} | {"PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kiosk", "-c", str(cfg), "web"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        text=True, env=env,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    try:
+        first, second = proc.stderr.readline(), proc.stderr.readline()
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+        code = proc.wait(timeout=20)
+        proc.stderr.close()
+    assert code == 0, first + second
+    assert re.fullmatch(r"kiosk web: serving the door screen and the admin app on http://127\.0\.0\.1:\d+/\n", first)
+    assert "no web accounts yet: make the first admin with `kiosk web user add NAME --role admin`" in second
+
+
 def test_a_config_error_stops_the_start_with_one_line(tmp_path: Path) -> None:
     cfg = config_file(tmp_path, "web:\n  listen: ['http://0.0.0.0:8080']\n")
     result = _kiosk(cfg, "web")

@@ -210,6 +210,8 @@ def serve(
                         announce(line)
                 if cert and announce:
                     announce(f"TLS certificate {cert[0]} (SHA-256 {fingerprint(cert[0])})")
+                if announce and not services.accounts.list_accounts():
+                    announce("no web accounts yet: make the first admin with `kiosk web user add NAME --role admin`")
                 notifier.ready("serving")
             results = await asyncio.gather(*tasks, return_exceptions=True)
             for server in servers:
