@@ -62,10 +62,10 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_demo)
 
 
-def cmd_models(args: argparse.Namespace, cfg: Config) -> int:
-    """List the models in the manifest with their task, format, licence and hash status."""
+def model_list(cfg: Config) -> list[dict[str, Any]]:
+    """Every model of the manifest: id, task, format, licence, sha256, file, whether configured, hash status."""
     manifest = load_manifest(cfg.models.manifest)
-    rows, out = [], []
+    out = []
     for spec in manifest.models.values():
         try:
             spec.verify()
@@ -85,16 +85,23 @@ def cmd_models(args: argparse.Namespace, cfg: Config) -> int:
                 "status": status,
             }
         )
-        rows.append(
-            [
-                spec.id + (" *" if active else ""),
-                spec.task,
-                spec.format,
-                spec.licence,
-                spec.sha256[:12],
-                "ok" if status == "ok" else "BAD",
-            ]
-        )
+    return out
+
+
+def cmd_models(args: argparse.Namespace, cfg: Config) -> int:
+    """List the models in the manifest with their task, format, licence and hash status."""
+    out = model_list(cfg)
+    rows = [
+        [
+            m["id"] + (" *" if m["active"] else ""),
+            m["task"],
+            m["format"],
+            m["licence"],
+            m["sha256"][:12],
+            "ok" if m["status"] == "ok" else "BAD",
+        ]
+        for m in out
+    ]
     if args.json:
         emit_json(out)
     else:
@@ -106,9 +113,22 @@ def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
     """Validate the config, the configured models' hashes, the gallery (PRAGMA integrity_check, stale templates),
     its permissions, its encryption against the configured key and its event hash chain, the camera source and
     the relay driver (neither is opened). Exits non-zero when anything is wrong."""
+    checks = check_results(cfg)
+    ok = all(c["ok"] for c in checks)
+    if args.json:
+        emit_json({"ok": ok, "checks": checks})
+    else:
+        for c in checks:
+            print(f"{'ok  ' if c['ok'] else 'FAIL'}  {c['check']}: {c['detail']}")
+    return 0 if ok else int(ExitCode.FAILURE)
+
+
+def check_results(cfg: Config, *, pipeline: Pipeline | None = None) -> list[dict[str, Any]]:
+    """What ``kiosk check`` checks, as a list of {"check", "ok", "detail", ...}; ``pipeline``: one already loaded
+    (the web app's), else the configured models are loaded and hash-checked here."""
     checks: list[dict[str, Any]] = [{"check": "config", "ok": True, "detail": str(cfg.origin or "built-in defaults")}]
     gallery, gallery_error = _open_for_check(cfg)
-    with Context(cfg, gallery=gallery) as ctx:
+    with Context(cfg, gallery=gallery, pipeline=pipeline) as ctx:
         try:
             pipeline = ctx.pipeline
             for role, info in pipeline.models.items():
@@ -152,13 +172,7 @@ def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
             except KioskError as exc:
                 checks.append({"check": "gallery", "ok": False, "detail": str(exc)})
     checks += [_check_camera(cfg), _check_door(cfg)]
-    ok = all(c["ok"] for c in checks)
-    if args.json:
-        emit_json({"ok": ok, "checks": checks})
-    else:
-        for c in checks:
-            print(f"{'ok  ' if c['ok'] else 'FAIL'}  {c['check']}: {c['detail']}")
-    return 0 if ok else int(ExitCode.FAILURE)
+    return checks
 
 
 def _check_open_set(cfg: Config, pipeline: Pipeline, people: int, templates: int) -> dict[str, Any]:
