@@ -13,20 +13,9 @@ from fastapi.testclient import TestClient
 from kiosk.gallery.open import open_gallery
 from kiosk.web import people
 from kiosk.web.services import WebServices
-from tests.webapi_support import (  # noqa: F401 - fixtures
-    admin,
-    blurred,
-    bomb,
-    corrupt,
-    enrol,
-    lfw,
-    no_face,
-    powell,
-    services,
-    two_faces,
-    upload,
-    viewer,
-)
+from tests.webapi_support import blurred, bomb, corrupt, enrol, lfw, no_face, powell, two_faces, upload
+
+pytest_plugins = ("tests.webapi_fixtures",)  # the services, admin and viewer fixtures
 
 
 def _people(services: WebServices) -> list[str]:
@@ -171,7 +160,7 @@ def test_bmp_is_refused_on_the_web(admin: TestClient) -> None:
     import cv2
     import numpy as np
 
-    ok, buf = cv2.imencode(".bmp", np.zeros((32, 32, 3), np.uint8))
+    _, buf = cv2.imencode(".bmp", np.zeros((32, 32, 3), np.uint8))
     r = enrol(admin, "Someone", ("x.bmp", buf.tobytes()))
     assert r.json()["verdicts"][0]["message"] == "unsupported format (BMP): upload JPEG, PNG or WebP photos"
 

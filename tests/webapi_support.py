@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from kiosk.errors import KioskError
 from kiosk.web.app import create_app
 from kiosk.web.services import WebServices
 from tests.conftest import test_data_dir
-from tests.web_helpers import PASSWORD, FakeLink, login, make_services
+from tests.web_helpers import FakeLink, login
 
 
 class LoopDown(KioskError):
@@ -64,36 +63,12 @@ def api_config(tmp_path: Path, *, snapshots: bool = False) -> Config:
     )
 
 
-@pytest.fixture
-def services(tmp_path: Path, pipeline: Any) -> Iterator[WebServices]:
-    """Real services on tmp_path: gallery, accounts ("ada" admin, "vera" viewer), the session's pipeline."""
-    services = make_services(tmp_path, api_config(tmp_path))
-    services.link = ScriptedLink()  # type: ignore[assignment]
-    services._pipeline = pipeline
-    services.accounts.add("ada", "admin", PASSWORD)
-    services.accounts.add("vera", "viewer", PASSWORD)
-    yield services
-    services.close()
-
-
 def client_for(services: WebServices, who: str | None) -> TestClient:
     """A client (not yet started) logged in as ``who`` with its CSRF token set on every request."""
     client = TestClient(create_app(services), raise_server_exceptions=False)
     if who is not None:
         client.headers["X-CSRF-Token"] = login(client, who)
     return client
-
-
-@pytest.fixture
-def admin(services: WebServices) -> Iterator[TestClient]:
-    with client_for(services, "ada") as c:
-        yield c
-
-
-@pytest.fixture
-def viewer(services: WebServices) -> Iterator[TestClient]:
-    with client_for(services, "vera") as c:
-        yield c
 
 
 # -- photos ----------------------------------------------------------------------------------------------------------
