@@ -23,7 +23,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from kiosk import authz
-from kiosk.errors import AuthError, InputError, KioskError
+from kiosk.errors import AuthError, InputError, KioskError, LoginThrottledError
 from kiosk.gallery.backup import backup_gallery, list_backups
 from kiosk.web import events, people
 from kiosk.web.security import AdminAccount, ViewerAccount, acting, client_address, csrf, services_of
@@ -485,6 +485,8 @@ async def unlock(request: Request, account: AdminAccount, body: UnlockIn) -> Unl
     reason = _reason(body.reason)
     try:
         await run_in_threadpool(services.accounts.authenticate, account.name, body.password, client_address(request))
+    except LoginThrottledError:
+        raise
     except AuthError:
         log.warning("manual unlock refused for web account %s: wrong password", account.name)
         raise HTTPException(403, "wrong password: the door was not unlocked") from None
