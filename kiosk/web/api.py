@@ -124,8 +124,8 @@ class EnrolOut(BaseModel):
 
 
 class EnrolRefused(BaseModel):
-    detail: str
-    verdicts: list[VerdictOut]
+    detail: Any = Field(description="what is wrong (a list of field errors for a malformed request)")
+    verdicts: list[VerdictOut] = Field(default=[], description="a verdict per photo, when photos were judged")
 
 
 class RemovalOut(BaseModel):
