@@ -23,6 +23,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from kiosk import authz
+from kiosk.checks import check_results, model_list
 from kiosk.errors import AuthError, InputError, KioskError, LoginThrottledError
 from kiosk.gallery.backup import backup_gallery, list_backups
 from kiosk.web import events, people
@@ -526,8 +527,6 @@ def _plain(value: Any) -> Any:
 
 
 def _system(request: Request) -> dict[str, Any]:
-    from kiosk.cli.admin import check_results, model_list
-
     services = services_of(request)
     try:
         pipeline = services.pipeline()
