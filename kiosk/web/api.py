@@ -12,14 +12,14 @@ import dataclasses
 import json
 import logging
 import unicodedata
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from kiosk import authz
@@ -415,15 +415,19 @@ async def stream_events(
 @router.get(
     "/events/{event_id}/snapshot",
     tags=["events"],
-    response_class=FileResponse,
+    response_class=Response,
     responses={**ERRORS, **NOT_FOUND, 200: {"content": {"image/jpeg": {}}, "description": "the face snapshot"}},
 )
-def get_snapshot(request: Request, account: ViewerAccount, event_id: int) -> FileResponse:
+def get_snapshot(request: Request, account: ViewerAccount, event_id: int) -> Response:
     """The face snapshot of a decision, when ``events.snapshots`` is on and it has not been pruned."""
     path = events.snapshot_path(services_of(request), event_id)
-    if path is None:
+    try:
+        data = None if path is None else path.read_bytes()  # small; read now, so a prune cannot race the reply
+    except OSError:
+        data = None
+    if data is None:
         raise HTTPException(404, f"event {event_id} has no snapshot (snapshots off, none taken, or pruned)")
-    return FileResponse(path, media_type="image/jpeg")
+    return Response(data, media_type="image/jpeg")
 
 
 # -- door ----------------------------------------------------------------------------------------------------------
@@ -577,15 +581,27 @@ def post_backup(request: Request, account: AdminAccount) -> BackupOut:
 @router.get(
     "/backups/{name}",
     tags=["system"],
-    response_class=FileResponse,
+    response_class=StreamingResponse,
     responses={**ERRORS, **NOT_FOUND, 200: {"content": {"application/vnd.sqlite3": {}}, "description": "the file"}},
 )
-def download_backup(request: Request, account: AdminAccount, name: str) -> FileResponse:
+def download_backup(request: Request, account: AdminAccount, name: str) -> StreamingResponse:
     """Download a backup (admins only: it holds the templates) by its exact name from the list; audited."""
     services = services_of(request)
     found = {p.name: p for p in list_backups(services.cfg)}.get(name)
     if found is None:
         raise HTTPException(404, "no backup of that name: see GET /api/backups")
+    try:
+        # Opened before the reply starts: a backup pruned meanwhile is still sent whole (the open file stays).
+        handle = found.open("rb")
+    except OSError:
+        raise HTTPException(404, "no backup of that name: see GET /api/backups") from None
     with acting(request, account), services.gallery(need_key=False) as g:
         g.add_event("admin", "backup downloaded", detail={"by": authz.actor(), "file": found.name})
-    return FileResponse(found, media_type="application/vnd.sqlite3", filename=found.name)
+
+    def chunks() -> Iterator[bytes]:
+        with handle:
+            while chunk := handle.read(1 << 16):
+                yield chunk
+
+    headers = {"Content-Disposition": f'attachment; filename="{found.name}"'}
+    return StreamingResponse(chunks(), media_type="application/vnd.sqlite3", headers=headers)
