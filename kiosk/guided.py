@@ -71,7 +71,8 @@ class GuidedCollector:
             return self.hint
         yaw, pitch = _pose(v)
         novel = all(
-            abs(yaw - y) >= MIN_POSE_CHANGE_DEG or abs(pitch - p) >= MIN_POSE_CHANGE_DEG for y, p in map(_pose, self.good)
+            abs(yaw - y) >= MIN_POSE_CHANGE_DEG or abs(pitch - p) >= MIN_POSE_CHANGE_DEG
+            for y, p in map(_pose, self.good)
         )
         if novel and t - self._last_good >= MIN_INTERVAL_S:
             self.good.append(v)

@@ -158,9 +158,10 @@ class DoorLoop:
         passes one that records what it is asked; build it with the same liveness). ``on_frame(frame, ms)`` is called
         after each frame ``process()`` completed, with its processing time in ms (not for a frame whose processing
         raised); an error it raises counts as the frame's. ``on_event_error(exc)`` is called with every failed event
-        write (the event stays queued, as without it): the soak counts locked-gallery hits with it. ``screen`` (optional)
-        is told about every frame, prompt and loop iteration (``Screen``); an error it raises is logged (rate-limited)
-        and never stops the loop or fails a frame, except a relay fault of a manual unlock (``FATAL_ERRORS``)."""
+        write (the event stays queued, as without it): the soak counts locked-gallery hits with it. ``screen``
+        (optional) is told about every frame, prompt and loop iteration (``Screen``); an error it raises is logged
+        (rate-limited) and never stops the loop or fails a frame, except a relay fault of a manual unlock
+        (``FATAL_ERRORS``)."""
         self.cfg = pipeline.cfg
         self.pipeline = pipeline
         self.gallery = gallery

@@ -25,6 +25,7 @@ import numpy as np
 from kiosk.authz import caller_of, is_admin
 from kiosk.enroll import assess_frame
 from kiosk.guided import GuidedCollector
+from kiosk.screen.protocol import MAX_REQUEST_BYTES
 from kiosk.screen.state import capture_hint
 
 if TYPE_CHECKING:
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kiosk.screen.control")
 
-MAX_REQUEST_BYTES = 64 * 1024
 OPS = ("status", "reload", "unlock", "capture", "capture-result", "capture-cancel")
 ERRORS = ("forbidden", "bad-request", "busy", "unavailable")
 MAX_TEXT = 500  # actor and reason
@@ -223,4 +223,10 @@ def door_status(loop: DoorLoop, service: str) -> dict[str, Any]:
     from kiosk.door.relay import door_state
 
     loop_stats = {**loop.stats.as_dict(), "events_dropped": loop.events_dropped}
-    return {"ok": True, "loop": loop_stats, "door": door_state(loop.door), "camera": loop.camera.status(), "service": service}
+    return {
+        "ok": True,
+        "loop": loop_stats,
+        "door": door_state(loop.door),
+        "camera": loop.camera.status(),
+        "service": service,
+    }

@@ -129,7 +129,9 @@ class LoopScreen:
             c.expire(now)
             if not c.running and c.ended is not None and now - c.ended > CAPTURE_KEEP_S:
                 self.capture = None  # nobody fetched it: forget the embeddings
-            self.model.capture = c.as_state() if c.running or (c.ended and now - c.ended < self.cfg.screen.result_s) else None
+            self.model.capture = (
+                c.as_state() if c.running or (c.ended and now - c.ended < self.cfg.screen.result_s) else None
+            )
         self.model.fps = loop.stats.fps
         self.server.update(self.model.snapshot(now))
 
@@ -148,11 +150,12 @@ class LoopScreen:
         if op == "capture":
             if self.capturing():
                 return error("busy", "a capture is already running")
-            c = CaptureSession(target=r["target"], started=now, timeout_s=r["timeout_s"])
-            self.capture = c
-            log.info("capture %s started (target %d, %.0f s) for %s", c.id, c.target, c.timeout_s, r.get("actor") or "?")
-            self.model.capture = c.as_state()
-            return {"ok": True, "id": c.id}
+            new = CaptureSession(target=r["target"], started=now, timeout_s=r["timeout_s"])
+            self.capture = new
+            who = r.get("actor") or "?"
+            log.info("capture %s started (target %d, %.0f s) for %s", new.id, new.target, new.timeout_s, who)
+            self.model.capture = new.as_state()
+            return {"ok": True, "id": new.id}
         c = self.capture
         if c is None or c.id != r["id"]:
             return error("bad-request", "no capture with that id")

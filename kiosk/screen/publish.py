@@ -28,7 +28,6 @@ from typing import Any
 from kiosk.config import ScreenConfig
 from kiosk.errors import ScreenError
 from kiosk.screen.control import (
-    MAX_REQUEST_BYTES,
     Authorizer,
     ControlRequest,
     Peer,
@@ -37,13 +36,12 @@ from kiosk.screen.control import (
     parse_request,
     peer_credentials,
 )
+from kiosk.screen.protocol import CONTROL_SOCK, MAX_REQUEST_BYTES, PREVIEW_SOCK, SOCKETS, STATE_SOCK
 from kiosk.screen.state import content
 from kiosk.types import Image
 
 log = logging.getLogger("kiosk.screen")
 
-STATE_SOCK, PREVIEW_SOCK, CONTROL_SOCK = "state.sock", "preview.sock", "control.sock"
-SOCKETS = (STATE_SOCK, PREVIEW_SOCK, CONTROL_SOCK)
 DIR_MODE, SOCK_MODE = 0o750, 0o660
 MAX_STATE_RATE = 20.0  # state lines a second at most
 KEEPALIVE_S = 1.0
@@ -189,11 +187,15 @@ class ScreenServer:
             if stat.S_IMODE(d.stat().st_mode) != DIR_MODE:
                 os.chmod(d, DIR_MODE)
         except OSError as exc:
-            raise ScreenError(f"screen.runtime_dir {d}: cannot make it a private folder (0750): {exc.strerror}") from exc
+            raise ScreenError(
+                f"screen.runtime_dir {d}: cannot make it a private folder (0750): {exc.strerror}"
+            ) from exc
 
     def _bind(self, path: Path) -> socket.socket:
         if len(os.fsencode(path)) > SUN_PATH_MAX:
-            raise ScreenError(f"screen.runtime_dir: socket path {path} is too long for a Unix socket; use a shorter one")
+            raise ScreenError(
+                f"screen.runtime_dir: socket path {path} is too long for a Unix socket; use a shorter one"
+            )
         self._remove_stale(path)
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -232,9 +234,9 @@ class ScreenServer:
         for s in self._listeners:
             s.close()
         self._listeners = []
-        for s in (self._wake_r, self._wake_w):
-            if s is not None:
-                s.close()
+        for w in (self._wake_r, self._wake_w):
+            if w is not None:
+                w.close()
         self._wake_r = self._wake_w = None
         for path in self._bound:
             path.unlink(missing_ok=True)
@@ -452,7 +454,11 @@ class ScreenServer:
 
         h, w = image.shape[:2]
         width = min(self.cfg.preview_width, w)
-        small = image if width == w else cv2.resize(image, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA)
+        small = (
+            image
+            if width == w
+            else cv2.resize(image, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA)
+        )
         if self.cfg.mirror:
             small = cv2.flip(small, 1)
         ok, jpeg = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, self.cfg.preview_quality])
@@ -515,4 +521,3 @@ class ScreenServer:
             if data:
                 with contextlib.suppress(OSError):
                     c.sock.send(data)
-

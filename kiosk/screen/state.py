@@ -17,9 +17,9 @@ from kiosk.door.decide import GRANTED, Decision
 from kiosk.door.track import Track
 from kiosk.guided import plain_reason
 from kiosk.liveness.active import BLINK, PROMPTS, TURN_LEFT, TURN_RIGHT
+from kiosk.screen.protocol import VERSION
 from kiosk.types import FloatArray, QualityReport
 
-VERSION = 1
 SERVICES = ("ok", "camera-down", "starting", "stopping")
 FACE_STATES = ("detected", "checking", "challenge", "granted", "denied", "unknown")
 PROMPT_CODES = ("come-closer", "look-at-camera", "blink", "turn-left", "turn-right", "hold-still")
@@ -62,7 +62,7 @@ _CAPTURE_WORDS = (
 
 
 def prompt_code(prompt: str) -> str | None:
-    """A liveness challenge's prose prompt (``kiosk.liveness.active.PROMPTS``) → ``blink``/``turn-left``/``turn-right``."""
+    """A liveness challenge's prose prompt (``kiosk.liveness.active.PROMPTS``) → blink / turn-left / turn-right."""
     return _PROSE_TO_CODE.get(prompt)
 
 
