@@ -42,6 +42,7 @@ class Problem(BaseModel):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": "a body that cannot be parsed"},
     401: {"model": Problem, "description": "not logged in"},
     403: {"model": Problem, "description": "not allowed (a viewer on a change, or a missing CSRF token)"},
     422: {"model": Problem, "description": "bad input"},
