@@ -7,6 +7,7 @@
     │   ├── ModelIntegrityError             sha256 mismatch / unreadable model
     │   └── BackendUnavailableError (ImportError)
     ├── InputError (ValueError)             exit INPUT         unreadable, corrupt, huge image; bad CSV
+    │   ├── ImageTooLargeError              a file or image above the size limits (a decompression bomb)
     │   └── WeakPasswordError               a web account's password too short or too long
     ├── FaceError                           exit NO_FACE
     │   ├── NoFaceError
@@ -27,7 +28,9 @@
     ├── ListenError                         exit FAILURE       `kiosk web` cannot open a listener (address in use, ...)
     ├── InsecureStorageError                exit INSECURE      data dir / gallery readable by others or wrong owner
     ├── TemplateKeyError                    exit KEY           gallery encryption key missing, wrong or unreadable
-    └── TamperedError                       exit TAMPERED      event hash chain broken, backup not a gallery
+    ├── TamperedError                       exit TAMPERED      event hash chain broken, backup not a gallery
+    ├── ScreenError                         exit FAILURE       the loop's sockets cannot be set up (kiosk.screen)
+    └── DoorUnavailableError                exit FAILURE       the loop's sockets cannot be reached (kiosk web)
 
 systemd units list CONFIG, MODEL, INSECURE and KEY in ``RestartPreventExitStatus=``: a broken install must not
 restart-loop.
@@ -86,6 +89,10 @@ class BackendUnavailableError(ModelError, ImportError):
 
 class InputError(KioskError, ValueError):
     exit_code = ExitCode.INPUT
+
+
+class ImageTooLargeError(InputError):
+    pass
 
 
 class FaceError(KioskError):
@@ -176,3 +183,11 @@ class AccountExistsError(AccountError):
 
 class ListenError(KioskError):
     """``kiosk web`` cannot open a listener: the address is in use or not this host's, or the port is privileged."""
+
+
+class ScreenError(KioskError):
+    """The door loop cannot publish its sockets: runtime folder not usable, or another loop is serving them."""
+
+
+class DoorUnavailableError(KioskError):
+    """The door loop's sockets cannot be reached (not running, not answering, or not ours to talk to)."""
