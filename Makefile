@@ -69,7 +69,7 @@ report: models-all
 	$(BIN)/python -m tools report
 
 demo: setup
-	$(BIN)/kiosk demo
+	$(BIN)/kiosk demo --web
 
 # The whole suite on the lock: what CI runs (.ci/run).
 test: setup $(TOOLS)

@@ -53,6 +53,13 @@ def register(sub: Any) -> None:
     p = sub.add_parser("demo", help="enrol and identify on built-in public-domain images", description=cmd_demo.__doc__)
     p.add_argument("--source", help="run the loop on this camera/file instead of the built-in clip (e.g. 0)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument(
+        "--web",
+        action="store_true",
+        help="replay the clip on a loop with the door screen and the admin app (kiosk web) running; prints the URLs",
+    )
+    p.add_argument("--data-dir", type=Path, help="--web: the demo's folder (default ~/.local/share/face-kiosk-demo)")
+    p.add_argument("--listen", metavar="HOST:PORT", help="--web: where kiosk web listens (default 127.0.0.1:8080)")
     p.set_defaults(func=cmd_demo)
 
 
@@ -187,9 +194,12 @@ def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
     """Enrol the astronaut from scikit-image's public-domain photos into a throwaway gallery, then replay a clip
     built from those photos (empty frames, the astronaut moving under changing light, the cameraman as a
     stranger) through the real door loop with the simulated door, printing every decision and door pulse.
-    With --source 0 the same loop drives a webcam."""
-    from kiosk.lab.demo import run_demo
+    With --source 0 the same loop drives a webcam. With --web the clip plays on a loop with the door screen and
+    the admin app beside it, nobody enrolled, until Ctrl-C (make demo)."""
+    from kiosk.lab.demo import run_demo, run_web_demo
 
+    if args.web:
+        return run_web_demo(cfg, data_dir=args.data_dir, listen=args.listen)
     code, record = run_demo(cfg, source=args.source, as_json=args.json)
     if args.json:
         emit_json(record)

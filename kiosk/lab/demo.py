@@ -194,3 +194,130 @@ def run_demo(cfg: Config, *, source: str | None = None, as_json: bool = False) -
             say("as expected: the photo was refused (no blink), the astronaut let in once after blinking, "
                 "the stranger refused" if expected else "UNEXPECTED decisions: see above")  # fmt: skip
     return (0 if out["as_expected"] else int(ExitCode.FAILURE)), out
+
+
+DEMO_DIR = Path("~/.local/share/face-kiosk-demo")
+DEMO_LISTEN = "127.0.0.1:8080"
+
+
+def _demo_config(root: Path, clip: Path, manifest: Path | None) -> dict[str, Any]:
+    """The web demo's config file: its own data folder, the simulated door, the clip on a loop, the blink challenge
+    shortened as in the one-shot demo, and the caller's own primary group as the admin group, so that
+    ``kiosk web user add`` works on this folder without root."""
+    import grp
+    import os
+
+    return {
+        "data_dir": str(root),
+        "models": {"manifest": str(manifest)} if manifest else {},
+        "door": {"driver": "simulated"},
+        "camera": {"source": str(clip), "replay_realtime": True, "loop_replay": True},
+        "liveness": {"mode": "active", "active": {"timeout_s": DEMO_CHALLENGE_S, "challenges": ["blink"]}},
+        "screen": {"runtime_dir": str(root / "run"), "show_name": "full"},
+        "web": {"listen": [DEMO_LISTEN]},
+        "admin": {"group": grp.getgrgid(os.getgid()).gr_name},
+    }
+
+
+def _wait_for_web(web: Any, health_url: str, timeout_s: float = 30.0) -> None:
+    """Until ``kiosk web`` answers its health check; KioskError when it exits first (port taken, say)."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if web.poll() is not None:
+            raise KioskError(f"demo: kiosk web exited with status {web.returncode} before serving (see above)")
+        try:
+            with urllib.request.urlopen(health_url, timeout=1.0):
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.2)
+    raise KioskError(f"demo: kiosk web did not answer {health_url} within {timeout_s:.0f} s")
+
+
+def run_web_demo(cfg: Config, *, data_dir: Path | None = None, listen: str | None = None) -> int:
+    """``kiosk demo --web``: the door loop on the demo clip, replayed in a loop, with ``kiosk web`` beside it.
+
+    In ``data_dir`` (default ~/.local/share/face-kiosk-demo; its accounts are kept between runs, its gallery is
+    not) it writes a config, the clip and the photos, starts ``kiosk web`` as its own process (as under systemd:
+    the web process never touches the door), prints the URLs and runs the loop until Ctrl-C. Nobody is enrolled:
+    the door screen says "Not recognised" until you enrol the astronaut from ``astronaut.png`` in the admin app,
+    and then lets her in on the next pass of the clip."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    from kiosk.config import load_config
+    from kiosk.door.service import run_kiosk
+    from kiosk.web.accounts import Accounts
+
+    root = (data_dir or DEMO_DIR).expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o700)
+    for stale in ("gallery.db", "gallery.db-wal", "gallery.db-shm", "snapshots", "backups"):
+        path = root / stale
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    photos = {
+        "astronaut": skimage_image("astronaut")[20:260, 120:360],
+        "cameraman": skimage_image("camera"),
+        "coffee": skimage_image("coffee"),
+    }
+    for name, img in photos.items():
+        cv2.imwrite(str(root / f"{name}.png"), img)
+    clip = root / "door.avi"
+    live = dataclasses.replace(cfg.liveness.active, timeout_s=DEMO_CHALLENGE_S, challenges=("blink",))
+    with Context(
+        dataclasses.replace(cfg, liveness=dataclasses.replace(cfg.liveness, mode="active", active=live))
+    ) as ctx:
+        held, blinking = _astronaut_frames(ctx, photos["astronaut"])
+    counts = build_clip(clip, held, blinking)
+    config_path = root / "config.yaml"
+    config_path.write_text(yaml.safe_dump(_demo_config(root, clip, cfg.models.manifest), sort_keys=False))
+    demo_cfg = load_config(config_path)
+    if listen:
+        demo_cfg = dataclasses.replace(demo_cfg, web=dataclasses.replace(demo_cfg.web, listen=(listen,)))
+    base = f"http://{demo_cfg.web.listen[0]}"
+    kiosk = [sys.executable, "-m", "kiosk", "--config", str(config_path)]
+    print(f"face-kiosk demo with the door screen and the admin app (data in {root})", flush=True)
+    print(f"  the clip ({sum(counts.values()) / FPS:.0f} s, on a loop): " + ", then ".join(counts), flush=True)
+    print(f"  door screen:  {base}/door", flush=True)
+    print(f"  admin app:    {base}/", flush=True)
+    with Accounts(demo_cfg.web_db_path, demo_cfg.web) as accounts:
+        have_accounts = bool(accounts.list_accounts())
+    if not have_accounts:
+        print(f"  make an admin account first:  .venv/bin/kiosk --config {config_path} web user add admin --role admin",
+              flush=True)  # fmt: skip
+    print(f"  nobody is enrolled: in the admin app, People → Enrol, upload {root / 'astronaut.png'} (and "
+          f"{root / 'coffee.png'}, which has no face) and watch the door screen let her in", flush=True)  # fmt: skip
+    print("  Ctrl-C stops both\n", flush=True)
+    web = subprocess.Popen([*kiosk, "web", "--listen", demo_cfg.web.listen[0]], env={**os.environ})
+    try:
+        _wait_for_web(web, f"{base}/api/health")
+
+        def on_decision(d: Decision, door: str) -> None:
+            who = d.name or "unknown face"
+            print(f"  {d.outcome.upper():8} {who:14} door: {door}  ({d.reason})", flush=True)
+
+        def on_prompt(track_id: int, text: str) -> None:
+            print(f"  {'CHECK':8} {'':14} liveness challenge: {text}", flush=True)
+
+        try:
+            run_kiosk(demo_cfg, on_decision=on_decision, on_prompt=on_prompt)
+        except KeyboardInterrupt:
+            pass
+    finally:
+        web.terminate()
+        try:
+            web.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            web.kill()
+            web.wait()
+    return 0
