@@ -10,6 +10,7 @@ real webcam through the same loop instead of the clip.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import tempfile
 from pathlib import Path
@@ -309,10 +310,8 @@ def run_web_demo(cfg: Config, *, data_dir: Path | None = None, listen: str | Non
         def on_prompt(track_id: int, text: str) -> None:
             print(f"  {'CHECK':8} {'':14} liveness challenge: {text}", flush=True)
 
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             run_kiosk(demo_cfg, on_decision=on_decision, on_prompt=on_prompt)
-        except KeyboardInterrupt:
-            pass
     finally:
         web.terminate()
         try:
