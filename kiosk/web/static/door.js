@@ -132,7 +132,7 @@ function renderFaces(faces) {
 
 // --- prompt and countdown ------------------------------------------------------------------------------------
 
-function renderPrompt(next, capture) {
+function renderPrompt(next, capture, faces = []) {
   const bar = $("bar");
   let words = text("door.idle");
   let iconName = "face";
@@ -145,6 +145,11 @@ function renderPrompt(next, capture) {
   } else if (next && PROMPTS[next.code]) {
     [words, iconName] = [text(PROMPTS[next.code][0]), PROMPTS[next.code][1]];
     code = next.code;
+  } else if (faces.length > 0) {
+    // nothing to ask: say what the loop is doing with the (first) face
+    const [key, faceIcon] = FACES[faces[0].state] ?? FACES.detected;
+    [words, iconName] = [text(key), faceIcon];
+    code = `face-${FACES[faces[0].state] ? faces[0].state : "detected"}`;
   }
   prompt = next && PROMPTS[next.code] ? { ...next, at: performance.now() } : null;
   if ($("prompt").textContent !== words) $("prompt").textContent = words;
@@ -257,8 +262,9 @@ export function apply(state) {
   const service = state.service === "ok" ? "ok" : (SERVICES[state.service] ? state.service : "down");
   showService(service);
   if (service === "ok") {
-    renderFaces(Array.isArray(state.faces) ? state.faces : []);
-    renderPrompt(state.prompt ?? null, state.capture ?? null);
+    const faces = Array.isArray(state.faces) ? state.faces : [];
+    renderFaces(faces);
+    renderPrompt(state.prompt ?? null, state.capture ?? null, faces);
     if (state.result && state.result.seq !== shownSeq) showResult(state.result);
   } else {
     renderPrompt(null, null);
