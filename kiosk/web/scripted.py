@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
 
@@ -171,10 +173,11 @@ class ScriptedLink:
 
 @dataclass
 class ScriptedServices:
-    """The part of ``WebServices`` the door screen uses, around a ``ScriptedLink`` (no accounts, no gallery)."""
+    """The part of ``WebServices`` the door screen uses (no accounts, no gallery), around a ``ScriptedLink`` or a
+    real ``DoorLink``."""
 
     cfg: Config
-    link: ScriptedLink
+    link: Any
     i18n: I18n = field(default_factory=I18n)
     templates: Jinja2Templates = field(init=False)
 
@@ -186,8 +189,21 @@ class ScriptedServices:
 
 
 def door_app(services: ScriptedServices) -> FastAPI:
-    """The real app (``create_app``) serving only the door screen, over scripted services."""
+    """The real app (``create_app``) serving only the door screen over these services; its lifespan starts and
+    stops the link (``DoorLink.start``/``stop`` may be called again by the app's own lifespan: both are idempotent)."""
     from kiosk.web.app import create_app
 
     app: FastAPI = create_app(cast(Any, services), door=True, admin=False)
+    inner = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(a: Any) -> AsyncIterator[Any]:
+        await services.link.start()
+        try:
+            async with inner(a) as state:
+                yield state
+        finally:
+            await services.link.stop()
+
+    app.router.lifespan_context = lifespan
     return app
