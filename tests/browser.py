@@ -1,6 +1,6 @@
 """The real-browser harness: headless Debian Chromium driven by Playwright, the app under uvicorn on 127.0.0.1.
 
-Fixtures (re-exported by tests/conftest.py): ``browser`` (one Chromium per session), ``viewport`` (override with
+Fixtures (re-exported by tests/conftest.py): ``browser`` (one Chromium per test module), ``viewport`` (override with
 ``@pytest.mark.parametrize("viewport", [(800, 480)])``), ``page`` (a fresh context per test; fails the test on an
 uncaught page error or a Content-Security-Policy violation), ``live_server`` (``live_server(app) -> base_url``)
 and ``axe_check`` (``axe_check(page)``: zero axe-core violations, else a failure listing them).
@@ -24,8 +24,11 @@ DEFAULT_VIEWPORT = VIEWPORTS["kiosk"]
 TIMEOUT_MS = 10_000
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """One Chromium per test module. NOTE: not per session: while Playwright's sync API is open, its event loop
+    counts as running in this thread (it runs in a greenlet), so ``asyncio.run`` in any later test would fail;
+    closing it at the end of each module gives the other modules their thread back."""
     from playwright.sync_api import sync_playwright
 
     why = chromium_missing()
