@@ -66,6 +66,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "run the kiosk for hours under injected faults; report frames, restarts, memory, fds",
     ),
     "web-rss": ("tools.measure.web_rss", "peak memory (VmHWM) and page times of `kiosk web` under an admin session"),
+    "screenshots": (
+        "tools.measure.screenshots",
+        "render the door screen's states (and the admin pages) in headless Chromium into docs/img/*.png",
+    ),
+    "screen-latency": (
+        "tools.measure.screen_latency",
+        "decision -> door screen shows it, in headless Chromium: median and p95 over >= 50 real decisions",
+    ),
     "lock": ("tools.lock", "regenerate the hashed dependency lock in tools/requirements/ (make lock)"),
     "readme-tables": (
         "tools.measure.readme_tables",
