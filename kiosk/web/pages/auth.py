@@ -1,0 +1,63 @@
+"""Logging in and out of the admin app.
+
+The login form carries no CSRF token (there is no session yet); it is refused from another origin
+(``security.login_guard``) and every login starts a new session, so a planted cookie never survives it. ``next``
+leads only to a path on this site.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from kiosk.errors import AuthError, LoginThrottledError
+from kiosk.web import security
+from kiosk.web.accounts import Session
+from kiosk.web.pages.common import local_path, render, see_other, services_of, signed_in, tr
+
+router = APIRouter()
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_page(request: Request, next: str = "/") -> Response:
+    current = security.page_session(request)
+    if current is not None:
+        return see_other(local_path(next))
+    return render(request, "admin/login.html", None, next=local_path(next), username="")
+
+
+@router.post("/login", response_class=HTMLResponse, dependencies=[Depends(security.login_guard)])
+def login(
+    request: Request,
+    username: str = Form("", max_length=200),
+    password: str = Form("", max_length=4096),
+    next: str = Form("/", max_length=2000),
+) -> Response:
+    accounts = services_of(request).accounts
+    target = local_path(next)
+    try:
+        new = accounts.login(username, password, security.client_address(request))
+    except LoginThrottledError as exc:
+        error = tr(request, "admin.login.throttled", seconds=exc.retry_after_s)
+        refused = render(
+            request, "admin/login.html", None, status_code=429, next=target, username=username, error=error
+        )
+        refused.headers["Retry-After"] = str(exc.retry_after_s)
+        return refused
+    except AuthError:
+        error = tr(request, "admin.login.failed")
+        return render(request, "admin/login.html", None, status_code=401, next=target, username=username, error=error)
+    old = request.cookies.get(security.SESSION_COOKIE)
+    if old:  # a session the browser had before (or one planted in it) never survives a login
+        accounts.logout(old)
+    done = RedirectResponse(target, status_code=303)
+    security.set_session_cookie(done, request, new)
+    return done
+
+
+@router.post("/logout", dependencies=[Depends(security.csrf)])
+def logout(request: Request, current: Session = Depends(signed_in)) -> Response:
+    services_of(request).accounts.logout(current.token)
+    response = see_other("/login")
+    security.clear_session_cookie(response, request)
+    return response
