@@ -1,0 +1,492 @@
+"""The admin pages through the ASGI test client: login and its redirects, CSRF, roles, every change through the
+service layer with the account as its actor, the upload store, the door unlock and the capture flow."""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from kiosk.web.app import create_app
+from kiosk.web.pages.enrol import Upload, UploadStore
+from kiosk.web.services import WebServices
+from tests.admin_helpers import ADMIN, VIEWER, ScriptedLink, add_person, admin_config, admin_services, csrf_of, page_login
+from tests.web_helpers import PASSWORD
+
+PAGES = ("/", "/people", "/events", "/admin/door", "/system")
+LEAKED_KEY = re.compile(r"\badmin\.[a-z_]+\.[a-z_.-]+")
+
+
+@pytest.fixture()
+def services(tmp_path: Path) -> Iterator[WebServices]:
+    s = admin_services(tmp_path)
+    yield s
+    s.close()
+
+
+@pytest.fixture()
+def client(services: WebServices) -> Iterator[TestClient]:
+    with TestClient(create_app(services), base_url="http://127.0.0.1:8080") as c:
+        yield c
+
+
+def logged_in(client: TestClient, name: str = ADMIN) -> str:
+    r = page_login(client, name)
+    assert r.status_code == 303, r.text
+    return csrf_of(client, "/people")
+
+
+def link_of(services: WebServices) -> ScriptedLink:
+    assert isinstance(services.link, ScriptedLink)
+    return services.link
+
+
+def admin_events(services: WebServices) -> list[dict[str, Any]]:
+    with services.gallery() as g:
+        return [e for e in g.events() if e["kind"] == "admin"]
+
+
+# -- login -----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/", "/people", "/people/1", "/events", "/admin/door", "/system", "/people/new"])
+def test_pages_redirect_to_login_with_next(client: TestClient, path: str) -> None:
+    r = client.get(path, follow_redirects=False)
+    assert r.status_code == 303
+    assert r.headers["location"].startswith("/login?next=")
+
+
+def test_login_redirect_keeps_the_query(client: TestClient) -> None:
+    r = client.get("/people?q=ad", follow_redirects=False)
+    assert r.headers["location"] == "/login?next=%2Fpeople%3Fq%3Dad"
+
+
+def test_login_form_logs_in_and_goes_to_next(client: TestClient) -> None:
+    page = client.get("/login?next=/people")
+    assert page.status_code == 200 and 'name="next" value="/people"' in page.text
+    r = page_login(client, ADMIN, next_path="/people")
+    assert r.status_code == 303 and r.headers["location"] == "/people"
+    cookie = r.headers["set-cookie"].lower()
+    assert "kiosk_session=" in cookie and "httponly" in cookie and "samesite=strict" in cookie
+    home = client.get("/")
+    assert home.status_code == 200 and ADMIN in home.text
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["https://evil.example/", "//evil.example/x", "/\\evil.example", "http:/evil", "javascript:alert(1)",
+     "/\t/evil.example", "evil.example", "/login?next=//evil"],
+)
+def test_login_never_redirects_off_site(client: TestClient, target: str) -> None:
+    r = page_login(client, ADMIN, next_path=target)
+    assert r.status_code == 303
+    assert r.headers["location"] == "/"
+    page = client.get("/login", params={"next": target}, follow_redirects=False)
+    assert page.status_code == 303 and page.headers["location"] == "/"  # already logged in: straight on, locally
+
+
+def test_login_page_sanitises_next_in_the_form(client: TestClient) -> None:
+    page = client.get("/login", params={"next": "//evil.example"})
+    assert 'name="next" value="/"' in page.text
+
+
+def test_wrong_password_shows_one_message(client: TestClient) -> None:
+    r = page_login(client, ADMIN, "wrong password!")
+    assert r.status_code == 401
+    assert "Wrong user name or password." in r.text
+    assert "set-cookie" not in r.headers
+    assert page_login(client, "nobody", "wrong password!").text.count("Wrong user name or password.") == 1
+
+
+def test_login_is_throttled(tmp_path: Path) -> None:
+    s = admin_services(tmp_path, admin_config(tmp_path, web={"login_attempts": 2}))
+    with TestClient(create_app(s), base_url="http://127.0.0.1:8080") as c:
+        for _ in range(2):
+            assert page_login(c, ADMIN, "wrong password!").status_code == 401
+        r = page_login(c, ADMIN)  # even the right password waits
+        assert r.status_code == 429
+        assert "Too many failed logins" in r.text and int(r.headers["retry-after"]) >= 1
+    s.close()
+
+
+def test_login_from_another_origin_is_refused(client: TestClient) -> None:
+    r = client.post(
+        "/login",
+        data={"username": ADMIN, "password": PASSWORD, "next": "/"},
+        headers={"Origin": "https://evil.example"},
+        follow_redirects=False,
+    )
+    assert r.status_code == 403 and "set-cookie" not in r.headers
+
+
+def test_login_replaces_a_planted_session(client: TestClient, services: WebServices) -> None:
+    planted = services.accounts.login(VIEWER, PASSWORD, "127.0.0.1")
+    client.cookies.set("kiosk_session", planted.token)
+    r = page_login(client, ADMIN)
+    assert r.status_code == 303
+    assert services.accounts.session(planted.token) is None
+    assert planted.token not in r.headers["set-cookie"]
+
+
+def test_logout_ends_the_session(client: TestClient, services: WebServices) -> None:
+    token = logged_in(client)
+    session_token = client.cookies.get("kiosk_session")
+    r = client.post("/logout", data={"csrf_token": token}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/login"
+    assert services.accounts.session(session_token) is None
+    assert client.get("/", follow_redirects=False).status_code == 303
+
+
+def test_logout_without_csrf_is_refused(client: TestClient) -> None:
+    logged_in(client)
+    assert client.post("/logout", data={}, follow_redirects=False).status_code == 403
+    assert client.get("/", follow_redirects=False).status_code == 200
+
+
+# -- pages -----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("who", [ADMIN, VIEWER])
+def test_every_page_renders_with_every_string_translated(client: TestClient, services: WebServices, who: str) -> None:
+    pid = add_person(services, "Grace Hopper")
+    logged_in(client, who)
+    for path in (*PAGES, f"/people/{pid}", "/people?q=gr", "/login"):
+        r = client.get(path, follow_redirects=False)
+        if path == "/login":
+            assert r.status_code == 303  # logged in already
+            continue
+        assert r.status_code == 200, (path, r.text)
+        assert not LEAKED_KEY.search(r.text), (path, LEAKED_KEY.search(r.text))
+        assert f"Signed in as {who}" in r.text
+        assert "<main" in r.text and "<nav" in r.text and "<h1" in r.text
+        assert 'style="' not in r.text and "<script>" not in r.text  # the CSP allows neither
+
+
+def test_people_search_as_you_type_returns_rows_only(client: TestClient, services: WebServices) -> None:
+    add_person(services, "Grace Hopper")
+    add_person(services, "Alan Turing", seed=1)
+    logged_in(client)
+    r = client.get("/people?q=tur", headers={"HX-Request": "true", "HX-Target": "people-rows"})
+    assert r.status_code == 200
+    assert r.text.lstrip().startswith("<tbody") and "Alan Turing" in r.text and "Grace Hopper" not in r.text
+    assert "<html" not in r.text
+    full = client.get("/people?q=tur")
+    assert "<html" in full.text and "Grace Hopper" not in full.text
+
+
+def test_unknown_person_is_404(client: TestClient) -> None:
+    logged_in(client)
+    assert client.get("/people/999").status_code == 404
+    assert client.get("/people/0").status_code == 404
+    assert client.get("/people/abc").status_code == 422
+
+
+def test_status_cards_say_when_the_loop_is_down(client: TestClient, services: WebServices) -> None:
+    logged_in(client)
+    link = link_of(services)
+    link.state = {"v": 1, "service": "down", "faces": []}
+    link.replies.pop("status")
+    r = client.get("/status")
+    assert r.status_code == 200
+    assert "Not reachable" in r.text and "The door loop cannot be reached" in r.text
+
+
+# -- roles and CSRF --------------------------------------------------------------------------------------------------
+
+
+def test_viewer_sees_no_change_buttons(client: TestClient, services: WebServices) -> None:
+    pid = add_person(services, "Grace Hopper")
+    logged_in(client, VIEWER)
+    person = client.get(f"/people/{pid}").text
+    for action in ("/rename", "/enabled", "/validity", "/remove", "/templates/", "/people/new"):
+        assert action not in person
+    assert "/people/new" not in client.get("/people").text
+    assert "/admin/door/unlock" not in client.get("/admin/door").text
+    assert "/system/backups" not in client.get("/system").text
+
+
+@pytest.mark.parametrize(
+    "path, data",
+    [
+        ("/people/{pid}/rename", {"name": "Mallory"}),
+        ("/people/{pid}/enabled", {"enabled": "false"}),
+        ("/people/{pid}/validity", {"valid_from": "2030-01-01T00:00"}),
+        ("/people/{pid}/remove", {"confirm": "yes"}),
+        ("/people/{pid}/templates/1/delete", {}),
+        ("/people/new/check", {"name": "Mallory"}),
+        ("/people/new/store", {"upload": "x"}),
+        ("/people/new/camera", {"name": "Mallory"}),
+        ("/admin/door/unlock", {"reason": "let me in", "password": PASSWORD}),
+        ("/system/backups", {}),
+    ],
+)
+def test_viewer_changes_are_403(client: TestClient, services: WebServices, path: str, data: dict[str, str]) -> None:
+    pid = add_person(services, "Grace Hopper")
+    token = logged_in(client, VIEWER)
+    r = client.post(path.format(pid=pid), data={**data, "csrf_token": token}, follow_redirects=False)
+    assert r.status_code == 403
+    with services.gallery() as g:
+        person = g.get_person(pid)
+    assert person.name == "Grace Hopper" and person.enabled and person.templates == 2
+    assert link_of(services).requests == [] or all(q["op"] == "status" for q in link_of(services).requests)
+
+
+@pytest.mark.parametrize("token", [None, "", "forged-token"])
+def test_changes_without_the_csrf_token_are_403(client: TestClient, services: WebServices, token: str | None) -> None:
+    pid = add_person(services, "Grace Hopper")
+    logged_in(client)
+    data = {"name": "Mallory"} | ({} if token is None else {"csrf_token": token})
+    r = client.post(f"/people/{pid}/rename", data=data, follow_redirects=False)
+    assert r.status_code == 403
+    with services.gallery() as g:
+        assert g.get_person(pid).name == "Grace Hopper"
+
+
+def test_change_from_another_origin_is_403(client: TestClient, services: WebServices) -> None:
+    pid = add_person(services, "Grace Hopper")
+    token = logged_in(client)
+    r = client.post(
+        f"/people/{pid}/rename",
+        data={"name": "Mallory", "csrf_token": token},
+        headers={"Origin": "https://evil.example"},
+        follow_redirects=False,
+    )
+    assert r.status_code == 403
+
+
+def test_change_without_a_session_goes_to_login(client: TestClient, services: WebServices) -> None:
+    pid = add_person(services, "Grace Hopper")
+    r = client.post(f"/people/{pid}/rename", data={"name": "Mallory"}, follow_redirects=False)
+    assert r.status_code in (303, 401)
+    with services.gallery() as g:
+        assert g.get_person(pid).name == "Grace Hopper"
+
+
+# -- changes ---------------------------------------------------------------------------------------------------------
+
+
+def test_rename_disable_validity_are_audited_with_the_account(client: TestClient, services: WebServices) -> None:
+    pid = add_person(services, "Grace Hopper")
+    token = logged_in(client)
+    r = client.post(f"/people/{pid}/rename", data={"name": "Grace B. Hopper", "csrf_token": token}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == f"/people/{pid}?done=renamed"
+    assert "Renamed." in client.get(r.headers["location"]).text
+    r = client.post(f"/people/{pid}/enabled", data={"enabled": "false", "csrf_token": token}, follow_redirects=False)
+    assert r.status_code == 303
+    r = client.post(
+        f"/people/{pid}/validity",
+        data={"valid_from": "2030-01-01T08:00", "valid_until": "2030-12-31T18:00", "csrf_token": token},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303
+    with services.gallery() as g:
+        p = g.get_person(pid)
+    assert p.name == "Grace B. Hopper" and not p.enabled
+    assert p.valid_from is not None and p.valid_from.isoformat().startswith("2030-01-01T08:00")
+    assert p.valid_until is not None and p.valid_until.isoformat().startswith("2030-12-31T18:00")
+    page = client.get(f"/people/{pid}").text
+    assert 'value="2030-01-01T08:00"' in page and "Disabled" in page
+    actions = [(e["outcome"], e["detail"]["by"]) for e in admin_events(services)]
+    assert [a for a, _ in actions][-3:] == ["renamed", "disabled", "validity set"]
+    assert all(by.startswith(f"web:{ADMIN} from ") for _, by in actions[-3:])
+
+
+def test_bad_changes_show_the_reason_and_change_nothing(client: TestClient, services: WebServices) -> None:
+    pid = add_person(services, "Grace Hopper")
+    add_person(services, "Alan Turing", seed=1)
+    token = logged_in(client)
+    taken = client.post(f"/people/{pid}/rename", data={"name": "alan turing", "csrf_token": token})
+    assert taken.status_code == 422 and 'role="alert"' in taken.text
+    backwards = client.post(
+        f"/people/{pid}/validity",
+        data={"valid_from": "2030-12-31T00:00", "valid_until": "2030-01-01T00:00", "csrf_token": token},
+    )
+    assert backwards.status_code == 422
+    garbage = client.post(f"/people/{pid}/validity", data={"valid_from": "yesterday", "csrf_token": token})
+    assert garbage.status_code == 422
+    assert client.post(f"/people/{pid}/enabled", data={"enabled": "maybe", "csrf_token": token}).status_code == 422
+    with services.gallery() as g:
+        p = g.get_person(pid)
+    assert p.name == "Grace Hopper" and p.valid_from is None and p.valid_until is None and p.enabled
+
+
+def test_delete_one_template(client: TestClient, services: WebServices) -> None:
+    pid = add_person(services, "Grace Hopper", templates=3)
+    token = logged_in(client)
+    with services.gallery() as g:
+        first = g.templates(pid)[0]["id"]
+    r = client.post(f"/people/{pid}/templates/{first}/delete", data={"csrf_token": token}, follow_redirects=False)
+    assert r.status_code == 303
+    with services.gallery() as g:
+        assert [t["id"] for t in g.templates(pid)] == [first + 1, first + 2]
+    again = client.post(f"/people/{pid}/templates/{first}/delete", data={"csrf_token": token}, follow_redirects=False)
+    assert again.status_code == 404
+
+
+def test_remove_needs_the_box_ticked(client: TestClient, services: WebServices) -> None:
+    pid = add_person(services, "Grace Hopper")
+    token = logged_in(client)
+    r = client.post(f"/people/{pid}/remove", data={"csrf_token": token})
+    assert r.status_code == 422 and "Tick the box" in r.text
+    r = client.post(f"/people/{pid}/remove", data={"csrf_token": token, "confirm": "yes"}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/people?done=removed"
+    assert client.get(f"/people/{pid}").status_code == 404
+    assert admin_events(services)[-1]["outcome"] == "removed"
+
+
+# -- uploads waiting for a decision -----------------------------------------------------------------------------------
+
+
+def test_upload_store_is_per_session_and_expires() -> None:
+    now = [0.0]
+    store = UploadStore(keep_s=60.0, per_session=2, clock=lambda: now[0])
+    token = store.put(Upload("alice", "Ada", None, [("a.jpg", b"x")]))
+    assert store.get("alice", token) is not None
+    assert store.get("mallory", token) is None
+    now[0] = 61.0
+    assert store.get("alice", token) is None and len(store) == 0
+    first = store.put(Upload("alice", "A", None))
+    second = store.put(Upload("alice", "B", None))
+    third = store.put(Upload("alice", "C", None))
+    assert store.get("alice", first) is None  # the oldest made room
+    assert store.get("alice", second) is not None and store.get("alice", third) is not None
+
+
+def test_uploaded_photo_only_for_the_session_that_sent_it(client: TestClient, services: WebServices) -> None:
+    token = logged_in(client)
+    session = services.accounts.session(client.cookies.get("kiosk_session"))
+    assert session is not None
+    store = client.app.state.admin_uploads = UploadStore()  # type: ignore[attr-defined]
+    png = b"\x89PNG\r\n\x1a\n" + b"\0" * 16
+    key = store.put(Upload(UploadStore.owner_of(session), "Ada", None, [("a.png", png), ("b.txt", b"text")]))
+    r = client.get(f"/people/new/upload/{key}/0")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png" and r.content == png
+    assert client.get(f"/people/new/upload/{key}/1").status_code == 404  # not an image: no preview
+    assert client.get(f"/people/new/upload/{key}/5").status_code == 404
+    other = store.put(Upload("someone else", "Eve", None, [("a.png", png)]))
+    assert client.get(f"/people/new/upload/{other}/0").status_code == 410
+    gone = client.post("/people/new/store", data={"upload": "nope", "csrf_token": token})
+    assert gone.status_code == 410 and "choose them again" in gone.text
+
+
+def test_enrol_needs_a_good_name_and_photos(client: TestClient) -> None:
+    token = logged_in(client)
+    r = client.post("/people/new/check", data={"name": "  ", "csrf_token": token})
+    assert r.status_code == 422 and 'role="alert"' in r.text
+    r = client.post("/people/new/check", data={"name": "Ada", "csrf_token": token})
+    assert r.status_code == 422 and "Choose between 1 and" in r.text
+    assert client.get("/people/new?person=999").status_code == 404
+
+
+# -- the door --------------------------------------------------------------------------------------------------------
+
+
+def test_unlock_needs_the_password_again(client: TestClient, services: WebServices) -> None:
+    token = logged_in(client)
+    link = link_of(services)
+    r = client.post("/admin/door/unlock", data={"reason": "delivery", "password": "not it!", "csrf_token": token})
+    assert r.status_code == 422 and "Wrong password" in r.text
+    r = client.post("/admin/door/unlock", data={"reason": " ", "password": PASSWORD, "csrf_token": token})
+    assert r.status_code == 422 and "Give a reason" in r.text
+    assert not [q for q in link.requests if q["op"] == "unlock"]
+    r = client.post(
+        "/admin/door/unlock",
+        data={"reason": "delivery", "password": PASSWORD, "csrf_token": token},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303 and r.headers["location"] == "/admin/door?done=unlocked"
+    (unlock,) = [q for q in link.requests if q["op"] == "unlock"]
+    assert unlock["reason"] == "delivery" and unlock["actor"].startswith(f"web:{ADMIN}")
+
+
+def test_unlock_refused_by_the_loop_is_shown(client: TestClient, services: WebServices) -> None:
+    token = logged_in(client)
+    link_of(services).replies["unlock"] = {"ok": False, "error": "forbidden", "detail": "not an admin group member"}
+    r = client.post("/admin/door/unlock", data={"reason": "delivery", "password": PASSWORD, "csrf_token": token})
+    assert r.status_code == 422 and "not an admin group member" in r.text
+
+
+# -- the door camera -------------------------------------------------------------------------------------------------
+
+
+def _frames(n: int) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(3)
+    out = []
+    for _ in range(n):
+        v = rng.standard_normal(128).astype("<f4")
+        out.append({"embedding": base64.b64encode((v / np.linalg.norm(v)).tobytes()).decode(), "quality": {"score": 0.8}})
+    return out
+
+
+def test_capture_at_the_door_camera(client: TestClient, services: WebServices) -> None:
+    token = logged_in(client)
+    link = link_of(services)
+    link.replies["capture"] = {"ok": True, "id": "cap1"}
+    link.state = link.state | {
+        "capture": {"id": "cap1", "done": 2, "target": 5, "hint": "turn-left", "quality": 0.72, "state": "running"}
+    }
+    r = client.post("/people/new/camera", data={"name": "Ada Lovelace", "csrf_token": token})
+    assert r.status_code == 200
+    assert "Frames taken: 2 of 5" in r.text and "Turn the head a little left" in r.text
+    (start,) = [q for q in link.requests if q["op"] == "capture"]
+    assert start["actor"].startswith(f"web:{ADMIN}")
+    progress = re.search(r'hx-get="(/people/new/camera/[^"]+/progress)"', r.text)
+    assert progress
+    key = progress.group(1).split("/")[4]
+    link.state = link.state | {"capture": None}
+    link.replies["capture-result"] = {
+        "ok": True, "state": "done", "model": {"id": "test-model", "sha256": "0" * 64}, "frames": _frames(3)
+    }
+    done = client.get(progress.group(1))
+    assert "Done: store the frames taken." in done.text and f"/people/new/camera/{key}/store" in done.text
+    stored = client.post(f"/people/new/camera/{key}/store", data={"csrf_token": token}, follow_redirects=False)
+    assert stored.status_code == 303
+    with services.gallery() as g:
+        person = g.get_person("Ada Lovelace")
+    assert person.templates == 3 and stored.headers["location"] == f"/people/{person.id}?done=enrolled"
+
+
+def test_capture_refused_or_malformed(client: TestClient, services: WebServices) -> None:
+    token = logged_in(client)
+    link = link_of(services)
+    link.replies["capture"] = {"ok": False, "error": "busy", "detail": "a capture is already running"}
+    r = client.post("/people/new/camera", data={"name": "Ada Lovelace", "csrf_token": token})
+    assert r.status_code == 503 and "a capture is already running" in r.text
+    link.replies["capture"] = {"ok": True, "id": "cap2"}
+    r = client.post("/people/new/camera", data={"name": "Ada Lovelace", "csrf_token": token})
+    key = re.search(r"/people/new/camera/([^/]+)/", r.text).group(1)  # type: ignore[union-attr]
+    bad = {"ok": True, "state": "done", "model": {"id": "m", "sha256": "0"}, "frames": [{"embedding": "%%%"}]}
+    link.replies["capture-result"] = bad
+    r = client.post(f"/people/new/camera/{key}/store", data={"csrf_token": token})
+    assert r.status_code == 200 and "malformed embedding" in r.text
+    with services.gallery() as g:
+        assert not g.list_people()
+    r = client.post(f"/people/new/camera/{key}/cancel", data={"csrf_token": token}, follow_redirects=False)
+    assert r.status_code == 303
+    assert [q["op"] for q in link.requests if q["op"].startswith("capture-cancel")] == ["capture-cancel"]
+
+
+# -- events ----------------------------------------------------------------------------------------------------------
+
+
+def test_events_filters_and_bad_values(client: TestClient, services: WebServices) -> None:
+    with services.gallery() as g:
+        g.add_event("access", "granted", person_id=1, person_name="Grace Hopper", score=0.81, liveness="pass")
+        g.add_event("access", "unknown", score=0.2, liveness="not_checked")
+    logged_in(client)
+    r = client.get("/events?outcome=granted")
+    assert r.status_code == 200 and "Grace Hopper" in r.text and "Not recognised" not in r.text.split("<tbody")[1]
+    assert "format=csv&amp;outcome=granted" in r.text
+    bad = client.get("/events?since=yesterday")
+    assert bad.status_code == 422 and "since" in bad.text and 'role="alert"' in bad.text
+    assert client.get("/events?before_id=-3").status_code == 422
+    rows = client.get("/events/rows?outcome=unknown")
+    assert rows.status_code == 200 and rows.text.lstrip().startswith("<tbody")
+    assert "0.20" in rows.text and "Grace Hopper" not in rows.text
+    assert client.get("/events/1/snapshot").status_code == 404  # snapshots are off
