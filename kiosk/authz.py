@@ -82,6 +82,11 @@ def set_actor(description: str | None) -> contextvars.Token[str | None]:
     return _ACTOR.set(description)
 
 
+def reset_actor(token: contextvars.Token[str | None]) -> None:
+    """Undo ``set_actor`` (the web names an account for one request only)."""
+    _ACTOR.reset(token)
+
+
 def actor() -> str | None:
     """Who is acting (set by the CLI for admin commands); None inside the door loop."""
     return _ACTOR.get()

@@ -7,6 +7,7 @@
     │   ├── ModelIntegrityError             sha256 mismatch / unreadable model
     │   └── BackendUnavailableError (ImportError)
     ├── InputError (ValueError)             exit INPUT         unreadable, corrupt, huge image; bad CSV
+    │   └── WeakPasswordError               a web account's password too short or too long
     ├── FaceError                           exit NO_FACE
     │   ├── NoFaceError
     │   ├── MultipleFacesError
@@ -17,7 +18,12 @@
     │   ├── PersonNotFoundError (LookupError)  exit NOT_FOUND
     │   └── DuplicateError                  name taken, or face already enrolled as someone else
     ├── HardwareError                       exit HARDWARE      camera / GPIO
-    ├── AccessDeniedError (PermissionError) exit DENIED        admin command run by a non-admin
+    ├── AccessDeniedError (PermissionError) exit DENIED        admin command run by a non-admin; web: a viewer's change
+    │   └── AuthError                                         web login: wrong name or password, no/expired session
+    │       └── LoginThrottledError                           too many failed logins; carries retry_after_s
+    ├── AccountError                        exit FAILURE       the web's accounts database (kiosk.web.accounts)
+    │   ├── AccountNotFoundError (LookupError)  exit NOT_FOUND
+    │   └── AccountExistsError              exit DUPLICATE
     ├── InsecureStorageError                exit INSECURE      data dir / gallery readable by others or wrong owner
     ├── TemplateKeyError                    exit KEY           gallery encryption key missing, wrong or unreadable
     └── TamperedError                       exit TAMPERED      event hash chain broken, backup not a gallery
@@ -137,3 +143,31 @@ class TemplateKeyError(KioskError):
 
 class TamperedError(KioskError):
     exit_code = ExitCode.TAMPERED
+
+
+class WeakPasswordError(InputError):
+    pass
+
+
+class AuthError(AccessDeniedError):
+    """Not logged in: a wrong name or password (one message for both), or no valid session."""
+
+
+class LoginThrottledError(AuthError):
+    """Too many failed logins for an account or from an address; try again after ``retry_after_s`` seconds."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = int(retry_after_s)
+
+
+class AccountError(KioskError):
+    """The web's accounts database cannot be opened, read or written."""
+
+
+class AccountNotFoundError(AccountError, LookupError):
+    exit_code = ExitCode.NOT_FOUND
+
+
+class AccountExistsError(AccountError):
+    exit_code = ExitCode.DUPLICATE
