@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
+from tests.browser import axe_check, browser, live_server, page, viewport  # noqa: F401 (fixtures for browser tests)
+
 if TYPE_CHECKING:
     from gpiozero.pins.mock import MockFactory
 
