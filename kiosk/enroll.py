@@ -32,6 +32,9 @@ class ImageVerdict:
     quality: dict[str, float] = field(default_factory=dict)
     embedding: FloatArray | None = None
     unreadable: bool = False  # the file itself was refused (missing, corrupt, not an image): an input error
+    # Why, as a code: ok | unreadable | no-face | several-faces | quality | looks-like | inconsistent | too-many
+    code: str = "ok"
+    looks_like: tuple[int, str, float] | None = None  # (person id, name, score) of the enrolled look-alike
 
     def as_dict(self) -> dict[str, object]:
         return {"source": self.source, "accepted": self.accepted, "reason": self.reason}
@@ -44,6 +47,11 @@ class EnrollReport:
     verdicts: list[ImageVerdict]
 
 
+def left_to_right(results: list[FaceResult]) -> list[FaceResult]:
+    """Faces in the order ``face_index`` counts them: 0 is the leftmost."""
+    return sorted(results, key=lambda r: (r.face.box[0], r.face.box[1]))
+
+
 def _pick_face(results: list[FaceResult], face_index: int | None, select: str | None) -> FaceResult | str:
     if not results:
         return "no face found"
@@ -52,8 +60,7 @@ def _pick_face(results: list[FaceResult], face_index: int | None, select: str | 
     if face_index is not None:
         if not 0 <= face_index < len(results):
             return f"{len(results)} faces found; --face {face_index} is out of range (0..{len(results) - 1})"
-        ordered = sorted(results, key=lambda r: (r.face.box[0], r.face.box[1]))  # left to right
-        return ordered[face_index]
+        return left_to_right(results)[face_index]
     if select in ("largest", "central"):
         return results[0]
     return f"{len(results)} faces found; pass --face N (0 = leftmost) or --select largest"
@@ -64,11 +71,17 @@ def assess_frame(
 ) -> ImageVerdict:
     """Detect, pick the face, quality-check and embed one image (from a file or a camera frame)."""
     policy = select if select in ("largest", "central") else "all"
-    picked = _pick_face(pipeline.analyze(image, select=policy, embed_rejected=False), face_index, select)
+    results = pipeline.analyze(image, select=policy, embed_rejected=False)
+    picked = _pick_face(results, face_index, select)
     if isinstance(picked, str):
-        return ImageVerdict(source, False, picked)
+        return ImageVerdict(source, False, picked, code="several-faces" if results else "no-face")
+    return judge_face(picked, source)
+
+
+def judge_face(picked: FaceResult, source: str) -> ImageVerdict:
+    """The verdict on the one face chosen in an image: its quality checks, and its embedding when they pass."""
     if not picked.quality.ok:
-        return ImageVerdict(source, False, "; ".join(picked.quality.reasons), picked.quality.metrics)
+        return ImageVerdict(source, False, "; ".join(picked.quality.reasons), picked.quality.metrics, code="quality")
     return ImageVerdict(source, True, "ok", picked.quality.metrics, picked.embedding)
 
 
@@ -87,7 +100,8 @@ def assess_images(
             image = read_image(path, max_pixels=max_pixels)
         except KioskError as exc:
             reason = str(exc).replace(str(path) + ": ", "")
-            verdicts.append(ImageVerdict(path.name, False, reason, unreadable=isinstance(exc, InputError)))
+            unreadable = isinstance(exc, InputError)
+            verdicts.append(ImageVerdict(path.name, False, reason, unreadable=unreadable, code="unreadable"))
             continue
         verdicts.append(assess_frame(pipeline, image, path.name, face_index=face_index, select=select))
     return verdicts
@@ -102,10 +116,8 @@ def _check_consistency(verdicts: list[ImageVerdict], likely: float) -> None:
             assert a is not None and b is not None
             if float(a @ b) < likely:
                 for v in good:
-                    v.accepted, v.reason = (
-                        False,
-                        f"the two images do not look like the same person ({a @ b:.2f})",
-                    )
+                    v.accepted, v.code = False, "inconsistent"
+                    v.reason = f"the two images do not look like the same person ({a @ b:.2f})"
         return
     emb = np.stack([v.embedding for v in good if v.embedding is not None])
     sims = emb @ emb.T
@@ -113,7 +125,8 @@ def _check_consistency(verdicts: list[ImageVerdict], likely: float) -> None:
     median = np.nanmedian(sims, axis=1)
     for v, m in zip(good, median, strict=True):
         if m < likely:
-            v.accepted, v.reason = False, f"does not look like the other images of this person ({m:.2f})"
+            v.accepted, v.code = False, "inconsistent"
+            v.reason = f"does not look like the other images of this person ({m:.2f})"
 
 
 def existing_person(gallery: Gallery, name: str, append: bool) -> Person | None:
@@ -158,9 +171,57 @@ def store(
     allow_duplicate: bool = False,
 ) -> EnrollReport:
     """Apply the batch checks (consistency, duplicates, template cap) and write the good templates atomically."""
-    cfg = pipeline.cfg
     name = clean_name(name)
-    existing = existing_person(gallery, name, append)
+    good = check_batch(pipeline, gallery, name, verdicts, append=append, allow_duplicate=allow_duplicate)
+    return write_templates(pipeline, gallery, name, verdicts, good, append=append)
+
+
+def write_templates(
+    pipeline: Pipeline,
+    gallery: Gallery,
+    name: str,
+    verdicts: list[ImageVerdict],
+    good: list[ImageVerdict],
+    *,
+    append: bool = False,
+) -> EnrollReport:
+    """Store ``good`` (what ``check_batch`` kept of ``verdicts``) in one transaction: all of them or none."""
+    if not good:
+        reasons = "; ".join(f"{v.source}: {v.reason}" for v in verdicts)
+        # Only unreadable files: the input is at fault (exit INPUT); a photo without a usable face: exit NO_FACE.
+        error = InputError if verdicts and all(v.unreadable for v in verdicts) else FaceError
+        raise error(f"nothing enrolled for {name!r}: {reasons}")
+    spec = pipeline.embedder.spec
+    templates = [
+        TemplateIn(
+            embedding=v.embedding,
+            model_id=spec.id,
+            model_sha256=spec.sha256,
+            quality=float(v.quality.get("score", 0.0)),
+            source=v.source,
+        )
+        for v in good
+        if v.embedding is not None
+    ]
+    person = gallery.enroll(name, templates, append=append)
+    log.info("enrolled person_id=%s templates=%d rejected=%d", person.id, len(templates), len(verdicts) - len(good))
+    return EnrollReport(person=person, stored=len(templates), verdicts=verdicts)
+
+
+def check_batch(
+    pipeline: Pipeline,
+    gallery: Gallery,
+    name: str | None,
+    verdicts: list[ImageVerdict],
+    *,
+    append: bool = False,
+    allow_duplicate: bool = False,
+) -> list[ImageVerdict]:
+    """The batch checks, before anything is stored: consistency within the batch, a face already enrolled as
+    somebody else, the template cap. Marks the verdicts that fail; returns the ones to store, best first.
+    ``name`` None: a new person whose name is not known yet (a preview)."""
+    cfg = pipeline.cfg
+    existing = None if name is None else existing_person(gallery, clean_name(name), append)
     _check_consistency(verdicts, pipeline.thresholds.likely)
     spec = pipeline.embedder.spec
     m = gallery.matrix(spec.id, spec.sha256, include_disabled=True)
@@ -176,33 +237,13 @@ def store(
         if not v.accepted or v.embedding is None or allow_duplicate:
             continue
         result = matcher.match(v.embedding)
-        if result.accepted:
-            v.accepted = False
-            v.reason = f"already enrolled as '{result.name}' (score {result.score:.2f})"
+        if result.accepted and result.person_id is not None and result.name is not None:
+            score = float(result.score or 0.0)
+            v.accepted, v.code, v.looks_like = False, "looks-like", (result.person_id, result.name, score)
+            v.reason = f"already enrolled as '{result.name}' (score {score:.2f})"
     good = sorted((v for v in verdicts if v.accepted), key=lambda v: -v.quality.get("score", 0.0))
     room = cfg.enroll.max_templates - (existing.templates if existing else 0)
     for v in good[max(room, 0) :]:
-        v.accepted, v.reason = (
-            False,
-            f"person already has the maximum of {cfg.enroll.max_templates} templates",
-        )
-    good = good[: max(room, 0)]
-    if not good:
-        reasons = "; ".join(f"{v.source}: {v.reason}" for v in verdicts)
-        # Only unreadable files: the input is at fault (exit INPUT); a photo without a usable face: exit NO_FACE.
-        error = InputError if verdicts and all(v.unreadable for v in verdicts) else FaceError
-        raise error(f"nothing enrolled for {name!r}: {reasons}")
-    templates = [
-        TemplateIn(
-            embedding=v.embedding,
-            model_id=spec.id,
-            model_sha256=spec.sha256,
-            quality=float(v.quality.get("score", 0.0)),
-            source=v.source,
-        )
-        for v in good
-        if v.embedding is not None
-    ]
-    person = gallery.enroll(name, templates, append=append)
-    log.info("enrolled person_id=%s templates=%d rejected=%d", person.id, len(templates), len(verdicts) - len(good))
-    return EnrollReport(person=person, stored=len(templates), verdicts=verdicts)
+        v.accepted, v.code = False, "too-many"
+        v.reason = f"person already has the maximum of {cfg.enroll.max_templates} templates"
+    return good[: max(room, 0)]

@@ -7,6 +7,7 @@
     │   ├── ModelIntegrityError             sha256 mismatch / unreadable model
     │   └── BackendUnavailableError (ImportError)
     ├── InputError (ValueError)             exit INPUT         unreadable, corrupt, huge image; bad CSV
+    │   ├── ImageTooLargeError              a file or image above the size limits (a decompression bomb)
     │   └── WeakPasswordError               a web account's password too short or too long
     ├── FaceError                           exit NO_FACE
     │   ├── NoFaceError
@@ -85,6 +86,10 @@ class BackendUnavailableError(ModelError, ImportError):
 
 class InputError(KioskError, ValueError):
     exit_code = ExitCode.INPUT
+
+
+class ImageTooLargeError(InputError):
+    pass
 
 
 class FaceError(KioskError):

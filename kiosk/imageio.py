@@ -2,11 +2,13 @@
 
 Handled: missing/empty/unreadable files, non-images, truncated JPEG/PNG (OpenCV would silently decode a grey
 remainder), decompression bombs (dimensions read from the header before decoding), grayscale, 16-bit and alpha
-images (converted to 8-bit BGR by ``IMREAD_COLOR``, which also applies EXIF orientation).
+images (converted to 8-bit BGR by ``IMREAD_COLOR``, which also applies EXIF orientation, in JPEG, PNG and WebP).
+HEIC/HEIF photos are decoded only where pillow-heif is installed; elsewhere they get a clear "unsupported" line.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import stat
@@ -16,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from kiosk.errors import InputError
+from kiosk.errors import ImageTooLargeError, InputError
 from kiosk.types import Image
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -24,6 +26,7 @@ DEFAULT_MAX_PIXELS = 40_000_000
 FORMATS = "JPEG, PNG, BMP, WebP or PNM"  # the formats whose size is read from the header before decoding
 
 _PNG = b"\x89PNG\r\n\x1a\n"
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"}
 
 
 def _jpeg_scan(data: bytes) -> tuple[tuple[int, int] | None, int]:
@@ -100,7 +103,38 @@ def _format(data: bytes) -> str | None:
         return "webp"
     if len(data) >= 2 and data[0:1] == b"P" and data[1:2] in b"123456":
         return "pnm"
+    if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
+        return "heif"
     return None
+
+
+def image_format(data: bytes) -> str | None:
+    """The format named by the file's first bytes (jpeg, png, bmp, webp, pnm, heif), whatever its name says."""
+    return _format(data)
+
+
+def _decode_heif(data: bytes, name: str, max_pixels: int) -> Image:
+    """A HEIC/HEIF photo through pillow-heif (optional): its size is read before the pixels are decoded."""
+    try:
+        pillow_heif = importlib.import_module("pillow_heif")
+    except ImportError:
+        raise InputError(
+            f"{name}: unsupported format: HEIC photos need pillow-heif (pip install pillow-heif); "
+            "or save the photo as JPEG"
+        ) from None
+    try:
+        heif = pillow_heif.open_heif(data, convert_hdr_to_8bit=True)
+        w, h = (int(v) for v in heif.size)
+        if w * h > max_pixels:
+            raise ImageTooLargeError(f"{name}: image is {w}x{h}, above the limit of {max_pixels:,} pixels")
+        rgb = np.asarray(heif)
+    except InputError:
+        raise
+    except Exception as exc:  # pillow-heif raises ValueError/RuntimeError for damaged files
+        raise InputError(f"{name}: not a readable image (corrupt HEIF: {str(exc)[:80]})") from None
+    if rgb.ndim != 3 or rgb.shape[2] not in (3, 4) or rgb.shape[0] * rgb.shape[1] > max_pixels:
+        raise InputError(f"{name}: not a readable image (HEIF decoded to shape {rgb.shape})")
+    return np.ascontiguousarray(cv2.cvtColor(rgb, cv2.COLOR_RGBA2BGR if rgb.shape[2] == 4 else cv2.COLOR_RGB2BGR))
 
 
 def header_size(data: bytes) -> tuple[int, int] | None:
@@ -147,11 +181,13 @@ def decode_image(data: bytes, name: str = "image", max_pixels: int = DEFAULT_MAX
     kind = _format(data)
     if kind is None:
         raise InputError(f"{name}: not a readable image (not {FORMATS})")
+    if kind == "heif":
+        return _decode_heif(data, name, max_pixels)
     size = header_size(data)
     if size is None:
         raise InputError(f"{name}: not a readable image (corrupt {kind.upper()} header)")
     if size[0] * size[1] > max_pixels:
-        raise InputError(f"{name}: image is {size[0]}x{size[1]}, above the limit of {max_pixels:,} pixels")
+        raise ImageTooLargeError(f"{name}: image is {size[0]}x{size[1]}, above the limit of {max_pixels:,} pixels")
     if _truncated(data):
         raise InputError(f"{name}: truncated or corrupt image file")
     buf = np.frombuffer(data, dtype=np.uint8)
@@ -162,7 +198,8 @@ def decode_image(data: bytes, name: str = "image", max_pixels: int = DEFAULT_MAX
     if image is None or image.size == 0:
         raise InputError(f"{name}: not a readable image (corrupt, or a format OpenCV cannot decode)")
     if image.shape[0] * image.shape[1] > max_pixels:
-        raise InputError(f"{name}: image is {image.shape[1]}x{image.shape[0]}, above the limit of {max_pixels:,}")
+        shape = f"{image.shape[1]}x{image.shape[0]}"
+        raise ImageTooLargeError(f"{name}: image is {shape}, above the limit of {max_pixels:,}")
     return np.ascontiguousarray(image)
 
 
@@ -177,7 +214,7 @@ def _read_regular(path: Path) -> bytes:
         if not stat.S_ISREG(st.st_mode):
             raise InputError(f"{display(path)}: not a regular file")
         if st.st_size > MAX_FILE_BYTES:
-            raise InputError(
+            raise ImageTooLargeError(
                 f"{display(path)}: file is {st.st_size / 1e6:.0f} MB, above the {MAX_FILE_BYTES // 2**20} MB limit"
             )
         with os.fdopen(fd, "rb", closefd=False) as f:
@@ -185,7 +222,7 @@ def _read_regular(path: Path) -> bytes:
     finally:
         os.close(fd)
     if len(data) > MAX_FILE_BYTES:  # it grew while we read it
-        raise InputError(f"{display(path)}: file is above the {MAX_FILE_BYTES // 2**20} MB limit")
+        raise ImageTooLargeError(f"{display(path)}: file is above the {MAX_FILE_BYTES // 2**20} MB limit")
     return data
 
 

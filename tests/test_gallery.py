@@ -385,6 +385,48 @@ def test_removed_templates_leave_no_bytes_on_disk(db_path: Path) -> None:
         assert b"FACEKIOSKSECRET!" not in on_disk()
 
 
+def test_templates_list_without_embeddings(fresh_db: Gallery) -> None:
+    alice = fresh_db.enroll("alice", [tpl(source="a.jpg"), tpl(sha=SHA_B, source="b.jpg")])
+    fresh_db.enroll("bob", [tpl()])
+    rows = fresh_db.templates(alice.id)
+    assert [r["source"] for r in rows] == ["a.jpg", "b.jpg"]
+    assert set(rows[0]) == {"id", "quality", "created", "source", "model_id", "model_sha256"}
+    assert rows[1]["model_sha256"] == SHA_B and rows[0]["quality"] == pytest.approx(0.9)
+    with pytest.raises(PersonNotFoundError):
+        fresh_db.templates("nobody")
+
+
+def test_delete_template_is_audited_and_limited_to_its_person(fresh_db: Gallery) -> None:
+    alice = fresh_db.enroll("alice", [tpl(), tpl()])
+    bob = fresh_db.enroll("bob", [tpl()])
+    bobs = fresh_db.templates(bob.id)[0]["id"]
+    for wrong in (bobs, 999, 0, -1, 2**70):
+        with pytest.raises(PersonNotFoundError, match="no template"):
+            fresh_db.delete_template(alice.id, wrong)
+    assert fresh_db.get_person(bob.id).templates == 1  # bob's template was not touched through alice
+    fresh_db.actor = "web:carol from 127.0.0.1"
+    first = fresh_db.templates(alice.id)[0]["id"]
+    assert fresh_db.delete_template("alice", first).templates == 1
+    assert [r["id"] for r in fresh_db.templates(alice.id)] != [first]
+    event = fresh_db.events()[-1]
+    assert (event["kind"], event["outcome"], event["person_id"]) == ("admin", "template deleted", alice.id)
+    assert event["detail"] == {"by": "web:carol from 127.0.0.1", "template": first, "left": 1}
+    assert fresh_db.verify_events().ok
+
+
+def test_deleted_template_leaves_no_bytes_on_disk(db_path: Path) -> None:
+    marker = np.frombuffer(b"FACEKIOSKSECRET!" * 4, dtype="<f4").copy()
+
+    def on_disk() -> bytes:
+        return b"".join(p.read_bytes() for p in db_path.parent.glob("gallery.db*"))
+
+    with Gallery(db_path) as g:
+        alice = g.enroll("alice", [tpl(marker), tpl(emb(16))])
+        assert b"FACEKIOSKSECRET!" in on_disk()
+        g.delete_template(alice.id, g.templates(alice.id)[0]["id"])
+        assert b"FACEKIOSKSECRET!" not in on_disk()
+
+
 def test_logs_carry_no_embeddings(fresh_db: Gallery, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.DEBUG, logger="kiosk.gallery"):
         fresh_db.enroll("alice", [tpl(), tpl()])
@@ -441,6 +483,43 @@ def test_events_insert_and_query(fresh_db: Gallery) -> None:
     assert [x["kind"] for x in fresh_db.events(limit=2)] == ["access", "admin"]
     assert [x["id"] for x in fresh_db.events(person="ALICE", limit=1)] == [second]
     assert fresh_db.events(since=t0 + timedelta(hours=1)) == []
+
+
+def test_find_events_filters_and_pages_by_id(fresh_db: Gallery) -> None:
+    t0 = datetime(2025, 5, 1, 12, tzinfo=UTC)
+    ids = [
+        fresh_db.add_event("access", "granted", ts=t0, person_id=1, person_name="Alice", liveness="pass"),
+        fresh_db.add_event(
+            "access", "denied", ts=t0 + timedelta(minutes=1), person_id=1, person_name="Alice", liveness="fail"
+        ),
+        fresh_db.add_event("access", "unknown", ts=t0 + timedelta(minutes=2), liveness="pass"),
+        fresh_db.add_event(
+            "admin", "renamed", ts=t0 + timedelta(minutes=3), person_id=2, person_name="Bob", detail={"by": "web:carol"}
+        ),
+    ]
+    assert [e["id"] for e in fresh_db.find_events()] == ids[::-1]  # newest first
+    assert [e["id"] for e in fresh_db.find_events(limit=2)] == [ids[3], ids[2]]
+    assert [e["id"] for e in fresh_db.find_events(limit=2, before_id=ids[2])] == [ids[1], ids[0]]
+    assert [e["id"] for e in fresh_db.find_events(after_id=ids[1])] == [ids[3], ids[2]]
+    assert [e["id"] for e in fresh_db.find_events(person="ALICE")] == [ids[1], ids[0]]
+    assert [e["id"] for e in fresh_db.find_events(person=2)] == [ids[3]]
+    assert [e["id"] for e in fresh_db.find_events(outcome="denied")] == [ids[1]]
+    assert [e["id"] for e in fresh_db.find_events(liveness="pass")] == [ids[2], ids[0]]
+    assert [e["id"] for e in fresh_db.find_events(kind="admin")] == [ids[3]]
+    window = fresh_db.find_events(since=t0 + timedelta(minutes=1), until=t0 + timedelta(minutes=3))
+    assert [e["id"] for e in window] == [ids[2], ids[1]]  # since inclusive, until exclusive
+    assert fresh_db.find_events(kind="admin")[0]["detail"] == {"by": "web:carol"}
+    # Out-of-range ids and names no stored row can hold are no matches, never errors.
+    assert fresh_db.find_events(person=2**80) == [] and fresh_db.find_events(person="\udcff") == []
+    assert fresh_db.find_events(before_id=-(2**90)) == [] and len(fresh_db.find_events(before_id=2**90)) == 4
+    assert fresh_db.find_events(outcome="\ud800") == []
+    assert fresh_db.event(ids[3])["person_name"] == "Bob" and fresh_db.event(ids[3])["detail"] == {"by": "web:carol"}
+    assert fresh_db.event(12345) is None and fresh_db.event(2**80) is None
+    assert fresh_db.last_event_id() == ids[3]
+
+
+def test_last_event_id_of_an_empty_log_is_zero(fresh_db: Gallery) -> None:
+    assert fresh_db.last_event_id() == 0 and fresh_db.find_events() == []
 
 
 def test_event_default_timestamp_is_now_utc(fresh_db: Gallery) -> None:

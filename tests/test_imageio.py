@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import io
 import struct
+import sys
+import types
 import zlib
 from pathlib import Path
 
@@ -8,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from kiosk.errors import InputError
-from kiosk.imageio import as_bgr, decode_image, header_size, read_image
+from kiosk.errors import ImageTooLargeError, InputError
+from kiosk.imageio import as_bgr, decode_image, header_size, image_format, read_image
 
 
 def _encode(ext: str, img: np.ndarray) -> bytes:
@@ -103,3 +106,90 @@ def test_as_bgr_normalises_arrays() -> None:
         as_bgr(np.zeros((5, 6, 2), np.uint8))
     with pytest.raises(InputError):
         as_bgr(np.zeros((0, 6, 3), np.uint8))
+
+
+# -- EXIF orientation, HEIF ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+@pytest.mark.parametrize(("orientation", "white"), [(1, "left"), (6, "top"), (8, "bottom"), (3, "right")])
+def test_exif_orientation_is_honoured(fmt: str, orientation: int, white: str) -> None:
+    """A phone photo stored sideways with an EXIF orientation tag is decoded upright, in every upload format."""
+    from PIL import Image as PILImage
+
+    pixels = np.zeros((60, 120, 3), dtype=np.uint8)
+    pixels[:, :30] = 255  # a white band on the left of the stored pixels
+    exif = PILImage.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    PILImage.fromarray(pixels).save(buf, fmt, exif=exif.tobytes(), **({"lossless": True} if fmt == "WEBP" else {}))
+    image = decode_image(buf.getvalue(), f"photo.{fmt.lower()}")
+    assert image.shape[:2] == ((60, 120) if orientation in (1, 3) else (120, 60))
+    bands = {
+        "left": image[:, :10],
+        "right": image[:, -10:],
+        "top": image[:10],
+        "bottom": image[-10:],
+    }
+    assert bands[white].mean() > 200
+    opposite = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}[white]
+    assert bands[opposite].mean() < 50
+
+
+HEIC = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64
+
+
+def test_heic_without_pillow_heif_is_a_clear_unsupported_format(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # import fails as when it is not installed
+    assert image_format(HEIC) == "heif"
+    with pytest.raises(InputError, match=r"^IMG_1.HEIC: unsupported format: HEIC photos need pillow-heif"):
+        decode_image(HEIC, "IMG_1.HEIC")
+
+
+class _FakeHeif:
+    """What pillow_heif.open_heif returns, as far as decode_image uses it (size first, pixels on request)."""
+
+    def __init__(self, size: tuple[int, int], pixels: np.ndarray | None) -> None:
+        self.size, self._pixels, self.decoded = size, pixels, False
+
+    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+        self.decoded = True
+        if self._pixels is None:
+            raise RuntimeError("Invalid input: Unsupported feature")
+        return self._pixels
+
+
+def _fake_pillow_heif(monkeypatch: pytest.MonkeyPatch, heif: _FakeHeif) -> None:
+    module = types.ModuleType("pillow_heif")
+    setattr(module, "open_heif", lambda data, convert_hdr_to_8bit=True: heif)  # noqa: B010
+    monkeypatch.setitem(sys.modules, "pillow_heif", module)
+
+
+def test_heic_with_pillow_heif_is_decoded_to_bgr(monkeypatch: pytest.MonkeyPatch) -> None:
+    rgb = np.zeros((40, 50, 3), dtype=np.uint8)
+    rgb[..., 0] = 255  # red
+    _fake_pillow_heif(monkeypatch, _FakeHeif((50, 40), rgb))
+    image = decode_image(HEIC, "IMG_1.HEIC")
+    assert image.shape == (40, 50, 3) and image[0, 0].tolist() == [0, 0, 255]
+
+
+def test_heic_bomb_is_refused_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    heif = _FakeHeif((10_000, 8_000), None)
+    _fake_pillow_heif(monkeypatch, heif)
+    with pytest.raises(ImageTooLargeError, match="10000x8000, above the limit"):
+        decode_image(HEIC, "IMG_1.HEIC", max_pixels=40_000_000)
+    assert not heif.decoded
+
+
+def test_corrupt_heic_is_one_input_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_pillow_heif(monkeypatch, _FakeHeif((50, 40), None))
+    with pytest.raises(InputError, match="not a readable image \\(corrupt HEIF"):
+        decode_image(HEIC, "IMG_1.HEIC")
+
+
+def test_size_limits_raise_image_too_large(tmp_path: Path) -> None:
+    """Both limits (pixels in the header, bytes of the file) are ImageTooLargeError, an InputError."""
+    header = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + struct.pack(">II", 9000, 9000) + b"\x08\x02\0\0\0"
+    with pytest.raises(ImageTooLargeError):
+        decode_image(header + b"\0" * 64, "bomb.png", max_pixels=1_000_000)
+    assert issubclass(ImageTooLargeError, InputError)

@@ -8,9 +8,9 @@ from typing import Any
 
 from kiosk.cli._output import emit_json, table
 from kiosk.config import Config
-from kiosk.errors import ExitCode, InputError, KioskError
-from kiosk.gallery import Gallery, Person, erase_from_backup
-from kiosk.gallery.backup import backup_files
+from kiosk.errors import ExitCode, InputError
+from kiosk.gallery import Gallery, Person
+from kiosk.gallery.backup import remove_person
 from kiosk.gallery.open import open_gallery
 
 
@@ -136,18 +136,13 @@ def cmd_remove(args: argparse.Namespace, cfg: Config) -> int:
             if answer.strip().lower() not in ("y", "yes"):
                 print("nothing removed")
                 return 0
-        n = g.remove(p.id)
-    backups = backup_files(cfg)
-    erased_from, failed = 0, []
-    for backup in backups:
-        try:
-            erased_from += bool(erase_from_backup(backup, p.id))
-        except KioskError as exc:
-            failed.append(f"{backup.name}: {exc}")
-    print(f"removed '{p.name}' and erased {n} template(s); erased from {erased_from} of {len(backups)} backup(s)")
-    if failed:
+        r = remove_person(cfg, g, p.id)
+    erased = f"erased from {r.erased_from} of {r.backups} backup(s)"
+    print(f"removed '{p.name}' and erased {r.templates} template(s); {erased}")
+    if r.failed:
         print(
-            f"kiosk: error: could not erase '{p.name}' from {len(failed)} backup(s), delete them: " + "; ".join(failed),
+            f"kiosk: error: could not erase '{p.name}' from {len(r.failed)} backup(s), delete them: "
+            + "; ".join(r.failed),
             file=sys.stderr,
         )
         return int(ExitCode.GALLERY)

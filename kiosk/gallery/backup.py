@@ -12,12 +12,13 @@ import logging
 import os
 import re
 import sqlite3
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from kiosk.errors import GalleryCorruptError, GalleryError, InsecureStorageError, TamperedError
+from kiosk.errors import GalleryCorruptError, GalleryError, InsecureStorageError, KioskError, TamperedError
 from kiosk.gallery.chain import verify_chain
 from kiosk.gallery.events import EventLog
 from kiosk.gallery.permissions import SIDECARS, private_path_problem
@@ -270,6 +271,34 @@ def backup_files(cfg: Config) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.glob("*.db") if p.is_file() and not p.is_symlink())
+
+
+@dataclass(frozen=True)
+class Removal:
+    """What ``remove_person`` erased: the person, their templates, and the backups they were erased from."""
+
+    person_id: int
+    name: str
+    templates: int
+    backups: int  # database files in backup_dir
+    erased_from: int  # backups that held the person
+    failed: tuple[str, ...]  # "<file>: <why>" for each backup the person could not be erased from
+
+
+def remove_person(cfg: Config, gallery: Gallery, ref: str | int) -> Removal:
+    """Remove a person with every erasure guarantee: the gallery's rows and freed pages (``Gallery.remove``), then
+    every database file in ``backup_dir`` (``erase_from_backup``). A backup that fails is listed, never skipped
+    silently: the caller must tell the admin to delete it."""
+    person = gallery.get_person(ref)
+    erased = gallery.remove(person.id)
+    backups = backup_files(cfg)
+    erased_from, failed = 0, []
+    for backup in backups:
+        try:
+            erased_from += bool(erase_from_backup(backup, person.id))
+        except KioskError as exc:
+            failed.append(f"{backup.name}: {exc}")
+    return Removal(person.id, person.name, erased, len(backups), erased_from, tuple(failed))
 
 
 def newest_backup(cfg: Config) -> Path | None:

@@ -207,6 +207,31 @@ class Gallery(GalleryBackup, EventLog, GalleryConnection):
         values = [person_id, blob, dim, t.model_id, t.model_sha256, quality, str(t.source), utc_iso(), key_id]
         db.execute(sql, values)
 
+    def templates(self, ref: str | int) -> list[dict[str, Any]]:
+        """One person's templates, oldest first: id, quality, created, source, model_id, model_sha256 (never the
+        embedding itself)."""
+        person = self.get_person(ref)
+        sql = """SELECT id, quality, created, source, model_id, model_sha256 FROM templates WHERE person_id = ?
+                 ORDER BY id"""
+        return self._rows(sql, [person.id])
+
+    def delete_template(self, ref: str | int, template_id: int) -> Person:
+        """Delete and erase one template of a person (a bad photo); PersonNotFoundError when the person has no
+        template with that id. The freed pages are zeroed and the WAL checkpointed, as in ``remove``."""
+        person = self.get_person(ref)
+        tid = _as_id(template_id) if isinstance(template_id, int) else None
+        missing = PersonNotFoundError(f"{person.name!r} has no template {template_id}; see their templates")
+        if tid is None:
+            raise missing
+        with self._write() as db:
+            if db.execute("DELETE FROM templates WHERE id = ? AND person_id = ?", [tid, person.id]).rowcount != 1:
+                raise missing
+            left = int(db.execute("SELECT count(*) FROM templates WHERE person_id = ?", [person.id]).fetchone()[0])
+            self._audit(db, "template deleted", person.id, person.name, {"template": tid, "left": left})
+        self._checkpoint("an erased template")
+        logger.info("gallery: deleted template id=%d of person id=%d", tid, person.id)
+        return self.get_person(person.id)
+
     def add_templates(self, person: str | int, templates: Sequence[TemplateIn]) -> int:
         """Add templates to an existing person, all or nothing; returns how many were stored."""
         found = self.get_person(person)

@@ -123,6 +123,73 @@ class EventLog(GalleryConnection):
                     r["detail"] = json.loads(r["detail"])
         return rows[::-1]
 
+    def find_events(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        person: str | int | None = None,
+        outcome: str | None = None,
+        liveness: str | None = None,
+        kind: str | None = None,
+        before_id: int | None = None,
+        after_id: int | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Events matching every filter given, newest first (by id), at most ``limit``: keyset paging passes the
+        last id seen as ``before_id``; ``after_id`` gives the events newer than one already seen. ``since`` is
+        inclusive, ``until`` exclusive; ``person`` is a name (any case) or a person id."""
+        where: list[str] = ["1"]
+        params: list[Any] = []
+        if since is not None:
+            where.append("ts >= ?")
+            params.append(utc_iso(since))
+        if until is not None:
+            where.append("ts < ?")
+            params.append(utc_iso(until))
+        if isinstance(person, int):
+            where.append("person_id = ?")
+            params.append(person if -(2**63) <= person < 2**63 else 0)
+        elif person is not None:
+            if _has_surrogate(person):
+                return []  # no stored name can contain one (clean_name refuses them)
+            where.append("person_name = ? COLLATE NOCASE")
+            params.append(unicodedata.normalize("NFC", person.strip()))
+        for column, value in (("outcome", outcome), ("liveness", liveness), ("kind", kind)):
+            if value is not None:
+                if _has_surrogate(value):
+                    return []
+                where.append(f"{column} = ?")
+                params.append(value)
+        for op, bound in (("<", before_id), (">", after_id)):
+            if bound is not None:
+                where.append(f"id {op} ?")
+                params.append(max(-(2**63), min(int(bound), 2**63 - 1)))
+        sql = f"SELECT * FROM events WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?"
+        rows = self._rows(sql, [*params, max(0, int(limit))])
+        for r in rows:
+            if r["detail"] is not None:
+                with contextlib.suppress(ValueError):
+                    r["detail"] = json.loads(r["detail"])
+        return rows
+
+    def event(self, event_id: int) -> dict[str, Any] | None:
+        """One event by id (its detail parsed), or None."""
+        if not -(2**63) <= event_id < 2**63:
+            return None
+        rows = self._rows("SELECT * FROM events WHERE id = ?", [event_id])
+        if not rows:
+            return None
+        row = rows[0]
+        if row["detail"] is not None:
+            with contextlib.suppress(ValueError):
+                row["detail"] = json.loads(row["detail"])
+        return row
+
+    def last_event_id(self) -> int:
+        """The newest event's id (0 when there is none): cheap enough to poll for new events."""
+        return int(self._rows("SELECT coalesce(max(id), 0) AS n FROM events")[0]["n"])
+
     def verify_events(self) -> EventChainReport:
         """Check the event hash chain from the first event to the newest, in one consistent snapshot."""
         with self._guard():
