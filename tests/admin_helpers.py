@@ -50,7 +50,7 @@ def admin_config(tmp_path: Path, **sections: Any) -> Config:
 def admin_services(tmp_path: Path, cfg: Config | None = None, **kw: Any) -> WebServices:
     """Services on tmp_path with an admin ``ada`` and a viewer ``vic`` (password PASSWORD) and a ScriptedLink."""
     services = make_services(tmp_path, cfg or admin_config(tmp_path), **kw)
-    services.link = ScriptedLink()  # type: ignore[assignment]
+    services.link = ScriptedLink()
     services.i18n = I18n()
     services.templates = make_templates(services)
     services.accounts.add(ADMIN, "admin", PASSWORD)

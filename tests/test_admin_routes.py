@@ -16,7 +16,16 @@ from fastapi.testclient import TestClient
 from kiosk.web.app import create_app
 from kiosk.web.pages.enrol import Upload, UploadStore
 from kiosk.web.services import WebServices
-from tests.admin_helpers import ADMIN, VIEWER, ScriptedLink, add_person, admin_config, admin_services, csrf_of, page_login
+from tests.admin_helpers import (
+    ADMIN,
+    VIEWER,
+    ScriptedLink,
+    add_person,
+    admin_config,
+    admin_services,
+    csrf_of,
+    page_login,
+)
 from tests.web_helpers import PASSWORD
 
 PAGES = ("/", "/people", "/events", "/admin/door", "/system")
@@ -80,8 +89,16 @@ def test_login_form_logs_in_and_goes_to_next(client: TestClient) -> None:
 
 @pytest.mark.parametrize(
     "target",
-    ["https://evil.example/", "//evil.example/x", "/\\evil.example", "http:/evil", "javascript:alert(1)",
-     "/\t/evil.example", "evil.example", "/login?next=//evil"],
+    [
+        "https://evil.example/",
+        "//evil.example/x",
+        "/\\evil.example",
+        "http:/evil",
+        "javascript:alert(1)",
+        "/\t/evil.example",
+        "evil.example",
+        "/login?next=//evil",
+    ],
 )
 def test_login_never_redirects_off_site(client: TestClient, target: str) -> None:
     r = page_login(client, ADMIN, next_path=target)
@@ -274,7 +291,9 @@ def test_change_without_a_session_goes_to_login(client: TestClient, services: We
 def test_rename_disable_validity_are_audited_with_the_account(client: TestClient, services: WebServices) -> None:
     pid = add_person(services, "Grace Hopper")
     token = logged_in(client)
-    r = client.post(f"/people/{pid}/rename", data={"name": "Grace B. Hopper", "csrf_token": token}, follow_redirects=False)
+    r = client.post(
+        f"/people/{pid}/rename", data={"name": "Grace B. Hopper", "csrf_token": token}, follow_redirects=False
+    )
     assert r.status_code == 303 and r.headers["location"] == f"/people/{pid}?done=renamed"
     assert "Renamed." in client.get(r.headers["location"]).text
     r = client.post(f"/people/{pid}/enabled", data={"enabled": "false", "csrf_token": token}, follow_redirects=False)
@@ -362,7 +381,7 @@ def test_uploaded_photo_only_for_the_session_that_sent_it(client: TestClient, se
     token = logged_in(client)
     session = services.accounts.session(client.cookies.get("kiosk_session"))
     assert session is not None
-    store = client.app.state.admin_uploads = UploadStore()  # type: ignore[attr-defined]
+    store = client.app.state.admin_uploads = UploadStore()
     png = b"\x89PNG\r\n\x1a\n" + b"\0" * 16
     key = store.put(Upload(UploadStore.owner_of(session), "Ada", None, [("a.png", png), ("b.txt", b"text")]))
     r = client.get(f"/people/new/upload/{key}/0")
@@ -420,7 +439,9 @@ def _frames(n: int) -> list[dict[str, Any]]:
     out = []
     for _ in range(n):
         v = rng.standard_normal(128).astype("<f4")
-        out.append({"embedding": base64.b64encode((v / np.linalg.norm(v)).tobytes()).decode(), "quality": {"score": 0.8}})
+        out.append(
+            {"embedding": base64.b64encode((v / np.linalg.norm(v)).tobytes()).decode(), "quality": {"score": 0.8}}
+        )
     return out
 
 
@@ -441,7 +462,10 @@ def test_capture_at_the_door_camera(client: TestClient, services: WebServices) -
     key = progress.group(1).split("/")[4]
     link.state = link.state | {"capture": None}
     link.replies["capture-result"] = {
-        "ok": True, "state": "done", "model": {"id": "test-model", "sha256": "0" * 64}, "frames": _frames(3)
+        "ok": True,
+        "state": "done",
+        "model": {"id": "test-model", "sha256": "0" * 64},
+        "frames": _frames(3),
     }
     done = client.get(progress.group(1))
     assert "Done: store the frames taken." in done.text and f"/people/new/camera/{key}/store" in done.text
@@ -459,8 +483,11 @@ def test_capture_refused_or_malformed(client: TestClient, services: WebServices)
     r = client.post("/people/new/camera", data={"name": "Ada Lovelace", "csrf_token": token})
     assert r.status_code == 503 and "a capture is already running" in r.text
     link.replies["capture"] = {"ok": True, "id": "cap2"}
+    link.state = link.state | {"capture": {"id": "cap2", "done": 0, "target": 5, "state": "running"}}
     r = client.post("/people/new/camera", data={"name": "Ada Lovelace", "csrf_token": token})
-    key = re.search(r"/people/new/camera/([^/]+)/", r.text).group(1)  # type: ignore[union-attr]
+    found = re.search(r"/people/new/camera/([^/]+)/", r.text)
+    assert found
+    key = found.group(1)
     bad = {"ok": True, "state": "done", "model": {"id": "m", "sha256": "0"}, "frames": [{"embedding": "%%%"}]}
     link.replies["capture-result"] = bad
     r = client.post(f"/people/new/camera/{key}/store", data={"csrf_token": token})

@@ -7,13 +7,14 @@ leads only to a path on this site.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from kiosk.errors import AuthError, LoginThrottledError
 from kiosk.web import security
-from kiosk.web.accounts import Session
-from kiosk.web.pages.common import local_path, render, see_other, services_of, signed_in, tr
+from kiosk.web.pages.common import PageSession, local_path, render, see_other, services_of, tr
 
 router = APIRouter()
 
@@ -29,9 +30,9 @@ def login_page(request: Request, next: str = "/") -> Response:
 @router.post("/login", response_class=HTMLResponse, dependencies=[Depends(security.login_guard)])
 def login(
     request: Request,
-    username: str = Form("", max_length=200),
-    password: str = Form("", max_length=4096),
-    next: str = Form("/", max_length=2000),
+    username: Annotated[str, Form(max_length=200)] = "",
+    password: Annotated[str, Form(max_length=4096)] = "",
+    next: Annotated[str, Form(max_length=2000)] = "/",
 ) -> Response:
     accounts = services_of(request).accounts
     target = local_path(next)
@@ -56,7 +57,7 @@ def login(
 
 
 @router.post("/logout", dependencies=[Depends(security.csrf)])
-def logout(request: Request, current: Session = Depends(signed_in)) -> Response:
+def logout(request: Request, current: PageSession) -> Response:
     services_of(request).accounts.logout(current.token)
     response = see_other("/login")
     security.clear_session_cookie(response, request)

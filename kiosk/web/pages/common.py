@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
 
 from fastapi import Depends, HTTPException, Request
@@ -43,16 +43,24 @@ def signed_in(request: Request) -> Session:
     return current
 
 
-def admin_page(current: Session = Depends(signed_in)) -> Session:
+def admin_page(current: Annotated[Session, Depends(signed_in)]) -> Session:
     """An admin's session; 403 for a viewer (the pages show them no change buttons, the routes refuse anyway)."""
     if not current.account.is_admin:
         raise HTTPException(403, "this needs an admin account")
     return current
 
 
-async def admin_change(current: Session = Depends(admin_page), _: None = Depends(security.csrf)) -> Session:
+async def admin_change(
+    current: Annotated[Session, Depends(admin_page)], _: Annotated[None, Depends(security.csrf)]
+) -> Session:
     """A change made from a page: an admin, the same origin, and the session's CSRF token in the form."""
     return current
+
+
+# Annotated parameters for the page routes: ``def page(request: Request, current: PageSession) -> ...``.
+PageSession = Annotated[Session, Depends(signed_in)]
+AdminPage = Annotated[Session, Depends(admin_page)]
+AdminChange = Annotated[Session, Depends(admin_change)]
 
 
 def render(
@@ -71,9 +79,7 @@ def render(
         "notice": None,
         "error": None,
     }
-    return services_of(request).templates.TemplateResponse(
-        request, template, base | context, status_code=status_code
-    )
+    return services_of(request).templates.TemplateResponse(request, template, base | context, status_code=status_code)
 
 
 def see_other(url: str) -> RedirectResponse:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import secrets
 import threading
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
@@ -28,8 +29,8 @@ from kiosk.gallery.records import TemplateIn, clean_name
 from kiosk.web import people as people_service
 from kiosk.web import security
 from kiosk.web.accounts import Session
+from kiosk.web.pages.common import AdminChange, AdminPage, error_text, render, see_other, services_of, tr
 from kiosk.web.services import WebServices
-from kiosk.web.pages.common import admin_change, admin_page, error_text, render, see_other, services_of, tr
 
 router = APIRouter()
 
@@ -37,7 +38,6 @@ KEEP_S = 600.0  # how long uploaded photos wait for "store"
 PER_SESSION = 3  # uploads one session may hold at once (the oldest goes first)
 CAPTURE_TARGET = 5
 CAPTURE_TIMEOUT_S = 60
-HINTS = ("come-closer", "look-at-camera", "turn-left", "turn-right", "hold-still", "blink")
 _IMAGE_TYPES = ((b"\xff\xd8\xff", "image/jpeg"), (b"\x89PNG\r\n\x1a\n", "image/png"))
 
 
@@ -56,7 +56,9 @@ class Upload:
 class UploadStore:
     """Uploads in memory, each readable only by the session that made it, dropped after ``keep_s``."""
 
-    def __init__(self, keep_s: float = KEEP_S, per_session: int = PER_SESSION, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, keep_s: float = KEEP_S, per_session: int = PER_SESSION, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.keep_s = keep_s
         self.per_session = per_session
         self.clock = clock
@@ -75,8 +77,8 @@ class UploadStore:
     def put(self, upload: Upload) -> str:
         with self._lock:
             self._prune()
-            mine = sorted((u.created, k) for k, u in self._items.items() if u.owner == upload.owner)
-            for _, key in mine[: max(0, len(mine) - self.per_session + 1)]:
+            mine = [k for k, u in self._items.items() if u.owner == upload.owner]  # oldest first (insertion order)
+            for key in mine[: max(0, len(mine) - self.per_session + 1)]:
                 del self._items[key]
             token = secrets.token_urlsafe(16)
             upload.created = self.clock()
@@ -144,7 +146,7 @@ def _enrol_page(
 
 
 @router.get("/people/new", response_class=HTMLResponse)
-def enrol_page(request: Request, person: str = "", current: Session = Depends(admin_page)) -> Response:
+def enrol_page(request: Request, current: AdminPage, person: str = "") -> Response:
     return _enrol_page(request, current, _person(request, person))
 
 
@@ -194,7 +196,7 @@ def _verdicts_page(
 
 
 @router.post("/people/new/check", response_class=HTMLResponse)
-async def check_photos(request: Request, current: Session = Depends(admin_change)) -> Response:
+async def check_photos(request: Request, current: AdminChange) -> Response:
     """A verdict per uploaded photo; nothing is saved. The photos wait in memory for "store"."""
     services = services_of(request)
     web = services.cfg.web
@@ -239,7 +241,7 @@ def _waiting(request: Request, current: Session, token: str) -> Upload:
 
 
 @router.get("/people/new/upload/{token}/{index}")
-def uploaded_photo(request: Request, token: str, index: int, current: Session = Depends(admin_page)) -> Response:
+def uploaded_photo(request: Request, token: str, index: int, current: AdminPage) -> Response:
     """One waiting photo, for its verdict card (only to the session that sent it)."""
     upload = _waiting(request, current, token[:64])
     if not 0 <= index < len(upload.photos):
@@ -254,7 +256,7 @@ def uploaded_photo(request: Request, token: str, index: int, current: Session = 
 
 
 @router.post("/people/new/store", response_class=HTMLResponse)
-async def store_photos(request: Request, current: Session = Depends(admin_change)) -> Response:
+async def store_photos(request: Request, current: AdminChange) -> Response:
     """Check again with the faces picked, or store the photos that pass (``action``)."""
     services = services_of(request)
     form = await request.form()
@@ -271,9 +273,7 @@ async def store_photos(request: Request, current: Session = Depends(admin_change
     try:
         with security.acting(request, current.account):
             stored, verdicts = await run_in_threadpool(
-                lambda: people_service.enrol_photos(
-                    services, upload.name, upload.photos, picked, append, partial=True
-                )
+                lambda: people_service.enrol_photos(services, upload.name, upload.photos, picked, append, partial=True)
             )
     except KioskError as exc:
         verdicts = await run_in_threadpool(
@@ -312,14 +312,13 @@ def capture_templates(reply: dict[str, Any]) -> list[TemplateIn]:
         if vector.size == 0 or not np.isfinite(vector).all():
             raise InputError("the door loop returned a malformed embedding")
         quality = frame.get("quality") if isinstance(frame.get("quality"), dict) else {}
-        score = next((float(v) for k in ("score", "quality", "overall") if isinstance(v := quality.get(k), int | float)), 0.0)
+        scores = [quality.get(k) for k in ("score", "quality", "overall")]
+        score = next((float(v) for v in scores if isinstance(v, int | float)), 0.0)
         out.append(TemplateIn(vector, str(model.get("id")), str(model.get("sha256")), score, "door camera"))
     return out
 
 
-def enrol_templates(
-    services: WebServices, name: str, templates: list[TemplateIn], *, append: bool
-) -> dict[str, Any]:
+def enrol_templates(services: WebServices, name: str, templates: list[TemplateIn], *, append: bool) -> dict[str, Any]:
     """Store a capture's templates under ``name`` (a new person, or added to them with ``append``), all or none."""
     with services.gallery() as g:
         person = g.enroll(name, templates, append=append)
@@ -340,7 +339,8 @@ async def _capture_progress(request: Request, capture_id: str) -> dict[str, Any]
         except (KioskError, OSError, TimeoutError):
             reply = {"ok": False}
         state = reply.get("state") if reply.get("ok") else "failed"
-        capture = {"id": capture_id, "state": state if state in ("running", "done", "failed", "cancelled") else "failed"}
+        known = state in ("running", "done", "failed", "cancelled")
+        capture = {"id": capture_id, "state": state if known else "failed"}
     quality = capture.get("quality")
     return {
         "state": str(capture.get("state") or "running"),
@@ -371,13 +371,12 @@ def _camera_page(
         capture=capture,
         name=upload.name,
         person=person,
-        hints=HINTS,
         **extra,
     )
 
 
 @router.post("/people/new/camera", response_class=HTMLResponse)
-async def start_capture(request: Request, current: Session = Depends(admin_change)) -> Response:
+async def start_capture(request: Request, current: AdminChange) -> Response:
     """Ask the loop for a guided capture; the page then follows its progress in the loop's state."""
     form = await request.form()
     try:
@@ -399,26 +398,24 @@ async def start_capture(request: Request, current: Session = Depends(admin_chang
 
 
 @router.get("/people/new/camera/{token}/progress", response_class=HTMLResponse)
-async def capture_progress(request: Request, token: str, current: Session = Depends(admin_page)) -> Response:
+async def capture_progress(request: Request, token: str, current: AdminPage) -> Response:
     upload = _capture_upload(request, current, token)
     assert upload.capture_id is not None
     capture = await _capture_progress(request, upload.capture_id)
-    return render(request, "admin/_capture.html", current, capture_id=token, capture=capture, hints=HINTS)
+    return render(request, "admin/_capture.html", current, capture_id=token, capture=capture)
 
 
 @router.post("/people/new/camera/{token}/cancel", response_class=HTMLResponse)
-async def cancel_capture(request: Request, token: str, current: Session = Depends(admin_change)) -> Response:
+async def cancel_capture(request: Request, token: str, current: AdminChange) -> Response:
     upload = _capture_upload(request, current, token)
-    try:
+    with contextlib.suppress(KioskError, OSError, TimeoutError):  # the loop is gone: so is its capture
         await services_of(request).link.request({"op": "capture-cancel", "id": upload.capture_id})
-    except (KioskError, OSError, TimeoutError):
-        pass  # the loop is gone: so is its capture
     uploads_of(request).drop(token)
     return see_other("/people/new" + (f"?person={upload.person_id}" if upload.person_id else ""))
 
 
 @router.post("/people/new/camera/{token}/store", response_class=HTMLResponse)
-async def store_capture(request: Request, token: str, current: Session = Depends(admin_change)) -> Response:
+async def store_capture(request: Request, token: str, current: AdminChange) -> Response:
     services = services_of(request)
     upload = _capture_upload(request, current, token)
     try:

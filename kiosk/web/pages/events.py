@@ -7,14 +7,13 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from kiosk.errors import InputError, KioskError
 from kiosk.web import events as event_service
 from kiosk.web import people as people_service
-from kiosk.web.accounts import Session
-from kiosk.web.pages.common import error_text, render, services_of, signed_in
+from kiosk.web.pages.common import PageSession, error_text, render, services_of
 
 router = APIRouter()
 
@@ -58,7 +57,6 @@ def _filters(request: Request) -> dict[str, str]:
     return {k: v for k, v in out.items() if v}
 
 
-
 def _service_filters(filters: dict[str, str]) -> dict[str, Any]:
     return {
         "since": _when(filters.get("since", ""), "since"),
@@ -96,7 +94,7 @@ def _load(request: Request) -> tuple[dict[str, str], list[dict[str, Any]], str |
 
 
 @router.get("/events", response_class=HTMLResponse)
-def events_page(request: Request, current: Session = Depends(signed_in)) -> Response:
+def events_page(request: Request, current: PageSession) -> Response:
     services = services_of(request)
     filters, events, error = _load(request)
     try:
@@ -130,15 +128,15 @@ def events_page(request: Request, current: Session = Depends(signed_in)) -> Resp
 
 
 @router.get("/events/rows", response_class=HTMLResponse)
-def event_rows_partial(request: Request, current: Session = Depends(signed_in)) -> Response:
+def event_rows_partial(request: Request, current: PageSession) -> Response:
     """The newest page of rows with the page's filters: the live update swaps it in."""
-    filters, events, _ = _load(request)
+    _, events, _ = _load(request)
     snapshots = services_of(request).cfg.events.snapshots
     return render(request, "admin/_events_rows.html", current, events=event_rows(events), snapshots=snapshots)
 
 
 @router.get("/events/{event_id}/snapshot")
-def snapshot(request: Request, event_id: int, current: Session = Depends(signed_in)) -> Response:
+def snapshot(request: Request, event_id: int, current: PageSession) -> Response:
     """An event's snapshot, found from the event's own record; 404 when snapshots are off or it is gone."""
     if not 1 <= event_id < 2**63:
         raise HTTPException(404, "no such event")

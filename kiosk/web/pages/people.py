@@ -4,9 +4,9 @@ delete a template, remove. Viewers see everything and change nothing (no buttons
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
 
 from kiosk.errors import KioskError, PersonNotFoundError
@@ -14,13 +14,13 @@ from kiosk.web import people as people_service
 from kiosk.web import security
 from kiosk.web.accounts import Session
 from kiosk.web.pages.common import (
-    admin_change,
+    AdminChange,
+    PageSession,
     error_text,
     notice_of,
     render,
     see_other,
     services_of,
-    signed_in,
     tr,
 )
 
@@ -30,7 +30,7 @@ MAX_ID = 2**63 - 1
 
 
 @router.get("/people", response_class=HTMLResponse)
-def people_list(request: Request, q: str = "", current: Session = Depends(signed_in)) -> Response:
+def people_list(request: Request, current: PageSession, q: str = "") -> Response:
     q = q[:200]
     people = people_service.list_people(services_of(request), q)
     if request.headers.get("hx-request") == "true" and request.headers.get("hx-target") == "people-rows":
@@ -83,7 +83,7 @@ def _person_page(
 
 
 @router.get("/people/{person_id}", response_class=HTMLResponse)
-def person_page(request: Request, person_id: int, current: Session = Depends(signed_in)) -> Response:
+def person_page(request: Request, person_id: int, current: PageSession) -> Response:
     return _person_page(request, current, _detail(request, person_id))
 
 
@@ -102,15 +102,13 @@ def _change(request: Request, current: Session, person_id: int, changes: dict[st
 
 @router.post("/people/{person_id}/rename")
 def rename(
-    request: Request, person_id: int, name: str = Form(..., max_length=400), current: Session = Depends(admin_change)
+    request: Request, person_id: int, current: AdminChange, name: Annotated[str, Form(max_length=400)]
 ) -> Response:
     return _change(request, current, person_id, {"name": name}, "renamed")
 
 
 @router.post("/people/{person_id}/enabled")
-def set_enabled(
-    request: Request, person_id: int, enabled: str = Form(...), current: Session = Depends(admin_change)
-) -> Response:
+def set_enabled(request: Request, person_id: int, current: AdminChange, enabled: Annotated[str, Form()]) -> Response:
     if enabled not in ("true", "false"):
         raise HTTPException(422, "enabled: true or false")
     on = enabled == "true"
@@ -121,18 +119,16 @@ def set_enabled(
 def set_validity(
     request: Request,
     person_id: int,
-    valid_from: str = Form("", max_length=40),
-    valid_until: str = Form("", max_length=40),
-    current: Session = Depends(admin_change),
+    current: AdminChange,
+    valid_from: Annotated[str, Form(max_length=40)] = "",
+    valid_until: Annotated[str, Form(max_length=40)] = "",
 ) -> Response:
     changes = {"valid_from": window_value(valid_from), "valid_until": window_value(valid_until)}
     return _change(request, current, person_id, changes, "validity")
 
 
 @router.post("/people/{person_id}/templates/{template_id}/delete")
-def delete_template(
-    request: Request, person_id: int, template_id: int, current: Session = Depends(admin_change)
-) -> Response:
+def delete_template(request: Request, person_id: int, template_id: int, current: AdminChange) -> Response:
     person = _detail(request, person_id)
     if not 1 <= template_id <= MAX_ID:
         raise HTTPException(404, f"no template {template_id}")
@@ -146,11 +142,13 @@ def delete_template(
 
 @router.post("/people/{person_id}/remove")
 def remove(
-    request: Request, person_id: int, confirm: str = Form(""), current: Session = Depends(admin_change)
+    request: Request, person_id: int, current: AdminChange, confirm: Annotated[str, Form(max_length=10)] = ""
 ) -> Response:
     person = _detail(request, person_id)
     if confirm != "yes":
-        return _person_page(request, current, person, error=tr(request, "admin.person.remove_unconfirmed"), status_code=422)
+        return _person_page(
+            request, current, person, error=tr(request, "admin.person.remove_unconfirmed"), status_code=422
+        )
     try:
         with security.acting(request, current.account):
             removal = people_service.remove_person(services_of(request), person["id"])
