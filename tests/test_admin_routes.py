@@ -517,3 +517,18 @@ def test_events_filters_and_bad_values(client: TestClient, services: WebServices
     assert rows.status_code == 200 and rows.text.lstrip().startswith("<tbody")
     assert "0.20" in rows.text and "Grace Hopper" not in rows.text
     assert client.get("/events/1/snapshot").status_code == 404  # snapshots are off
+
+
+def test_browser_form_posts_under_no_referrer_are_accepted(client: TestClient) -> None:
+    """Referrer-Policy no-referrer makes a browser send ``Origin: null`` with a page's own form; Sec-Fetch-Site
+    (which no page can set) tells the site's forms from another's."""
+    own = {"Origin": "null", "Sec-Fetch-Site": "same-origin"}
+    r = client.post("/login", data={"username": ADMIN, "password": PASSWORD}, headers=own, follow_redirects=False)
+    assert r.status_code == 303
+    token = csrf_of(client, "/people")
+    foreign = {"Origin": "null", "Sec-Fetch-Site": "cross-site"}
+    r = client.post("/logout", data={"csrf_token": token}, headers=foreign, follow_redirects=False)
+    assert r.status_code == 403
+    r = client.post("/logout", data={"csrf_token": token}, headers={"Origin": "null"}, follow_redirects=False)
+    assert r.status_code == 403
+    assert client.post("/logout", data={"csrf_token": token}, headers=own, follow_redirects=False).status_code == 303
