@@ -65,9 +65,9 @@ def test_enrol_from_photos_with_a_rejected_one(
     page.get_by_role("link", name="Enrol a person").click()
     page.wait_for_url(base + "/people/new")
     axe_check(page)
-    page.get_by_label("Name", exact=True).first.fill("Test Person")
+    page.locator("#name").fill("Test Person")
     photos = [*lfw_photos(faces_dir), no_face_photo(faces_dir)]
-    page.get_by_label("Photos").set_input_files([str(p) for p in photos])
+    page.get_by_label("Photos", exact=True).set_input_files([str(p) for p in photos])
     page.get_by_role("button", name="Check the photos").click()
     page.wait_for_url(base + "/people/new/check", timeout=SLOW_MS)
     cards = page.locator("li.verdict")
@@ -104,8 +104,8 @@ def test_pick_a_face_on_a_photo_with_several(page: Any, base: str, services: Web
     two = tmp_path / "two.jpg"
     cv2.imwrite(str(two), np.concatenate([astronaut, astronaut], axis=1))
     log_in(page, base, path="/people/new")
-    page.get_by_label("Name", exact=True).first.fill("Picked Face")
-    page.get_by_label("Photos").set_input_files([str(two)])
+    page.locator("#name").fill("Picked Face")
+    page.get_by_label("Photos", exact=True).set_input_files([str(two)])
     page.get_by_role("button", name="Check the photos").click()
     page.wait_for_url(base + "/people/new/check", timeout=SLOW_MS)
     assert page.get_by_text("Several faces").first.is_visible()
@@ -113,7 +113,7 @@ def test_pick_a_face_on_a_photo_with_several(page: Any, base: str, services: Web
     boxes = page.locator("button.face-box")
     assert boxes.count() == 2
     boxes.nth(1).click()  # the box on the photo picks the radio button below it
-    assert page.get_by_label("Face 2").is_checked()
+    assert page.get_by_role("radio", name="Face 2").is_checked()
     assert boxes.nth(1).get_attribute("aria-pressed") == "true"
     page.get_by_role("button", name="Check again with the faces chosen").click()
     page.wait_for_url(base + "/people/new/store", timeout=SLOW_MS)
