@@ -158,12 +158,18 @@ def last_event_id(services: WebServices) -> int:
 
 
 async def new_events(
-    services: WebServices, after_id: int | None = None, *, poll_s: float = POLL_S
-) -> AsyncIterator[dict[str, Any]]:
+    services: WebServices,
+    after_id: int | None = None,
+    *,
+    poll_s: float = POLL_S,
+    heartbeat_s: float | None = None,
+) -> AsyncIterator[dict[str, Any] | None]:
     """Events written after ``after_id`` (default: from now on), oldest first, as they arrive. The gallery's newest
-    id is read every ``poll_s`` in a worker thread; the rows are read only when it moved."""
+    id is read every ``poll_s`` in a worker thread; the rows are read only when it moved. With ``heartbeat_s``, a
+    None after that many seconds without an event (a stream's keep-alive)."""
     last = await asyncio.to_thread(last_event_id, services) if after_id is None else int(after_id)
     snapshots = services.cfg.events.snapshots
+    quiet = 0.0
 
     def newer(after: int) -> list[dict[str, Any]]:
         with services.gallery() as g:
@@ -172,9 +178,14 @@ async def new_events(
             return g.find_events(after_id=after, limit=MAX_LIMIT)[::-1]
 
     while True:
-        for row in await asyncio.to_thread(newer, last):
+        rows = await asyncio.to_thread(newer, last)
+        for row in rows:
             last = max(last, int(row["id"]))
             yield event_dict(row, snapshots)
+        quiet = 0.0 if rows else quiet + poll_s
+        if heartbeat_s is not None and quiet >= heartbeat_s:
+            quiet = 0.0
+            yield None
         await asyncio.sleep(poll_s)
 
 
