@@ -412,7 +412,7 @@ def test_unlock_needs_the_password_again(client: TestClient, services: WebServic
     r = client.post("/admin/door/unlock", data={"reason": "delivery", "password": "not it!", "csrf_token": token})
     assert r.status_code == 422 and "Wrong password" in r.text
     r = client.post("/admin/door/unlock", data={"reason": " ", "password": PASSWORD, "csrf_token": token})
-    assert r.status_code == 422 and "Give a reason" in r.text
+    assert r.status_code == 422 and "say why the door is unlocked" in r.text
     assert not [q for q in link.requests if q["op"] == "unlock"]
     r = client.post(
         "/admin/door/unlock",

@@ -65,7 +65,8 @@ function followEvents() {
   source.addEventListener("error", () => {
     if (status) status.textContent = status.dataset.off;
   });
-  source.addEventListener("message", () => {
+  // The stream names its messages "event" (GET /api/events/stream).
+  source.addEventListener("event", () => {
     count += 1;
     if (status) status.textContent = status.dataset.news.replace("{n}", String(count));
     if (window.htmx) window.htmx.trigger(live, "kiosk:event");
