@@ -66,10 +66,29 @@ def current_caller() -> Caller:
     return Caller(uid, _user_name(uid), tuple(sorted(_group_name(g) for g in gids)), sudo_user or None)
 
 
+def caller_of(uid: int) -> Caller:
+    """The user ``uid`` and every group it is in (its primary group and the supplementary ones from the group
+    database): how a peer on a Unix socket is judged (``SO_PEERCRED`` gives only the uid)."""
+    try:
+        pw = pwd.getpwuid(uid)
+    except KeyError:
+        return Caller(uid, str(uid), ())
+    try:
+        gids = set(os.getgrouplist(pw.pw_name, pw.pw_gid))
+    except OSError:
+        gids = {pw.pw_gid}
+    return Caller(uid, pw.pw_name, tuple(sorted(_group_name(g) for g in gids)))
+
+
+def is_admin(caller: Caller, group: str) -> bool:
+    """Root or a member of ``group`` (``admin.group``)."""
+    return caller.is_root or group in caller.groups
+
+
 def require_admin(group: str, command: str, caller: Caller | None = None) -> Caller:
     """Return the caller if it is root or in ``group``; else AccessDeniedError saying how to get access."""
     caller = caller or current_caller()
-    if caller.is_root or group in caller.groups:
+    if is_admin(caller, group):
         return caller
     raise AccessDeniedError(
         f"`kiosk {command}` is an admin command: run it as root (sudo) or as a member of group {group!r} "

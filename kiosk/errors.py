@@ -27,7 +27,9 @@
     │   └── AccountExistsError              exit DUPLICATE
     ├── InsecureStorageError                exit INSECURE      data dir / gallery readable by others or wrong owner
     ├── TemplateKeyError                    exit KEY           gallery encryption key missing, wrong or unreadable
-    └── TamperedError                       exit TAMPERED      event hash chain broken, backup not a gallery
+    ├── TamperedError                       exit TAMPERED      event hash chain broken, backup not a gallery
+    ├── ScreenError                         exit FAILURE       the loop's sockets cannot be set up (kiosk.screen)
+    └── DoorUnavailableError                exit FAILURE       the loop's sockets cannot be reached (kiosk web)
 
 systemd units list CONFIG, MODEL, INSECURE and KEY in ``RestartPreventExitStatus=``: a broken install must not
 restart-loop.
@@ -176,3 +178,11 @@ class AccountNotFoundError(AccountError, LookupError):
 
 class AccountExistsError(AccountError):
     exit_code = ExitCode.DUPLICATE
+
+
+class ScreenError(KioskError):
+    """The door loop cannot publish its sockets: runtime folder not usable, or another loop is serving them."""
+
+
+class DoorUnavailableError(KioskError):
+    """The door loop's sockets cannot be reached (not running, not answering, or not ours to talk to)."""

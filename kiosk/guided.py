@@ -47,6 +47,42 @@ def _pose(v: ImageVerdict) -> tuple[float, float]:
     return v.quality.get("yaw_deg", 0.0), v.quality.get("pitch_deg", 0.0)
 
 
+class GuidedCollector:
+    """The rule of a guided capture, frame by frame: keep a good frame whose pose differs enough from the ones kept
+    (and not sooner than ``MIN_INTERVAL_S`` after the last), count rejections by plain reason, say what to do next.
+    ``guided_capture`` drives it from a camera; the door loop's capture (kiosk.screen) from its own frames."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.good: list[ImageVerdict] = []
+        self.rejected: dict[str, int] = {}
+        self.hint = PROMPTS[0]
+        self._last_good = -float("inf")
+
+    @property
+    def done(self) -> bool:
+        return len(self.good) >= self.target
+
+    def offer(self, v: ImageVerdict, t: float) -> str:
+        """Judge one assessed frame taken at ``t``; returns the hint for the person (plain words)."""
+        if not v.accepted:
+            self.hint = plain_reason(v.reason)
+            self.rejected[self.hint] = self.rejected.get(self.hint, 0) + 1
+            return self.hint
+        yaw, pitch = _pose(v)
+        novel = all(
+            abs(yaw - y) >= MIN_POSE_CHANGE_DEG or abs(pitch - p) >= MIN_POSE_CHANGE_DEG
+            for y, p in map(_pose, self.good)
+        )
+        if novel and t - self._last_good >= MIN_INTERVAL_S:
+            self.good.append(v)
+            self._last_good = t
+            self.hint = PROMPTS[len(self.good) % len(PROMPTS)] if not self.done else "done"
+        else:
+            self.hint = PROMPTS[len(self.good) % len(PROMPTS)]
+        return self.hint
+
+
 def guided_capture(
     pipeline: Pipeline,
     camera: Camera,
@@ -57,33 +93,16 @@ def guided_capture(
     clock: Callable[[], float] = time.monotonic,
 ) -> tuple[list[ImageVerdict], dict[str, int]]:
     """Collect up to ``target`` good, pose-diverse frames; returns them and a count of rejections by reason."""
-    good: list[ImageVerdict] = []
-    rejected: dict[str, int] = {}
+    collector = GuidedCollector(target)
     start = clock()
-    last_good = -float("inf")
-    hint = PROMPTS[0]
-    while len(good) < target and clock() - start < timeout_s:
+    while not collector.done and clock() - start < timeout_s:
         frame = camera.latest(timeout=0.5)
         if frame is None:
             if camera.status().get("state") == "ended":
                 break
             continue
-        v = assess_frame(pipeline, frame.image, f"camera frame {frame.index}")
-        if not v.accepted:
-            hint = plain_reason(v.reason)
-            rejected[hint] = rejected.get(hint, 0) + 1
-        else:
-            yaw, pitch = _pose(v)
-            novel = all(
-                abs(yaw - y) >= MIN_POSE_CHANGE_DEG or abs(pitch - p) >= MIN_POSE_CHANGE_DEG
-                for y, p in map(_pose, good)
-            )
-            if novel and frame.t - last_good >= MIN_INTERVAL_S:
-                good.append(v)
-                last_good = frame.t
-                hint = PROMPTS[len(good) % len(PROMPTS)] if len(good) < target else "done"
-            else:
-                hint = PROMPTS[len(good) % len(PROMPTS)]
-        bar = "#" * len(good) + "-" * (target - len(good))
-        progress(f"[{bar}] {len(good)}/{target}  {hint}")
-    return good, rejected
+        hint = collector.offer(assess_frame(pipeline, frame.image, f"camera frame {frame.index}"), frame.t)
+        n = len(collector.good)
+        bar = "#" * n + "-" * (target - n)
+        progress(f"[{bar}] {n}/{target}  {hint}")
+    return collector.good, collector.rejected

@@ -11,45 +11,26 @@ install``. Without it the browser tests fail with that message: CI treats a skip
 
 from __future__ import annotations
 
-import os
-import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-CHROMIUM = Path(os.environ.get("KIOSK_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-VIEWPORTS = {"small": (800, 480), "kiosk": (1024, 600), "full-hd": (1920, 1080)}
+from tools.measure.browser import CHROMIUM, CHROMIUM_ARGS, VIEWPORTS, LiveServer, chromium_missing, launch_chromium
+
+__all__ = ["CHROMIUM", "CHROMIUM_ARGS", "VIEWPORTS", "LiveServer", "axe_check", "browser", "live_server", "page"]
+
 DEFAULT_VIEWPORT = VIEWPORTS["kiosk"]
 TIMEOUT_MS = 10_000
-
-
-def launch_chromium(playwright: Any) -> Any:
-    """Debian's Chromium, headless, with a fresh temporary profile (Playwright's launch makes one per browser)."""
-    if not CHROMIUM.is_file():
-        pytest.fail(
-            f"browser tests need Debian's Chromium at {CHROMIUM}: `sudo apt-get install chromium` "
-            "(.ci/run installs it; never `playwright install`), or set KIOSK_CHROMIUM",
-            pytrace=False,
-        )
-    return playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
 
 
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
+    why = chromium_missing()
+    if why:
+        pytest.fail(f"browser tests need {why}", pytrace=False)
     with sync_playwright() as pw:
         b = launch_chromium(pw)
         try:
@@ -92,42 +73,6 @@ def page(browser: Any, viewport: tuple[int, int]) -> Iterator[Any]:
         context.close()
     if problems.items:
         pytest.fail("the page reported problems:\n  " + "\n  ".join(problems.items), pytrace=False)
-
-
-class LiveServer:
-    """uvicorn serving ``app`` on 127.0.0.1 on a free port, in a thread of this process."""
-
-    def __init__(self, app: Any) -> None:
-        import uvicorn
-
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            app, log_level="warning", http="h11", ws="none", lifespan="auto", timeout_graceful_shutdown=2
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def start(self, timeout_s: float = 15.0) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + timeout_s
-        while self.thread.is_alive() and not self.server.started and time.monotonic() < deadline:
-            time.sleep(0.02)
-        if not self.server.started:
-            self.stop()
-            raise RuntimeError(f"uvicorn did not start on {self.base_url} (see the log above)")
-        return self.base_url
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(5)
-        if self.thread.is_alive():
-            self.server.force_exit = True
-            self.thread.join(5)
-        self.sock.close()
 
 
 @pytest.fixture()

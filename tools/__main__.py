@@ -65,6 +65,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "tools.measure.soak",
         "run the kiosk for hours under injected faults; report frames, restarts, memory, fds",
     ),
+    "screenshots": (
+        "tools.measure.screenshots",
+        "render the door screen's states (and the admin pages) in headless Chromium into docs/img/*.png",
+    ),
     "lock": ("tools.lock", "regenerate the hashed dependency lock in tools/requirements/ (make lock)"),
     "readme-tables": (
         "tools.measure.readme_tables",

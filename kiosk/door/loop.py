@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from kiosk.door.camera import Camera, Frame
 from kiosk.door.decide import NONE, Decider, Decision, Observation, continuity_allowance
@@ -42,6 +42,7 @@ from kiosk.recognition.detect import select_faces
 from kiosk.recognition.match import Matcher
 from kiosk.recognition.pipeline import Pipeline
 from kiosk.stats import median
+from kiosk.types import QualityReport
 
 log = logging.getLogger("kiosk.door.loop")
 
@@ -55,6 +56,7 @@ EVENT_ERROR_LOG_INTERVAL_S = 60.0
 EVENT_WRITE_WAIT_S = 0.2
 EVENT_BACKLOG = 2000
 FRAME_ERROR_LOG_INTERVAL_S = 10.0
+SCREEN_ERROR_LOG_INTERVAL_S = 30.0
 LATENCY_WINDOW = 1000
 # Errors that no retry on the next frame can fix (a broken install, a relay that cannot switch): the loop stops on
 # the first one, so the CLI exits with its named code (systemd does not restart CONFIG/MODEL/INSECURE/KEY).
@@ -66,6 +68,24 @@ FATAL_ERRORS: tuple[type[KioskError], ...] = (
     HardwareError,
     GalleryCorruptError,
 )
+
+
+class Screen(Protocol):
+    """What the loop tells a screen (``kiosk.screen.loop.LoopScreen``): each call returns at once and never waits
+    on a client. ``capturing()`` True: a guided capture runs, the loop hands it its frames and decides nothing."""
+
+    def capturing(self) -> bool: ...
+    def capture_frame(self, loop: DoorLoop, frame: Frame) -> None: ...
+    def frame(
+        self,
+        loop: DoorLoop,
+        frame: Frame,
+        tracks: list[Track],
+        quality: dict[int, QualityReport],
+        decisions: list[Decision],
+    ) -> None: ...
+    def prompt(self, track_id: int, prompt: str, t: float) -> None: ...
+    def tick(self, loop: DoorLoop, now: float, had_frame: bool) -> None: ...
 
 
 class FrameErrorsExceeded(KioskError):
@@ -132,12 +152,16 @@ class DoorLoop:
         decider: Decider | None = None,
         on_frame: Callable[[Frame, float], None] | None = None,
         on_event_error: Callable[[GalleryError], None] | None = None,
+        screen: Screen | None = None,
     ) -> None:
         """``decider`` replaces the ``Decider`` built from ``decision`` config and ``liveness`` (a measuring tool
         passes one that records what it is asked; build it with the same liveness). ``on_frame(frame, ms)`` is called
         after each frame ``process()`` completed, with its processing time in ms (not for a frame whose processing
         raised); an error it raises counts as the frame's. ``on_event_error(exc)`` is called with every failed event
-        write (the event stays queued, as without it): the soak counts locked-gallery hits with it."""
+        write (the event stays queued, as without it): the soak counts locked-gallery hits with it. ``screen``
+        (optional) is told about every frame, prompt and loop iteration (``Screen``); an error it raises is logged
+        (rate-limited) and never stops the loop or fails a frame, except a relay fault of a manual unlock
+        (``FATAL_ERRORS``)."""
         self.cfg = pipeline.cfg
         self.pipeline = pipeline
         self.gallery = gallery
@@ -185,6 +209,11 @@ class DoorLoop:
         # NOTE: the watchdog's heartbeat: time.monotonic() of the start of the latest loop iteration (frame or not).
         # Real monotonic time, whatever ``clock`` is injected: the watchdog measures real progress.
         self.heartbeat = time.monotonic()
+        self.screen = screen
+        self._frame_t = 0.0  # the time of the frame being processed (a liveness prompt happens inside it)
+        self._quality: dict[int, QualityReport] = {}
+        self._screen_error_logged = -float("inf")
+        self.screen_errors = 0
 
     # -- gallery ---------------------------------------------------------------------------------------------
 
@@ -208,12 +237,23 @@ class DoorLoop:
             self._data_version, self._matrix_loaded = version, now
         return self._matcher
 
+    def reload(self) -> None:
+        """Reload the gallery matrix on the next frame that needs it (``kiosk.screen``'s ``reload`` request)."""
+        self._matcher = None
+        self._data_version = -1
+
     # -- one frame -------------------------------------------------------------------------------------------
 
     def process(self, frame: Frame) -> list[Decision]:
         """Run one frame through every stage; returns the decisions it produced (already acted on)."""
         t = frame.t
         started = time.perf_counter()
+        self._frame_t = t
+        if self.screen is not None and self._screen_capturing():
+            # NOTE: a guided capture for enrolment owns the camera: no detection, no tracks, no door decisions.
+            self._screen_call(self.screen.capture_frame, self, frame)
+            self.stats.frames += 1
+            return []
         faces = self.pipeline.detect(frame.image)
         faces = select_faces(
             faces, "largest" if self.cfg.decision.multi_face == "largest" else "all", frame.image.shape
@@ -231,6 +271,9 @@ class DoorLoop:
                 self._act(final, None, None)
         self.stats.frames += 1
         self.stats.faces += len(faces)
+        if self.screen is not None:
+            quality, self._quality = self._quality, {}
+            self._screen_call(self.screen.frame, self, frame, tracks, quality, decisions)
         frame_ms = (time.perf_counter() - started) * 1000.0
         self.stats.frame_ms.append(frame_ms)
         if self.on_frame is not None:
@@ -239,6 +282,8 @@ class DoorLoop:
 
     def _observe(self, frame: Frame, tracks: list[Track], t: float) -> list[Decision]:
         prepared = self.pipeline.prepare(frame.image, [tr.face for tr in tracks])
+        if self.screen is not None:
+            self._quality = {tr.id: q for tr, (_, q) in zip(tracks, prepared, strict=True)}
         interval = self.cfg.decision.embed_interval_s
         # Faces that fail quality are still embedded (a stranger turned away is still denied and recorded), except
         # faces too small to mean anything; the decider never counts a quality-failed frame toward a grant.
@@ -282,6 +327,51 @@ class DoorLoop:
         self.stats.last_decision = f"challenge: {prompt}"
         if self.on_prompt is not None:
             self.on_prompt(track_id, prompt)
+        if self.screen is not None:
+            self._screen_call(self.screen.prompt, track_id, prompt, self._frame_t)
+
+    # -- the screen ------------------------------------------------------------------------------------------
+
+    def _screen_capturing(self) -> bool:
+        assert self.screen is not None
+        try:
+            return self.screen.capturing()
+        except Exception as exc:
+            self._screen_failed(exc)
+            return False
+
+    def _screen_call(self, fn: Callable[..., None], *args: Any) -> None:
+        """Call the screen; its errors are contained (logged, rate-limited), except ``FATAL_ERRORS`` (a relay that
+        cannot switch during a manual unlock is as fatal as during a grant)."""
+        try:
+            fn(*args)
+        except FATAL_ERRORS:
+            raise
+        except Exception as exc:
+            self._screen_failed(exc)
+
+    def _screen_failed(self, exc: Exception) -> None:
+        self.screen_errors += 1
+        now = time.monotonic()
+        if now - self._screen_error_logged >= SCREEN_ERROR_LOG_INTERVAL_S:
+            self._screen_error_logged = now
+            log.error(
+                "screen error (%d so far), the door loop goes on: %s: %s",
+                self.screen_errors,
+                type(exc).__name__,
+                " ".join(str(exc).split())[:200],
+            )
+
+    def manual_unlock(self, actor: str, reason: str, peer_uid: int, peer_pid: int) -> float:
+        """Pulse the relay for a person who asked for it (the admin app, through ``control.sock``) and record a
+        ``door``/``manual-unlock`` event with who, why and the requesting process; returns the pulse length."""
+        applied = self.door.pulse()
+        self.stats.pulses += 1
+        detail = {"actor": actor, "reason": reason, "peer_uid": peer_uid, "peer_pid": peer_pid, "pulse_s": applied}
+        log.info("door manual-unlock actor=%r reason=%r peer_uid=%d peer_pid=%d pulse_s=%.1f", actor, reason,
+                 peer_uid, peer_pid, applied)  # fmt: skip
+        self._store_event("door", "manual-unlock", door_action=f"pulse {applied:.1f}s", detail=detail)
+        return applied
 
     # -- acting on a decision --------------------------------------------------------------------------------
 
@@ -396,6 +486,8 @@ class DoorLoop:
                 self.process_contained(frame)
             self.door.check()  # door-held-open alarm on the loop's clock
             self._drain_door_events()
+            if self.screen is not None:
+                self._screen_call(self.screen.tick, self, now, frame is not None)
             if now - self._last_status >= STATUS_INTERVAL_S:
                 self._last_status = now
                 if self._unwritten:

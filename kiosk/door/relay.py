@@ -473,3 +473,13 @@ def open_door(
     except KeyError:
         raise ConfigError(f"door.driver: must be one of {', '.join(DOOR_DRIVERS)}, got {cfg.driver!r}") from None
     return cls(cfg, pin_factory=pin_factory, on_event=on_event, clock=clock)
+
+
+def door_state(door: Door) -> dict[str, str | None]:
+    """Read-only, for a status display: ``relay`` locked/unlocked (the level last commanded) and ``contact``
+    open/closed (None without a contact input, or for a door that has none)."""
+    is_open = getattr(door, "door_open", None)
+    return {
+        "relay": "unlocked" if door.unlocked else "locked",
+        "contact": None if is_open is None else "open" if is_open else "closed",
+    }

@@ -33,7 +33,7 @@ from kiosk.door.notify import Notifier
 from kiosk.door.relay import Door, open_door
 from kiosk.door.snapshots import SnapshotStore
 from kiosk.door.watchdog import Watchdog
-from kiosk.errors import GalleryError, KioskError
+from kiosk.errors import GalleryError, KioskError, ScreenError
 from kiosk.recognition.pipeline import Pipeline
 
 log = logging.getLogger("kiosk.run")
@@ -157,6 +157,7 @@ def run_kiosk(
     open_source: Callable[[str, CameraConfig], FrameSource] = open_source,
     wrap_pipeline: Callable[[Pipeline], Pipeline] | None = None,
     on_event_error: Callable[[GalleryError], None] | None = None,
+    screen_options: dict[str, Any] | None = None,
 ) -> LoopStats:
     """Build everything from ``cfg`` (tests inject ``door``/``pin_factory``), run the loop, tear down in reverse.
 
@@ -164,7 +165,9 @@ def run_kiosk(
     camera_cfg)`` makes the camera's source (default: ``kiosk.door.camera.open_source``);
     ``wrap_pipeline(pipeline)`` is given the loaded, warmed-up pipeline and returns the one the loop runs (say, one
     whose stages are ``kiosk.testing.FlakyStage`` wrappers); ``on_event_error`` goes to ``DoorLoop``: it is called
-    with each failed event write."""
+    with each failed event write. With ``screen.enabled`` the loop's sockets (``kiosk.screen``) are served from
+    before the models load (service ``starting``) until the end (``stopping``); ``screen_options`` go to
+    ``LoopScreen`` (a test's ``authorize=``/``credentials=``)."""
     t0 = time.monotonic()
     _quiet_native_logs()
     notifier = notifier or Notifier()
@@ -180,6 +183,18 @@ def run_kiosk(
                 relay = open_door(cfg.door, pin_factory=pin_factory, on_event=lambda k, d: door_events.put((k, d)))
             stack.callback(relay.close)
             relay.off()
+            screen = None
+            if cfg.screen.enabled:
+                from kiosk.screen.loop import LoopScreen
+
+                # NOTE: the screen stops before the relay closes (reverse order); it never holds the loop. A screen
+                # that cannot start is logged and the door runs without it: the door is what must not stop.
+                try:
+                    screen = LoopScreen(cfg, **(screen_options or {})).start()
+                except ScreenError as exc:
+                    log.error("%s; the door runs without its screen", exc)
+                else:
+                    stack.callback(screen.close)
             ctx = stack.enter_context(Context(cfg))
             gallery = ctx.gallery
             pipeline = ctx.pipeline
@@ -212,6 +227,7 @@ def run_kiosk(
                 liveness=liveness,
                 on_prompt=on_prompt,
                 on_event_error=on_event_error,
+                screen=screen,
             )
             limit = watchdog_limit(cfg)
             log.info("kiosk ready in %.1f s (models warm, camera started, relay off)", time.monotonic() - t0)
@@ -222,7 +238,11 @@ def run_kiosk(
                 _signals(loop.stop, relay),
                 Watchdog(lambda: loop.heartbeat, relay, limit, notifier=notifier),
             ):
-                stats = loop.run(max_frames=max_frames)
+                try:
+                    stats = loop.run(max_frames=max_frames)
+                finally:
+                    if screen is not None:
+                        screen.set_service("stopping")
             if crashed:
                 raise ThreadCrashedError(f"{crashed[0]}; the door loop was stopped with the relay off")
             log.info("kiosk stopping: %s", stats.as_dict())
