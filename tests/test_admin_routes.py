@@ -532,3 +532,31 @@ def test_browser_form_posts_under_no_referrer_are_accepted(client: TestClient) -
     r = client.post("/logout", data={"csrf_token": token}, headers={"Origin": "null"}, follow_redirects=False)
     assert r.status_code == 403
     assert client.post("/logout", data={"csrf_token": token}, headers=own, follow_redirects=False).status_code == 303
+
+
+def test_live_parts_send_an_ended_session_to_the_login_page(client: TestClient) -> None:
+    headers = {"HX-Request": "true", "HX-Current-URL": "http://127.0.0.1:8080/events?outcome=granted"}
+    r = client.get("/events/rows", headers=headers, follow_redirects=False)
+    assert r.status_code == 401
+    assert r.headers["hx-redirect"] == "/login?next=%2Fevents%3Foutcome%3Dgranted"
+    evil = {"HX-Request": "true", "HX-Current-URL": "https://evil.example//evil.example/x"}
+    assert client.get("/status", headers=evil, follow_redirects=False).headers["hx-redirect"] == "/login?next=%2F"
+
+
+def test_snapshots_shown_and_served_when_enabled(tmp_path: Path) -> None:
+    cfg = admin_config(tmp_path, events={"snapshots": True})
+    s = admin_services(tmp_path, cfg)
+    cfg.snapshot_dir.mkdir(parents=True, mode=0o700)
+    jpeg = b"\xff\xd8\xff\xe0" + b"\0" * 32
+    (cfg.snapshot_dir / "20261206T101500_000000Z_granted.jpg").write_bytes(jpeg)
+    with s.gallery() as g:
+        with_snap = g.add_event("access", "granted", detail={"snapshot": "20261206T101500_000000Z_granted.jpg"})
+        tricky = g.add_event("access", "denied", detail={"snapshot": "../../etc/passwd"})
+    with TestClient(create_app(s), base_url="http://127.0.0.1:8080") as c:
+        logged_in(c)
+        page = c.get("/events").text
+        assert f'src="/events/{with_snap}/snapshot"' in page and f"/events/{tricky}/snapshot" not in page
+        r = c.get(f"/events/{with_snap}/snapshot")
+        assert r.status_code == 200 and r.content == jpeg and r.headers["content-type"] == "image/jpeg"
+        assert c.get(f"/events/{tricky}/snapshot").status_code == 404
+    s.close()

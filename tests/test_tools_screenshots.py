@@ -25,8 +25,8 @@ def test_unknown_shot_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def test_unknown_environment_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ToolError, match="no environment 'admin'"):
-        screenshots.take([screenshots.Shot("x", "/", app="admin")], tmp_path)
+    with pytest.raises(ToolError, match="no environment 'nowhere'"):
+        screenshots.take([screenshots.Shot("x", "/", app="nowhere")], tmp_path)
 
 
 def test_every_shot_has_a_unique_name() -> None:

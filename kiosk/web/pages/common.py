@@ -38,6 +38,11 @@ def signed_in(request: Request) -> Session:
     """The page's session; without one, a redirect to the login page that comes back here afterwards."""
     current = security.page_session(request)
     if current is None:
+        if request.headers.get("hx-request") == "true":
+            # htmx (a live part of a page whose session ended): the whole page goes to the login, not the part
+            page = urlsplit(request.headers.get("hx-current-url", ""))
+            here = local_path(page.path + (f"?{page.query}" if page.query else ""))
+            raise HTTPException(401, "log in first", headers={"HX-Redirect": "/login?next=" + quote(here, safe="")})
         here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         raise HTTPException(303, "log in first", headers={"Location": "/login?next=" + quote(here, safe="")})
     return current

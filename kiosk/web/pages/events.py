@@ -29,9 +29,14 @@ def event_rows(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for e in events:
         detail = e.get("detail")
         by = detail.get("by") if isinstance(detail, dict) and e.get("kind") == "admin" else None
+        name = detail.get("snapshot") if isinstance(detail, dict) else None
+        # only a name the snapshot route would serve gets an <img> (a broken image helps nobody)
+        snapshot = (
+            bool(e.get("snapshot")) and isinstance(name, str) and bool(event_service.SNAPSHOT_NAME.fullmatch(name))
+        )
         rows.append(
             {k: e.get(k) for k in ("id", "ts", "kind", "outcome", "person_id", "person_name", "score", "liveness")}
-            | {"door_action": e.get("door_action"), "by": by, "snapshot": bool(e.get("snapshot"))}
+            | {"door_action": e.get("door_action"), "by": by, "snapshot": snapshot}
         )
     return rows
 
