@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import struct
 from pathlib import Path
 
@@ -48,6 +49,8 @@ def test_the_dataset_uses_no_test_data(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_renders_the_admin_shots(tmp_path: Path) -> None:
     shots = ["admin-login", "admin-person", "admin-enrol-verdicts"]
-    assert screenshots.main(["--out", str(tmp_path), "--only", *shots]) == 0
+    # its own thread: Playwright's sync API refuses to start where another test's browser fixture already runs one
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        assert pool.submit(screenshots.main, ["--out", str(tmp_path), "--only", *shots]).result() == 0
     assert png_size(tmp_path / "admin-login.png") == (1280, 800)
     assert png_size(tmp_path / "admin-enrol-verdicts.png") == (1280, 1100)
