@@ -560,3 +560,64 @@ def test_snapshots_shown_and_served_when_enabled(tmp_path: Path) -> None:
         assert r.status_code == 200 and r.content == jpeg and r.headers["content-type"] == "image/jpeg"
         assert c.get(f"/events/{tricky}/snapshot").status_code == 404
     s.close()
+
+
+def test_verdicts_page_shows_each_kind_of_verdict(
+    client: TestClient, services: WebServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The verdict cards, with the service's verdicts scripted (the browser tests run the real ones)."""
+    from kiosk.web import people as people_service
+
+    grace = add_person(services, "Grace Hopper")
+    scripted = [
+        people_service.PhotoVerdict(0, "good.jpg", True, "ok", "ok (quality 0.83)", measured={"sharpness": 88.0}),
+        people_service.PhotoVerdict(
+            1,
+            "two.jpg",
+            False,
+            "several-faces",
+            "2 faces found: pick the one to enrol",
+            faces=[[0.1, 0.1, 0.2, 0.3], [0.6, 0.1, 0.2, 0.3]],
+        ),
+        people_service.PhotoVerdict(
+            2, "blur.jpg", False, "quality", "failed quality: too blurry: sharpness 5 < 20", measured={"sharpness": 5.0}
+        ),
+        people_service.PhotoVerdict(
+            3,
+            "other.jpg",
+            False,
+            "looks-like",
+            "looks like Grace Hopper (0.71)",
+            looks_like={"person_id": grace, "name": "Grace Hopper", "score": 0.71},
+        ),
+        people_service.PhotoVerdict(4, "notes.txt", False, "unreadable", "not an image"),
+    ]
+    seen: list[Any] = []
+
+    def assess(services: Any, photos: Any, faces: Any = None, **kw: Any) -> Any:
+        seen.append((len(photos), faces, kw))
+        return scripted
+
+    monkeypatch.setattr(people_service, "assess_photos", assess)
+    token = logged_in(client)
+    files = [("photos", (f"p{i}.jpg", b"\xff\xd8\xff" + bytes([i]), "image/jpeg")) for i in range(5)]
+    r = client.post("/people/new/check", data={"name": "Ada Lovelace", "csrf_token": token}, files=files)
+    assert r.status_code == 200
+    assert seen == [(5, None, {"name": "Ada Lovelace", "append": False})]
+    text = r.text
+    assert "1 of 5 photos can be stored." in text
+    for label in ("Good", "Several faces", "Failed quality", "Not readable", "sharpness 5 &lt; 20"):
+        assert label in text
+    assert "Looks like Grace Hopper (0.71)." in text and f'href="/people/{grace}"' in text
+    assert text.count('name="face_1"') == 2 and "data-faces=" in text
+    assert text.count("<img") == 4  # no preview for the unreadable file
+    assert "Store the 1 good photos" in text
+    with services.gallery() as g:
+        assert [p.name for p in g.list_people()] == ["Grace Hopper"]  # nothing stored yet
+    upload = re.search(r'name="upload" value="([^"]+)"', text)
+    assert upload
+    again = client.post(
+        "/people/new/store", data={"upload": upload.group(1), "face_1": "1", "action": "check", "csrf_token": token}
+    )
+    assert again.status_code == 200 and seen[-1][1] == {1: 1}
+    assert re.search(r'name="face_1" value="1" checked', again.text)
