@@ -251,7 +251,10 @@ class WebConfig:
 
     listen: tuple[str, ...] = field(
         default=("127.0.0.1:8080",),
-        metadata={"help": "HOST:PORT listeners serving the door screen and the admin app; TLS unless loopback"},
+        metadata={
+            "help": "HOST:PORT listeners serving the door screen and the admin app; TLS unless loopback "
+            "(https://HOST:PORT: TLS on loopback too)"
+        },
     )
     door_listen: tuple[str, ...] = field(
         default=(), metadata={"help": "HOST:PORT listeners serving the door screen only"}

@@ -25,6 +25,7 @@
     ├── AccountError                        exit FAILURE       the web's accounts database (kiosk.web.accounts)
     │   ├── AccountNotFoundError (LookupError)  exit NOT_FOUND
     │   └── AccountExistsError              exit DUPLICATE
+    ├── ListenError                         exit FAILURE       `kiosk web` cannot open a listener (address in use, ...)
     ├── InsecureStorageError                exit INSECURE      data dir / gallery readable by others or wrong owner
     ├── TemplateKeyError                    exit KEY           gallery encryption key missing, wrong or unreadable
     ├── TamperedError                       exit TAMPERED      event hash chain broken, backup not a gallery
@@ -186,3 +187,7 @@ class ScreenError(KioskError):
 
 class DoorUnavailableError(KioskError):
     """The door loop's sockets cannot be reached (not running, not answering, or not ours to talk to)."""
+
+
+class ListenError(KioskError):
+    """``kiosk web`` cannot open a listener: the address is in use or not this host's, or the port is privileged."""

@@ -545,3 +545,188 @@ def test_kiosk_run_and_door_off_work_inside_the_filters(faces_dir: Path, tmp_pat
     assert off.returncode == 0, off.stderr
     for text in (err, off.stderr):
         assert "Operation not permitted" not in text and "Address family not supported" not in text, text[-2000:]
+
+
+# --- kiosk-web.service: the web process ------------------------------------------------------------------------------
+# A network service: TCP listeners and Unix sockets, no devices, the same user and state directory as the loop.
+
+WEB_UNIT = SYSTEMD_DIR / "kiosk-web.service"
+WEB_MAX_EXPOSURE = 1.5
+
+
+def _local_web_unit(directory: Path) -> Path:
+    kiosk = shutil.which("kiosk") or str(Path(sys.executable).with_name("kiosk"))
+    if not Path(kiosk).is_file():
+        kiosk = sys.executable
+    text = WEB_UNIT.read_text(encoding="utf-8")
+    assert text.count(INSTALLED_KIOSK) == 1, "ExecStart runs the installed kiosk"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "kiosk-web.service"
+    path.write_text(text.replace(INSTALLED_KIOSK, kiosk), encoding="utf-8")
+    return path
+
+
+def test_web_unit_has_the_lifecycle_and_identity_lines() -> None:
+    d = directives(WEB_UNIT.read_text(encoding="utf-8"))
+    assert d["Type"] == ["notify"] and d["NotifyAccess"] == ["main"]
+    assert d["ExecStart"] == [f"{INSTALLED_KIOSK} --config /etc/face-kiosk/config.yaml web"]
+    assert d["Restart"] == ["on-failure"]
+    assert {int(c) for c in d["RestartPreventExitStatus"][0].split()} == {int(c) for c in UNFIXABLE}
+    assert d["User"] == ["kiosk"] and d["Group"] == ["kiosk"]  # the loop's user: same gallery, same sockets
+    assert d["StateDirectory"] == ["face-kiosk"] and d["StateDirectoryMode"] == ["0700"]
+    assert "kiosk.service" in d["After"][0].split() and "Requires" not in d  # a dead loop is shown, not fatal
+    assert "SupplementaryGroups" not in d and "DeviceAllow" not in d  # no camera, no GPIO
+
+
+def test_web_unit_has_the_hardening_lines() -> None:
+    d = directives(WEB_UNIT.read_text(encoding="utf-8"))
+    expected = {
+        "NoNewPrivileges": ["yes"],
+        "CapabilityBoundingSet": [""],
+        "AmbientCapabilities": [""],
+        "RestrictSUIDSGID": ["yes"],
+        "ProtectSystem": ["strict"],
+        "ProtectHome": ["yes"],
+        "PrivateTmp": ["yes"],
+        "PrivateDevices": ["yes"],
+        "DevicePolicy": ["closed"],
+        "RestrictAddressFamilies": ["AF_UNIX AF_INET AF_INET6"],
+        "ProtectKernelTunables": ["yes"],
+        "ProtectKernelModules": ["yes"],
+        "ProtectKernelLogs": ["yes"],
+        "ProtectControlGroups": ["yes"],
+        "ProtectClock": ["yes"],
+        "ProtectProc": ["invisible"],
+        "RestrictNamespaces": ["yes"],
+        "MemoryDenyWriteExecute": ["yes"],
+        "SystemCallArchitectures": ["native"],
+        "SystemCallFilter": ["@system-service", "~@privileged @resources"],
+        "SystemCallErrorNumber": ["EPERM"],
+        "UMask": ["0077"],
+    }
+    for key, value in expected.items():
+        assert d.get(key) == value, key
+    assert "PrivateNetwork" not in d  # it serves the network
+
+
+@needs_systemd_analyze
+def test_web_unit_verify_is_silent(tmp_path: Path) -> None:
+    result = _analyze("verify", str(_local_web_unit(tmp_path / "unit")))
+    assert result.returncode == 0 and result.stderr == "" and result.stdout == "", result.stderr + result.stdout
+
+
+@needs_systemd_analyze
+def test_web_unit_security_exposure(tmp_path: Path) -> None:
+    unit = _local_web_unit(tmp_path / "unit")
+    text = _analyze("security", "--offline=true", "--no-pager", str(unit))
+    assert text.returncode == 0 and text.stderr == "", text.stderr
+    m = re.search(r"Overall exposure level for kiosk-web\.service: (\d+\.\d+) (\w+)", text.stdout)
+    assert m, text.stdout[-500:]
+    as_json = _analyze("security", "--offline=true", "--no-pager", "--json=short", str(unit))
+    left = {c["name"]: c["exposure"] for c in json.loads(as_json.stdout) if c.get("exposure") and float(c["exposure"])}
+    print(f"\nkiosk-web.service: systemd-analyze security --offline=true: {m.group(1)} {m.group(2)}")
+    for name, exposure in left.items():
+        print(f"  {exposure}  {name}")
+    assert float(m.group(1)) <= WEB_MAX_EXPOSURE, left
+    # What is left is what systemd/README.md explains for the web unit: it is a network service.
+    assert set(left) <= {
+        "RootDirectory=/RootImage=",
+        "RestrictAddressFamilies=~AF_UNIX",
+        "RestrictAddressFamilies=~AF_(INET|INET6)",
+        "PrivateNetwork=",
+        "IPAddressDeny=",
+        "PrivateUsers=",
+        "ProcSubset=",
+        "DeviceAllow=",
+    }, left
+
+
+def _sandboxed_web(tmp_path: Path, *argv: str) -> list[str]:
+    script = tmp_path / "sandbox.py"
+    script.write_text(SANDBOX, encoding="utf-8")
+    return [sys.executable, str(script), str(WEB_UNIT), sys.executable, *argv]
+
+
+@pytest.mark.slow
+@needs_seccomp
+def test_kiosk_web_works_inside_the_web_units_filters(tmp_path: Path) -> None:
+    """`kiosk web user add` (argon2id) and `kiosk web` under the web unit's system call filter, W^X memory and address
+    families: a self-signed certificate is made (cryptography), READY reaches NOTIFY_SOCKET, an HTTPS login is
+    checked (argon2, TLS), SIGTERM stops it cleanly; no library meets an EPERM on the way."""
+    import http.client
+    import socket
+    import ssl
+
+    cfg = tmp_path / "kiosk.yaml"
+    cfg.write_text(f"data_dir: {tmp_path / 'data'}\nweb:\n  listen: ['https://127.0.0.1:0']\n", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KIOSK_")} | {"PYTHONPATH": str(ROOT)}
+    password = "correct horse battery"
+    add = subprocess.run(
+        _sandboxed_web(tmp_path, "-m", "kiosk", "-c", str(cfg), "web", "user", "add", "ada", "--role", "admin"),
+        input=password + "\n", capture_output=True, text=True, timeout=60, env=env, check=False,
+    )  # fmt: skip
+    assert add.returncode == 0, add.stderr
+    notify = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(notify))
+        sock.settimeout(1.0)
+        proc = subprocess.Popen(
+            _sandboxed_web(tmp_path, "-m", "kiosk", "-c", str(cfg), "web"), stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL, text=True, env=env | {"NOTIFY_SOCKET": str(notify)},
+        )  # fmt: skip
+        lines: list[str] = []
+        assert proc.stderr is not None
+        stderr = proc.stderr
+        reader = threading.Thread(target=lambda: lines.extend(iter(stderr.readline, "")), daemon=True)
+        reader.start()
+        messages: list[str] = []
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and proc.poll() is None and "READY=1" not in messages:
+                with contextlib.suppress(TimeoutError):
+                    messages += sock.recv(4096).decode().splitlines()
+            assert "READY=1" in messages, "".join(lines)
+            ports: list[str] = []
+            while time.monotonic() < deadline and not ports:  # the line is printed before READY; the reader lags
+                ports = [m.group(1) for ln in list(lines) if (m := re.search(r"on https://127\.0\.0\.1:(\d+)/", ln))]
+                time.sleep(0.02)
+            assert ports, "".join(lines)
+            url = ports[0]
+            context = ssl.create_default_context(cafile=str(tmp_path / "data" / "tls" / "cert.pem"))
+            conn = http.client.HTTPSConnection("127.0.0.1", int(url), context=context, timeout=10)
+            conn.request(
+                "POST", "/api/session", body=json.dumps({"username": "ada", "password": password}),
+                headers={"content-type": "application/json"},
+            )  # fmt: skip
+            r = conn.getresponse()
+            assert r.status == 200 and json.loads(r.read())["account"]["role"] == "admin"
+            conn.close()
+            os.kill(proc.pid, signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0, "".join(lines)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            reader.join(timeout=10)
+            stderr.close()
+    err = "".join(lines) + add.stderr
+    assert "Operation not permitted" not in err and "Address family not supported" not in err, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
+
+
+@needs_seccomp
+def test_the_web_units_filters_deny_what_it_says(tmp_path: Path) -> None:
+    probe = (
+        "import mmap, os, socket\n"
+        "for name, f in [('setuid', lambda: os.setuid(0)), ('wx', lambda: mmap.mmap(-1, 4096, prot=7)),\n"
+        "        ('netlink', lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW)),\n"
+        "        ('inet6', lambda: socket.socket(socket.AF_INET6).close())]:\n"
+        "    try:\n        f(); print(name, 'allowed')\n"
+        "    except OSError as e:\n        print(name, e.errno)\n"
+    )
+    out = subprocess.run(_sandboxed_web(tmp_path, "-c", probe), capture_output=True, text=True, timeout=60, check=True)
+    import errno
+
+    assert out.stdout.split("\n")[:4] == [
+        f"setuid {errno.EPERM}", f"wx {errno.EPERM}", f"netlink {errno.EAFNOSUPPORT}", "inet6 allowed",
+    ], out.stdout + out.stderr  # fmt: skip

@@ -239,3 +239,21 @@ def test_a_locked_database_is_a_clear_error(tmp_path: Path) -> None:
     finally:
         other.execute("ROLLBACK")
     accounts.add("ada", "admin", PASSWORD)
+
+
+def test_what_was_typed_as_a_name_is_neither_stored_nor_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    accounts = make_accounts(tmp_path)
+    accounts.add("ada", "admin", PASSWORD)
+    caplog.set_level("INFO", logger="kiosk.web.accounts")
+    for typed in ("MySecretPassw0rd", "my secret with spaces"):
+        with pytest.raises(AuthError):
+            accounts.login(typed, "whatever it is", "10.0.0.1")
+    with pytest.raises(AuthError):
+        accounts.login("ada", "wrong password!", "10.0.0.1")
+    raw = b"".join(p.read_bytes() for p in (tmp_path / "data").glob("web.db*"))
+    assert b"MySecretPassw0rd" not in raw and b"my secret" not in raw
+    assert "MySecretPassw0rd" not in caplog.text and "my secret" not in caplog.text
+    assert "web login failed for an unknown name from 10.0.0.1" in caplog.text
+    assert "web login failed for 'ada' from 10.0.0.1" in caplog.text

@@ -69,6 +69,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "tools.measure.screenshots",
         "render the door screen's states (and the admin pages) in headless Chromium into docs/img/*.png",
     ),
+    "web-rss": ("tools.measure.web_rss", "peak memory (VmHWM) and page times of `kiosk web` under an admin session"),
     "lock": ("tools.lock", "regenerate the hashed dependency lock in tools/requirements/ (make lock)"),
     "readme-tables": (
         "tools.measure.readme_tables",

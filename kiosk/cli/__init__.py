@@ -37,12 +37,14 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "liveness": ("eval-liveness",),
     "data": ("backup", "restore", "keys"),
     "bench": ("bench",),
+    "web": ("web",),
 }
 _MODULE_OF = {command: module for module, commands in COMMAND_MODULES.items() for command in commands}
 
 # Commands that read or change the gallery's people, templates, events or keys, or that unlock the door by hand.
 # `door off` (locking is always safe; it is the service's ExecStopPost), `run`, `check`, `verify` (two photos, no
-# gallery), `eval`, `demo` and `models` are open to the service user and everyone else.
+# gallery), `eval`, `demo`, `models` and `web` (serving; its accounts are managed by `web user`) are open to the
+# service user and everyone else.
 ADMIN_COMMANDS: frozenset[tuple[str, ...]] = frozenset(
     {
         ("enroll",),
@@ -54,6 +56,7 @@ ADMIN_COMMANDS: frozenset[tuple[str, ...]] = frozenset(
         ("keys",),
         ("door", "test"),
         ("door", "on-pulse"),
+        ("web", "user"),
     }
 )
 

@@ -381,15 +381,18 @@ class Accounts:
         """The account if ``password`` is its password; else AuthError (one message for an unknown name and a wrong
         password, after the same hash work) or LoginThrottledError. Every failure counts towards throttling."""
         text = name if isinstance(name, str) else ""
-        key = text.lower()[:64] if NAME_RE.fullmatch(text) else "?"
+        valid = bool(NAME_RE.fullmatch(text))
+        # NOTE: failures are counted by a hash of the name: a password typed into the name field is never stored.
+        key = _sha256(text.lower() if valid else "?")
         self._throttle(key, address)
         secret = password if isinstance(password, str) and len(password) <= MAX_PASSWORD else None
-        row = self._row(text) if key != "?" else None
+        row = self._row(text) if valid else None
         stored = str(row[3]) if row is not None else self._dummy()
         ok = self._verify(stored, secret if secret is not None else "\0") and row is not None and secret is not None
         if not ok or row is None or secret is None:
             self._failed(key, address)
-            log.info("web login failed for %r from %s", text[:64], address)
+            who = repr(str(row[1])) if row is not None else "an unknown name"  # never what was typed
+            log.info("web login failed for %s from %s", who, address)
             raise AuthError(LOGIN_FAILED)
         account = Account(int(row[0]), str(row[1]), str(row[2]))
         with self._write() as conn:

@@ -8,16 +8,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 
 from kiosk.web.accounts import Account, Session
-from kiosk.web.security import (
-    SESSION_COOKIE,
-    CurrentSession,
-    clear_session_cookie,
-    client_address,
-    csrf,
-    login_guard,
-    services_of,
-    set_session_cookie,
-)
+from kiosk.web.security import CurrentSession, csrf, end_session, login_guard, services_of, start_session
 
 router = APIRouter(prefix="/api", tags=["session"])
 health_router = APIRouter(prefix="/api", tags=["health"])
@@ -41,13 +32,7 @@ def login(body: Login, request: Request, response: Response) -> dict[str, Any]:
     """Log in: a new session cookie (any cookie sent along is ignored) and the CSRF token to repeat in
     ``X-CSRF-Token`` on every changing request. 401 for a wrong name or password, 429 with Retry-After when
     throttled."""
-    accounts = services_of(request).accounts
-    new = accounts.login(body.username, body.password, client_address(request))
-    old = request.cookies.get(SESSION_COOKIE)
-    if old:  # a session the browser had before (or one planted in it) never survives a login
-        accounts.logout(old)
-    set_session_cookie(response, request, new)
-    return _session(new)
+    return _session(start_session(request, response, body.username, body.password))
 
 
 @router.get("/session")
@@ -59,9 +44,8 @@ def whoami(current: CurrentSession) -> dict[str, Any]:
 @router.delete("/session", status_code=204, dependencies=[Depends(csrf)])
 def logout(request: Request, current: CurrentSession) -> Response:
     """Log out: the session ends on the server and the cookie is cleared."""
-    services_of(request).accounts.logout(current.token)
     out = Response(status_code=204)
-    clear_session_cookie(out, request)
+    end_session(request, out)
     return out
 
 

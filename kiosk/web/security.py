@@ -177,8 +177,9 @@ async def csrf(request: Request) -> AsyncIterator[None]:
 
 
 def set_session_cookie(response: Any, request: Request, new: Session) -> None:
-    """The session cookie: HttpOnly, SameSite=Strict, Path=/, Secure under TLS; it lives as long as the session."""
-    max_age = max(1, math.floor(new.expires - new.created))
+    """The session cookie: HttpOnly, SameSite=Strict, Path=/, Secure under TLS. The browser keeps it up to the
+    session's absolute limit; the server ends it earlier when it is idle, logged out or revoked."""
+    max_age = max(1, math.floor(services_of(request).cfg.web.session_max_h * 3600))
     response.set_cookie(
         SESSION_COOKIE, new.token, max_age=max_age, path="/", httponly=True, samesite="strict", secure=is_tls(request)
     )
@@ -186,6 +187,27 @@ def set_session_cookie(response: Any, request: Request, new: Session) -> None:
 
 def clear_session_cookie(response: Any, request: Request) -> None:
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict", secure=is_tls(request))
+
+
+def start_session(request: Request, response: Any, username: object, password: object) -> Session:
+    """Log in (the API and the login page): a new session and its cookie on ``response``. A session cookie the
+    browser sent along (its own, or one planted in it) is ended, never reused: no session fixation. Raises AuthError
+    (401) or LoginThrottledError (429, ``retry_after_s``)."""
+    accounts = services_of(request).accounts
+    new = accounts.login(username, password, client_address(request))
+    old = request.cookies.get(SESSION_COOKIE)
+    if old:
+        accounts.logout(old)
+    set_session_cookie(response, request, new)
+    return new
+
+
+def end_session(request: Request, response: Any) -> None:
+    """Log out: the request's session ends on the server and its cookie is cleared on ``response``."""
+    token = request.cookies.get(SESSION_COOKIE)
+    if token:
+        services_of(request).accounts.logout(token)
+    clear_session_cookie(response, request)
 
 
 # -- middleware ------------------------------------------------------------------------------------------------------

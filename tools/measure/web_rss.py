@@ -1,0 +1,200 @@
+"""Peak memory and page times of ``kiosk web``: the real command, started as a child process, used like an admin would.
+
+``python -m tools web-rss [--rounds N] [--json OUT]``
+
+In a throwaway data directory: an admin account is made with ``kiosk web user add`` (password on stdin), ``kiosk web``
+is started on a free loopback port (plain HTTP, or ``--tls`` for HTTPS with its self-signed certificate), the tool
+logs in, then loads the door screen, the admin pages and the JSON API ``--rounds`` times. It reads the server's peak
+resident set size (``VmHWM``) and current RSS from ``/proc/<pid>/status``, the time of each request (median and
+slowest, over the rounds), then stops the server with SIGTERM. A figure, not a test: nothing here is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import signal
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tools.errors import ToolError, run_tool
+
+ROOT = Path(__file__).resolve().parents[2]
+PASSWORD = "measure-web-rss-password"
+# Pages and API calls an admin session makes; a route that is not there (404) is still timed and reported.
+PATHS = (
+    "/door",
+    "/",
+    "/people",
+    "/events",
+    "/system",
+    "/api/session",
+    "/api/health",
+    "/api/people",
+    "/api/events?limit=50",
+    "/api/system",
+)
+
+
+def _status(pid: int) -> dict[str, int]:
+    """VmHWM and VmRSS of a process, in kB."""
+    found: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmHWM", "VmRSS"):
+            found[key] = int(value.split()[0])
+    return found
+
+
+def _kiosk(cfg: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "kiosk", "-c", str(cfg), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+
+
+def measure(rounds: int, tls: bool) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="kiosk-web-rss-") as tmp:
+        folder = Path(tmp)
+        cfg = folder / "kiosk.yaml"
+        scheme = "https" if tls else "http"
+        cfg.write_text(f"data_dir: {folder / 'data'}\nweb:\n  listen: ['{scheme}://127.0.0.1:0']\n", encoding="utf-8")
+        made = _kiosk(cfg, "web", "user", "add", "admin", "--role", "admin", stdin=PASSWORD + "\n")
+        if made.returncode != 0:
+            raise ToolError(f"kiosk web user add failed: {made.stderr.strip()}")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kiosk", "-c", str(cfg), "web"],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            env=os.environ | {"PYTHONPATH": str(ROOT)},
+        )
+        assert proc.stderr is not None
+        stderr = proc.stderr
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(iter(stderr.readline, "")), daemon=True)
+        reader.start()
+        try:
+            port = _wait_for_port(proc, lines)
+            started = _status(proc.pid)
+            times = _exercise(port, tls, folder / "data" / "tls" / "cert.pem", rounds)
+            final = _status(proc.pid)
+        finally:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    proc.wait()
+            reader.join(timeout=5)
+            stderr.close()
+    return {
+        "command": "kiosk web" + (" (TLS)" if tls else ""),
+        "rounds": rounds,
+        "rss_after_start_mb": round(started["VmRSS"] / 1024, 1),
+        "rss_end_mb": round(final["VmRSS"] / 1024, 1),
+        "peak_rss_mb": round(final["VmHWM"] / 1024, 1),
+        "requests": times,
+        "python": sys.version.split()[0],
+    }
+
+
+def _wait_for_port(proc: subprocess.Popen[str], lines: list[str]) -> int:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        for line in list(lines):
+            m = re.search(r"on https?://127\.0\.0\.1:(\d+)/", line)
+            if m:
+                return int(m.group(1))
+        if proc.poll() is not None:
+            raise ToolError(f"kiosk web stopped with {proc.returncode}: {''.join(lines).strip()[-500:]}")
+        time.sleep(0.05)
+    raise ToolError("kiosk web did not start within 120 s")
+
+
+def _exercise(port: int, tls: bool, cert: Path, rounds: int) -> dict[str, dict[str, Any]]:
+    conn: http.client.HTTPConnection
+    if tls:
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", port, context=ssl.create_default_context(cafile=str(cert)), timeout=30
+        )
+    else:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+    def call(
+        method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, float, http.client.HTTPResponse]:
+        t0 = time.perf_counter()
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        r.read()
+        return r.status, (time.perf_counter() - t0) * 1000, r
+
+    login = json.dumps({"username": "admin", "password": PASSWORD}).encode()
+    status, login_ms, response = call("POST", "/api/session", login, {"content-type": "application/json"})
+    if status != 200:
+        raise ToolError(f"login failed with {status}")
+    cookie = (response.getheader("set-cookie") or "").split(";")[0]
+    samples: dict[str, list[float]] = {p: [] for p in PATHS}
+    statuses: dict[str, int] = {}
+    for _ in range(rounds):
+        for path in PATHS:
+            status, ms, _ = call("GET", path, headers={"cookie": cookie})
+            samples[path].append(ms)
+            statuses[path] = status
+    conn.close()
+    out = {"POST /api/session": {"status": 200, "median_ms": round(login_ms, 1), "max_ms": round(login_ms, 1)}}
+    for path, values in samples.items():
+        out[f"GET {path}"] = {
+            "status": statuses[path],
+            "median_ms": round(statistics.median(values), 1),
+            "max_ms": round(max(values), 1),
+        }
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools web-rss", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=20, help="times each page and API call is loaded (default 20)")
+    parser.add_argument("--tls", action="store_true", help="serve HTTPS with the self-signed certificate")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="also write the figures as JSON")
+    args = parser.parse_args(argv)
+
+    def body() -> int:
+        if args.rounds < 1:
+            raise ToolError("--rounds: must be at least 1", code=2)
+        result = measure(args.rounds, args.tls)
+        print(
+            f"{result['command']}: peak RSS {result['peak_rss_mb']} MB (VmHWM), {result['rss_end_mb']} MB at the end, "
+            f"{result['rss_after_start_mb']} MB after start"
+        )
+        width = max(len(k) for k in result["requests"])
+        for name, r in result["requests"].items():
+            print(f"  {name:<{width}}  {r['status']}  median {r['median_ms']:7.1f} ms  max {r['max_ms']:7.1f} ms")
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        return 0
+
+    return run_tool("web-rss", body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
