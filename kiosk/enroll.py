@@ -134,6 +134,8 @@ def existing_person(gallery: Gallery, name: str, append: bool) -> Person | None:
     existing: Person | None = None
     with contextlib.suppress(PersonNotFoundError):
         existing = gallery.get_person(name)
+    if existing is not None and existing.name.casefold() != name.casefold():
+        existing = None  # a digits-only name that is somebody's id, not their name
     if existing is not None and not append:
         raise DuplicateError(f"'{existing.name}' is already enrolled; use --append to add images to them")
     return existing

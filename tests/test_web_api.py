@@ -5,6 +5,7 @@ document."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,10 +13,11 @@ from fastapi.routing import iter_route_contexts
 from fastapi.testclient import TestClient
 
 from kiosk.gallery.open import open_gallery
+from kiosk.screen.client import DoorLink
 from kiosk.web.app import create_app
 from kiosk.web.services import WebServices
-from tests.web_helpers import PASSWORD
-from tests.webapi_support import ScriptedLink, client_for, enrol, powell
+from tests.web_helpers import PASSWORD, make_services
+from tests.webapi_support import ScriptedLink, api_config, client_for, enrol, powell
 
 pytest_plugins = ("tests.webapi_fixtures",)
 
@@ -146,8 +148,23 @@ def test_unlock_with_the_loop_down_is_503(admin: TestClient, services: WebServic
     _link(services).go_down()
     r = admin.post("/api/door/unlock", json={"reason": "delivery", "password": PASSWORD})
     assert r.status_code == 503
-    assert r.json()["detail"].startswith("the door loop is not running or cannot be reached")
-    assert "not unlocked" in r.json()["detail"]
+    assert r.json()["detail"].startswith("the door loop is not running or did not answer")
+    assert "no unlock was confirmed" in r.json()["detail"]
+
+
+def test_with_the_real_door_link_and_no_loop_running(tmp_path: Path, pipeline: Any) -> None:
+    """kiosk.screen.client.DoorLink on a runtime folder where no loop serves: the door is down, unlocking is 503."""
+    services = make_services(tmp_path, api_config(tmp_path))
+    services.link = DoorLink(services.cfg.runtime_dir, stale_s=0.2)
+    services._pipeline = pipeline
+    services.accounts.add("ada", "admin", PASSWORD)
+    with client_for(services, "ada") as admin:
+        door = admin.get("/api/door").json()
+        assert door["loop"] == "down" and door["relay"] is None and door["detail"]
+        r = admin.post("/api/door/unlock", json={"reason": "delivery", "password": PASSWORD})
+        assert r.status_code == 503 and "no unlock was confirmed" in r.json()["detail"]
+        assert admin.get("/api/system").json()["loop"] is None
+    services.close()
 
 
 @pytest.mark.parametrize(("error", "status"), [("forbidden", 502), ("busy", 409), ("bad-request", 502)])

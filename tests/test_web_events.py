@@ -9,10 +9,12 @@ import io
 import json
 import os
 import sqlite3
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from kiosk.gallery.open import open_gallery
@@ -235,3 +237,33 @@ def test_stream_endpoint_sends_server_sent_events(viewer: TestClient, services: 
 def test_stream_needs_a_login(services: WebServices) -> None:
     with client_for(services, None) as anonymous:
         assert anonymous.get("/api/events/stream").status_code == 401
+
+
+def test_stream_resumes_from_last_event_id(viewer: TestClient, services: WebServices) -> None:
+    first = _add(services, "access", "unknown")
+    second = _add(services, "access", "denied")
+    with viewer.stream("GET", "/api/events/stream", headers={"Last-Event-ID": str(first)}) as r:
+        data = next(line for line in r.iter_lines() if line.startswith("data: "))
+    assert json.loads(data.removeprefix("data: "))["id"] == second
+
+
+def test_stream_ends_when_the_session_does(
+    viewer: TestClient, services: WebServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kiosk.web import api
+
+    monkeypatch.setattr(api, "SSE_HEARTBEAT_S", 0.01)
+    lines: list[str] = []
+
+    def read() -> None:
+        with viewer.stream("GET", "/api/events/stream") as r:
+            for line in r.iter_lines():
+                lines.append(line)
+                if line.startswith("retry:"):
+                    services.accounts.logout(str(viewer.cookies.get("kiosk_session")))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout=30)
+    assert not reader.is_alive(), "the stream went on after the session ended"
+    assert lines[0] == "retry: 2000" and not any(line.startswith("data:") for line in lines)

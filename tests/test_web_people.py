@@ -23,6 +23,11 @@ def _people(services: WebServices) -> list[str]:
         return [p.name for p in g.list_people()]
 
 
+def _people_ids(services: WebServices) -> dict[str, int]:
+    with open_gallery(services.cfg) as g:
+        return {p.name: p.id for p in g.list_people()}
+
+
 def _last_admin_event(services: WebServices) -> dict[str, Any]:
     with open_gallery(services.cfg) as g:
         return [e for e in g.events() if e["kind"] == "admin"][-1]
@@ -133,14 +138,17 @@ def test_names_and_limits_are_checked_before_any_photo(admin: TestClient, servic
     r = enrol(admin, "colin powell", *powell(3))
     assert r.status_code == 409 and "already enrolled" in r.json()["detail"]
     r = enrol(admin, "Nobody", *powell(3), append="true")
-    assert r.status_code == 404
+    assert r.status_code == 404 and "no one to add the photos to" in r.json()["detail"]
+    pid = _people_ids(services)["Colin Powell"]
+    r = enrol(admin, str(pid), ("b4.jpg", lfw("Tony_Blair", 4)))  # a digits-only name is a name, not an id
+    assert r.status_code == 201 and r.json()["person"]["name"] == str(pid)
     r = enrol(admin, "bad\u202ename", *powell(3))
     assert r.status_code == 422 and "text-direction" in r.json()["detail"]
     r = enrol(admin, "Too Many", *powell(*range(1, 10)))  # upload_max_files is 8
     assert r.status_code == 422 and "limit is 8" in r.json()["detail"]
     r = admin.post("/api/people", data={"name": "No Photos"})
     assert r.status_code == 422
-    assert _people(services) == ["Colin Powell"]
+    assert sorted(_people(services)) == sorted(["Colin Powell", str(pid)])
 
 
 def test_oversized_file_is_too_large(admin: TestClient, services: WebServices) -> None:

@@ -15,20 +15,16 @@ import pytest
 from fastapi.testclient import TestClient
 
 from kiosk.config import Config, EventsConfig, WebConfig
-from kiosk.errors import KioskError
+from kiosk.errors import DoorUnavailableError
 from kiosk.web.app import create_app
 from kiosk.web.services import WebServices
 from tests.conftest import test_data_dir
 from tests.web_helpers import FakeLink, login
 
 
-class LoopDown(KioskError):
-    """What DoorLink.request raises when control.sock cannot be reached (DoorUnavailableError, a KioskError)."""
-
-
 class ScriptedLink(FakeLink):
     """A door link whose control requests are recorded and answered from ``replies`` (by op), or refused with
-    LoopDown while ``down``."""
+    DoorUnavailableError while ``down``, as the real DoorLink does when the loop is not running."""
 
     def __init__(self) -> None:
         super().__init__({"v": 1, "service": "ok", "faces": [], "prompt": None, "result": None, "fps": 9.5})
@@ -46,7 +42,7 @@ class ScriptedLink(FakeLink):
 
     async def request(self, request: dict[str, Any], timeout_s: float = 5.0) -> dict[str, Any]:
         if self.down:
-            raise LoopDown("cannot connect to the door loop's control.sock: no such file")
+            raise DoorUnavailableError("cannot connect to the door loop's control.sock: no such file")
         self.requests.append(dict(request))
         return dict(self.replies.get(str(request.get("op")), {"ok": False, "error": "bad-request"}))
 

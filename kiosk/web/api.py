@@ -42,6 +42,7 @@ class Problem(BaseModel):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": "a body that cannot be parsed"},
     401: {"model": Problem, "description": "not logged in"},
     403: {"model": Problem, "description": "not allowed (a viewer on a change, or a missing CSRF token)"},
     422: {"model": Problem, "description": "bad input"},
@@ -500,9 +501,9 @@ async def unlock(request: Request, account: AdminAccount, body: UnlockIn) -> Unl
         try:
             reply = await services.link.request({"op": "unlock", "reason": reason, "actor": actor})
         except KioskError as exc:
-            log.warning("manual unlock by %s not sent: %s", account.name, exc)
+            log.warning("manual unlock by %s not confirmed: %s", account.name, exc)
             raise HTTPException(
-                503, f"the door loop is not running or cannot be reached ({exc}): not unlocked"
+                503, f"the door loop is not running or did not answer ({exc}): no unlock was confirmed"
             ) from None
     if not reply.get("ok"):
         code = str(reply.get("error", "error"))

@@ -84,14 +84,14 @@ def query_events(
     last id of this one. ``person``: a name (any case) or a person id."""
     filters = _filters(since, until, person, outcome, liveness, kind)
     limit = max(1, min(int(limit), MAX_LIMIT))
-    with services.gallery() as g:
+    with services.gallery(need_key=False) as g:
         rows = g.find_events(**filters, before_id=before_id, limit=limit)
     return [event_dict(r, services.cfg.events.snapshots) for r in rows]
 
 
 def chain_state(services: WebServices) -> dict[str, Any]:
     """The event hash chain checked now: {"ok", "events" (checked), "detail", "head_id"}."""
-    with services.gallery() as g:
+    with services.gallery(need_key=False) as g:
         report = g.verify_events()
     detail = "chain intact" if report.ok else (report.reason or f"broken at event {report.first_broken_id}")
     return {"ok": report.ok, "events": report.checked, "detail": detail, "head_id": report.head_id}
@@ -120,7 +120,7 @@ def export_events(services: WebServices, fmt: Literal["csv", "json"], **filters:
     def pages() -> Iterator[list[dict[str, Any]]]:
         before: int | None = None
         while True:
-            with services.gallery() as g:
+            with services.gallery(need_key=False) as g:
                 rows = g.find_events(**checked, before_id=before, limit=EXPORT_PAGE)
             if not rows:
                 return
@@ -153,7 +153,7 @@ def export_events(services: WebServices, fmt: Literal["csv", "json"], **filters:
 
 
 def last_event_id(services: WebServices) -> int:
-    with services.gallery() as g:
+    with services.gallery(need_key=False) as g:
         return g.last_event_id()
 
 
@@ -172,7 +172,7 @@ async def new_events(
     quiet = 0.0
 
     def newer(after: int) -> list[dict[str, Any]]:
-        with services.gallery() as g:
+        with services.gallery(need_key=False) as g:
             if g.last_event_id() <= after:
                 return []
             return g.find_events(after_id=after, limit=MAX_LIMIT)[::-1]
@@ -195,7 +195,7 @@ def snapshot_path(services: WebServices, event_id: int) -> Path | None:
     cfg = services.cfg
     if not cfg.events.snapshots:
         return None
-    with services.gallery() as g:
+    with services.gallery(need_key=False) as g:
         row = g.event(event_id)
     detail = None if row is None else row.get("detail")
     name = detail.get("snapshot") if isinstance(detail, dict) else None

@@ -17,7 +17,7 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from kiosk.enroll import ImageVerdict, check_batch, judge_face, left_to_right, write_templates
-from kiosk.errors import ImageTooLargeError, InputError, PersonNotFoundError
+from kiosk.errors import DuplicateError, ImageTooLargeError, InputError, PersonNotFoundError
 from kiosk.gallery import Gallery, Person, clean_name
 from kiosk.gallery.backup import Removal
 from kiosk.gallery.backup import remove_person as remove_everywhere
@@ -283,6 +283,22 @@ def assess_photos(
         return _assess(services, g, photos, faces, clean_name(name) if name else None, append)[0]
 
 
+def _check_name(g: Gallery, name: str, append: bool) -> None:
+    """DuplicateError when ``name`` is taken (without ``append``); PersonNotFoundError when appending to nobody."""
+    try:
+        existing: Person | None = g.get_person(name)
+    except PersonNotFoundError:
+        existing = None
+    if existing is not None and existing.name.casefold() != name.casefold():
+        existing = None  # a digits-only name that matched somebody's id
+    if existing is None and append:
+        raise PersonNotFoundError(f"nobody called {name!r} is enrolled: there is no one to add the photos to")
+    if existing is not None and not append:
+        raise DuplicateError(
+            f"{existing.name!r} is already enrolled (id {existing.id}): add the photos to them, or choose another name"
+        )
+
+
 def enrol_photos(
     services: WebServices,
     name: str,
@@ -299,8 +315,7 @@ def enrol_photos(
     PersonNotFoundError when appending to nobody; nothing is stored then either."""
     name = clean_name(name)
     with services.gallery() as g:
-        if append:
-            g.get_person(name)  # PersonNotFoundError before any photo is looked at
+        _check_name(g, name, append)  # before any photo is looked at
         verdicts, image_verdicts, good = _assess(services, g, photos, faces, name, append)
         if not good or (not partial and not all(v.ok for v in verdicts)):
             log.info("enrolment refused: %d of %d photo(s) rejected", sum(not v.ok for v in verdicts), len(verdicts))
