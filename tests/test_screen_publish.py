@@ -220,7 +220,7 @@ def test_a_state_client_that_never_reads_is_dropped(
     try:
         big = _state(0, capture={"pad": "x" * 2000})
         for n in range(2000):
-            clock.advance(0.05)
+            clock.advance(0.06)
             server.update({**big, "faces": [{"track": n, "box": [0, 0, 1, 1], "state": "checking"}]})
             if server.clients_dropped:
                 break
