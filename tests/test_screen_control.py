@@ -107,7 +107,7 @@ def test_unlock_pulses_the_door_and_is_recorded_by_the_loop(
 def test_reload_reloads_the_gallery_on_the_next_frame(
     kiosk: tuple[RunningKiosk, Path, Peers, SimulatedDoor], caplog: pytest.LogCaptureFixture
 ) -> None:
-    rk, sock, _, _ = kiosk
+    _, sock, _, _ = kiosk
     caplog.set_level(logging.INFO, logger="kiosk.door.loop")
     assert control(sock, {"op": "reload"}) == {"ok": True}
     assert wait_until(lambda: any("gallery loaded" in r.getMessage() for r in caplog.records), 10)

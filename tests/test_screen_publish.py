@@ -192,12 +192,10 @@ def test_a_client_that_never_reads_does_not_hold_the_loop(server: ScreenServer, 
     state_stuck = connect(server.paths["state.sock"])  # never read either
     try:
         assert wait_until(lambda: server.watchers == 1)
-        iterations = 0
         for i in range(400):  # the loop's calls: each returns at once, whatever the client does
             clock.advance(0.05)
             server.offer_frame(noisy[i % 3])
             server.update(_state(i))
-            iterations += 1
             if server.dropped >= 3:
                 break
             wait_until(lambda n=server.encoded: server.encoded > n, timeout=0.5)  # let the thread encode
@@ -279,7 +277,7 @@ def test_an_error_in_the_thread_is_contained(server: ScreenServer, clock: Manual
     def broken(_image: Any) -> bytes:
         raise RuntimeError("encoder exploded")
 
-    server._encode = broken  # type: ignore[method-assign]
+    server._encode = broken
     with connect(server.paths["preview.sock"]) as p, connect(server.paths["state.sock"]) as s:
         assert wait_until(lambda: server.watchers == 1)
         clock.advance(0.2)
