@@ -388,7 +388,10 @@ class ScreenServer:
     def _writable(self, sel: selectors.BaseSelector, clients: dict[int, _Client], c: _Client) -> None:
         if c.kind == "preview":
             while c.inflight is not None:
-                n = c.sock.send(c.inflight)
+                try:
+                    n = c.sock.send(c.inflight)
+                except (BlockingIOError, InterruptedError):
+                    n = 0  # the client's buffer is full: the rest goes when it reads
                 c.inflight = c.inflight[n:]
                 if len(c.inflight):
                     return
@@ -397,7 +400,10 @@ class ScreenServer:
             sel.modify(c.sock, selectors.EVENT_READ, c)
             return
         if c.out:
-            n = c.sock.send(c.out)
+            try:
+                n = c.sock.send(c.out)
+            except (BlockingIOError, InterruptedError):
+                n = 0
             del c.out[:n]
         if not c.out:
             if c.closing:
