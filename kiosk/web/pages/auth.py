@@ -14,7 +14,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from kiosk.errors import AuthError, LoginThrottledError
 from kiosk.web import security
-from kiosk.web.pages.common import PageSession, local_path, render, see_other, services_of, tr
+from kiosk.web.pages.common import PageSession, local_path, render, see_other, tr
 
 router = APIRouter()
 
@@ -34,10 +34,10 @@ def login(
     password: Annotated[str, Form(max_length=4096)] = "",
     next: Annotated[str, Form(max_length=2000)] = "/",
 ) -> Response:
-    accounts = services_of(request).accounts
     target = local_path(next)
+    done = RedirectResponse(target, status_code=303)
     try:
-        new = accounts.login(username, password, security.client_address(request))
+        security.start_session(request, done, username, password)  # a new session; a cookie sent along is ended
     except LoginThrottledError as exc:
         error = tr(request, "admin.login.throttled", seconds=exc.retry_after_s)
         refused = render(
@@ -48,17 +48,11 @@ def login(
     except AuthError:
         error = tr(request, "admin.login.failed")
         return render(request, "admin/login.html", None, status_code=401, next=target, username=username, error=error)
-    old = request.cookies.get(security.SESSION_COOKIE)
-    if old:  # a session the browser had before (or one planted in it) never survives a login
-        accounts.logout(old)
-    done = RedirectResponse(target, status_code=303)
-    security.set_session_cookie(done, request, new)
     return done
 
 
 @router.post("/logout", dependencies=[Depends(security.csrf)])
 def logout(request: Request, current: PageSession) -> Response:
-    services_of(request).accounts.logout(current.token)
     response = see_other("/login")
-    security.clear_session_cookie(response, request)
+    security.end_session(request, response)
     return response
