@@ -621,3 +621,16 @@ def test_verdicts_page_shows_each_kind_of_verdict(
     )
     assert again.status_code == 200 and seen[-1][1] == {1: 1}
     assert re.search(r'name="face_1" value="1" checked', again.text)
+
+
+def test_pages_follow_the_configured_language(tmp_path: Path) -> None:
+    s = admin_services(tmp_path, admin_config(tmp_path, screen={"language": "zh-Hans"}))
+    with TestClient(create_app(s), base_url="http://127.0.0.1:8080") as c:
+        login = c.get("/login").text
+        assert '<html lang="zh-Hans">' in login and "用户名" in login
+        r = page_login(c, ADMIN, "wrong password!")
+        assert "用户名或密码错误。" in r.text
+        logged_in(c)
+        people = c.get("/people").text
+        assert "按姓名搜索" in people and not LEAKED_KEY.search(people)
+    s.close()
