@@ -168,3 +168,47 @@ def test_every_admin_page_passes_axe(page: Any, base: str, services: WebServices
         axe_check(page)
     page.get_by_role("button", name="Log out").click()
     page.wait_for_url(base + "/login")
+
+
+def test_enrol_at_the_door_camera(page: Any, base: str, services: WebServices, axe_check: Any) -> None:
+    """The page follows the loop's capture (state ``capture``) live, then stores the frames of ``capture-result``."""
+    import base64
+
+    import numpy as np
+
+    from tests.admin_helpers import ScriptedLink
+
+    link = services.link
+    assert isinstance(link, ScriptedLink)
+    link.replies["capture"] = {"ok": True, "id": "cap1"}
+    running = {"id": "cap1", "done": 1, "target": 5, "hint": "look-at-camera", "quality": 0.42, "state": "running"}
+    link.state = link.state | {"capture": running}
+    log_in(page, base, path="/people/new")
+    page.locator("#camera-name").fill("Door Camera Person")
+    page.get_by_role("button", name="Start the capture").click()
+    page.get_by_text("Frames taken: 1 of 5").wait_for()
+    assert page.get_by_text("Look at the camera").is_visible()
+    axe_check(page)
+    link.state = link.state | {"capture": running | {"done": 4, "hint": "turn-right", "quality": 0.81}}
+    page.get_by_text("Frames taken: 4 of 5").wait_for()  # htmx polls the progress
+    assert page.get_by_text("Turn the head a little right").is_visible()
+    assert page.locator("meter").get_attribute("value") == "0.81"
+    rng = np.random.default_rng(5)
+    frames = []
+    for _ in range(5):
+        v = rng.standard_normal(128).astype("<f4")
+        frames.append(
+            {"embedding": base64.b64encode((v / np.linalg.norm(v)).tobytes()).decode(), "quality": {"score": 0.8}}
+        )
+    link.replies["capture-result"] = {
+        "ok": True,
+        "state": "done",
+        "model": {"id": "m", "sha256": "0" * 64},
+        "frames": frames,
+    }
+    link.state = link.state | {"capture": None}
+    page.get_by_role("button", name="Store").click()
+    page.wait_for_url(re.compile(r"/people/\d+\?done=enrolled$"))
+    with services.gallery() as g:
+        assert g.get_person("Door Camera Person").templates == 5
+    assert [q["op"] for q in link.requests if q["op"].startswith("capture")][:1] == ["capture"]
