@@ -83,3 +83,21 @@ def csrf_of(client: TestClient, path: str = "/") -> str:
     found = CSRF_RE.search(r.text)
     assert found, f"no CSRF field on {path}"
     return found.group(1)
+
+
+def capture_reply(frames: int = 5, seed: int = 5) -> dict[str, Any]:
+    """A ``capture-result`` reply as the loop sends it: the configured recogniser, one face seen ``frames`` times
+    (a unit vector with a little noise per frame)."""
+    import base64
+
+    from kiosk.models.manifest import load_manifest
+
+    spec = load_manifest().get("sface")
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal(spec.output_dim or 128)
+    out = []
+    for _ in range(frames):
+        v = (base + 0.05 * rng.standard_normal(base.size)).astype("<f4")
+        v /= np.linalg.norm(v)
+        out.append({"embedding": base64.b64encode(v.tobytes()).decode(), "quality": {"score": 0.8, "sharpness": 90.0}})
+    return {"ok": True, "state": "done", "model": {"id": spec.id, "sha256": spec.sha256}, "frames": out}

@@ -172,11 +172,7 @@ def test_every_admin_page_passes_axe(page: Any, base: str, services: WebServices
 
 def test_enrol_at_the_door_camera(page: Any, base: str, services: WebServices, axe_check: Any) -> None:
     """The page follows the loop's capture (state ``capture``) live, then stores the frames of ``capture-result``."""
-    import base64
-
-    import numpy as np
-
-    from tests.admin_helpers import ScriptedLink
+    from tests.admin_helpers import ScriptedLink, capture_reply
 
     link = services.link
     assert isinstance(link, ScriptedLink)
@@ -193,19 +189,7 @@ def test_enrol_at_the_door_camera(page: Any, base: str, services: WebServices, a
     page.get_by_text("Frames taken: 4 of 5").wait_for()  # htmx polls the progress
     assert page.get_by_text("Turn the head a little right").is_visible()
     assert page.locator("meter").get_attribute("value") == "0.81"
-    rng = np.random.default_rng(5)
-    frames = []
-    for _ in range(5):
-        v = rng.standard_normal(128).astype("<f4")
-        frames.append(
-            {"embedding": base64.b64encode((v / np.linalg.norm(v)).tobytes()).decode(), "quality": {"score": 0.8}}
-        )
-    link.replies["capture-result"] = {
-        "ok": True,
-        "state": "done",
-        "model": {"id": "m", "sha256": "0" * 64},
-        "frames": frames,
-    }
+    link.replies["capture-result"] = capture_reply(5)
     link.state = link.state | {"capture": None}
     page.get_by_role("button", name="Store").click()
     page.wait_for_url(re.compile(r"/people/\d+\?done=enrolled$"))

@@ -3,13 +3,11 @@ service layer with the account as its actor, the upload store, the door unlock a
 
 from __future__ import annotations
 
-import base64
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -23,6 +21,7 @@ from tests.admin_helpers import (
     add_person,
     admin_config,
     admin_services,
+    capture_reply,
     csrf_of,
     page_login,
 )
@@ -434,17 +433,6 @@ def test_unlock_refused_by_the_loop_is_shown(client: TestClient, services: WebSe
 # -- the door camera -------------------------------------------------------------------------------------------------
 
 
-def _frames(n: int) -> list[dict[str, Any]]:
-    rng = np.random.default_rng(3)
-    out = []
-    for _ in range(n):
-        v = rng.standard_normal(128).astype("<f4")
-        out.append(
-            {"embedding": base64.b64encode((v / np.linalg.norm(v)).tobytes()).decode(), "quality": {"score": 0.8}}
-        )
-    return out
-
-
 def test_capture_at_the_door_camera(client: TestClient, services: WebServices) -> None:
     token = logged_in(client)
     link = link_of(services)
@@ -461,12 +449,7 @@ def test_capture_at_the_door_camera(client: TestClient, services: WebServices) -
     assert progress
     key = progress.group(1).split("/")[4]
     link.state = link.state | {"capture": None}
-    link.replies["capture-result"] = {
-        "ok": True,
-        "state": "done",
-        "model": {"id": "test-model", "sha256": "0" * 64},
-        "frames": _frames(3),
-    }
+    link.replies["capture-result"] = capture_reply(3)
     done = client.get(progress.group(1))
     assert "Done: store the frames taken." in done.text and f"/people/new/camera/{key}/store" in done.text
     stored = client.post(f"/people/new/camera/{key}/store", data={"csrf_token": token}, follow_redirects=False)
@@ -488,10 +471,15 @@ def test_capture_refused_or_malformed(client: TestClient, services: WebServices)
     found = re.search(r"/people/new/camera/([^/]+)/", r.text)
     assert found
     key = found.group(1)
-    bad = {"ok": True, "state": "done", "model": {"id": "m", "sha256": "0"}, "frames": [{"embedding": "%%%"}]}
-    link.replies["capture-result"] = bad
-    r = client.post(f"/people/new/camera/{key}/store", data={"csrf_token": token})
-    assert r.status_code == 200 and "malformed embedding" in r.text
+    good = capture_reply(3)
+    for bad, why in [
+        (good | {"frames": [{"embedding": "%%%"}]}, "malformed embedding"),
+        (good | {"frames": []}, "no frames"),
+        (good | {"model": {"id": "arcface", "sha256": "0" * 64}}, "restart both after a model change"),
+    ]:
+        link.replies["capture-result"] = bad
+        r = client.post(f"/people/new/camera/{key}/store", data={"csrf_token": token})
+        assert r.status_code == 200 and why in r.text
     with services.gallery() as g:
         assert not g.list_people()
     r = client.post(f"/people/new/camera/{key}/cancel", data={"csrf_token": token}, follow_redirects=False)
@@ -634,3 +622,21 @@ def test_pages_follow_the_configured_language(tmp_path: Path) -> None:
         people = c.get("/people").text
         assert "按姓名搜索" in people and not LEAKED_KEY.search(people)
     s.close()
+
+
+def test_capture_of_someone_already_enrolled_is_refused(client: TestClient, services: WebServices) -> None:
+    """The capture goes through the CLI's batch checks: a face enrolled as somebody else is not stored again."""
+    token = logged_in(client)
+    link = link_of(services)
+    link.replies["capture"] = {"ok": True, "id": "c"}
+    link.replies["capture-result"] = capture_reply(3, seed=9)
+    for name in ("First Name", "Second Name"):
+        r = client.post("/people/new/camera", data={"name": name, "csrf_token": token})
+        found = re.search(r"/people/new/camera/([^/]+)/", r.text)
+        assert found
+        r = client.post(
+            f"/people/new/camera/{found.group(1)}/store", data={"csrf_token": token}, follow_redirects=False
+        )
+    assert r.status_code == 200 and "already enrolled as &#39;First Name&#39;" in r.text
+    with services.gallery() as g:
+        assert [p.name for p in g.list_people()] == ["First Name"]

@@ -24,8 +24,9 @@ from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
+from kiosk.enroll import ImageVerdict, store
 from kiosk.errors import InputError, KioskError, PersonNotFoundError
-from kiosk.gallery.records import TemplateIn, clean_name
+from kiosk.gallery.records import clean_name
 from kiosk.web import people as people_service
 from kiosk.web import security
 from kiosk.web.accounts import Session
@@ -296,33 +297,42 @@ def _actor(request: Request, current: Session) -> str:
     return f"web:{current.account.name} from {security.client_address(request)}"
 
 
-def capture_templates(reply: dict[str, Any]) -> list[TemplateIn]:
-    """The templates of a finished guided capture (``capture-result``): the loop's embeddings, tagged with the model
-    that made them. InputError when the reply is not what docs/screen-protocol.md says."""
+def capture_verdicts(reply: dict[str, Any], model_id: str, model_sha256: str) -> list[ImageVerdict]:
+    """A finished guided capture (``capture-result``) as enrolment verdicts, one per frame the loop kept. InputError
+    when the reply is not what docs/screen-protocol.md says, or the loop's recogniser is not this app's."""
     model = reply.get("model")
     frames = reply.get("frames")
     if not isinstance(model, dict) or not isinstance(frames, list) or not frames:
         raise InputError("the door loop returned no frames for this capture")
+    if (model.get("id"), model.get("sha256")) != (model_id, model_sha256):
+        raise InputError(
+            f"the door loop embeds with {model.get('id')!r}, this web app with {model_id!r}: restart both after a "
+            "model change"
+        )
     out = []
-    for frame in frames:
+    for i, frame in enumerate(frames):
         try:
-            vector = np.frombuffer(base64.b64decode(frame["embedding"], validate=True), dtype="<f4").copy()
+            vector = np.frombuffer(base64.b64decode(frame["embedding"], validate=True), dtype="<f4").astype(np.float32)
         except (KeyError, TypeError, ValueError, binascii.Error):
             raise InputError("the door loop returned a malformed embedding") from None
         if vector.size == 0 or not np.isfinite(vector).all():
             raise InputError("the door loop returned a malformed embedding")
-        quality = frame.get("quality") if isinstance(frame.get("quality"), dict) else {}
-        scores = [quality.get(k) for k in ("score", "quality", "overall")]
-        score = next((float(v) for v in scores if isinstance(v, int | float)), 0.0)
-        out.append(TemplateIn(vector, str(model.get("id")), str(model.get("sha256")), score, "door camera"))
+        raw = frame.get("quality")
+        quality = (
+            {k: float(v) for k, v in (raw or {}).items() if isinstance(v, int | float)} if isinstance(raw, dict) else {}
+        )
+        out.append(ImageVerdict(f"door camera frame {i + 1}", True, "ok", quality, vector))
     return out
 
 
-def enrol_templates(services: WebServices, name: str, templates: list[TemplateIn], *, append: bool) -> dict[str, Any]:
-    """Store a capture's templates under ``name`` (a new person, or added to them with ``append``), all or none."""
+def enrol_capture(services: WebServices, name: str, verdicts: list[ImageVerdict], *, append: bool) -> dict[str, Any]:
+    """Store a capture's frames under ``name`` through the CLI's enrolment (``kiosk.enroll.store``): the batch
+    checks (consistency, a face already enrolled as someone else, the template cap), then one transaction."""
+    pipeline = services.pipeline()
     with services.gallery() as g:
-        person = g.enroll(name, templates, append=append)
-    return people_service.person_dict(person)
+        report = store(pipeline, g, name, verdicts, append=append)
+    assert report.person is not None
+    return people_service.person_dict(report.person)
 
 
 def _capture_of(request: Request, capture_id: str) -> dict[str, Any] | None:
@@ -427,10 +437,11 @@ async def store_capture(request: Request, token: str, current: AdminChange) -> R
         error = tr(request, "admin.camera.not_done", detail=str(reply.get("detail") or reply.get("state") or ""))
     else:
         try:
-            templates = capture_templates(reply)
+            spec = (await run_in_threadpool(services.pipeline)).embedder.spec
+            verdicts = capture_verdicts(reply, spec.id, spec.sha256)
             with security.acting(request, current.account):
                 stored = await run_in_threadpool(
-                    lambda: enrol_templates(services, upload.name, templates, append=upload.person_id is not None)
+                    lambda: enrol_capture(services, upload.name, verdicts, append=upload.person_id is not None)
                 )
         except KioskError as exc:
             error = error_text(exc)
