@@ -196,3 +196,28 @@ def test_enrol_at_the_door_camera(page: Any, base: str, services: WebServices, a
     with services.gallery() as g:
         assert g.get_person("Door Camera Person").templates == 5
     assert [q["op"] for q in link.requests if q["op"].startswith("capture")][:1] == ["capture"]
+
+
+def test_delete_a_template_asks_first_and_remove_needs_the_box(page: Any, base: str, services: WebServices) -> None:
+    pid = add_person(services, "Grace Hopper", templates=2)
+    log_in(page, base, path=f"/people/{pid}")
+    delete = page.get_by_role("button", name=re.compile(r"Delete template \d+")).first
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    delete.click()
+    with services.gallery() as g:
+        assert g.get_person(pid).templates == 2  # dismissed: nothing sent
+    page.once("dialog", lambda dialog: dialog.accept())
+    delete.click()
+    page.wait_for_url(re.compile(r"done=template-deleted$"))
+    assert page.get_by_text("Template deleted and erased.").is_visible()
+    with services.gallery() as g:
+        assert g.get_person(pid).templates == 1
+    remove = page.get_by_role("button", name="Remove person")
+    remove.click()  # the browser refuses: the box is required
+    assert page.url.endswith("done=template-deleted")
+    page.get_by_label("Yes, remove Grace Hopper").check()
+    remove.click()
+    page.wait_for_url(base + "/people?done=removed")
+    assert page.get_by_text("Person removed and their templates erased.").is_visible()
+    with services.gallery() as g:
+        assert g.list_people() == []
