@@ -391,6 +391,9 @@ def test_uploaded_photo_only_for_the_session_that_sent_it(client: TestClient, se
     assert client.get(f"/people/new/upload/{other}/0").status_code == 410
     gone = client.post("/people/new/store", data={"upload": "nope", "csrf_token": token})
     assert gone.status_code == 410 and "choose them again" in gone.text
+    client.post("/logout", data={"csrf_token": token}, follow_redirects=False)
+    assert store.get(UploadStore.owner_of(session), key) is None  # logging out drops the waiting photos
+    assert store.get("someone else", other) is not None
 
 
 def test_enrol_needs_a_good_name_and_photos(client: TestClient) -> None:

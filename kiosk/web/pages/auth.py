@@ -15,6 +15,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from kiosk.errors import AuthError, LoginThrottledError
 from kiosk.web import security
 from kiosk.web.pages.common import PageSession, local_path, render, see_other, tr
+from kiosk.web.pages.enrol import UploadStore, uploads_of
 
 router = APIRouter()
 
@@ -53,6 +54,7 @@ def login(
 
 @router.post("/logout", dependencies=[Depends(security.csrf)])
 def logout(request: Request, current: PageSession) -> Response:
+    uploads_of(request).drop_owner(UploadStore.owner_of(current))  # photos waiting for a decision go with it
     response = see_other("/login")
     security.end_session(request, response)
     return response

@@ -96,6 +96,14 @@ class UploadStore:
         with self._lock:
             self._items.pop(token, None)
 
+    def drop_owner(self, owner: str) -> int:
+        """Forget every upload of a session (at logout); returns how many there were."""
+        with self._lock:
+            mine = [k for k, u in self._items.items() if u.owner == owner]
+            for key in mine:
+                del self._items[key]
+            return len(mine)
+
     def __len__(self) -> int:
         with self._lock:
             self._prune()
