@@ -1,6 +1,6 @@
 """The real-browser harness: headless Debian Chromium driven by Playwright, the app under uvicorn on 127.0.0.1.
 
-Fixtures (re-exported by tests/conftest.py): ``browser`` (one Chromium per session), ``viewport`` (override with
+Fixtures (re-exported by tests/conftest.py): ``browser`` (one Chromium per test module), ``viewport`` (override with
 ``@pytest.mark.parametrize("viewport", [(800, 480)])``), ``page`` (a fresh context per test; fails the test on an
 uncaught page error or a Content-Security-Policy violation), ``live_server`` (``live_server(app) -> base_url``)
 and ``axe_check`` (``axe_check(page)``: zero axe-core violations, else a failure listing them).
@@ -24,7 +24,9 @@ DEFAULT_VIEWPORT = VIEWPORTS["kiosk"]
 TIMEOUT_MS = 10_000
 
 
-@pytest.fixture(scope="session")
+# NOTE: one Chromium per test module, not per session: Playwright's sync API keeps an asyncio loop running in this
+# thread while it is open, and a later module's asyncio.run() (the streaming tests) would fail beside it.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
