@@ -643,3 +643,22 @@ def test_capture_of_someone_already_enrolled_is_refused(client: TestClient, serv
     assert r.status_code == 200 and "already enrolled as &#39;First Name&#39;" in r.text
     with services.gallery() as g:
         assert [p.name for p in g.list_people()] == ["First Name"]
+
+
+def test_the_status_refresh_does_not_walk_the_event_chain(
+    client: TestClient, services: WebServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dashboard's cards refresh every 5 s; checking the whole chain is left to the full page."""
+    from kiosk.web import events as event_service
+
+    logged_in(client)
+    calls: list[int] = []
+    real = event_service.chain_state
+
+    def counted(s: WebServices) -> dict[str, Any]:
+        calls.append(1)
+        return real(s)
+
+    monkeypatch.setattr(event_service, "chain_state", counted)
+    assert client.get("/status").status_code == 200 and calls == []
+    assert "Intact" in client.get("/").text and calls == [1]

@@ -118,7 +118,7 @@ def build_dataset(services: Any) -> dict[str, int]:
                     g.set_enabled(person.id, False)
                 if window:
                     g.set_validity(person.id, now + timedelta(days=window[0]), now + timedelta(days=window[1]))
-            start = now - timedelta(hours=3)
+            start = now + timedelta(minutes=1)  # after the enrolments above, so the tables read in order
             script = [
                 ("granted", "Jordan Lee", 0.74, "pass", "unlocked"),
                 ("granted", "Chen Wei", 0.81, "pass", "unlocked"),
@@ -133,7 +133,7 @@ def build_dataset(services: Any) -> dict[str, int]:
                 g.add_event(
                     "access",
                     outcome,
-                    ts=start + timedelta(minutes=17 * i + 3),
+                    ts=start + timedelta(minutes=3 * i),
                     person_id=ids.get(who or ""),
                     person_name=who,
                     score=score,
@@ -225,7 +225,7 @@ def _page(name: str, path: str, ready: str = "main h1") -> dict[str, Any]:
 # Shots for tools/measure/screenshots.py's PAGES (as keyword arguments of its Shot).
 ADMIN_SHOTS: list[dict[str, Any]] = [
     {"name": "admin-login", "path": "/login", "app": "admin", "viewport": (1280, 800), "loaded": LOGIN_LOADED},
-    _page("admin-dashboard", "/", "#status-cards"),
+    _page("admin-dashboard", "/", "#live-status"),
     _page("admin-people", "/people", "#people-rows"),
     _page("admin-person", "/people/{alex}"),
     {
@@ -234,7 +234,7 @@ ADMIN_SHOTS: list[dict[str, Any]] = [
         "ready": "li.verdict button.face-box[aria-pressed='true']",
         "viewport": (1280, 1100),
     },
-    _page("admin-events", "/events", "#events-rows"),
-    _page("admin-door", "/admin/door", "#status-cards"),
+    {**_page("admin-events", "/events", "#events-rows"), "viewport": (1280, 1100)},
+    _page("admin-door", "/admin/door", "#live-status"),
     _page("admin-system", "/system", "pre.config"),
 ]

@@ -56,7 +56,6 @@ async def status_context(request: Request) -> dict[str, Any]:
         "fps": float(fps) if isinstance(fps, int | float) and not isinstance(fps, bool) else None,
         "door": door if isinstance(door, dict) else None,
         "loop": status.get("loop") if status is not None and isinstance(status.get("loop"), dict) else None,
-        "chain": event_service.chain_state(services),
     }
 
 
@@ -71,6 +70,9 @@ async def dashboard(request: Request, current: PageSession) -> Response:
         section="dashboard",
         events=rows,
         snapshots=services.cfg.events.snapshots,
+        chain=await run_in_threadpool(
+            event_service.chain_state, services
+        ),  # not in the 5 s refresh: it reads every event
         **await status_context(request),
     )
 
