@@ -24,10 +24,11 @@ DEFAULT_VIEWPORT = VIEWPORTS["kiosk"]
 TIMEOUT_MS = 10_000
 
 
-# NOTE: one Chromium per test module, not per session: Playwright's sync API keeps an asyncio loop running in this
-# thread while it is open, and a later module's asyncio.run() (the streaming tests) would fail beside it.
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """One Chromium per test module. NOTE: not per session: while Playwright's sync API is open, its event loop
+    counts as running in this thread (it runs in a greenlet), so ``asyncio.run`` in any later test would fail;
+    closing it at the end of each module gives the other modules their thread back."""
     from playwright.sync_api import sync_playwright
 
     why = chromium_missing()

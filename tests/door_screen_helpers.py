@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-import threading
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -13,10 +10,10 @@ from fastapi import FastAPI
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from kiosk.config import CameraConfig, Config, parse_config
-from kiosk.door.camera import FrameSource
-from kiosk.door.loop import DoorLoop
-from kiosk.testing import ScriptedSource
+from kiosk.config import parse_config
+from kiosk.lab.door_thread import LoopThread, astronaut_door
+
+__all__ = ["CSP", "LAYOUT_PROBLEMS", "EnforceCsp", "LoopThread", "astronaut_door", "preview_jpeg", "scripted_app"]
 from kiosk.web.scripted import ScriptedLink, ScriptedServices, door_app
 
 # The contract's policy: enforced in every browser test even where the app under test does not set it yet.
@@ -88,77 +85,3 @@ LAYOUT_PROBLEMS = """() => {
   }
   return problems;
 }"""
-
-
-class LoopThread:
-    """``kiosk.door.service.run_kiosk`` (the door loop of ``kiosk run``) in a thread, on scripted camera frames played
-    in a loop as a live camera. ``stop()`` ends it and re-raises what it raised."""
-
-    def __init__(self, cfg: Config, frames: list[np.ndarray], frame_s: float = 0.05) -> None:
-        self.cfg, self.frames, self.frame_s = cfg, frames, frame_s
-        self.loop: DoorLoop | None = None
-        self.started = threading.Event()
-        self.error: BaseException | None = None
-        self.decisions: list[tuple[str, str | None]] = []
-        self.thread = threading.Thread(target=self._run, name="test-door-loop", daemon=True)
-
-    def _open(self, _spec: str, _cam: CameraConfig) -> FrameSource:
-        return ScriptedSource(itertools.cycle(self.frames), live=True, read_delay_s=self.frame_s)
-
-    def _started(self, loop: DoorLoop) -> None:
-        self.loop = loop
-        self.started.set()
-
-    def _run(self) -> None:
-        from kiosk.door.service import run_kiosk
-
-        try:
-            run_kiosk(
-                self.cfg,
-                open_source=self._open,
-                started=self._started,
-                on_decision=lambda d, _door: self.decisions.append((d.outcome, d.name)),
-            )
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            self.started.set()
-
-    def start(self) -> LoopThread:
-        self.thread.start()
-        assert self.started.wait(120), "the door loop did not start"
-        if self.error is not None:
-            raise self.error
-        return self
-
-    def stop(self) -> None:
-        if self.loop is not None:
-            self.loop.stop()
-        self.thread.join(60)
-        assert not self.thread.is_alive(), "run_kiosk did not end"
-        if self.error is not None:
-            raise self.error
-
-
-def astronaut_door(root: Path, runtime_dir: Path, **screen: Any) -> tuple[Config, list[np.ndarray]]:
-    """A door that knows the astronaut (enrolled from one crop, as ``kiosk demo`` does), with a blink challenge, and
-    frames of the astronaut at the door blinking once (``kiosk.lab.demo``'s clip builder)."""
-    from kiosk.context import Context
-    from kiosk.enroll import enroll
-    from kiosk.lab.demo import _astronaut_frames, skimage_image
-
-    cfg = parse_config(
-        {
-            "data_dir": str(root),
-            "gallery": {"path": str(root / "gallery.db"), "encrypt": False},
-            "door": {"driver": "simulated", "pulse_s": 0.2},
-            "liveness": {"mode": "active", "active": {"timeout_s": 4.0, "challenges": ["blink"]}},
-            "screen": {"runtime_dir": str(runtime_dir), **screen},
-        }
-    )
-    photo = skimage_image("astronaut")[20:260, 120:360]
-    cv2.imwrite(str(root / "astronaut.png"), photo)
-    with Context(cfg) as ctx:
-        enroll(ctx.pipeline, ctx.gallery, "Eileen Collins", [root / "astronaut.png"])
-        _held, blinking = _astronaut_frames(ctx, photo)
-    return cfg, blinking

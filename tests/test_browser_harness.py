@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
 from tests.browser import PageProblems, axe_violations
+from tools.measure.browser import ChromiumMissingError, chromium_missing, launch_chromium
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -56,3 +57,11 @@ def test_axe_lists_violations_and_csp_blocks_inline_script(browser: Any, live_se
     assert p.evaluate("window.ran") is None  # the inline script never ran
     context.close()
     assert any("Content Security Policy" in item for item in problems.items)
+
+
+def test_a_missing_chromium_is_a_clear_error_not_a_skip(tmp_path: Any) -> None:
+    gone = tmp_path / "chromium"
+    why = chromium_missing(gone)
+    assert why is not None and str(gone) in why and "apt-get install chromium" in why
+    with pytest.raises(ChromiumMissingError, match="apt-get install chromium"):
+        launch_chromium(object(), gone)  # fails before it touches Playwright

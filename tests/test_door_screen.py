@@ -252,3 +252,14 @@ def test_sound_only_when_configured(page: Any, door: Any, sound: bool) -> None:
     d.decide("granted", "Ada")
     wait_text(page, "#result-title", "Welcome, Ada")
     assert (page.evaluate("window.tones") > 0) is sound
+
+
+def test_enrolment_capture_shows_its_progress_and_hint(page: Any, door: Any) -> None:
+    d = door()
+    open_door(page, d)
+    capture = {"id": "c1", "done": 2, "target": 5, "hint": "turn-left", "quality": 0.7, "state": "running"}
+    d.show(faces=[FACE], capture=capture)
+    wait_text(page, "#prompt", "Enrolment in progress · Photo 2 of 5 · Turn your head left")
+    assert page.locator(".bar").get_attribute("data-prompt") == "capture"
+    d.show(capture={**capture, "state": "done", "done": 5})  # over: back to the usual bar
+    wait_text(page, "#prompt", "Step up and look at the camera")

@@ -42,7 +42,8 @@ def short_dir() -> Iterator[Path]:
 def test_real_loop_prompt_then_welcome_then_out_of_service_and_back(
     page: Any, live_server: Any, axe_check: Any, short_dir: Path
 ) -> None:
-    cfg, frames = astronaut_door(short_dir, short_dir / "run", result_s=5.0, show_name="first")
+    door = astronaut_door(short_dir, short_dir / "run", result_s=5.0, show_name="first")
+    cfg, frames = door.cfg, door.blinking
     app = door_app(ScriptedServices(cfg, DoorLink(cfg.runtime_dir)))
     app.add_middleware(EnforceCsp)
     url = live_server(app)

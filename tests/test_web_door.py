@@ -139,3 +139,62 @@ def test_preview_route_is_multipart_mjpeg() -> None:
     assert r.status_code == 200
     assert r.headers["content-type"] == f"multipart/x-mixed-replace; boundary={BOUNDARY}"
     assert r.headers["cache-control"] == "no-store"
+
+
+def test_a_stalled_preview_client_holds_one_frame_and_never_stops_the_others() -> None:
+    """A browser that stops reading /door/preview.mjpg: its stream waits in the send, its subscription keeps only the
+    newest frame, and another browser keeps getting every new frame."""
+    import socket
+    import time
+
+    from tools.measure.browser import LiveServer
+
+    link = ScriptedLink(door_state("ok"))
+    app, _ = scripted_app(link)
+    server = LiveServer(app)
+    url = server.start()
+    host, port = url.removeprefix("http://").split(":")
+    request = f"GET /door/preview.mjpg HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    stalled = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect, so the window stays small
+    stalled.connect((host, int(port)))
+    reader = socket.create_connection((host, int(port)), timeout=10)
+    try:
+        deadline = time.monotonic() + 20
+        stalled.sendall(request)  # and never reads
+        while link.preview_subscribers < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        (stalled_sub,) = link._previews
+        reader.sendall(request)
+        while link.preview_subscribers < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert link.preview_subscribers == 2
+        got = b""
+
+        def read_until(tag: bytes) -> None:
+            nonlocal got
+            while tag not in got and time.monotonic() < deadline:
+                got = got[-64:] + reader.recv(1 << 20)
+            assert tag in got, f"the reading client never got {tag!r} while another one stalled"
+
+        def stalled_holds() -> list[bytes]:
+            return list(stalled_sub._items)
+
+        # 1 MB frames until the stalled stream is stuck in its send (the socket buffers are full): then a frame
+        # stays in its subscription while the reading client gets it
+        for n in range(60):
+            tag = b"<frame %03d>" % n
+            link.publish_frame(b"\xff\xd8" + bytes(1_000_000) + tag)
+            read_until(tag)
+            if stalled_holds():
+                break
+        assert stalled_holds(), "the stalled stream never filled its buffers"
+        for n in range(10):  # newer frames replace the one waiting; the reading client still gets each
+            tag = b"<newer %d>" % n
+            link.publish_frame(b"\xff\xd8" + tag)
+            read_until(tag)
+        assert stalled_holds() == [b"\xff\xd8<newer 9>"], "a stalled stream holds the newest frame only"
+    finally:
+        stalled.close()
+        reader.close()
+        server.stop()

@@ -70,6 +70,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "render the door screen's states (and the admin pages) in headless Chromium into docs/img/*.png",
     ),
     "web-rss": ("tools.measure.web_rss", "peak memory (VmHWM) and page times of `kiosk web` under an admin session"),
+    "screen-latency": (
+        "tools.measure.screen_latency",
+        "decision -> door screen shows it, in headless Chromium: median and p95 over >= 50 real decisions",
+    ),
     "lock": ("tools.lock", "regenerate the hashed dependency lock in tools/requirements/ (make lock)"),
     "readme-tables": (
         "tools.measure.readme_tables",

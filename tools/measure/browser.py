@@ -33,22 +33,22 @@ class ChromiumMissingError(ToolError):
     """Debian's Chromium is not installed where we look."""
 
 
-def chromium_missing() -> str | None:
+def chromium_missing(path: Path = CHROMIUM) -> str | None:
     """Why the browser cannot start, or None."""
-    if CHROMIUM.is_file():
+    if path.is_file():
         return None
     return (
-        f"Debian's Chromium is not at {CHROMIUM}: `sudo apt-get install chromium` (.ci/run installs it; "
+        f"Debian's Chromium is not at {path}: `sudo apt-get install chromium` (.ci/run installs it; "
         "never `playwright install`), or set KIOSK_CHROMIUM"
     )
 
 
-def launch_chromium(playwright: Any) -> Any:
+def launch_chromium(playwright: Any, path: Path = CHROMIUM) -> Any:
     """Debian's Chromium, headless (Playwright's launch makes a fresh temporary profile for each browser)."""
-    why = chromium_missing()
+    why = chromium_missing(path)
     if why:
         raise ChromiumMissingError(why)
-    return playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+    return playwright.chromium.launch(executable_path=str(path), headless=True, args=CHROMIUM_ARGS)
 
 
 class LiveServer:

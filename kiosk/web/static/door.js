@@ -218,6 +218,7 @@ function showResult(result) {
   $("result-title").textContent = title;
   $("result-detail").textContent = detail;
   box.hidden = false;
+  body.dataset.resultSeq = String(result.seq); // which decision is on screen (tests, the latency tool)
   say(`${title}. ${detail}`);
   beep(result.outcome);
   clearTimeout(resultTimer);
