@@ -107,7 +107,9 @@ class LoopScreen:
         decisions: Sequence[Decision],
     ) -> None:
         self.model.frame(tracks, quality, decisions, frame.image.shape, frame.t)
+        self.model.fps = loop.stats.fps
         self.server.offer_frame(frame.image)
+        self.server.update(self.model.snapshot(frame.t))
 
     def prompt(self, track_id: int, prompt: str, t: float) -> None:
         self.model.challenge(track_id, prompt, t)
