@@ -116,7 +116,7 @@ class LoopScreen:
     def prompt(self, track_id: int, prompt: str, t: float) -> None:
         self.model.challenge(track_id, prompt, t)
 
-    def tick(self, loop: DoorLoop, now: float, had_frame: bool) -> None:
+    def tick(self, loop: DoorLoop, now: float) -> None:
         """Once per loop iteration, frame or not: answer control requests, follow the camera, publish."""
         while True:
             try:
@@ -134,8 +134,8 @@ class LoopScreen:
             req.answer(reply)
         state = loop.camera.status().get("state")
         down = state in CAMERA_DOWN_STATES
-        if down and not had_frame:
-            self.model.idle(now)  # no camera: no faces, no prompt
+        if down:
+            self.model.idle(now)  # no camera: no faces, no prompt (a frame it gave just before is stale now)
         self.set_service("camera-down" if down else "starting" if state == "starting" else "ok")
         self._follow_capture(now)
         self.model.fps = loop.stats.fps
