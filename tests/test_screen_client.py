@@ -41,10 +41,11 @@ async def _next(sub: Subscription[T]) -> T:
 
 
 async def _until(sub: Subscription[dict[str, Any]], service: str) -> dict[str, Any]:
-    while True:
+    for _ in range(100):
         state = await _next(sub)
         if state["service"] == service:
             return state
+    raise AssertionError(f"no state with service {service!r} in 100 changes")
 
 
 def test_down_until_the_loop_is_up_then_down_again_and_back(rundir: Path) -> None:
@@ -188,7 +189,8 @@ def test_request_times_out_as_unavailable(rundir: Path) -> None:
 def test_a_real_kiosk_shows_a_face_box_and_a_result(faces_dir: Path) -> None:
     """run_kiosk on a replayed face with the screen on: a DoorLink sees the face's box, then the grant."""
     with short_dir() as d:
-        cfg = kiosk_config(d / "data", d / "run", screen={"show_name": "first", "mirror": True})
+        # result_s at its longest: the grant may come before the link connects on a slow machine.
+        cfg = kiosk_config(d / "data", d / "run", screen={"show_name": "first", "mirror": True, "result_s": 60.0})
         colin = sorted((faces_dir / "lfw/images/Colin_Powell").glob("*.jpg"))
         with Context(cfg) as ctx:
             enroll(ctx.pipeline, ctx.gallery, "Colin Powell", colin[:2])
@@ -201,12 +203,15 @@ def test_a_real_kiosk_shows_a_face_box_and_a_result(faces_dir: Path) -> None:
                 sub = link.subscribe_state()
                 preview = link.subscribe_preview()
                 face = result = None
-                while face is None or result is None:
+                for _ in range(200):  # lines come at least once a second: a bound, never an endless wait
+                    if face is not None and result is not None:
+                        break
                     state = await _next(sub)
                     if state["faces"] and face is None:
                         face = state
                     if state["result"] is not None:
                         result = state
+                assert face is not None and result is not None, "no face box or no result seen"
                 jpeg = await _next(preview)
                 status = await link.request({"op": "status"})
                 assert status["ok"] is True and status["loop"]["granted"] >= 1

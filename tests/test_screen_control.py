@@ -230,3 +230,92 @@ def test_capture_cancel(faces_dir: Path) -> None:
                 st = LineReader(s).until(lambda st: st["capture"] is not None)
             assert st["capture"]["state"] == "cancelled" and st["capture"]["hint"] == "no-face"
             rk.stop()
+
+
+# -- the loop's side: camera down, a failing screen ----------------------------------------------------------------
+
+
+def test_camera_down_is_published(faces_dir: Path) -> None:
+    from kiosk.errors import HardwareError
+    from kiosk.testing import ScriptedSource
+
+    frames = colin_frames(faces_dir, photos=1)
+    with short_dir() as d:
+        cfg = kiosk_config(d / "data", d / "run", camera={"reconnect_min_s": 0.1, "reconnect_max_s": 0.2})
+
+        def unplugged(_spec: str, _cam: Any) -> ScriptedSource:
+            # Some frames, then the camera is unplugged and never comes back.
+            return ScriptedSource([*frames, HardwareError("unplugged")], live=True, opens=[True], read_delay_s=0.05)
+
+        with running_kiosk(cfg, open_source=unplugged) as rk, connect(d / "run" / "state.sock", 30) as s:
+            lines = LineReader(s)
+            seen = lines.until(lambda st: bool(st["faces"]))
+            assert seen["service"] == "ok"
+            down = lines.until(lambda st: st["service"] == "camera-down")
+            assert down["faces"] == [] and down["prompt"] is None
+            rk.stop()
+            lines.until(lambda st: st["service"] == "stopping")
+            with pytest.raises(EOFError):  # then the loop closes the socket; nothing after "stopping" says otherwise
+                for _ in range(100):
+                    assert lines.next()["service"] == "stopping"
+        assert not (d / "run" / "state.sock").exists()
+
+
+class BrokenScreen:
+    """A screen whose every hook raises: the door loop must go on as without it."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def capturing(self) -> bool:
+        self.calls += 1
+        raise RuntimeError("capturing broke")
+
+    def capture_frame(self, *_a: Any) -> None:
+        raise AssertionError("never called: capturing() raised")
+
+    def frame(self, *_a: Any) -> None:
+        self.calls += 1
+        raise RuntimeError("frame broke")
+
+    def prompt(self, *_a: Any) -> None:
+        raise RuntimeError("prompt broke")
+
+    def tick(self, *_a: Any) -> None:
+        self.calls += 1
+        raise RuntimeError("tick broke")
+
+
+def test_a_failing_screen_never_stops_or_fails_the_loop(faces_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from kiosk.context import Context
+    from kiosk.door.camera import Camera
+    from kiosk.door.loop import DoorLoop
+    from kiosk.enroll import enroll
+    from kiosk.testing import ScriptedSource
+
+    frames = colin_frames(faces_dir, photos=2)
+    with short_dir() as d:
+        cfg = kiosk_config(d / "data", d / "run", screen={"enabled": False})
+        colin = sorted((faces_dir / "lfw/images/Colin_Powell").glob("*.jpg"))
+        with Context(cfg) as ctx:
+            enroll(ctx.pipeline, ctx.gallery, "Colin Powell", colin[:2])
+            door = open_door(cfg.door)
+            camera = Camera(ScriptedSource(frames), dataclasses_replace_realtime(cfg))
+            camera.start()
+            screen = BrokenScreen()
+            loop = DoorLoop(ctx.pipeline, ctx.gallery, camera, door, screen=screen)
+            with caplog.at_level(logging.ERROR, logger="kiosk.door.loop"):
+                stats = loop.run()
+            camera.close()
+            door.close()
+    assert stats.frames == len(frames) and stats.frame_errors == 0, "every frame processed, none failed"
+    assert stats.granted == 1, "the door still decides"
+    assert loop.screen_errors >= 2 * len(frames) and screen.calls >= 2 * len(frames)
+    logged = [r for r in caplog.records if "screen error" in r.getMessage()]
+    assert len(logged) == 1, "logged once, rate-limited"
+
+
+def dataclasses_replace_realtime(cfg: Any) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(cfg.camera, replay_realtime=False)
