@@ -202,3 +202,23 @@ def test_backend_picks_the_variant_when_there_is_one() -> None:
     assert bench.backend_model(manifest, "sface", "embed", "tflite") == "sface_tflite"
     assert bench.backend_model(manifest, "sface", "embed", "onnx") == "sface"
     assert bench.backend_model(manifest, "yunet", "detect", "tflite") == "yunet"  # no TFLite YuNet: kept
+
+
+def test_bench_viewer_reports_fps_without_and_with_a_preview_client(
+    faces_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--viewer`: alternating passes of the same frames; only the watched ones encode, and the client got every
+    JPEG it was sent. The figures themselves are measured, not asserted."""
+    argv = ("--faces", str(faces_dir), "--frames", "12", "--gallery-sizes", "50", "--skip-cold-start", "--viewer")
+    r, printed = _bench(tmp_path, capsys, *argv)
+    v = r["viewer"]
+    assert [p["viewer"] for p in v["passes"]] == [False, True, False, True]
+    for p in v["passes"]:
+        assert p["frames"] == 12 and p["fps"] > 0
+        if p["viewer"]:
+            assert p["jpegs_encoded"] >= 1 and p["jpegs_received"] == p["jpegs_sent"] == p["jpegs_encoded"]
+        else:
+            assert p["jpegs_encoded"] == p["jpegs_sent"] == 0, "nobody watches: nothing is encoded"
+    assert v["fps_without"] > 0 and v["fps_with"] > 0
+    assert v["relative_drop"] == pytest.approx(1 - v["fps_with"] / v["fps_without"], abs=1e-3)
+    assert v["preview"]["width"] == 480 and "screen viewer:" in printed

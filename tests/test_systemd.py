@@ -183,13 +183,26 @@ def test_unit_has_the_hardening_lines() -> None:
 
 
 def test_the_data_directory_is_the_only_writable_path() -> None:
-    """ProtectSystem=strict makes everything read-only but the StateDirectory; nothing may widen that."""
+    """ProtectSystem=strict makes everything read-only but the StateDirectory and the socket folder; nothing may
+    widen that."""
     writable = ("ReadWritePaths", "CacheDirectory", "LogsDirectory", "RuntimeDirectory", "ConfigurationDirectory")
-    for path in [UNIT, *DROP_INS]:
+    for path in DROP_INS:
         d = directives(path.read_text(encoding="utf-8"))
         assert not [k for k in writable if k in d], path.name
         assert d.get("ProtectSystem", ["strict"]) == ["strict"], path.name
-    assert unit_directives()["StateDirectory"] == [Path(DATA_DIR).name]
+    unit = unit_directives()
+    assert [k for k in writable if k in unit] == ["RuntimeDirectory"]
+    assert unit["ProtectSystem"] == ["strict"]
+    assert unit["StateDirectory"] == [Path(DATA_DIR).name]
+
+
+def test_the_socket_folder_is_private_to_the_service_user_and_group() -> None:
+    """The door screen's sockets (kiosk.screen): /run/face-kiosk, 0750, as screen.runtime_dir in the examples."""
+    unit = unit_directives()
+    assert unit["RuntimeDirectory"] == ["face-kiosk"] and unit["RuntimeDirectoryMode"] == ["0750"]
+    assert "RuntimeDirectoryPreserve" not in unit, "stale sockets go with the service"
+    readme = (SYSTEMD_DIR / "README.md").read_text(encoding="utf-8")
+    assert "screen.runtime_dir: /run/face-kiosk" in readme
 
 
 def test_drop_ins_open_only_what_they_are_for() -> None:

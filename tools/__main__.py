@@ -65,11 +65,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "tools.measure.soak",
         "run the kiosk for hours under injected faults; report frames, restarts, memory, fds",
     ),
-    "web-rss": ("tools.measure.web_rss", "peak memory (VmHWM) and page times of `kiosk web` under an admin session"),
     "screenshots": (
         "tools.measure.screenshots",
         "render the door screen's states (and the admin pages) in headless Chromium into docs/img/*.png",
     ),
+    "web-rss": ("tools.measure.web_rss", "peak memory (VmHWM) and page times of `kiosk web` under an admin session"),
     "screen-latency": (
         "tools.measure.screen_latency",
         "decision -> door screen shows it, in headless Chromium: median and p95 over >= 50 real decisions",

@@ -65,6 +65,11 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--skip-cold-start", action="store_true", help="do not launch the cold-start process")
     p.add_argument("--seed", type=int, default=0, help="selects the LFW people and the jitter (default 0)")
+    p.add_argument(
+        "--viewer",
+        action="store_true",
+        help="also measure the door loop's fps without and with one door-screen preview client (JSON key viewer)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     # The cold-start child (launched by the bench itself): load, warm up, decide on one frame, print timestamps.
     p.add_argument("--cold-start-child", type=Path, help=argparse.SUPPRESS)
@@ -113,6 +118,7 @@ def cmd_bench(args: argparse.Namespace, cfg: Config) -> int:
         seed=args.seed,
         config_file=None if cfg.origin is None else Path(cfg.origin),
         overrides=_overrides(args),
+        viewer=args.viewer,
     )
 
     def progress(text: str) -> None:
@@ -197,4 +203,11 @@ def format_table(r: dict[str, Any]) -> str:
             f"{cold['frames_shown']} frames shown; child peak RSS {cold['peak_rss_mb']} MB)"
         )
     lines.append(f"  peak RSS (door loop process): {r['peak_rss_mb']} MB")
+    v = r.get("viewer")
+    if v:
+        drop = "-" if v["relative_drop"] is None else f"{100 * v['relative_drop']:.1f} %"
+        lines.append(
+            f"  screen viewer: {v['fps_without']} fps without, {v['fps_with']} fps with one preview client "
+            f"(drop {drop}; preview {v['preview']['width']} px, at most {v['preview']['fps_max']:g} fps)"
+        )
     return "\n".join(line.rstrip() for line in lines)

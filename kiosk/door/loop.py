@@ -85,7 +85,7 @@ class Screen(Protocol):
         decisions: list[Decision],
     ) -> None: ...
     def prompt(self, track_id: int, prompt: str, t: float) -> None: ...
-    def tick(self, loop: DoorLoop, now: float, had_frame: bool) -> None: ...
+    def tick(self, loop: DoorLoop, now: float) -> None: ...
 
 
 class FrameErrorsExceeded(KioskError):
@@ -487,7 +487,7 @@ class DoorLoop:
             self.door.check()  # door-held-open alarm on the loop's clock
             self._drain_door_events()
             if self.screen is not None:
-                self._screen_call(self.screen.tick, self, now, frame is not None)
+                self._screen_call(self.screen.tick, self, now)
             if now - self._last_status >= STATUS_INTERVAL_S:
                 self._last_status = now
                 if self._unwritten:

@@ -43,7 +43,7 @@ from kiosk.config import Config
 from kiosk.context import Context
 from kiosk.door.camera import Camera, Frame
 from kiosk.door.decide import Decider, Decision
-from kiosk.door.loop import DoorLoop
+from kiosk.door.loop import DoorLoop, Screen
 from kiosk.door.notify import Notifier
 from kiosk.door.relay import SimulatedDoor, open_door
 from kiosk.enroll import enroll
@@ -93,6 +93,7 @@ class BenchOptions:
     seed: int = 0
     config_file: Path | None = None  # passed on to the cold-start child
     overrides: tuple[str, ...] = ()  # the child's command-line overrides (--threads, --detector, ...)
+    viewer: bool = False  # also measure the loop's fps without and with one preview client (``viewer_cost``)
 
 
 def load_frames(opts: BenchOptions, cfg: Config) -> FrameSet:
@@ -265,10 +266,11 @@ def lockstep_loop(
     liveness: Liveness | None = None,
     *,
     decider: Decider | None = None,
+    screen: Screen | None = None,
 ) -> Iterator[tuple[DoorLoop, SimulatedDoor]]:
     """The real ``DoorLoop`` driven frame by frame through ``DoorLoop.process`` on the media clock ``clock`` (its
     camera, on an empty scripted source, is never started), with the simulated door; both closed on the way out.
-    ``decider``: as ``DoorLoop``'s (a measuring tool's own; default: the loop builds the door's)."""
+    ``decider``, ``screen``: as ``DoorLoop``'s (a measuring tool's own decider; default: the loop builds the door's)."""
     cfg = pipeline.cfg
     camera = Camera(ScriptedSource(name="bench"), cfg.camera, clock=clock)
     door = open_door(cfg.door, clock=clock)
@@ -285,6 +287,7 @@ def lockstep_loop(
             on_decision=on_decision,
             liveness=liveness,
             decider=decider,
+            screen=screen,
         )
         yield loop, door
     finally:
@@ -292,7 +295,9 @@ def lockstep_loop(
         door.close()
 
 
-def run_loop(pipeline: Pipeline, ctx: Context, frames: FrameSet, liveness: Liveness | None) -> LoopRun:
+def run_loop(
+    pipeline: Pipeline, ctx: Context, frames: FrameSet, liveness: Liveness | None, screen: Screen | None = None
+) -> LoopRun:
     """The real ``DoorLoop.process`` on every frame in lockstep on media time (index / fps), simulated door."""
     clock = ManualClock()
     grants: list[tuple[int, float]] = []
@@ -306,7 +311,7 @@ def run_loop(pipeline: Pipeline, ctx: Context, frames: FrameSet, liveness: Liven
 
     frame_ms: list[float] = []
     embedded: list[bool] = []
-    with lockstep_loop(pipeline, ctx.gallery, clock, on_decision, liveness) as (loop, door):
+    with lockstep_loop(pipeline, ctx.gallery, clock, on_decision, liveness, screen=screen) as (loop, door):
         door.off()
         started = time.perf_counter()
         for i, jpeg in enumerate(frames.jpegs):
@@ -520,6 +525,12 @@ def run_bench(cfg: Config, opts: BenchOptions, progress: Callable[[str], None] |
                 say("door loop again with liveness off, for decision latency")
                 decision_run = run_loop(pipeline, ctx, frames, None)
                 decision_liveness = f"off (configured {cfg.liveness.mode}: a still photo cannot pass it)"
+            viewer = None
+            if opts.viewer:
+                from kiosk.lab.viewer import viewer_cost
+
+                say("door loop without and with one preview viewer (alternating passes)")
+                viewer = viewer_cost(cfg, pipeline, ctx, frames, liveness)
             rss_loop = peak_rss_mb()
             ru_loop = ru_maxrss_mb()
             appear = _appearances(frames, with_face)
@@ -590,6 +601,7 @@ def run_bench(cfg: Config, opts: BenchOptions, progress: Callable[[str], None] |
             "jpeg_quality": JPEG_QUALITY,
             "members_enrolled": len(members),
         },
+        "viewer": viewer,
         "timings_s": {"models_load_and_warmup": round(models_s, 3)},
         "config": summary,
         "machine": mach,

@@ -116,6 +116,13 @@ class Liveness:
         if self.active is not None:
             self.active.end(track_id)
 
+    def reset(self) -> None:
+        """Forget every track: a measuring tool runs a fresh loop (track ids from 1 again) on the same instance."""
+        self._scores.clear()
+        self._prompted.clear()
+        if self.active is not None:
+            self.active.reset()
+
     # -- the decider's check ---------------------------------------------------------------------------------
 
     def __call__(self, track_id: int, obs: Observation) -> LivenessResult:

@@ -324,3 +324,7 @@ class ActiveLiveness:
     def end(self, track_id: int) -> None:
         """Forget a track that left."""
         self._running.pop(track_id, None)
+
+    def reset(self) -> None:
+        """Forget every track (a new run of the loop numbers its tracks from 1 again)."""
+        self._running.clear()

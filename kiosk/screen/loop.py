@@ -106,34 +106,50 @@ class LoopScreen:
         quality: dict[int, QualityReport],
         decisions: Sequence[Decision],
     ) -> None:
+        if self.model.service in ("starting", "camera-down"):
+            self.model.service = "ok"  # a frame came: the camera works (tick() follows the camera from here)
         self.model.frame(tracks, quality, decisions, frame.image.shape, frame.t)
+        self.model.fps = loop.stats.fps
         self.server.offer_frame(frame.image)
+        self.server.update(self.model.snapshot(frame.t))
 
     def prompt(self, track_id: int, prompt: str, t: float) -> None:
         self.model.challenge(track_id, prompt, t)
 
-    def tick(self, loop: DoorLoop, now: float, had_frame: bool) -> None:
+    def tick(self, loop: DoorLoop, now: float) -> None:
         """Once per loop iteration, frame or not: answer control requests, follow the camera, publish."""
         while True:
             try:
                 req = self.requests.get_nowait()
             except queue.Empty:
                 break
-            req.answer(self.handle(loop, req, now))
+            try:
+                reply = self.handle(loop, req, now)
+            except Exception as exc:
+                # NOTE: the asker hears at once; a relay fault (FATAL_ERRORS) still stops the loop via DoorLoop.
+                req.answer(error("unavailable", f"the door loop could not do it: {type(exc).__name__}: {exc}"))
+                raise
+            self._follow_capture(now)
+            self.server.update(self.model.snapshot(now))  # NOTE: the state is current before the asker hears back
+            req.answer(reply)
         state = loop.camera.status().get("state")
-        self.set_service("camera-down" if state in CAMERA_DOWN_STATES else "starting" if state == "starting" else "ok")
-        if not had_frame and state in CAMERA_DOWN_STATES:
-            self.model.idle(now)
-        c = self.capture
-        if c is not None:
-            c.expire(now)
-            if not c.running and c.ended is not None and now - c.ended > CAPTURE_KEEP_S:
-                self.capture = None  # nobody fetched it: forget the embeddings
-            self.model.capture = (
-                c.as_state() if c.running or (c.ended and now - c.ended < self.cfg.screen.result_s) else None
-            )
+        down = state in CAMERA_DOWN_STATES
+        if down:
+            self.model.idle(now)  # no camera: no faces, no prompt (a frame it gave just before is stale now)
+        self.set_service("camera-down" if down else "starting" if state == "starting" else "ok")
+        self._follow_capture(now)
         self.model.fps = loop.stats.fps
         self.server.update(self.model.snapshot(now))
+
+    def _follow_capture(self, now: float) -> None:
+        c = self.capture
+        if c is None:
+            return
+        c.expire(now)
+        if not c.running and c.ended is not None and now - c.ended > CAPTURE_KEEP_S:
+            self.capture = None  # nobody fetched it: forget the embeddings
+        recent = c.ended is not None and now - c.ended < self.cfg.screen.result_s
+        self.model.capture = c.as_state() if c.running or recent else None
 
     # -- control requests (loop thread) ----------------------------------------------------------------------
 

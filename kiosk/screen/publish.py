@@ -51,6 +51,7 @@ REPLY_TIMEOUT_S = 5.0  # the loop must answer within this, else "unavailable"
 ERROR_LOG_INTERVAL_S = 30.0
 MAX_CLIENTS = 16  # per socket; the web process holds one each
 SUN_PATH_MAX = 107
+FORBIDDEN = error("forbidden", "not the loop's user, root or a member of admin.group")
 
 
 @dataclass
@@ -65,6 +66,7 @@ class _Client:
     peer: Peer | None = None  # control: the authorised peer
     request: ControlRequest | None = None  # control: the request handed to the loop
     closing: bool = False  # control: close once ``out`` is sent
+    forbidden: bool = False  # control: the peer may not ask; whatever it sends is answered "forbidden"
 
 
 class ScreenServer:
@@ -344,8 +346,10 @@ class ScreenServer:
                 log.warning("screen: control peer refused: %s: %s", type(exc).__name__, exc)
                 peer, allowed = None, False
             if not allowed or peer is None:
+                # NOTE: refused once its request line is in (or at the read timeout), not now: closing before the
+                # client wrote would give it a broken pipe instead of the answer.
                 log.warning("screen: control request refused for %s", peer or "an unknown peer")
-                self._reply(sel, c, error("forbidden", "not the loop's user, root or a member of admin.group"))
+                c.forbidden = True
             else:
                 c.peer = peer
 
@@ -366,6 +370,9 @@ class ScreenServer:
         elif not data:
             line = bytes(c.inbuf)  # the client shut its side without a newline
         if line is None and len(c.inbuf) <= MAX_REQUEST_BYTES:
+            return
+        if c.forbidden:
+            self._reply(sel, c, FORBIDDEN)
             return
         if line is None or not line.strip():
             detail = "empty request" if line is not None else f"request longer than {MAX_REQUEST_BYTES} bytes"
@@ -388,7 +395,10 @@ class ScreenServer:
     def _writable(self, sel: selectors.BaseSelector, clients: dict[int, _Client], c: _Client) -> None:
         if c.kind == "preview":
             while c.inflight is not None:
-                n = c.sock.send(c.inflight)
+                try:
+                    n = c.sock.send(c.inflight)
+                except (BlockingIOError, InterruptedError):
+                    n = 0  # the client's buffer is full: the rest goes when it reads
                 c.inflight = c.inflight[n:]
                 if len(c.inflight):
                     return
@@ -397,7 +407,10 @@ class ScreenServer:
             sel.modify(c.sock, selectors.EVENT_READ, c)
             return
         if c.out:
-            n = c.sock.send(c.out)
+            try:
+                n = c.sock.send(c.out)
+            except (BlockingIOError, InterruptedError):
+                n = 0
             del c.out[:n]
         if not c.out:
             if c.closing:
@@ -501,7 +514,8 @@ class ScreenServer:
                 if pending.reply is not None:
                     self._reply(sel, c, pending.reply)
             elif now >= c.deadline:
-                self._reply(sel, c, error("bad-request", f"no request line within {READ_TIMEOUT_S:g} s"))
+                late = error("bad-request", f"no request line within {READ_TIMEOUT_S:g} s")
+                self._reply(sel, c, FORBIDDEN if c.forbidden else late)
 
     def _flush_on_stop(self, clients: dict[int, _Client]) -> None:
         """At stop: the latest state to each state client and an answer to each waiting request, without waiting."""

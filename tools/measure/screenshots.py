@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.errors import ToolError
+from tools.measure.admin_screens import ADMIN_SHOTS, admin_environment
 from tools.measure.browser import LiveServer, launch_chromium
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,7 +106,10 @@ def door_environment(language: str) -> Iterator[DoorScene]:
         server.stop()
 
 
-ENVIRONMENTS: dict[str, Callable[[str], contextlib.AbstractContextManager[Any]]] = {"door": door_environment}
+ENVIRONMENTS: dict[str, Callable[[str], contextlib.AbstractContextManager[Any]]] = {
+    "door": door_environment,
+    "admin": admin_environment,
+}
 
 
 def _blink(scene: DoorScene, page: Any) -> None:
@@ -127,6 +131,7 @@ PAGES: list[Shot] = [
         "#result",
         language="zh-Hans",
     ),
+    *(Shot(**shot) for shot in ADMIN_SHOTS),
 ]
 
 

@@ -1,0 +1,240 @@
+"""The admin pages for ``python -m tools screenshots``: a scripted, realistic dataset on a temporary gallery.
+
+No photo of a private person and no test-data face: the only face is scikit-image's astronaut (Eileen Collins,
+NASA, public domain), as ``kiosk demo`` uses it; every name is made up. Besides "Alex Rivera" (enrolled from
+astronaut photos through the real enrolment), people hold random templates: the pages show names and numbers only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from tools.errors import ToolError
+
+ADMIN_NAME = "admin"
+ADMIN_PASSWORD = "screenshots only, never a real one"
+# name, templates, enabled, validity (days from now) — made up
+PEOPLE = (
+    ("Jordan Lee", 4, True, None),
+    ("Priya Natarajan", 3, True, (-30, 60)),
+    ("Sam Okafor", 2, False, None),
+    ("Chen Wei", 5, True, None),
+    ("Maria Costa", 3, True, (-1, 14)),
+)
+
+
+def _jpeg(image: Any) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    if not ok:
+        raise ToolError("could not encode a screenshot photo")
+    return bytes(buf)
+
+
+def astronaut_photos() -> dict[str, bytes]:
+    """The uploads of the verdicts shot: good, mirrored, too blurry, two faces, and a photo with no face."""
+    import cv2
+    import numpy as np
+
+    from kiosk.lab.demo import skimage_image
+
+    face = skimage_image("astronaut")
+    return {
+        "astronaut.jpg": _jpeg(face),
+        "astronaut-mirrored.jpg": _jpeg(np.ascontiguousarray(face[:, ::-1])),
+        "astronaut-blurred.jpg": _jpeg(cv2.GaussianBlur(face, (0, 0), 6)),
+        "two-faces.jpg": _jpeg(np.concatenate([face, face[:, ::-1]], axis=1)),
+        "coffee.jpg": _jpeg(skimage_image("coffee")),
+    }
+
+
+class AdminLink:
+    """The door loop as the admin pages see it: up, 9.8 fps, the door locked and closed."""
+
+    def __init__(self) -> None:
+        from kiosk.web.scripted import door_state
+
+        self.state = door_state("ok", seq=1, fps=9.8)
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def request(self, request: dict[str, Any], timeout_s: float = 5.0) -> dict[str, Any]:
+        if request.get("op") == "status":
+            loop = {
+                "fps": 9.8,
+                "frames": 35280,
+                "granted": 41,
+                "denied": 6,
+                "frame_ms_median": 38.5,
+                "frame_ms_p95": 61.2,
+            }
+            return {"ok": True, "loop": loop, "door": {"relay": "locked", "contact": "closed"}, "service": "ok"}
+        return {"ok": False, "error": "unavailable", "detail": "screenshots have no door loop"}
+
+
+def build_dataset(services: Any) -> dict[str, int]:
+    """People, templates and events as an installation a few weeks old would have them; returns ids by name."""
+    import numpy as np
+
+    from kiosk import authz
+    from kiosk.gallery.records import TemplateIn
+    from kiosk.web import people
+
+    token = authz.set_actor(f"web:{ADMIN_NAME} from 192.168.1.20")
+    try:
+        photos = astronaut_photos()
+        alex, verdicts = people.enrol_photos(
+            services, "Alex Rivera", [(n, photos[n]) for n in ("astronaut.jpg", "astronaut-mirrored.jpg")]
+        )
+        if alex is None:
+            raise ToolError(
+                "screenshots: the astronaut photos were not enrolled: " + "; ".join(v.message for v in verdicts)
+            )
+        spec = services.pipeline().embedder.spec
+        rng = np.random.default_rng(16)
+        ids = {"Alex Rivera": int(alex["id"])}
+        now = datetime.now(UTC).replace(second=0, microsecond=0)
+        with services.gallery() as g:
+            for name, count, enabled, window in PEOPLE:
+                rows = []
+                for _ in range(count):
+                    v = rng.standard_normal(spec.output_dim or 128).astype(np.float32)
+                    q = float(rng.uniform(0.55, 0.9))
+                    rows.append(TemplateIn(v / np.linalg.norm(v), spec.id, spec.sha256, q, "photo"))
+                person = g.enroll(name, rows)
+                ids[name] = person.id
+                if not enabled:
+                    g.set_enabled(person.id, False)
+                if window:
+                    g.set_validity(person.id, now + timedelta(days=window[0]), now + timedelta(days=window[1]))
+            start = now + timedelta(minutes=1)  # after the enrolments above, so the tables read in order
+            script = [
+                ("granted", "Jordan Lee", 0.74, "pass", "unlocked"),
+                ("granted", "Chen Wei", 0.81, "pass", "unlocked"),
+                ("unknown", None, 0.19, "not_checked", "none"),
+                ("denied", "Sam Okafor", 0.77, "pass", "none"),
+                ("granted", "Alex Rivera", 0.86, "pass", "unlocked"),
+                ("denied", "Priya Natarajan", 0.71, "fail", "none"),
+                ("granted", "Maria Costa", 0.79, "pass", "unlocked"),
+                ("unknown", None, 0.24, "not_checked", "none"),
+            ]
+            for i, (outcome, who, score, liveness, door) in enumerate(script):
+                g.add_event(
+                    "access",
+                    outcome,
+                    ts=start + timedelta(minutes=3 * i),
+                    person_id=ids.get(who or ""),
+                    person_name=who,
+                    score=score,
+                    threshold=0.6,
+                    liveness=liveness,
+                    latency_ms=180 + 11 * i,
+                    door_action=door,
+                    detail={"reason": "disabled" if who == "Sam Okafor" else ""},
+                )
+    finally:
+        authz.reset_actor(token)
+    return ids
+
+
+@dataclass
+class AdminScene:
+    """The admin app over the dataset; ``open`` logs a fresh browser context in and goes to a page."""
+
+    base_url: str
+    ids: dict[str, int]
+    photo_dir: Path
+
+    def show(self) -> None:
+        pass  # nothing to reset between shots
+
+    def open(self, page: Any, path: str) -> None:
+        page.fill("#username", ADMIN_NAME)
+        page.fill("#password", ADMIN_PASSWORD)
+        with page.expect_navigation():
+            page.click("button[type=submit]")
+        page.goto(self.base_url + path.format(**{k.split()[0].lower(): v for k, v in self.ids.items()}))
+
+    def verdicts(self, page: Any) -> None:
+        """Add photos of Alex Rivera: a verdict per photo, one face picked on the photo with two."""
+        self.open(page, "/people/new?person={alex}")
+        names = ("astronaut.jpg", "astronaut-blurred.jpg", "two-faces.jpg", "coffee.jpg")
+        page.set_input_files("#photos", [str(self.photo_dir / n) for n in names])
+        with page.expect_navigation(timeout=60_000):
+            page.click("form[action='/people/new/check'] button[type=submit]")
+        page.click("button.face-box >> nth=0")
+
+
+@contextlib.contextmanager
+def admin_environment(language: str) -> Iterator[AdminScene]:
+    from kiosk.config import parse_config
+    from kiosk.web.accounts import Accounts
+    from kiosk.web.app import create_app
+    from kiosk.web.i18n import I18n
+    from kiosk.web.services import WebServices
+    from kiosk.web.templating import make_templates
+    from tools.measure.browser import LiveServer
+
+    with tempfile.TemporaryDirectory(prefix="kiosk-screenshots-") as tmp:
+        cfg = parse_config({"data_dir": str(Path(tmp) / "data"), "screen": {"language": language}})
+        accounts = Accounts(cfg.web_db_path, cfg.web)
+        services = WebServices(cfg=cfg, accounts=accounts, link=AdminLink(), i18n=I18n())  # type: ignore[arg-type]
+        services.templates = make_templates(services)
+        server = None
+        try:
+            accounts.add(ADMIN_NAME, "admin", ADMIN_PASSWORD)
+            ids = build_dataset(services)
+            photo_dir = Path(tmp) / "photos"
+            photo_dir.mkdir()
+            for name, data in astronaut_photos().items():
+                (photo_dir / name).write_bytes(data)
+            server = LiveServer(create_app(services))
+            yield AdminScene(server.start(), ids, photo_dir)
+        finally:
+            if server is not None:
+                server.stop()
+            services.close()
+
+
+LOGIN_LOADED = "form[action='/login']"
+
+
+def _page(name: str, path: str, ready: str = "main h1") -> dict[str, Any]:
+    return {
+        "name": name,
+        "path": "/login",
+        "setup": lambda scene, page: scene.open(page, path),
+        "ready": ready,
+        "app": "admin",
+        "viewport": (1280, 800),
+        "loaded": LOGIN_LOADED,
+    }
+
+
+# Shots for tools/measure/screenshots.py's PAGES (as keyword arguments of its Shot).
+ADMIN_SHOTS: list[dict[str, Any]] = [
+    {"name": "admin-login", "path": "/login", "app": "admin", "viewport": (1280, 800), "loaded": LOGIN_LOADED},
+    _page("admin-dashboard", "/", "#live-status"),
+    _page("admin-people", "/people", "#people-rows"),
+    _page("admin-person", "/people/{alex}"),
+    {
+        **_page("admin-enrol-verdicts", "/people/new"),
+        "setup": lambda scene, page: scene.verdicts(page),
+        "ready": "li.verdict button.face-box[aria-pressed='true']",
+        "viewport": (1280, 1100),
+    },
+    {**_page("admin-events", "/events", "#events-rows"), "viewport": (1280, 1100)},
+    _page("admin-door", "/admin/door", "#live-status"),
+    _page("admin-system", "/system", "pre.config"),
+]
