@@ -227,3 +227,39 @@ def test_a_real_kiosk_shows_a_face_box_and_a_result(faces_dir: Path) -> None:
     assert 0.2 < box[0] + box[2] / 2 < 0.8, "the face is near the middle of the preview"
     assert result["result"]["outcome"] == "granted" and result["result"]["name"] == "Colin"
     assert cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).shape[1] == cfg.screen.preview_width
+
+
+def test_a_real_kiosk_shows_a_liveness_prompt_with_its_countdown(faces_dir: Path) -> None:
+    """Active liveness on a still photo of a member: the challenge reaches the screen as a code and a countdown."""
+    with short_dir() as d:
+        cfg = kiosk_config(
+            d / "data",
+            d / "run",
+            liveness={"mode": "active", "active": {"challenges": ["blink"], "timeout_s": 20.0}},
+        )
+        colin = sorted((faces_dir / "lfw/images/Colin_Powell").glob("*.jpg"))
+        with Context(cfg) as ctx:
+            enroll(ctx.pipeline, ctx.gallery, "Colin Powell", colin[:2])
+        frames = colin_frames(faces_dir, photos=2)[4:]
+
+        async def watch() -> dict[str, Any]:
+            link = DoorLink(d / "run")
+            await link.start()
+            try:
+                sub = link.subscribe_state()
+                for _ in range(300):
+                    state = await _next(sub)
+                    if state["prompt"] is not None and state["prompt"]["code"] == "blink":
+                        return state
+                raise AssertionError("no blink prompt seen")
+            finally:
+                await link.stop()
+
+        with running_kiosk(cfg, frames) as rk:
+            state = asyncio.run(watch())
+            rk.stop()
+    prompt = state["prompt"]
+    assert prompt["total_s"] == 20.0 and 0.0 < prompt["remaining_s"] <= 20.0
+    face = next(f for f in state["faces"] if f["track"] == prompt["track"])
+    assert face["state"] == "challenge"
+    assert state["result"] is None or state["result"]["outcome"] != "granted", "a still photo cannot blink"
