@@ -285,7 +285,10 @@ class ScreenServer:
                 except Exception as exc:  # NOTE: never let this thread die: kiosk run would stop the door loop
                     self._failed(exc)
                     time.sleep(0.05)
-            self._flush_on_stop(clients)
+            try:
+                self._flush_on_stop(clients)
+            except Exception as exc:  # best effort: the sockets close below anyway
+                self._failed(exc)
         finally:
             for c in list(clients.values()):
                 with contextlib.suppress(OSError):
