@@ -19,7 +19,7 @@ from kiosk.enroll import enroll
 from kiosk.errors import DoorUnavailableError
 from kiosk.screen.client import DoorLink, Subscription
 from kiosk.screen.publish import ScreenServer
-from tests.screen_kit import colin_frames, kiosk_config, running_kiosk, short_dir
+from tests.screen_kit import colin_frames, kiosk_config, running_kiosk, short_dir, write_video
 
 T = TypeVar("T")
 TIMEOUT = 15.0
@@ -186,15 +186,21 @@ def test_request_times_out_as_unavailable(rundir: Path) -> None:
 # -- end to end ----------------------------------------------------------------------------------------------------
 
 
-def test_a_real_kiosk_shows_a_face_box_and_a_result(faces_dir: Path) -> None:
-    """run_kiosk on a replayed face with the screen on: a DoorLink sees the face's box, then the grant."""
+def test_a_real_kiosk_shows_a_face_box_and_a_result(faces_dir: Path, tmp_path: Path) -> None:
+    """run_kiosk replaying a video of a real face with the screen on: a DoorLink sees the face's box, the grant and
+    the preview."""
+    clip = write_video(tmp_path / "door.avi", colin_frames(faces_dir, photos=4)[4:])
     with short_dir() as d:
         # result_s at its longest: the grant may come before the link connects on a slow machine.
-        cfg = kiosk_config(d / "data", d / "run", screen={"show_name": "first", "mirror": True, "result_s": 60.0})
+        cfg = kiosk_config(
+            d / "data",
+            d / "run",
+            screen={"show_name": "first", "mirror": True, "result_s": 60.0},
+            camera={"source": str(clip), "loop_replay": True},
+        )
         colin = sorted((faces_dir / "lfw/images/Colin_Powell").glob("*.jpg"))
         with Context(cfg) as ctx:
             enroll(ctx.pipeline, ctx.gallery, "Colin Powell", colin[:2])
-        frames = colin_frames(faces_dir, photos=4)[4:]
 
         async def watch() -> tuple[dict[str, Any], dict[str, Any], bytes]:
             link = DoorLink(d / "run")
@@ -219,7 +225,7 @@ def test_a_real_kiosk_shows_a_face_box_and_a_result(faces_dir: Path) -> None:
             finally:
                 await link.stop()
 
-        with running_kiosk(cfg, frames) as rk:
+        with running_kiosk(cfg) as rk:
             face, result, jpeg = asyncio.run(watch())
             rk.stop()
     box = face["faces"][0]["box"]

@@ -208,6 +208,7 @@ def format_table(r: dict[str, Any]) -> str:
         drop = "-" if v["relative_drop"] is None else f"{100 * v['relative_drop']:.1f} %"
         lines.append(
             f"  screen viewer: {v['fps_without']} fps without, {v['fps_with']} fps with one preview client "
-            f"(drop {drop}; preview {v['preview']['width']} px, at most {v['preview']['fps_max']:g} fps)"
+            f"(drop {drop}; preview {v['preview']['width']} px, at most {v['preview']['fps_max']:g} fps, encode "
+            f"median {v['encode_ms']['median'] if v['encode_ms'] else '-'} ms)"
         )
     return "\n".join(line.rstrip() for line in lines)

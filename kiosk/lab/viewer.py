@@ -23,6 +23,7 @@ from kiosk.liveness import Liveness
 from kiosk.recognition.pipeline import Pipeline
 from kiosk.screen.loop import LoopScreen
 from kiosk.screen.protocol import PREVIEW_SOCK
+from kiosk.stats import dist
 
 PASSES = 4  # without, with, without, with: a drift in the machine's speed falls on both sides
 
@@ -99,6 +100,7 @@ def viewer_cost(
                         "jpegs_received": received,
                     }
                 )
+            encode_ms = list(server.encode_ms)
         finally:
             screen.close()
 
@@ -114,6 +116,7 @@ def viewer_cost(
         "fps_with": with_viewer,
         "relative_drop": drop,
         "passes": passes,
+        "encode_ms": dist(encode_ms) if encode_ms else None,
         "preview": {
             "width": cfg.screen.preview_width,
             "fps_max": cfg.screen.preview_fps,
@@ -123,5 +126,5 @@ def viewer_cost(
         "basis": f"{PASSES} alternating passes of the same frames (without, with, ...) through DoorLoop.process in "
         "lockstep with the screen publisher attached; fps = frames / wall time (JPEG decode + process); 'with' = "
         "one preview client on preview.sock reading every frame it is sent (the publisher's thread encodes at "
-        "most preview_fps a second of wall time)",
+        "most preview_fps a second of wall time); encode_ms: that thread's resize + mirror + JPEG per preview frame",
     }

@@ -20,6 +20,7 @@ import stat
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +105,7 @@ class ScreenServer:
         self.state_lines = 0  # state lines queued, over all clients
         self.clients_dropped = 0  # state clients dropped for not reading
         self.errors = 0
+        self.encode_ms: deque[float] = deque(maxlen=1000)  # the latest encodes (resize + mirror + JPEG), for bench
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._listeners: list[socket.socket] = []
@@ -283,7 +285,10 @@ class ScreenServer:
                 except Exception as exc:  # NOTE: never let this thread die: kiosk run would stop the door loop
                     self._failed(exc)
                     time.sleep(0.05)
-            self._flush_on_stop(clients)
+            try:
+                self._flush_on_stop(clients)
+            except Exception as exc:  # best effort: the sockets close below anyway
+                self._failed(exc)
         finally:
             for c in list(clients.values()):
                 with contextlib.suppress(OSError):
@@ -465,6 +470,7 @@ class ScreenServer:
     def _encode(self, image: Image) -> bytes:
         import cv2
 
+        started = time.perf_counter()
         h, w = image.shape[:2]
         width = min(self.cfg.preview_width, w)
         small = (
@@ -478,7 +484,9 @@ class ScreenServer:
         if not ok:
             raise ScreenError("screen: JPEG encoding failed")
         self.encoded += 1
-        return jpeg.tobytes()
+        out = jpeg.tobytes()
+        self.encode_ms.append((time.perf_counter() - started) * 1000.0)
+        return out
 
     def _broadcast_preview(self, sel: selectors.BaseSelector, clients: dict[int, _Client], jpeg: bytes) -> None:
         message = struct.pack(">I", len(jpeg)) + jpeg
