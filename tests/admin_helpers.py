@@ -1,5 +1,5 @@
-"""Helpers for the admin page tests: services with a scripted door link, accounts, people in the gallery, logging in
-through the login form, and reading the CSRF token off a page."""
+"""Helpers for the admin page tests: services with a scripted door link (``kiosk.web.scripted.ScriptedLink``, the loop
+up), accounts, people in the gallery, logging in through the login form, and reading the CSRF token off a page."""
 
 from __future__ import annotations
 
@@ -15,32 +15,10 @@ from kiosk.gallery.records import TemplateIn
 from kiosk.web.i18n import I18n
 from kiosk.web.services import WebServices
 from kiosk.web.templating import make_templates
-from tests.web_helpers import PASSWORD, FakeLink, make_services
+from tests.web_helpers import PASSWORD, make_services
 
 ADMIN, VIEWER = "ada", "vic"
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-class ScriptedLink(FakeLink):
-    """A door link whose control requests are recorded and answered from ``replies`` (by ``op``)."""
-
-    def __init__(self, state: dict[str, Any] | None = None) -> None:
-        super().__init__(state)
-        self.requests: list[dict[str, Any]] = []
-        self.replies: dict[str, dict[str, Any]] = {
-            "status": {
-                "ok": True,
-                "loop": {"fps": 9.5, "frames": 1200, "granted": 3, "denied": 1, "frame_ms_median": 41.0},
-                "door": {"relay": "locked", "contact": "closed"},
-                "camera": {},
-                "service": "ok",
-            },
-            "unlock": {"ok": True, "pulse_s": 3.0},
-        }
-
-    async def request(self, request: dict[str, Any], timeout_s: float = 5.0) -> dict[str, Any]:
-        self.requests.append(dict(request))
-        return dict(self.replies.get(str(request.get("op")), {"ok": False, "error": "bad-request", "detail": "?"}))
 
 
 def admin_config(tmp_path: Path, **sections: Any) -> Config:
@@ -50,7 +28,6 @@ def admin_config(tmp_path: Path, **sections: Any) -> Config:
 def admin_services(tmp_path: Path, cfg: Config | None = None, **kw: Any) -> WebServices:
     """Services on tmp_path with an admin ``ada`` and a viewer ``vic`` (password PASSWORD) and a ScriptedLink."""
     services = make_services(tmp_path, cfg or admin_config(tmp_path), **kw)
-    services.link = ScriptedLink()
     services.i18n = I18n()
     services.templates = make_templates(services)
     services.accounts.add(ADMIN, "admin", PASSWORD)

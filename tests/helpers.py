@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -45,9 +46,12 @@ def run_main(capsys: pytest.CaptureFixture[str], *argv: str, catch_exit: bool = 
     """``kiosk argv...`` in-process: exit code, stdout, stderr.
 
     With ``catch_exit`` argparse's own exit (``--help``: 0, a usage error: 2) is returned as the exit code; without it
-    the SystemExit propagates and fails the test."""
+    the SystemExit propagates and fails the test.
+
+    ``main`` runs in a copy of the context: the actor an admin command sets (``kiosk.authz.set_actor``, for the
+    process's life in the real CLI) must not follow the test into later ones, whose gallery writes would be audited."""
     try:
-        code = main(list(argv))
+        code = contextvars.copy_context().run(main, list(argv))
     except SystemExit as exc:
         if not catch_exit:
             raise

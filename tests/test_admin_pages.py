@@ -172,7 +172,8 @@ def test_every_admin_page_passes_axe(page: Any, base: str, services: WebServices
 
 def test_enrol_at_the_door_camera(page: Any, base: str, services: WebServices, axe_check: Any) -> None:
     """The page follows the loop's capture (state ``capture``) live, then stores the frames of ``capture-result``."""
-    from tests.admin_helpers import ScriptedLink, capture_reply
+    from kiosk.web.scripted import ScriptedLink
+    from tests.admin_helpers import capture_reply
 
     link = services.link
     assert isinstance(link, ScriptedLink)

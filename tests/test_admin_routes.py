@@ -13,11 +13,11 @@ from fastapi.testclient import TestClient
 
 from kiosk.web.app import create_app
 from kiosk.web.pages.enrol import Upload, UploadStore
+from kiosk.web.scripted import ScriptedLink
 from kiosk.web.services import WebServices
 from tests.admin_helpers import (
     ADMIN,
     VIEWER,
-    ScriptedLink,
     add_person,
     admin_config,
     admin_services,

@@ -15,9 +15,10 @@ from fastapi.testclient import TestClient
 from kiosk.gallery.open import open_gallery
 from kiosk.screen.client import DoorLink
 from kiosk.web.app import create_app
+from kiosk.web.scripted import ScriptedLink
 from kiosk.web.services import WebServices
 from tests.web_helpers import PASSWORD, make_services
-from tests.webapi_support import ScriptedLink, api_config, client_for, enrol, powell
+from tests.webapi_support import api_config, client_for, enrol, powell
 
 pytest_plugins = ("tests.webapi_fixtures",)
 
@@ -193,7 +194,7 @@ def test_system(viewer: TestClient, services: WebServices) -> None:
     assert any(c["check"] == "model recognizer" and c["ok"] for c in body["checks"])
     active = [m for m in body["models"] if m["active"]]
     assert {m["id"] for m in active} == {"yunet", "sface"} and all(len(m["sha256"]) == 64 for m in active)
-    assert body["loop"] == {"fps": 9.5, "frames": 1200, "frame_ms_median": 41.0}
+    assert body["loop"] == {"fps": 9.5, "frames": 1200, "granted": 3, "denied": 1, "frame_ms_median": 41.0}
     assert body["chain"]["ok"] is True
     assert body["config"]["gallery"]["encrypt"] is False and body["config"]["data_dir"] == str(services.cfg.data_dir)
     _link(services).go_down()

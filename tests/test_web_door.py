@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from kiosk.errors import DoorUnavailableError
 from kiosk.web.door import BOUNDARY, PART_HEAD, SSE_RETRY_MS, preview_stream, sse_event, state_stream
 from kiosk.web.scripted import ScriptedLink, door_state
 from tests.door_screen_helpers import scripted_app
@@ -82,6 +83,32 @@ def test_state_stream_sends_retry_then_the_current_state_then_changes() -> None:
     assert [s["service"] for s in states] == ["ok", "down", "ok"]
     assert states[2]["prompt"]["code"] == "blink"
     assert chunks[1].startswith("id: 1\n")
+
+
+def test_the_scripted_link_records_answers_and_goes_down_like_a_door_link() -> None:
+    """``ScriptedLink``, the one stand-in for ``DoorLink``: assigning ``state`` publishes it, requests are recorded
+    and answered by op, and while the loop is down (``go_down``) they fail as ``DoorLink``'s do."""
+    link = ScriptedLink(door_state("ok", seq=1))
+
+    async def run() -> list[dict[str, Any]]:
+        await link.start()
+        sub = link.subscribe_state()
+        link.state = door_state("camera-down", seq=2)
+        assert await link.request({"op": "unlock", "reason": "r"}) == {"ok": True, "pulse_s": 3.0}
+        assert (await link.request({"op": "nope"}))["error"] == "bad-request"
+        link.go_down()
+        with pytest.raises(DoorUnavailableError):
+            await link.request({"op": "status"})
+        link.come_back(door_state("ok", seq=4))
+        assert (await link.request({"op": "status"}))["loop"]["fps"] == 9.5
+        await link.stop()
+        return [s async for s in sub]
+
+    states = asyncio.run(run())
+    assert [s["service"] for s in states] == ["ok", "camera-down", "down", "ok"]
+    assert link.state["seq"] == 4 and link.calls == ["start", "stop"]
+    assert [q["op"] for q in link.requests] == ["unlock", "nope", "status"]  # the refused one never reached a loop
+    link.state = door_state("ok", seq=5)  # after its event loop is closed: nobody to tell, no error
 
 
 def test_state_stream_sends_heartbeats_while_nothing_changes() -> None:

@@ -21,7 +21,7 @@ from kiosk.gallery.open import open_gallery
 from kiosk.web import events
 from kiosk.web.services import WebServices
 from tests.web_helpers import PASSWORD, make_services
-from tests.webapi_support import ScriptedLink, api_config, client_for, jpeg
+from tests.webapi_support import api_config, client_for, jpeg
 
 pytest_plugins = ("tests.webapi_fixtures",)
 
@@ -130,7 +130,6 @@ def test_chain_state_reports_tampering(viewer: TestClient, services: WebServices
 
 def _snapshot_services(tmp_path: Path, pipeline: Any, snapshots: bool) -> WebServices:
     services = make_services(tmp_path, api_config(tmp_path, snapshots=snapshots))
-    services.link = ScriptedLink()
     services._pipeline = pipeline
     services.accounts.add("vera", "viewer", PASSWORD)
     return services

@@ -20,7 +20,7 @@ from schemathesis.generation import GenerationMode
 
 from kiosk.web.app import create_app
 from tests.web_helpers import PASSWORD, make_services
-from tests.webapi_support import ScriptedLink, api_config, client_for, powell
+from tests.webapi_support import api_config, client_for, powell
 
 EXAMPLES = 8
 SKIP = {"/api/events/stream", "/api/session"}
@@ -35,7 +35,6 @@ CHECKS = [
 @pytest.mark.slow
 def test_api_fuzzed_from_its_openapi_document(tmp_path: Path, pipeline: Any) -> None:
     services = make_services(tmp_path, api_config(tmp_path))
-    services.link = ScriptedLink()
     services._pipeline = pipeline
     services.accounts.add("ada", "admin", PASSWORD)
     app = create_app(services)

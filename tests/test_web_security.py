@@ -17,9 +17,10 @@ from kiosk import authz
 from kiosk.config import Config, WebConfig
 from kiosk.errors import GalleryLockedError, InputError, PersonNotFoundError
 from kiosk.web.app import create_app
+from kiosk.web.scripted import ScriptedLink
 from kiosk.web.security import CHANGING, CSP, SESSION_COOKIE, AdminAccount, ViewerAccount, acting, csrf, login_guard
 from kiosk.web.services import WebServices
-from tests.web_helpers import PASSWORD, FakeLink, login, make_services
+from tests.web_helpers import PASSWORD, login, make_services
 
 # Test-only routes that use the dependencies the way the real routers do.
 probe = APIRouter(prefix="/api/probe")
@@ -268,8 +269,8 @@ def test_errors_are_clean_json(client: TestClient, what: str, status: int) -> No
 
 def test_health_needs_no_login_and_says_nothing_personal(tmp_path: Path) -> None:
     services = make_services(tmp_path)
-    link = FakeLink({"v": 1, "service": "ok", "fps": 9.8, "faces": [{"box": [0, 0, 1, 1]}],
-                     "result": {"outcome": "granted", "name": "Ada Lovelace"}})  # fmt: skip
+    link = ScriptedLink({"v": 1, "service": "ok", "fps": 9.8, "faces": [{"box": [0, 0, 1, 1]}],
+                         "result": {"outcome": "granted", "name": "Ada Lovelace"}})  # fmt: skip
     services.link = link
     with TestClient(create_app(services)) as c:
         r = c.get("/api/health")

@@ -1,4 +1,4 @@
-"""Fakes and helpers for the web tests: a door link that records start/stop, services on tmp_path, logging in."""
+"""Helpers for the web tests: services on tmp_path around a scripted door link with the loop up, logging in."""
 
 from __future__ import annotations
 
@@ -10,25 +10,12 @@ from fastapi.testclient import TestClient
 
 from kiosk.config import Config, WebConfig
 from kiosk.web.accounts import Accounts
+from kiosk.web.scripted import ScriptedLink, door_state
 from kiosk.web.services import WebServices
 
 # Cheap argon2id for tests that are not about the hash itself (the real parameters are tested once).
 FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 PASSWORD = "correct horse battery"
-
-
-class FakeLink:
-    """Stands in for kiosk.screen.client.DoorLink: a fixed state, start/stop recorded."""
-
-    def __init__(self, state: dict[str, Any] | None = None) -> None:
-        self.state: dict[str, Any] = state or {"v": 1, "service": "ok", "faces": [], "fps": 9.5}
-        self.calls: list[str] = []
-
-    async def start(self) -> None:
-        self.calls.append("start")
-
-    async def stop(self) -> None:
-        self.calls.append("stop")
 
 
 class FakeClock:
@@ -49,10 +36,16 @@ def make_accounts(tmp_path: Path, web: WebConfig | None = None, clock: Any = Non
     return Accounts(tmp_path / "data" / "web.db", web or WebConfig(), **kw)
 
 
+def up_link() -> ScriptedLink:
+    """The door link the web tests start from: the loop up at 9.5 fps, ``ScriptedLink``'s default replies."""
+    return ScriptedLink(door_state("ok", fps=9.5))
+
+
 def make_services(tmp_path: Path, cfg: Config | None = None, **kw: Any) -> WebServices:
+    """Services on tmp_path around ``up_link()`` (a ``ScriptedLink``)."""
     cfg = cfg or Config(data_dir=tmp_path / "data")
     accounts = make_accounts(tmp_path, cfg.web, **kw)
-    return WebServices(cfg=cfg, accounts=accounts, link=FakeLink(), i18n=None)
+    return WebServices(cfg=cfg, accounts=accounts, link=up_link(), i18n=None)
 
 
 def login(client: TestClient, name: str, password: str = PASSWORD) -> str:

@@ -12,14 +12,14 @@ from fastapi.testclient import TestClient
 
 from kiosk.web.services import WebServices
 from tests.web_helpers import PASSWORD, make_services
-from tests.webapi_support import ScriptedLink, api_config, client_for
+from tests.webapi_support import api_config, client_for
 
 
 @pytest.fixture
 def services(tmp_path: Path, pipeline: Any) -> Iterator[WebServices]:
-    """Real services on tmp_path: gallery, accounts ("ada" admin, "vera" viewer), the session's pipeline."""
+    """Real services on tmp_path: gallery, accounts ("ada" admin, "vera" viewer), the session's pipeline, a scripted
+    door link with the loop up (``kiosk.web.scripted.ScriptedLink``)."""
     services = make_services(tmp_path, api_config(tmp_path))
-    services.link = ScriptedLink()
     services._pipeline = pipeline
     services.accounts.add("ada", "admin", PASSWORD)
     services.accounts.add("vera", "viewer", PASSWORD)

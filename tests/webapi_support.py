@@ -1,6 +1,6 @@
-"""What the API tests share: a door link that answers control requests as the test scripts it, real services on
-tmp_path (real gallery, the real pipeline from models/), logged-in clients, and real photos from KIOSK_TEST_DATA
-(LFW faces) with the bad ones built from them."""
+"""What the API tests share: real services on tmp_path (real gallery, the real pipeline from models/, the scripted door
+link of ``tests.web_helpers.make_services``), logged-in clients, and real photos from KIOSK_TEST_DATA (LFW faces) with
+the bad ones built from them."""
 
 from __future__ import annotations
 
@@ -15,40 +15,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from kiosk.config import Config, EventsConfig, WebConfig
-from kiosk.errors import DoorUnavailableError
 from kiosk.web.app import create_app
 from kiosk.web.services import WebServices
 from tests.conftest import test_data_dir
-from tests.web_helpers import FakeLink, login
-
-
-class ScriptedLink(FakeLink):
-    """A door link whose control requests are recorded and answered from ``replies`` (by op), or refused with
-    DoorUnavailableError while ``down``, as the real DoorLink does when the loop is not running."""
-
-    def __init__(self) -> None:
-        super().__init__({"v": 1, "service": "ok", "faces": [], "prompt": None, "result": None, "fps": 9.5})
-        self.requests: list[dict[str, Any]] = []
-        self.down = False
-        self.replies: dict[str, dict[str, Any]] = {
-            "status": {
-                "ok": True,
-                "loop": {"fps": 9.5, "frames": 1200, "frame_ms_median": 41.0},
-                "door": {"relay": "locked", "contact": "closed"},
-                "service": "ok",
-            },
-            "unlock": {"ok": True, "pulse_s": 3.0},
-        }
-
-    async def request(self, request: dict[str, Any], timeout_s: float = 5.0) -> dict[str, Any]:
-        if self.down:
-            raise DoorUnavailableError("cannot connect to the door loop's control.sock: no such file")
-        self.requests.append(dict(request))
-        return dict(self.replies.get(str(request.get("op")), {"ok": False, "error": "bad-request"}))
-
-    def go_down(self) -> None:
-        self.down = True
-        self.state = {"v": 1, "service": "down", "faces": [], "prompt": None, "result": None}
+from tests.web_helpers import login
 
 
 def api_config(tmp_path: Path, *, snapshots: bool = False) -> Config:

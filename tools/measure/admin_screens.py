@@ -13,9 +13,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tools.errors import ToolError
+
+if TYPE_CHECKING:
+    from kiosk.web.scripted import ScriptedLink
 
 ADMIN_NAME = "admin"
 ADMIN_PASSWORD = "screenshots only, never a real one"
@@ -55,32 +58,17 @@ def astronaut_photos() -> dict[str, bytes]:
     }
 
 
-class AdminLink:
-    """The door loop as the admin pages see it: up, 9.8 fps, the door locked and closed."""
+def admin_link() -> ScriptedLink:
+    """The door loop as the admin pages see it: up, 9.8 fps, the door locked and closed; a scripted link
+    (``kiosk.web.scripted.ScriptedLink``) that answers ``status`` and no other control request."""
+    from kiosk.screen.control import OPS
+    from kiosk.web.scripted import ScriptedLink, door_state
 
-    def __init__(self) -> None:
-        from kiosk.web.scripted import door_state
-
-        self.state = door_state("ok", seq=1, fps=9.8)
-
-    async def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
-
-    async def request(self, request: dict[str, Any], timeout_s: float = 5.0) -> dict[str, Any]:
-        if request.get("op") == "status":
-            loop = {
-                "fps": 9.8,
-                "frames": 35280,
-                "granted": 41,
-                "denied": 6,
-                "frame_ms_median": 38.5,
-                "frame_ms_p95": 61.2,
-            }
-            return {"ok": True, "loop": loop, "door": {"relay": "locked", "contact": "closed"}, "service": "ok"}
-        return {"ok": False, "error": "unavailable", "detail": "screenshots have no door loop"}
+    loop = {"fps": 9.8, "frames": 35280, "granted": 41, "denied": 6, "frame_ms_median": 38.5, "frame_ms_p95": 61.2}
+    unavailable = {"ok": False, "error": "unavailable", "detail": "screenshots have no door loop"}
+    replies = {op: unavailable for op in OPS}
+    replies["status"] = {"ok": True, "loop": loop, "door": {"relay": "locked", "contact": "closed"}, "service": "ok"}
+    return ScriptedLink(door_state("ok", seq=1, fps=9.8), replies=replies)
 
 
 def build_dataset(services: Any) -> dict[str, int]:
@@ -189,7 +177,7 @@ def admin_environment(language: str) -> Iterator[AdminScene]:
     with tempfile.TemporaryDirectory(prefix="kiosk-screenshots-") as tmp:
         cfg = parse_config({"data_dir": str(Path(tmp) / "data"), "screen": {"language": language}})
         accounts = Accounts(cfg.web_db_path, cfg.web)
-        services = WebServices(cfg=cfg, accounts=accounts, link=AdminLink(), i18n=I18n())  # type: ignore[arg-type]
+        services = WebServices(cfg=cfg, accounts=accounts, link=admin_link(), i18n=I18n())  # type: ignore[arg-type]
         services.templates = make_templates(services)
         server = None
         try:
