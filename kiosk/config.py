@@ -275,6 +275,10 @@ class WebConfig:
     login_window_s: float = field(default=300.0, metadata=_range(1.0, 86400.0))
     upload_max_mb: float = field(default=20.0, metadata=_range(0.1, 1000.0))
     upload_max_files: int = field(default=20, metadata=_range(1, 500))
+    worker_idle_s: float = field(
+        default=120.0,
+        metadata={**_range(5.0, 86400.0), "help": "the model worker (enrolment, system checks) exits after this idle"},
+    )
 
 
 @dataclass(frozen=True)

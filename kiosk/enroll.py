@@ -11,17 +11,63 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
+from kiosk.config import Config
 from kiosk.errors import DuplicateError, FaceError, InputError, KioskError, PersonNotFoundError
 from kiosk.gallery import Gallery, Person, TemplateIn, clean_name
 from kiosk.imageio import read_image
+from kiosk.models.manifest import Manifest, ModelSpec, load_manifest
 from kiosk.recognition.match import Matcher
-from kiosk.recognition.pipeline import FaceResult, Pipeline
+from kiosk.recognition.pipeline import FaceResult, Pipeline, Thresholds
 from kiosk.types import FloatArray, Image
 
 log = logging.getLogger(__name__)
+
+
+class _Recogniser(Protocol):
+    @property
+    def spec(self) -> ModelSpec: ...
+
+
+class EnrolmentModel(Protocol):
+    """What storing an enrolment reads of the pipeline (``check_batch``, ``write_templates``, ``store``): the config,
+    the thresholds and the recogniser's manifest entry, never its session. ``Pipeline`` is one; ``enrolment_model``
+    builds one without loading any model (the web process, whose models live in ``kiosk.web.worker``)."""
+
+    @property
+    def cfg(self) -> Config: ...
+
+    @property
+    def thresholds(self) -> Thresholds: ...
+
+    @property
+    def embedder(self) -> _Recogniser: ...
+
+
+@dataclass(frozen=True)
+class RecogniserSpec:
+    spec: ModelSpec
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """An ``EnrolmentModel`` read from the manifest alone."""
+
+    cfg: Config
+    thresholds: Thresholds
+    embedder: RecogniserSpec
+
+
+def enrolment_model(cfg: Config, manifest: Manifest | None = None) -> ModelFacts:
+    """The configured recogniser's facts, its file's sha256 checked as a load would check it (so templates are
+    never tagged with a model that is not the one on disk), without loading it."""
+    manifest = manifest or load_manifest(cfg.models.manifest)
+    spec = manifest.get(cfg.models.recognizer, task="embed")
+    spec.verify()
+    return ModelFacts(cfg, Pipeline.thresholds_for(cfg, spec), RecogniserSpec(spec))
 
 
 @dataclass
@@ -164,7 +210,7 @@ def enroll(
 
 
 def store(
-    pipeline: Pipeline,
+    pipeline: EnrolmentModel,
     gallery: Gallery,
     name: str,
     verdicts: list[ImageVerdict],
@@ -179,7 +225,7 @@ def store(
 
 
 def write_templates(
-    pipeline: Pipeline,
+    pipeline: EnrolmentModel,
     gallery: Gallery,
     name: str,
     verdicts: list[ImageVerdict],
@@ -211,7 +257,7 @@ def write_templates(
 
 
 def check_batch(
-    pipeline: Pipeline,
+    pipeline: EnrolmentModel,
     gallery: Gallery,
     name: str | None,
     verdicts: list[ImageVerdict],

@@ -30,7 +30,8 @@
     ├── TemplateKeyError                    exit KEY           gallery encryption key missing, wrong or unreadable
     ├── TamperedError                       exit TAMPERED      event hash chain broken, backup not a gallery
     ├── ScreenError                         exit FAILURE       the loop's sockets cannot be set up (kiosk.screen)
-    └── DoorUnavailableError                exit FAILURE       the loop's sockets cannot be reached (kiosk web)
+    ├── DoorUnavailableError                exit FAILURE       the loop's sockets cannot be reached (kiosk web)
+    └── WorkerError                         exit FAILURE       `kiosk web`'s model worker died or did not answer
 
 systemd units list CONFIG, MODEL, INSECURE and KEY in ``RestartPreventExitStatus=``: a broken install must not
 restart-loop.
@@ -191,3 +192,7 @@ class ScreenError(KioskError):
 
 class DoorUnavailableError(KioskError):
     """The door loop's sockets cannot be reached (not running, not answering, or not ours to talk to)."""
+
+
+class WorkerError(KioskError):
+    """``kiosk web``'s model worker process (``kiosk.web.worker``) died during a request or did not answer."""

@@ -157,7 +157,7 @@ def test_with_the_real_door_link_and_no_loop_running(tmp_path: Path, pipeline: A
     """kiosk.screen.client.DoorLink on a runtime folder where no loop serves: the door is down, unlocking is 503."""
     services = make_services(tmp_path, api_config(tmp_path))
     services.link = DoorLink(services.cfg.runtime_dir, stale_s=0.2)
-    services._pipeline = pipeline
+    services.use_pipeline(pipeline)
     services.accounts.add("ada", "admin", PASSWORD)
     with client_for(services, "ada") as admin:
         door = admin.get("/api/door").json()

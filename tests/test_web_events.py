@@ -130,7 +130,7 @@ def test_chain_state_reports_tampering(viewer: TestClient, services: WebServices
 
 def _snapshot_services(tmp_path: Path, pipeline: Any, snapshots: bool) -> WebServices:
     services = make_services(tmp_path, api_config(tmp_path, snapshots=snapshots))
-    services._pipeline = pipeline
+    services.use_pipeline(pipeline)
     services.accounts.add("vera", "viewer", PASSWORD)
     return services
 

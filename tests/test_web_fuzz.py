@@ -35,7 +35,7 @@ CHECKS = [
 @pytest.mark.slow
 def test_api_fuzzed_from_its_openapi_document(tmp_path: Path, pipeline: Any) -> None:
     services = make_services(tmp_path, api_config(tmp_path))
-    services._pipeline = pipeline
+    services.use_pipeline(pipeline)
     services.accounts.add("ada", "admin", PASSWORD)
     app = create_app(services)
     with client_for(services, "ada") as admin:

@@ -20,7 +20,7 @@ def services(tmp_path: Path, pipeline: Any) -> Iterator[WebServices]:
     """Real services on tmp_path: gallery, accounts ("ada" admin, "vera" viewer), the session's pipeline, a scripted
     door link with the loop up (``kiosk.web.scripted.ScriptedLink``)."""
     services = make_services(tmp_path, api_config(tmp_path))
-    services._pipeline = pipeline
+    services.use_pipeline(pipeline)
     services.accounts.add("ada", "admin", PASSWORD)
     services.accounts.add("vera", "viewer", PASSWORD)
     yield services

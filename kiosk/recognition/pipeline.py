@@ -73,13 +73,14 @@ class Pipeline:
         )
         retry = cfg.detection.retry_score_threshold
         self.retry_threshold = min(retry, self.score_threshold) if retry is not None else None
-        self.thresholds = self._thresholds(cfg, embedder.spec)
+        self.thresholds = self.thresholds_for(cfg, embedder.spec)
         # The recogniser's measured impostor tail (None when its manifest entry has none): what scales the door's
         # threshold with the gallery's size.
         self.tail = ImpostorTail.from_thresholds(embedder.spec.thresholds)
 
     @staticmethod
-    def _thresholds(cfg: Config, spec: ModelSpec) -> Thresholds:
+    def thresholds_for(cfg: Config, spec: ModelSpec) -> Thresholds:
+        """The thresholds in force for recogniser ``spec`` under ``cfg`` (config overrides, else the manifest's)."""
         accept = cfg.recognition.threshold if cfg.recognition.threshold is not None else spec.thresholds["accept"]
         likely = min(spec.thresholds.get("likely", accept), accept)
         dup = cfg.enroll.duplicate_threshold if cfg.enroll.duplicate_threshold is not None else accept

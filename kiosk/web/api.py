@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from kiosk import authz
-from kiosk.checks import check_results, model_list
+from kiosk.checks import model_list
 from kiosk.errors import AuthError, InputError, KioskError, LoginThrottledError
 from kiosk.gallery.backup import backup_gallery, list_backups
 from kiosk.web import events, people
@@ -533,11 +533,7 @@ def _plain(value: Any) -> Any:
 
 def _system(request: Request) -> dict[str, Any]:
     services = services_of(request)
-    try:
-        pipeline = services.pipeline()
-    except KioskError:
-        pipeline = None  # check_results loads the models itself and reports what is wrong with them
-    checks = check_results(services.cfg, pipeline=pipeline)
+    checks = services.worker().checks()  # the models are loaded there, never in the web process
     return {
         "ok": all(c["ok"] for c in checks),
         "checks": checks,

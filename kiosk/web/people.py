@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from kiosk.config import Config
 from kiosk.enroll import ImageVerdict, check_batch, judge_face, left_to_right, write_templates
 from kiosk.errors import DuplicateError, ImageTooLargeError, InputError, PersonNotFoundError
 from kiosk.gallery import Gallery, Person, clean_name
@@ -184,9 +185,8 @@ def _box(result: FaceResult, image: Image) -> list[float]:
     return [round(x1, 4), round(y1, 4), round(x2 - x1, 4), round(y2 - y1, 4)]
 
 
-def _decode(data: bytes, filename: str, services: WebServices) -> Image | PhotoVerdict:
+def _decode(data: bytes, filename: str, cfg: Config) -> Image | PhotoVerdict:
     """The photo's pixels (EXIF orientation applied), or the verdict that refuses it (index filled in later)."""
-    cfg = services.cfg
     max_bytes = int(cfg.web.upload_max_mb * 1e6)
     if len(data) > max_bytes:
         message = f"file is {len(data) / 1e6:.1f} MB, above the limit of {cfg.web.upload_max_mb:g} MB"
@@ -220,6 +220,18 @@ def _judge(pipeline: Pipeline, image: Image, filename: str, pick: int | None) ->
     return judge_face(results[pick], filename), boxes
 
 
+Judged = PhotoVerdict | tuple[ImageVerdict, list[list[float]]]
+
+
+def judge_photo(pipeline: Pipeline, cfg: Config, data: bytes, filename: str, pick: int | None) -> Judged:
+    """One uploaded photo: decoded and judged (``_judge``), or the verdict that refuses the file. Runs in the model
+    worker (``kiosk.web.worker``), so untrusted image decoding never happens in the web process."""
+    decoded = _decode(data, filename, cfg)
+    if isinstance(decoded, PhotoVerdict):
+        return decoded
+    return _judge(pipeline, decoded, filename, pick)
+
+
 def _message(v: ImageVerdict) -> str:
     if v.code == "ok":
         return f"ok (quality {v.quality.get('score', 0.0):.2f})"
@@ -244,22 +256,21 @@ def _assess(
         raise InputError("no photos: upload at least one")
     if len(photos) > limit:
         raise InputError(f"{len(photos)} photos uploaded; the limit is {limit} (web.upload_max_files)")
-    faces = faces or {}
-    pipeline = services.pipeline()
+    named = [(safe_filename(raw_name, index), data) for index, (raw_name, data) in enumerate(photos)]
+    results = services.worker().judge(named, faces or {})
     out: list[PhotoVerdict] = []
     judged: list[tuple[int, ImageVerdict, list[list[float]]]] = []
-    for index, (raw_name, data) in enumerate(photos):
-        filename = safe_filename(raw_name, index)
-        decoded = _decode(data, filename, services)
-        if isinstance(decoded, PhotoVerdict):
-            decoded.index = index
-            out.append(decoded)
+    for index, ((filename, _), result) in enumerate(zip(named, results, strict=True)):
+        if isinstance(result, PhotoVerdict):
+            result.index = index
+            out.append(result)
             continue
-        verdict, boxes = _judge(pipeline, decoded, filename, faces.get(index))
+        verdict, boxes = result
         judged.append((index, verdict, boxes))
         out.append(PhotoVerdict(index, filename, False, verdict.code, ""))
     image_verdicts = [v for _, v, _ in judged]
-    good = check_batch(pipeline, g, name, image_verdicts, append=append) if image_verdicts else []
+    model = services.enrolment_model()
+    good = check_batch(model, g, name, image_verdicts, append=append) if image_verdicts else []
     for index, v, boxes in judged:
         looks = None if v.looks_like is None else dict(zip(("person_id", "name", "score"), v.looks_like, strict=True))
         out[index] = PhotoVerdict(
@@ -320,5 +331,5 @@ def enrol_photos(
         if not good or (not partial and not all(v.ok for v in verdicts)):
             log.info("enrolment refused: %d of %d photo(s) rejected", sum(not v.ok for v in verdicts), len(verdicts))
             return None, verdicts
-        person = write_templates(services.pipeline(), g, name, image_verdicts, good, append=append).person
+        person = write_templates(services.enrolment_model(), g, name, image_verdicts, good, append=append).person
     return (None if person is None else person_dict(person)), verdicts

@@ -14,10 +14,11 @@ from kiosk.web.accounts import Accounts
 if TYPE_CHECKING:
     from fastapi.templating import Jinja2Templates
 
+    from kiosk.enroll import EnrolmentModel
     from kiosk.gallery import Gallery
-    from kiosk.recognition.pipeline import Pipeline
     from kiosk.screen.client import DoorLink
     from kiosk.web.i18n import I18n
+    from kiosk.web.worker import InlineWorker, ModelWorker
 
 
 @dataclass
@@ -29,8 +30,9 @@ class WebServices:
     link: DoorLink
     i18n: I18n
     templates: Jinja2Templates = field(default=None)  # type: ignore[assignment]
-    _pipeline: Any = field(default=None, init=False, repr=False)
-    _pipeline_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _worker: ModelWorker | InlineWorker | None = field(default=None, init=False, repr=False)
+    _model: EnrolmentModel | None = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def gallery(self, *, need_key: bool = True) -> contextlib.AbstractContextManager[Gallery]:
         """The gallery, opened for one use (each request its own connection; close it with ``with``). The
@@ -39,19 +41,38 @@ class WebServices:
 
         return open_gallery(self.cfg, check=False, need_key=need_key)
 
-    def pipeline(self) -> Pipeline:
-        """The recognition pipeline, loaded on first use (the first enrolment), once, under a lock."""
-        with self._pipeline_lock:
-            if self._pipeline is None:
-                from kiosk.models.manifest import load_manifest
-                from kiosk.recognition.pipeline import Pipeline
+    def worker(self) -> ModelWorker | InlineWorker:
+        """The model worker (``kiosk.web.worker``): photos are decoded and judged, and the System page's checks run,
+        in a child process, so this process never loads the models. Made on first use; the process starts on its
+        first request."""
+        with self._lock:
+            if self._worker is None:
+                from kiosk.web.worker import ModelWorker
 
-                self._pipeline = Pipeline.from_config(self.cfg, load_manifest(self.cfg.models.manifest))
-            pipeline: Pipeline = self._pipeline
-            return pipeline
+                self._worker = ModelWorker(self.cfg)
+            return self._worker
+
+    def use_pipeline(self, pipeline: Any) -> None:
+        """Judge photos with ``pipeline`` in this process instead of a worker (tests that share one loaded pipeline)."""
+        from kiosk.web.worker import InlineWorker
+
+        with self._lock:
+            self._worker = InlineWorker(self.cfg, pipeline)
+
+    def enrolment_model(self) -> EnrolmentModel:
+        """What storing an enrolment needs (config, thresholds, the recogniser's id and sha256), read from the
+        manifest once, with the file's hash checked, without loading any model."""
+        with self._lock:
+            if self._model is None:
+                from kiosk.enroll import enrolment_model
+
+                self._model = enrolment_model(self.cfg)
+            return self._model
 
     def close(self) -> None:
-        """Close what the services hold open; safe to call twice."""
+        """Close what the services hold open (the model worker included); safe to call twice."""
+        if self._worker is not None:
+            self._worker.close()
         self.accounts.close()
 
 

@@ -89,7 +89,7 @@ def build_dataset(services: Any) -> dict[str, int]:
             raise ToolError(
                 "screenshots: the astronaut photos were not enrolled: " + "; ".join(v.message for v in verdicts)
             )
-        spec = services.pipeline().embedder.spec
+        spec = services.enrolment_model().embedder.spec
         rng = np.random.default_rng(16)
         ids = {"Alex Rivera": int(alex["id"])}
         now = datetime.now(UTC).replace(second=0, microsecond=0)

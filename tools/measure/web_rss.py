@@ -4,16 +4,18 @@
 
 In a throwaway data directory: an admin account is made with ``kiosk web user add`` (password on stdin), ``kiosk web``
 is started on a free loopback port (plain HTTP, or ``--tls`` for HTTPS with its self-signed certificate), the tool
-logs in, enrols one person from a photo through ``POST /api/people`` (which loads the detector and the recogniser
-into the web process, its largest cost), then loads the door screen, the admin pages and the JSON API ``--rounds``
-times. It reads the server's peak
-resident set size (``VmHWM``) and current RSS from ``/proc/<pid>/status``, the time of each request (median and
-slowest, over the rounds), then stops the server with SIGTERM. A figure, not a test: nothing here is asserted.
+logs in, enrols one person from a photo through ``POST /api/people`` (which starts the model worker,
+``kiosk.web.worker``, and loads the detector and the recogniser there), then loads the door screen, the admin pages
+and the JSON API ``--rounds`` times. It reads the server's peak resident set size (``VmHWM``) and current RSS from
+``/proc/<pid>/status``, the model worker's peak the same way (a child of the server, sampled while it lives), the time
+of each request (median and slowest, over the rounds), then stops the server with SIGTERM. A figure, not a test:
+nothing here is asserted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -61,6 +63,45 @@ def _status(pid: int) -> dict[str, int]:
     return found
 
 
+def _workers(parent: int) -> list[int]:
+    """The model workers among ``parent``'s children (multiprocessing's spawned children, not its resource tracker)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue  # gone meanwhile
+        if int(stat.rpartition(")")[2].split()[1]) == parent and b"spawn_main" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+class WorkerWatch:
+    """Samples the peak RSS (VmHWM) of every model worker ``kiosk web`` starts, until stopped."""
+
+    def __init__(self, parent: int, every_s: float = 0.1) -> None:
+        self.parent, self.every_s = parent, every_s
+        self.peaks: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            for pid in _workers(self.parent):
+                with contextlib.suppress(OSError, ValueError):  # it exited between the listing and the read
+                    self.peaks[pid] = max(self.peaks.get(pid, 0), _status(pid).get("VmHWM", 0))
+            if self._stop.wait(self.every_s):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
 def _kiosk(cfg: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     env = os.environ | {"PYTHONPATH": str(ROOT)}
     return subprocess.run(
@@ -98,8 +139,10 @@ def measure(rounds: int, tls: bool) -> dict[str, Any]:
         try:
             port = _wait_for_port(proc, lines)
             started = _status(proc.pid)
+            watch = WorkerWatch(proc.pid)
             times = _exercise(port, tls, folder / "data" / "tls" / "cert.pem", rounds)
             final = _status(proc.pid)
+            watch.stop()
         finally:
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGTERM)
@@ -116,6 +159,8 @@ def measure(rounds: int, tls: bool) -> dict[str, Any]:
         "rss_after_start_mb": round(started["VmRSS"] / 1024, 1),
         "rss_end_mb": round(final["VmRSS"] / 1024, 1),
         "peak_rss_mb": round(final["VmHWM"] / 1024, 1),
+        "worker_peak_rss_mb": round(max(watch.peaks.values()) / 1024, 1) if watch.peaks else None,
+        "workers_started": len(watch.peaks),
         "requests": times,
         "python": sys.version.split()[0],
         "machine": describe(),
@@ -192,7 +237,7 @@ def _exercise(port: int, tls: bool, cert: Path, rounds: int) -> dict[str, dict[s
     status, enrol_ms, _, data = call("POST", "/api/people", body, headers)
     if status != 201:
         raise ToolError(f"enrolment failed with {status}: {data[:300]!r}")
-    out["POST /api/people (first enrolment: loads the models)"] = {
+    out["POST /api/people (first enrolment: starts the model worker)"] = {
         "status": status,
         "median_ms": round(enrol_ms, 1),
         "max_ms": round(enrol_ms, 1),
@@ -229,6 +274,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{result['command']}: peak RSS {result['peak_rss_mb']} MB (VmHWM), {result['rss_end_mb']} MB at the end, "
             f"{result['rss_after_start_mb']} MB after start"
         )
+        if result["worker_peak_rss_mb"] is not None:
+            print(
+                f"model worker: peak RSS {result['worker_peak_rss_mb']} MB (VmHWM, "
+                f"{result['workers_started']} worker(s) started)"
+            )
         width = max(len(k) for k in result["requests"])
         for name, r in result["requests"].items():
             print(f"  {name:<{width}}  {r['status']}  median {r['median_ms']:7.1f} ms  max {r['max_ms']:7.1f} ms")

@@ -336,9 +336,9 @@ def capture_verdicts(reply: dict[str, Any], model_id: str, model_sha256: str) ->
 def enrol_capture(services: WebServices, name: str, verdicts: list[ImageVerdict], *, append: bool) -> dict[str, Any]:
     """Store a capture's frames under ``name`` through the CLI's enrolment (``kiosk.enroll.store``): the batch
     checks (consistency, a face already enrolled as someone else, the template cap), then one transaction."""
-    pipeline = services.pipeline()
+    model = services.enrolment_model()
     with services.gallery() as g:
-        report = store(pipeline, g, name, verdicts, append=append)
+        report = store(model, g, name, verdicts, append=append)
     assert report.person is not None
     return people_service.person_dict(report.person)
 
@@ -445,7 +445,7 @@ async def store_capture(request: Request, token: str, current: AdminChange) -> R
         error = tr(request, "admin.camera.not_done", detail=str(reply.get("detail") or reply.get("state") or ""))
     else:
         try:
-            spec = (await run_in_threadpool(services.pipeline)).embedder.spec
+            spec = (await run_in_threadpool(services.enrolment_model)).embedder.spec
             verdicts = capture_verdicts(reply, spec.id, spec.sha256)
             with security.acting(request, current.account):
                 stored = await run_in_threadpool(
