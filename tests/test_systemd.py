@@ -713,6 +713,15 @@ def test_kiosk_web_works_inside_the_web_units_filters(tmp_path: Path) -> None:
             )  # fmt: skip
             r = conn.getresponse()
             assert r.status == 200 and json.loads(r.read())["account"]["role"] == "admin"
+            cookie = (r.getheader("set-cookie") or "").split(";")[0]
+            # The System page runs `kiosk check` in the model worker: a child process started (multiprocessing
+            # spawn) inside the same filters, which loads onnxruntime and the models under W^X.
+            conn.request("GET", "/api/system", headers={"cookie": cookie})
+            r = conn.getresponse()
+            system = json.loads(r.read())
+            assert r.status == 200, system
+            loaded = {c["check"]: c["ok"] for c in system["checks"] if c["check"].startswith("model")}
+            assert loaded == {"model detector": True, "model recognizer": True}, system["checks"]
             conn.close()
             os.kill(proc.pid, signal.SIGTERM)
             assert proc.wait(timeout=30) == 0, "".join(lines)
