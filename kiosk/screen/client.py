@@ -27,6 +27,7 @@ log = logging.getLogger("kiosk.screen.client")
 T = TypeVar("T")
 
 RECONNECT_S = 1.0
+STOP_WAIT_S = 2.0  # stop() waits this long for its tasks to end
 MAX_STATE_LINE = 1024 * 1024
 MAX_PREVIEW_BYTES = 16 * 1024 * 1024
 MAX_REPLY = 64 * 1024 * 1024  # a capture result holds its embeddings
@@ -101,7 +102,8 @@ async def _close(writer: asyncio.StreamWriter | None) -> None:
         return
     writer.close()
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(writer.wait_closed(), 1.0)
+        async with asyncio.timeout(1.0):
+            await writer.wait_closed()
 
 
 def _content(state: dict[str, Any]) -> dict[str, Any]:
@@ -143,9 +145,9 @@ class DoorLink:
         self._state_task = self._preview_task = None
         for t in tasks:
             t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        if tasks:
+            # Bounded: a task that outlived its cancellation must not hold up the web process's shutdown.
+            await asyncio.wait(tasks, timeout=STOP_WAIT_S)
         for sub in list(self._state_subs) + list(self._preview_subs):
             sub.close()
 
@@ -177,8 +179,11 @@ class DoorLink:
             try:
                 reader, writer = await asyncio.open_unix_connection(path, limit=MAX_STATE_LINE)
                 self.connects += 1
-                while True:
-                    line = await asyncio.wait_for(reader.readline(), self.stale_s)
+                while not self._stopped:
+                    # NOTE: asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+                    # arrives as the read completes, and this task then read state lines for ever (stop() hung).
+                    async with asyncio.timeout(self.stale_s):
+                        line = await reader.readline()
                     if not line:
                         break  # the loop closed the socket
                     state = json.loads(line)
@@ -220,12 +225,14 @@ class DoorLink:
             writer = None
             try:
                 reader, writer = await asyncio.open_unix_connection(path)
-                while self._preview_subs:
-                    head = await asyncio.wait_for(reader.readexactly(4), self.stale_s + 1.0)
+                while self._preview_subs and not self._stopped:
+                    async with asyncio.timeout(self.stale_s + 1.0):
+                        head = await reader.readexactly(4)
                     (n,) = struct.unpack(">I", head)
                     if n > MAX_PREVIEW_BYTES:
                         raise ValueError(f"preview frame of {n} bytes")
-                    jpeg = await asyncio.wait_for(reader.readexactly(n), self.stale_s + 1.0)
+                    async with asyncio.timeout(self.stale_s + 1.0):
+                        jpeg = await reader.readexactly(n)
                     for sub in list(self._preview_subs):
                         sub.put(jpeg)
             except asyncio.CancelledError:
