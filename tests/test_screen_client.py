@@ -269,3 +269,58 @@ def test_a_real_kiosk_shows_a_liveness_prompt_with_its_countdown(faces_dir: Path
     face = next(f for f in state["faces"] if f["track"] == prompt["track"])
     assert face["state"] == "challenge"
     assert state["result"] is None or state["result"]["outcome"] != "granted", "a still photo cannot blink"
+
+
+def test_stop_ends_the_link_while_state_lines_keep_arriving(rundir: Path) -> None:
+    """A loop that sends state lines without pause: every stop() ends the link's tasks (a cancellation that
+    arrives as a read completes is not lost), so `kiosk web` can always shut down."""
+    import json
+    import threading
+
+    rundir.mkdir(parents=True)
+    path = rundir / "state.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(8)
+    done = threading.Event()
+
+    def flood(conn: socket.socket) -> None:
+        n = 0
+        with conn:
+            while not done.is_set():
+                n += 1
+                try:
+                    conn.sendall((json.dumps(_state(n % 7)) + "\n").encode())
+                except OSError:
+                    return
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not done.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            threading.Thread(target=flood, args=(conn,), daemon=True).start()
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+
+    async def cycles() -> None:
+        for _ in range(30):
+            link = DoorLink(rundir)
+            await link.start()
+            sub = link.subscribe_state()
+            state = await _next(sub)
+            while state["service"] != "ok":
+                state = await _next(sub)
+            async with asyncio.timeout(TIMEOUT):  # a bound on a hang, not a speed test
+                await link.stop()
+            assert all(t.done() for t in asyncio.all_tasks() if t.get_name().startswith("doorlink"))
+
+    try:
+        asyncio.run(cycles())
+    finally:
+        done.set()
+        acceptor.join(5.0)
+        server.close()
