@@ -296,7 +296,7 @@ def run_web_demo(cfg: Config, *, data_dir: Path | None = None, listen: str | Non
     if not have_accounts:
         print(f"  make an admin account first:  .venv/bin/kiosk --config {config_path} web user add admin --role admin",
               flush=True)  # fmt: skip
-    print(f"  nobody is enrolled: in the admin app, People → Enrol, upload {root / 'astronaut.png'} (and "
+    print(f"  nobody is enrolled: in the admin app, People → Enrol a person, upload {root / 'astronaut.png'} (and "
           f"{root / 'coffee.png'}, which has no face) and watch the door screen let her in", flush=True)  # fmt: skip
     print("  Ctrl-C stops both\n", flush=True)
     web = subprocess.Popen([*kiosk, "web", "--listen", demo_cfg.web.listen[0]], env={**os.environ})
