@@ -7,49 +7,18 @@ from typing import Any
 import cv2
 import numpy as np
 from fastapi import FastAPI
-from starlette.datastructures import MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kiosk.config import parse_config
 from kiosk.lab.door_thread import LoopThread, astronaut_door
 
-__all__ = ["CSP", "LAYOUT_PROBLEMS", "EnforceCsp", "LoopThread", "astronaut_door", "preview_jpeg", "scripted_app"]
+__all__ = ["LAYOUT_PROBLEMS", "LoopThread", "astronaut_door", "preview_jpeg", "scripted_app"]
 from kiosk.web.scripted import ScriptedLink, ScriptedServices, door_app
-
-# The contract's policy: enforced in every browser test even where the app under test does not set it yet.
-CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
-    "frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'"
-)
-
-
-class EnforceCsp:
-    """Pure ASGI (streams pass through untouched): adds the CSP header when the app did not."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_csp(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                if "content-security-policy" not in headers:
-                    headers["Content-Security-Policy"] = CSP
-            await send(message)
-
-        await self.app(scope, receive, send_with_csp)
 
 
 def scripted_app(link: ScriptedLink, **screen: Any) -> tuple[FastAPI, ScriptedServices]:
     cfg = parse_config({"screen": screen})
     services = ScriptedServices(cfg, link)
-    app = door_app(services)
-    app.add_middleware(EnforceCsp)
-    return app, services
+    return door_app(services), services
 
 
 def preview_jpeg(width: int = 480, height: int = 360, shade: int = 90) -> bytes:

@@ -14,7 +14,7 @@ import pytest
 
 from kiosk.screen.client import DoorLink
 from kiosk.web.scripted import ScriptedServices, door_app
-from tests.door_screen_helpers import EnforceCsp, LoopThread, astronaut_door
+from tests.door_screen_helpers import LoopThread, astronaut_door
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -45,7 +45,6 @@ def test_real_loop_prompt_then_welcome_then_out_of_service_and_back(
     door = astronaut_door(short_dir, short_dir / "run", result_s=5.0, show_name="first")
     cfg, frames = door.cfg, door.blinking
     app = door_app(ScriptedServices(cfg, DoorLink(cfg.runtime_dir)))
-    app.add_middleware(EnforceCsp)
     url = live_server(app)
     page.add_init_script(RECORDER)
     page.goto(url + "/door", wait_until="domcontentloaded")

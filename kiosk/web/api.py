@@ -27,6 +27,7 @@ from kiosk.checks import model_list
 from kiosk.errors import AuthError, InputError, KioskError, LoginThrottledError
 from kiosk.gallery.backup import backup_gallery, list_backups
 from kiosk.web import events, people
+from kiosk.web.people import VerdictCode
 from kiosk.web.security import AdminAccount, ViewerAccount, acting, client_address, csrf, services_of
 
 log = logging.getLogger(__name__)
@@ -103,17 +104,7 @@ class VerdictOut(BaseModel):
     index: int
     filename: str
     ok: bool
-    code: Literal[
-        "ok",
-        "unreadable",
-        "too-large",
-        "no-face",
-        "several-faces",
-        "quality",
-        "looks-like",
-        "inconsistent",
-        "too-many",
-    ]
+    code: VerdictCode
     message: str
     faces: list[list[float]] = Field(description="several faces: [x, y, w, h] in 0..1, left to right")
     measured: dict[str, float]

@@ -14,7 +14,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from kiosk.config import Config
 from kiosk.enroll import ImageVerdict, check_batch, judge_face, left_to_right, write_templates
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 # What the web accepts (by content, never by the file name or the declared type); HEIF needs pillow-heif.
 UPLOAD_FORMATS = ("jpeg", "png", "webp", "heif")
-CODES = (
+VerdictCode = Literal[
     "ok",
     "unreadable",
     "too-large",
@@ -43,7 +43,8 @@ CODES = (
     "looks-like",
     "inconsistent",
     "too-many",
-)
+]
+CODES: tuple[str, ...] = get_args(VerdictCode)
 MAX_FILENAME = 120
 
 

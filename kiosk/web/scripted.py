@@ -14,7 +14,6 @@ import collections
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
 
@@ -247,21 +246,9 @@ class ScriptedServices:
 
 
 def door_app(services: ScriptedServices) -> FastAPI:
-    """The real app (``create_app``) serving only the door screen over these services; its lifespan starts and
-    stops the link (``DoorLink.start``/``stop`` may be called again by the app's own lifespan: both are idempotent)."""
+    """The real app (``create_app``) serving only the door screen over these services (its lifespan starts and
+    stops the link)."""
     from kiosk.web.app import create_app
 
     app: FastAPI = create_app(cast(Any, services), door=True, admin=False)
-    inner = app.router.lifespan_context
-
-    @contextlib.asynccontextmanager
-    async def lifespan(a: Any) -> AsyncIterator[Any]:
-        await services.link.start()
-        try:
-            async with inner(a) as state:
-                yield state
-        finally:
-            await services.link.stop()
-
-    app.router.lifespan_context = lifespan
     return app
