@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -16,23 +15,13 @@ from sqlite_utils import Database
 
 from kiosk.errors import GalleryCorruptError, GalleryError, GalleryLockedError, TemplateKeyError
 from kiosk.gallery import utc_iso
+from kiosk.gallery.permissions import create_private_file
 from kiosk.gallery.records import TemplateCipher, _template_aad
 from kiosk.gallery.schema import MIGRATIONS
 from kiosk.gallery.sql import _sql_message
 
 # NOTE: the name of the module this code came from (kiosk/gallery.py), so log lines and their filters stay as they were.
 logger = logging.getLogger("kiosk.gallery")
-
-
-def _create_private_file(path: Path) -> None:
-    """Create the gallery's folder (0700) and an empty file only its owner can read: it holds biometrics."""
-    try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        pass
-    except OSError as err:
-        raise GalleryError(f"cannot create gallery {path}: {err.strerror or err}") from None
 
 
 class GalleryConnection:
@@ -53,7 +42,10 @@ class GalleryConnection:
         self._closed = False
         memory = self.path == ":memory:"
         if not memory:
-            _create_private_file(Path(self.path))
+            try:  # it holds biometrics: private from the start
+                create_private_file(Path(self.path))
+            except OSError as err:
+                raise GalleryError(f"cannot create gallery {self.path}: {err.strerror or err}") from None
         conn: sqlite3.Connection | None = None
         try:
             with self._guard():

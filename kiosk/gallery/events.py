@@ -43,6 +43,15 @@ def _event_row(kind: str, outcome: str, fields: Mapping[str, Any]) -> dict[str, 
     return row
 
 
+def _with_details(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` with each JSON ``detail`` parsed (text written by other tools is handed back as is)."""
+    for r in rows:
+        if r["detail"] is not None:
+            with contextlib.suppress(ValueError):
+                r["detail"] = json.loads(r["detail"])
+    return rows
+
+
 class EventLog(GalleryConnection):
     """The gallery's event methods: every event is appended to the hash chain in its writer's transaction."""
 
@@ -116,12 +125,7 @@ class EventLog(GalleryConnection):
         sql = f"SELECT * FROM events WHERE {' AND '.join(where)} ORDER BY ts DESC, id DESC"
         if limit is not None:
             sql, params = sql + " LIMIT ?", [*params, int(limit)]
-        rows = self._rows(sql, params)
-        for r in rows:
-            if r["detail"] is not None:
-                with contextlib.suppress(ValueError):  # text written by other tools is handed back as is
-                    r["detail"] = json.loads(r["detail"])
-        return rows[::-1]
+        return _with_details(self._rows(sql, params))[::-1]
 
     def find_events(
         self,
@@ -166,25 +170,14 @@ class EventLog(GalleryConnection):
                 where.append(f"id {op} ?")
                 params.append(max(-(2**63), min(int(bound), 2**63 - 1)))
         sql = f"SELECT * FROM events WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?"
-        rows = self._rows(sql, [*params, max(0, int(limit))])
-        for r in rows:
-            if r["detail"] is not None:
-                with contextlib.suppress(ValueError):
-                    r["detail"] = json.loads(r["detail"])
-        return rows
+        return _with_details(self._rows(sql, [*params, max(0, int(limit))]))
 
     def event(self, event_id: int) -> dict[str, Any] | None:
         """One event by id (its detail parsed), or None."""
         if not -(2**63) <= event_id < 2**63:
             return None
-        rows = self._rows("SELECT * FROM events WHERE id = ?", [event_id])
-        if not rows:
-            return None
-        row = rows[0]
-        if row["detail"] is not None:
-            with contextlib.suppress(ValueError):
-                row["detail"] = json.loads(row["detail"])
-        return row
+        rows = _with_details(self._rows("SELECT * FROM events WHERE id = ?", [event_id]))
+        return rows[0] if rows else None
 
     def last_event_id(self) -> int:
         """The newest event's id (0 when there is none): cheap enough to poll for new events."""

@@ -3,6 +3,7 @@ without group/other bits, all owned by the effective user)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import stat
@@ -15,6 +16,14 @@ if TYPE_CHECKING:
     from kiosk.config import Config
 
 SIDECARS = ("-wal", "-shm")
+
+
+def create_private_file(path: Path) -> None:
+    """The folder (0700) and an empty file only its owner can read, unless it exists; OSError when it cannot be
+    made (the caller names the file in its own error)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _user(uid: int) -> str:

@@ -15,7 +15,6 @@ import hashlib
 import hmac
 import logging
 import math
-import os
 import re
 import secrets
 import sqlite3
@@ -39,6 +38,7 @@ from kiosk.errors import (
     LoginThrottledError,
     WeakPasswordError,
 )
+from kiosk.gallery.permissions import create_private_file
 
 log = logging.getLogger(__name__)
 
@@ -143,17 +143,6 @@ def _sha256(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _create_private_file(path: Path) -> None:
-    """The folder (0700) and an empty file only its owner can read: it holds password hashes and sessions."""
-    try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        pass
-    except OSError as err:
-        raise AccountError(f"cannot create the accounts database {path}: {err.strerror or err}") from None
-
-
 class Accounts:
     """Accounts and sessions in ``path``. Thread-safe: one connection behind a lock; hashing runs outside it."""
 
@@ -176,7 +165,10 @@ class Accounts:
         self._dummy_hash: str | None = None
         self._closed = False
         if self.path != ":memory:":
-            _create_private_file(Path(self.path))
+            try:  # it holds password hashes and sessions: private from the start
+                create_private_file(Path(self.path))
+            except OSError as err:
+                raise AccountError(f"cannot create the accounts database {self.path}: {err.strerror or err}") from None
         try:
             self._conn = sqlite3.connect(
                 self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
