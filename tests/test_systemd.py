@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from kiosk.errors import ExitCode
+from tools.measure.webproc import child_process
 
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEMD_DIR = ROOT / "systemd"
@@ -683,30 +684,19 @@ def test_kiosk_web_works_inside_the_web_units_filters(tmp_path: Path) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(str(notify))
         sock.settimeout(1.0)
-        proc = subprocess.Popen(
-            _sandboxed_web(tmp_path, "-m", "kiosk", "-c", str(cfg), "web"), stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL, text=True, env=env | {"NOTIFY_SOCKET": str(notify)},
-        )  # fmt: skip
-        lines: list[str] = []
-        assert proc.stderr is not None
-        stderr = proc.stderr
-        reader = threading.Thread(target=lambda: lines.extend(iter(stderr.readline, "")), daemon=True)
-        reader.start()
-        messages: list[str] = []
-        try:
+        argv = _sandboxed_web(tmp_path, "-m", "kiosk", "-c", str(cfg), "web")
+        with child_process(argv, env | {"NOTIFY_SOCKET": str(notify)}) as web:
+            proc = web.proc
+            messages: list[str] = []
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and proc.poll() is None and "READY=1" not in messages:
                 with contextlib.suppress(TimeoutError):
                     messages += sock.recv(4096).decode().splitlines()
-            assert "READY=1" in messages, "".join(lines)
-            ports: list[str] = []
-            while time.monotonic() < deadline and not ports:  # the line is printed before READY; the reader lags
-                ports = [m.group(1) for ln in list(lines) if (m := re.search(r"on https://127\.0\.0\.1:(\d+)/", ln))]
-                time.sleep(0.02)
-            assert ports, "".join(lines)
-            url = ports[0]
+            assert "READY=1" in messages, web.text()
+            port = web.wait_for(r"on https://127\.0\.0\.1:(\d+)/", timeout_s=10)  # printed before READY
+            assert port is not None, web.text()
             context = ssl.create_default_context(cafile=str(tmp_path / "data" / "tls" / "cert.pem"))
-            conn = http.client.HTTPSConnection("127.0.0.1", int(url), context=context, timeout=10)
+            conn = http.client.HTTPSConnection("127.0.0.1", int(port.group(1)), context=context, timeout=10)
             conn.request(
                 "POST", "/api/session", body=json.dumps({"username": "ada", "password": password}),
                 headers={"content-type": "application/json"},
@@ -724,13 +714,8 @@ def test_kiosk_web_works_inside_the_web_units_filters(tmp_path: Path) -> None:
             assert loaded == {"model detector": True, "model recognizer": True}, system["checks"]
             conn.close()
             os.kill(proc.pid, signal.SIGTERM)
-            assert proc.wait(timeout=30) == 0, "".join(lines)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            reader.join(timeout=10)
-            stderr.close()
+            assert proc.wait(timeout=30) == 0, web.text()
+        lines = web.lines
     err = "".join(lines) + add.stderr
     assert "Operation not permitted" not in err and "Address family not supported" not in err, err[-2000:]
     assert "Traceback" not in err, err[-2000:]

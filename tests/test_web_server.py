@@ -15,8 +15,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,6 +27,7 @@ from kiosk.errors import ConfigError, ExitCode, ListenError
 from kiosk.web import tls
 from kiosk.web.server import Listener, bind, parse_listen, plan
 from tests.helpers import config_file
+from tools.measure.webproc import child_process
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "correct horse battery"
@@ -195,36 +194,15 @@ def server(tmp_path: Path) -> Iterator[Running]:
     made = _kiosk(cfg, "web", "user", "add", "ada", "--role", "admin", stdin=PASSWORD + "\n")
     assert made.returncode == 0, made.stderr
     env = {k: v for k, v in os.environ.items() if not k.startswith("KIOSK_")} | {"PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kiosk", "-c", str(cfg), "web"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-        text=True, env=env,
-    )  # fmt: skip
-    lines: list[str] = []
-    assert proc.stderr is not None
-    stderr = proc.stderr
-    reader = threading.Thread(target=lambda: lines.extend(iter(stderr.readline, "")), daemon=True)
-    reader.start()
-    urls: dict[str, str] = {}
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None and not any("TLS certificate" in ln for ln in lines):
-        time.sleep(0.05)
-    for ln in list(lines):
-        m = re.search(r"serving (.+) on (\S+)", ln)
-        if m:
-            urls[m.group(2).split("://")[0] + ":" + m.group(1)] = m.group(2)
-    try:
-        assert urls, "".join(lines)
-        yield Running(proc, urls, lines, tmp_path / "data")
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-        reader.join(timeout=5)
-        stderr.close()
+    with child_process([sys.executable, "-m", "kiosk", "-c", str(cfg), "web"], env) as web:
+        web.wait_for("TLS certificate", timeout_s=60)
+        urls: dict[str, str] = {}
+        for ln in list(web.lines):
+            m = re.search(r"serving (.+) on (\S+)", ln)
+            if m:
+                urls[m.group(2).split("://")[0] + ":" + m.group(1)] = m.group(2)
+        assert urls, web.text()
+        yield Running(web.proc, urls, web.lines, tmp_path / "data")
 
 
 def _https(url: str, cafile: Path) -> http.client.HTTPSConnection:

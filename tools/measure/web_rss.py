@@ -19,8 +19,6 @@ import contextlib
 import http.client
 import json
 import os
-import re
-import signal
 import ssl
 import statistics
 import subprocess
@@ -34,6 +32,7 @@ from typing import Any
 
 from kiosk.lab.machine import describe
 from tools.errors import ToolError, run_tool
+from tools.measure.webproc import child_process
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "measure-web-rss-password"
@@ -124,35 +123,18 @@ def measure(rounds: int, tls: bool) -> dict[str, Any]:
         made = _kiosk(cfg, "web", "user", "add", "admin", "--role", "admin", stdin=PASSWORD + "\n")
         if made.returncode != 0:
             raise ToolError(f"kiosk web user add failed: {made.stderr.strip()}")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "kiosk", "-c", str(cfg), "web"],
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            text=True,
-            env=os.environ | {"PYTHONPATH": str(ROOT)},
-        )
-        assert proc.stderr is not None
-        stderr = proc.stderr
-        lines: list[str] = []
-        reader = threading.Thread(target=lambda: lines.extend(iter(stderr.readline, "")), daemon=True)
-        reader.start()
-        try:
-            port = _wait_for_port(proc, lines)
-            started = _status(proc.pid)
-            watch = WorkerWatch(proc.pid)
-            times = _exercise(port, tls, folder / "data" / "tls" / "cert.pem", rounds)
-            final = _status(proc.pid)
+        argv = [sys.executable, "-m", "kiosk", "-c", str(cfg), "web"]
+        with child_process(argv, os.environ | {"PYTHONPATH": str(ROOT)}) as web:
+            m = web.wait_for(r"on https?://127\.0\.0\.1:(\d+)/", timeout_s=120)
+            if m is None:
+                code = web.proc.poll()
+                why = f"stopped with {code}" if code is not None else "did not start within 120 s"
+                raise ToolError(f"kiosk web {why}: {web.text().strip()[-500:]}")
+            started = _status(web.proc.pid)
+            watch = WorkerWatch(web.proc.pid)
+            times = _exercise(int(m.group(1)), tls, folder / "data" / "tls" / "cert.pem", rounds)
+            final = _status(web.proc.pid)
             watch.stop()
-        finally:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    proc.wait()
-            reader.join(timeout=5)
-            stderr.close()
     return {
         "command": "kiosk web" + (" (TLS)" if tls else ""),
         "rounds": rounds,
@@ -165,19 +147,6 @@ def measure(rounds: int, tls: bool) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "machine": describe(),
     }
-
-
-def _wait_for_port(proc: subprocess.Popen[str], lines: list[str]) -> int:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        for line in list(lines):
-            m = re.search(r"on https?://127\.0\.0\.1:(\d+)/", line)
-            if m:
-                return int(m.group(1))
-        if proc.poll() is not None:
-            raise ToolError(f"kiosk web stopped with {proc.returncode}: {''.join(lines).strip()[-500:]}")
-        time.sleep(0.05)
-    raise ToolError("kiosk web did not start within 120 s")
 
 
 def _photo() -> bytes:
