@@ -4,13 +4,11 @@ thread on a replayed face."""
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import shutil
 import socket
 import struct
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,11 +16,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from kiosk.config import CameraConfig, Config, parse_config
-from kiosk.door.camera import FrameSource
-from kiosk.door.loop import DoorLoop, LoopStats
-from kiosk.door.service import run_kiosk
-from kiosk.testing import ScriptedSource
+from kiosk.config import Config, parse_config
+from kiosk.lab.door_thread import LoopThread
 
 W, H = 640, 480
 
@@ -129,61 +124,15 @@ def kiosk_config(data_dir: Path, runtime_dir: Path, **sections: Any) -> Config:
     return parse_config(data)
 
 
-class RunningKiosk:
-    """``run_kiosk`` in a thread; ``loop`` once started; ``stop()`` ends it and re-raises what it raised."""
-
-    def __init__(self) -> None:
-        self.loop: DoorLoop | None = None
-        self.started = threading.Event()
-        self.stats: LoopStats | None = None
-        self.error: BaseException | None = None
-        self.thread: threading.Thread | None = None
-
-    def stop(self) -> LoopStats:
-        if self.loop is not None:
-            self.loop.stop()
-        assert self.thread is not None
-        self.thread.join(60)
-        assert not self.thread.is_alive(), "run_kiosk did not end"
-        if self.error is not None:
-            raise self.error
-        assert self.stats is not None
-        return self.stats
-
-
 @contextlib.contextmanager
 def running_kiosk(
     cfg: Config, frames: list[np.ndarray] | None = None, *, frame_s: float = 0.05, **kwargs: Any
-) -> Iterator[RunningKiosk]:
+) -> Iterator[LoopThread]:
     """A real kiosk (models, gallery, simulated door, screen) on ``frames`` played in a loop as a live camera (or
-    on ``cfg.camera.source`` when ``frames`` is None)."""
-    rk = RunningKiosk()
-
-    def started(loop: DoorLoop) -> None:
-        rk.loop = loop
-        rk.started.set()
-
-    if frames is not None:
-
-        def open_scripted(_spec: str, _cam: CameraConfig) -> FrameSource:
-            return ScriptedSource(itertools.cycle(frames), live=True, read_delay_s=frame_s)
-
-        kwargs["open_source"] = open_scripted
-
-    def run() -> None:
-        try:
-            rk.stats = run_kiosk(cfg, started=started, **kwargs)
-        except BaseException as exc:
-            rk.error = exc
-        finally:
-            rk.started.set()
-
-    rk.thread = threading.Thread(target=run, name="test-kiosk")
-    rk.thread.start()
+    on ``cfg.camera.source`` when ``frames`` is None); ``kwargs`` go to ``run_kiosk``. Stopped at the end of the
+    block if the test did not ``stop()`` it."""
+    rk = LoopThread(cfg, frames, frame_s, **kwargs).start()
     try:
-        assert rk.started.wait(120), "the kiosk did not start"
-        if rk.error is not None:
-            raise rk.error
         yield rk
     finally:
         if rk.thread.is_alive():

@@ -18,13 +18,13 @@ import pytest
 
 from kiosk.door.relay import SimulatedDoor, open_door
 from kiosk.gallery import Gallery
+from kiosk.lab.door_thread import LoopThread
 from kiosk.screen.control import Authorizer, Peer, parse_request, peer_credentials
 from kiosk.screen.loop import LoopScreen
 from kiosk.screen.protocol import MAX_REQUEST_BYTES
 from tests.helpers import wait_until
 from tests.screen_kit import (
     LineReader,
-    RunningKiosk,
     colin_frames,
     connect,
     control,
@@ -49,7 +49,7 @@ class Peers:
 
 
 @pytest.fixture(scope="module")
-def kiosk(faces_dir: Path) -> Iterator[tuple[RunningKiosk, Path, Peers, SimulatedDoor]]:
+def kiosk(faces_dir: Path) -> Iterator[tuple[LoopThread, Path, Peers, SimulatedDoor]]:
     with short_dir() as d:
         cfg = kiosk_config(d / "data", d / "run")
         door = open_door(cfg.door)
@@ -61,7 +61,7 @@ def kiosk(faces_dir: Path) -> Iterator[tuple[RunningKiosk, Path, Peers, Simulate
             rk.stop()
 
 
-def test_status_reports_loop_door_and_camera(kiosk: tuple[RunningKiosk, Path, Peers, SimulatedDoor]) -> None:
+def test_status_reports_loop_door_and_camera(kiosk: tuple[LoopThread, Path, Peers, SimulatedDoor]) -> None:
     rk, sock, _, _ = kiosk
     assert rk.loop is not None and wait_until(lambda: rk.loop is not None and rk.loop.stats.frames > 3, 30)
     reply = control(sock, {"op": "status"})
@@ -71,7 +71,7 @@ def test_status_reports_loop_door_and_camera(kiosk: tuple[RunningKiosk, Path, Pe
     assert reply["camera"]["state"] == "ok"
 
 
-def test_a_foreign_uid_is_refused(kiosk: tuple[RunningKiosk, Path, Peers, SimulatedDoor]) -> None:
+def test_a_foreign_uid_is_refused(kiosk: tuple[LoopThread, Path, Peers, SimulatedDoor]) -> None:
     _, sock, peers, door = kiosk
     before = len(door.timeline)
     peers.foreign = True
@@ -85,7 +85,7 @@ def test_a_foreign_uid_is_refused(kiosk: tuple[RunningKiosk, Path, Peers, Simula
 
 
 def test_unlock_pulses_the_door_and_is_recorded_by_the_loop(
-    kiosk: tuple[RunningKiosk, Path, Peers, SimulatedDoor],
+    kiosk: tuple[LoopThread, Path, Peers, SimulatedDoor],
 ) -> None:
     rk, sock, _, door = kiosk
     assert rk.loop is not None
@@ -105,7 +105,7 @@ def test_unlock_pulses_the_door_and_is_recorded_by_the_loop(
 
 
 def test_reload_reloads_the_gallery_on_the_next_frame(
-    kiosk: tuple[RunningKiosk, Path, Peers, SimulatedDoor], caplog: pytest.LogCaptureFixture
+    kiosk: tuple[LoopThread, Path, Peers, SimulatedDoor], caplog: pytest.LogCaptureFixture
 ) -> None:
     _, sock, _, _ = kiosk
     caplog.set_level(logging.INFO, logger="kiosk.door.loop")
@@ -131,7 +131,7 @@ def test_reload_reloads_the_gallery_on_the_next_frame(
     ],
 )
 def test_malformed_requests_are_bad_requests(
-    kiosk: tuple[RunningKiosk, Path, Peers, SimulatedDoor], raw: bytes, detail: str
+    kiosk: tuple[LoopThread, Path, Peers, SimulatedDoor], raw: bytes, detail: str
 ) -> None:
     rk, sock, _, _ = kiosk
     with connect(sock) as s:
@@ -145,7 +145,7 @@ def test_malformed_requests_are_bad_requests(
 
 
 def test_a_silent_client_gets_a_bad_request_after_the_read_timeout(
-    kiosk: tuple[RunningKiosk, Path, Peers, SimulatedDoor],
+    kiosk: tuple[LoopThread, Path, Peers, SimulatedDoor],
 ) -> None:
     _, sock, _, _ = kiosk
     with connect(sock, timeout=10) as s:
@@ -153,7 +153,7 @@ def test_a_silent_client_gets_a_bad_request_after_the_read_timeout(
     assert reply["error"] == "bad-request" and "no request line" in reply["detail"]
 
 
-def test_capture_result_for_an_unknown_id(kiosk: tuple[RunningKiosk, Path, Peers, SimulatedDoor]) -> None:
+def test_capture_result_for_an_unknown_id(kiosk: tuple[LoopThread, Path, Peers, SimulatedDoor]) -> None:
     _, sock, _, _ = kiosk
     reply = control(sock, {"op": "capture-result", "id": "nope"})
     assert reply == {"ok": False, "error": "bad-request", "detail": "no capture with that id"}

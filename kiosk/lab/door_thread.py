@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import numpy as np
 from kiosk.config import CameraConfig, Config, parse_config
 from kiosk.door.camera import FrameSource
 from kiosk.door.decide import Decision
-from kiosk.door.loop import DoorLoop
+from kiosk.door.loop import DoorLoop, LoopStats
 from kiosk.errors import KioskError
 from kiosk.testing import ScriptedSource
 
@@ -30,16 +31,24 @@ class LoopThread:
     """``kiosk.door.service.run_kiosk`` (the door loop of ``kiosk run``) in a thread, on scripted camera frames played
     in a loop as a live camera. ``stop()`` ends it and re-raises what it raised."""
 
-    def __init__(self, cfg: Config, frames: list[np.ndarray], frame_s: float = 0.05) -> None:
+    def __init__(
+        self, cfg: Config, frames: list[np.ndarray] | None = None, frame_s: float = 0.05, **run_kwargs: Any
+    ) -> None:
+        """``frames`` None: the camera is ``cfg.camera.source``; ``run_kwargs`` go to ``run_kiosk`` (its
+        ``on_decision`` is called after this thread records the decision)."""
         self.cfg, self.frames, self.frame_s = cfg, frames, frame_s
+        self._on_decision: Callable[[Decision, str], None] | None = run_kwargs.pop("on_decision", None)
+        self.run_kwargs = run_kwargs
         self.loop: DoorLoop | None = None
+        self.stats: LoopStats | None = None
         self.started = threading.Event()
         self.error: BaseException | None = None
         self.decisions: list[tuple[str, str | None]] = []
         self.decided_at: list[float] = []  # time.time() of each decision, as the loop acted on it
-        self.thread = threading.Thread(target=self._run, name="test-door-loop", daemon=True)
+        self.thread = threading.Thread(target=self._run, name="door-loop", daemon=True)
 
     def _open(self, _spec: str, _cam: CameraConfig) -> FrameSource:
+        assert self.frames is not None
         return ScriptedSource(itertools.cycle(self.frames), live=True, read_delay_s=self.frame_s)
 
     def _started(self, loop: DoorLoop) -> None:
@@ -49,17 +58,17 @@ class LoopThread:
     def _decided(self, d: Decision, _door: str) -> None:
         self.decided_at.append(time.time())
         self.decisions.append((d.outcome, d.name))
+        if self._on_decision is not None:
+            self._on_decision(d, _door)
 
     def _run(self) -> None:
         from kiosk.door.service import run_kiosk
 
+        kwargs = dict(self.run_kwargs)
+        if self.frames is not None:
+            kwargs["open_source"] = self._open
         try:
-            run_kiosk(
-                self.cfg,
-                open_source=self._open,
-                started=self._started,
-                on_decision=self._decided,
-            )
+            self.stats = run_kiosk(self.cfg, started=self._started, on_decision=self._decided, **kwargs)
         except BaseException as exc:
             self.error = exc
         finally:
@@ -73,7 +82,8 @@ class LoopThread:
             raise self.error
         return self
 
-    def stop(self) -> None:
+    def stop(self) -> LoopStats:
+        """End the loop; its figures (re-raises what it raised)."""
         if self.loop is not None:
             self.loop.stop()
         self.thread.join(60)
@@ -81,6 +91,8 @@ class LoopThread:
             raise KioskError("the door loop did not end within 60 s of stop()")
         if self.error is not None:
             raise self.error
+        assert self.stats is not None
+        return self.stats
 
 
 @dataclass
