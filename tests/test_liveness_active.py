@@ -20,7 +20,8 @@ import pytest
 
 from kiosk.errors import ConfigError
 from kiosk.lab.simulate import H, W, blink_frames, close_eyes, scene, still_frames
-from kiosk.liveness.active import ActiveLiveness, BlinkDetector, Challenge, Chooser
+from kiosk.liveness.active import ActiveLiveness, Challenge, Chooser
+from kiosk.liveness.blink import BlinkDetector
 from kiosk.liveness.mesh import (
     LEFT_EYE,
     NUM_LANDMARKS,

@@ -246,8 +246,8 @@ def _passive_scorer(
 def _active_scorer(
     args: argparse.Namespace, cfg: Config, ctx: Context, pipeline: Pipeline
 ) -> tuple[Any, dict[str, Any]]:
-    from kiosk.liveness.active import BlinkDetector
-    from kiosk.liveness.mesh import eye_aspect_ratio, load_face_mesh
+    from kiosk.liveness.blink import BlinkDetector, eye_openness
+    from kiosk.liveness.mesh import load_face_mesh
 
     mesh = load_face_mesh(ctx.manifest, cfg.liveness.active.model, runtime_options(cfg))
     models = {mesh.spec.id: mesh.spec.sha256}
@@ -276,7 +276,7 @@ def _active_scorer(
                 continue
             faces += 1
             blink = detectors.setdefault(tracks[0].id, BlinkDetector())
-            if blink.update(eye_aspect_ratio(result.points), t):
+            if blink.update(eye_openness(result.points), t):
                 blinks.append(round(t, 2))
         if not faces:
             return Scored(item, None, reason="no face found", frames=len(frames))

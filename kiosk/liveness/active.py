@@ -19,16 +19,14 @@ margin over the still clips). No real blink has been measured yet.
 from __future__ import annotations
 
 import logging
-import math
 import secrets
-import statistics
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from kiosk.errors import ConfigError
-from kiosk.liveness.mesh import FaceMesh, MeshResult, eye_aspect_ratio, head_yaw_deg
+from kiosk.liveness.blink import BlinkDetector, eye_openness
+from kiosk.liveness.mesh import FaceMesh, MeshResult, head_yaw_deg
 from kiosk.types import Face, Image, LivenessResult
 
 log = logging.getLogger(__name__)
@@ -48,75 +46,6 @@ class Chooser(Protocol):
     """What picks a challenge: ``random.Random`` / ``secrets.SystemRandom`` (the default), or a test's fake."""
 
     def choice(self, seq: Sequence[str], /) -> str: ...
-
-
-class BlinkDetector:
-    """Finds complete blinks (open -> closed -> open) in one track's eye aspect ratios.
-
-    The open-eye baseline is the median of the last ``history`` open-eye frames; no blink is reported before
-    ``baseline_frames`` of them were seen. A closure that lasts longer than ``max_closed_s`` (eyes shut, looking
-    down, a lost face) is not a blink.
-    """
-
-    def __init__(
-        self,
-        *,
-        close_ratio: float = 0.65,
-        open_ratio: float = 0.85,
-        max_closed_s: float = 0.5,
-        baseline_frames: int = 3,
-        history: int = 15,
-    ) -> None:
-        if not 0.0 < close_ratio < open_ratio <= 1.0:
-            raise ValueError(f"need 0 < close_ratio < open_ratio <= 1, got {close_ratio} and {open_ratio}")
-        if max_closed_s <= 0.0 or baseline_frames < 1 or history < baseline_frames:
-            raise ValueError("need max_closed_s > 0 and 1 <= baseline_frames <= history")
-        self.close_ratio = close_ratio
-        self.open_ratio = open_ratio
-        self.max_closed_s = max_closed_s
-        self.baseline_frames = baseline_frames
-        self._open: deque[float] = deque(maxlen=history)
-        self._closed_since: float | None = None  # time of the first closed frame of the current closure
-        self._too_long = False
-        self.blinks = 0
-        self.min_ratio: float | None = None  # the lowest ear / baseline seen: how far the eyes closed
-
-    @property
-    def baseline(self) -> float | None:
-        """The open-eye EAR of this track, once ``baseline_frames`` open frames were seen."""
-        if len(self._open) < self.baseline_frames:
-            return None
-        return statistics.median(self._open)
-
-    def update(self, ear: float, t: float) -> bool:
-        """Feed one frame's EAR; True on the frame a full blink completes."""
-        if not math.isfinite(ear):
-            return False
-        base = self.baseline
-        if base is None or base <= 0.0:
-            self._open.append(ear)
-            return False
-        ratio = ear / base
-        self.min_ratio = ratio if self.min_ratio is None else min(self.min_ratio, ratio)
-        if self._closed_since is None:
-            if ratio < self.close_ratio:
-                self._closed_since, self._too_long = t, False
-            elif ratio >= self.open_ratio:
-                self._open.append(ear)
-            return False
-        if ratio < self.open_ratio:
-            # Still closed. The closure is timed over its closed frames only: the frame that shows the eyes open
-            # again may come a whole frame interval later on a slow camera, and that gap is not part of the blink.
-            if t - self._closed_since > self.max_closed_s:
-                self._too_long = True
-            return False
-        # Eyes open again: a blink unless the closure ran too long.
-        blink = not self._too_long
-        self._closed_since, self._too_long = None, False
-        self._open.append(ear)
-        if blink:
-            self.blinks += 1
-        return blink
 
 
 @dataclass
@@ -182,7 +111,7 @@ class Challenge:
             return
         self.frames += 1
         if self.kind == BLINK:
-            if self.blink.update(eye_aspect_ratio(mesh.points), t):
+            if self.blink.update(eye_openness(mesh.points), t):
                 self.passed_at = t
             return
         yaw = head_yaw_deg(mesh.points)
