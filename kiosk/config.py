@@ -141,8 +141,11 @@ class PassiveLivenessConfig:
 class ActiveLivenessConfig:
     model: str = field(default="face_mesh", metadata={"help": "landmark model id in the manifest"})
     challenges: tuple[str, ...] = ("blink",)
+    steps: int = field(default=1, metadata=_range(1, 4))
     timeout_s: float = field(default=6.0, metadata=_range(0.5, 60.0))
     turn_deg: float = field(default=15.0, metadata=_range(3.0, 60.0))
+    min_reaction_s: float = field(default=0.2, metadata=_range(0.0, 2.0))
+    pause_s: float = field(default=1.5, metadata=_range(0.0, 10.0))
 
 
 @dataclass(frozen=True)
@@ -476,6 +479,11 @@ def _cross_checks(cfg: Config) -> None:
             )
     if not live.active.challenges:
         raise ConfigError("liveness.active.challenges: must name at least one of " + ", ".join(CHALLENGES))
+    if live.active.min_reaction_s >= live.active.timeout_s:
+        raise ConfigError(
+            f"liveness.active.min_reaction_s: must be below liveness.active.timeout_s ({live.active.timeout_s}), "
+            f"got {live.active.min_reaction_s}"
+        )
     if len(set(live.passive.models)) != len(live.passive.models):
         raise ConfigError(f"liveness.passive.models: lists a model twice: {_show(list(live.passive.models))}")
     web = cfg.web

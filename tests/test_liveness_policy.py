@@ -110,6 +110,9 @@ class FakeActive:
     def result(self, track_id: int, t: float) -> LivenessResult:
         return LivenessResult(self.answers.pop(0), score=0.5, reason="blink seen")
 
+    def prompt(self, track_id: int, t: float) -> str | None:
+        return "please blink"
+
     def end(self, track_id: int) -> None:
         pass
 

@@ -51,7 +51,7 @@ class Liveness:
         self.active = active
         self.on_prompt = on_prompt
         self._scores: dict[int, deque[float]] = {}
-        self._prompted: set[int] = set()
+        self._prompted: dict[int, str] = {}  # track id → the prompt last shown
 
     @classmethod
     def from_config(cls, cfg: LivenessConfig, manifest: Manifest, options: RuntimeOptions) -> Liveness | None:
@@ -82,14 +82,17 @@ class Liveness:
             active = ActiveLiveness(
                 mesh,
                 challenges=cfg.active.challenges,
+                steps=cfg.active.steps,
                 timeout_s=cfg.active.timeout_s,
                 turn_deg=cfg.active.turn_deg,
+                min_reaction_s=cfg.active.min_reaction_s,
+                pause_s=cfg.active.pause_s,
             )
         log.info(
             "liveness: mode %s (passive: %s; active: %s)",
             cfg.mode,
             (", ".join(cfg.passive.models) or "no model") if cfg.passive_required else "off",
-            "/".join(cfg.active.challenges) if cfg.active_required else "off",
+            f"{cfg.active.steps} x {'/'.join(cfg.active.challenges)}" if cfg.active_required else "off",
         )
         return cls(cfg, passive=passive, active=active)
 
@@ -112,7 +115,7 @@ class Liveness:
     def end(self, track_id: int) -> None:
         """Forget a track that left."""
         self._scores.pop(track_id, None)
-        self._prompted.discard(track_id)
+        self._prompted.pop(track_id, None)
         if self.active is not None:
             self.active.end(track_id)
 
@@ -158,10 +161,16 @@ class Liveness:
     def _active(self, track_id: int, t: float) -> LivenessResult:
         assert self.active is not None  # required by __init__ when the mode needs it
         if track_id not in self._prompted:
-            self._prompted.add(track_id)
-            prompt = self.active.start(track_id, t)
-            log.info("liveness challenge track=%d: %s (%.0f s)", track_id, prompt, self.cfg.active.timeout_s)
-            if self.on_prompt is not None:
-                self.on_prompt(track_id, prompt)
+            self._show(track_id, self.active.start(track_id, t))
         r = self.active.result(track_id, t)
+        if r.status == "pending":
+            now = self.active.prompt(track_id, t)
+            if now is not None and now != self._prompted.get(track_id):
+                self._show(track_id, now)  # the next prompt of the sequence, or the hold before it
         return LivenessResult(r.status, score=r.score, reason=r.reason, method=self.method)
+
+    def _show(self, track_id: int, prompt: str) -> None:
+        self._prompted[track_id] = prompt
+        log.info("liveness challenge track=%d: %s", track_id, prompt)
+        if self.on_prompt is not None:
+            self.on_prompt(track_id, prompt)

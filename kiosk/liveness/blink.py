@@ -52,6 +52,7 @@ class BlinkDetector:
         self._closed_since: float | None = None  # time of the first closed frame of the current closure
         self._too_long = False
         self.blinks = 0
+        self.last_onset: float | None = None  # time of the first closed frame of the latest completed blink
         self.min_ratio: float | None = None  # the lowest ear / baseline seen: how far the eyes closed
 
     @property
@@ -85,6 +86,8 @@ class BlinkDetector:
             return False
         # Eyes open again: a blink unless the closure ran too long.
         blink = not self._too_long
+        if blink:
+            self.last_onset = self._closed_since
         self._closed_since, self._too_long = None, False
         self._open.append(ear)
         if blink:

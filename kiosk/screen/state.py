@@ -16,7 +16,7 @@ from kiosk.config import Config
 from kiosk.door.decide import GRANTED, Decision
 from kiosk.door.track import Track
 from kiosk.guided import plain_reason
-from kiosk.liveness.active import BLINK, PROMPTS, TURN_LEFT, TURN_RIGHT
+from kiosk.liveness.active import BLINK, HOLD, PROMPTS, TURN_LEFT, TURN_RIGHT
 from kiosk.screen.protocol import VERSION
 from kiosk.types import FloatArray, QualityReport
 
@@ -27,7 +27,7 @@ OUTCOMES = ("granted", "denied", "unknown")
 # Why a result is what it is, as a code (the decision's own reason may hold a name, and the screen is public).
 RESULT_REASONS = ("", "liveness", "refused", "not-recognised")
 
-_CHALLENGE_CODES = {BLINK: "blink", TURN_LEFT: "turn-left", TURN_RIGHT: "turn-right"}
+_CHALLENGE_CODES = {BLINK: "blink", TURN_LEFT: "turn-left", TURN_RIGHT: "turn-right", HOLD: "hold-still"}
 _PROSE_TO_CODE = {text: _CHALLENGE_CODES[kind] for kind, text in PROMPTS.items()}
 # kiosk.guided.plain_reason's words for a failed quality check → the guidance code shown on the screen.
 _GUIDANCE = (
@@ -62,7 +62,8 @@ _CAPTURE_WORDS = (
 
 
 def prompt_code(prompt: str) -> str | None:
-    """A liveness challenge's prose prompt (``kiosk.liveness.active.PROMPTS``) → blink / turn-left / turn-right."""
+    """A liveness challenge's prose prompt (``kiosk.liveness.active.PROMPTS``) → blink / turn-left / turn-right /
+    hold-still (the random pause between two prompts of a sequence)."""
     return _PROSE_TO_CODE.get(prompt)
 
 
@@ -123,7 +124,7 @@ def screen_box(box: FloatArray, shape: tuple[int, ...], mirror: bool) -> list[fl
 class _Challenge:
     code: str
     started: float
-    total_s: float
+    total_s: float | None  # None: a hold between two prompts, no countdown
 
 
 class ScreenModel:
@@ -153,7 +154,8 @@ class ScreenModel:
         """A liveness challenge began for ``track_id`` at ``t`` (loop clock)."""
         code = prompt_code(prompt)
         if code is not None:
-            self._challenges[track_id] = _Challenge(code, t, self.challenge_s)
+            total = None if code == "hold-still" else self.challenge_s
+            self._challenges[track_id] = _Challenge(code, t, total)
 
     def decided(self, d: Decision, now: float) -> None:
         outcome = outcome_of(d)
@@ -208,8 +210,8 @@ class ScreenModel:
         challenges = [(k, c) for k, c in self._challenges.items() if k in live]
         if challenges:
             k, c = min(challenges, key=lambda kc: kc[1].started)
-            remaining = max(c.started + c.total_s - t, 0.0)
-            self._prompt = {"track": k, "code": c.code, "remaining_s": round(remaining, 1), "total_s": c.total_s}
+            remaining = None if c.total_s is None else round(max(c.started + c.total_s - t, 0.0), 1)
+            self._prompt = {"track": k, "code": c.code, "remaining_s": remaining, "total_s": c.total_s}
         elif guidance is not None:
             self._prompt = {**guidance, "remaining_s": None, "total_s": None}
         else:
@@ -222,7 +224,7 @@ class ScreenModel:
 
     def _challenge_over(self, track_id: int, t: float) -> bool:
         c = self._challenges[track_id]
-        return t >= c.started + c.total_s
+        return c.total_s is not None and t >= c.started + c.total_s
 
     # -- the state line --------------------------------------------------------------------------------------
 
