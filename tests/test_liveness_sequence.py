@@ -211,7 +211,7 @@ class FakeMesh:
 
 
 def test_draws_are_random_sequences_with_holds_in_range() -> None:
-    live = ActiveLiveness(FakeMesh(), challenges=("blink", "turn"), steps=3, pause_s=1.2, rng=random.Random(1))  # type: ignore[arg-type]
+    live = ActiveLiveness(FakeMesh(), challenges=("blink", "turn"), steps=3, pause_s=1.2, rng=random.Random(1))
     seqs = set()
     for _ in range(300):
         kinds, pauses = live.draw()
@@ -223,7 +223,7 @@ def test_draws_are_random_sequences_with_holds_in_range() -> None:
 def test_the_policy_shows_each_prompt_and_the_hold_once() -> None:
     shown: list[str] = []
     mesh = FakeMesh()
-    active = ActiveLiveness(mesh, challenges=("blink",), steps=2, pause_s=0.5, rng=random.Random(0))  # type: ignore[arg-type]
+    active = ActiveLiveness(mesh, challenges=("blink",), steps=2, pause_s=0.5, rng=random.Random(0))
     live = Liveness(LivenessConfig(mode="active", active=ActiveLivenessConfig(steps=2)), active=active)
     live.on_prompt = lambda tid, text: shown.append(text)
     match = MatchResult(True, 1, "alice", 0.8, "alice", "carol", 0.3, 0.47, 0.05, "match", candidate_id=1)
