@@ -6,10 +6,12 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+import numpy as np
 import pytest
 
 from kiosk.config import ActiveLivenessConfig, LivenessConfig, parse_config
 from kiosk.errors import ConfigError
+from kiosk.lab.challenge_sim import Outcome, Person, PersonModel, Trace, replayer, run
 from kiosk.liveness import Liveness
 from kiosk.liveness.active import (
     BLINK,
@@ -64,19 +66,32 @@ def test_a_sequence_is_asked_in_order_with_a_hold_between_prompts() -> None:
     ch = Challenge((TURN_LEFT, BLINK), started=0.0, timeout_s=4.0, pauses=[0.8])
     assert ch.prompt == PROMPTS[TURN_LEFT] and ch.status(0.0) == "pending"
     feed(ch, still(0.0, 0.6) + turn(0.6, +1))
-    assert ch.steps[0].passed_at is not None and ch.holding and ch.prompt == PROMPTS[HOLD]
     passed = ch.steps[0].passed_at
-    # A blink during the hold is not an answer: the blink prompt was not shown yet.
-    feed(ch, [(t, OPEN, 25.0) for t in frames(passed, passed + 0.3)] + blink_at(passed + 0.35, 25.0))
-    assert ch.status(passed + 0.7) == "pending"
-    feed(ch, [(t, OPEN, 25.0) for t in frames(passed + 0.7, passed + 0.9)])
+    assert passed is not None and ch.holding and ch.prompt == PROMPTS[HOLD]
+    # Still turned: the hold does not even start counting.
+    feed(ch, [(t, OPEN, 25.0) for t in frames(passed, passed + 2.0)])
+    assert ch.holding and ch.status(passed + 2.0) == "pending"
+    # Back to the camera at +2 s; a blink during the hold is not an answer (the blink prompt was not shown yet).
+    back = passed + 2.0
+    feed(ch, still(back, back + 0.3) + blink_at(back + 0.35))
+    assert ch.holding and ch.status(back + 0.6) == "pending"
+    feed(ch, still(back + 0.6, back + 1.0))
     assert not ch.holding and ch.prompt == PROMPTS[BLINK]
     prompted = ch.steps[1].prompted
-    assert prompted is not None and passed + 0.8 <= prompted < passed + 0.8 + 1.5 / FPS
-    feed(ch, [(t, OPEN, 25.0) for t in frames(prompted, prompted + 0.5)] + blink_at(prompted + 0.55, 25.0))
-    end = prompted + 1.0
-    assert ch.status(end) == "pass"
+    assert prompted is not None and back + 0.8 <= prompted < back + 0.8 + 2.5 / FPS
+    feed(ch, still(prompted, prompted + 0.5) + blink_at(prompted + 0.55))
+    assert ch.status(prompted + 1.0) == "pass"
     assert ch.reason.startswith("turned 2") and "° to the left 0.7 s after the prompt; blinked 0.5 s after" in ch.reason
+
+
+def test_a_head_that_never_comes_back_fails_the_next_prompt() -> None:
+    ch = Challenge((TURN_LEFT, TURN_RIGHT), started=0.0, timeout_s=2.0, pauses=[0.5])
+    feed(ch, still(0.0, 0.6) + turn(0.6, +1))
+    passed = ch.steps[0].passed_at
+    assert passed is not None
+    feed(ch, [(t, OPEN, 25.0) for t in frames(passed, passed + 3.0)])
+    assert ch.status(passed + 3.0) == "fail"
+    assert ch.reason == "prompt 2 of 2: did not face the camera again within 2.0 s"
 
 
 def test_a_blink_that_began_before_the_reaction_window_is_ignored() -> None:
@@ -142,38 +157,32 @@ def test_bad_sequences_are_refused() -> None:
 # -- a recording answering one sequence, replayed against another -----------------------------------------------------
 
 
-def recorded_answer(kinds: Sequence[str], pauses: Sequence[float], reaction: float = 0.6) -> list[tuple[float, ...]]:
-    """A genuine person answering ``kinds`` (prompted at 0, holds ``pauses``), as a trace of (t, openness, yaw)."""
-    out: list[tuple[float, ...]] = []
-    t, yaw = 0.0, 0.0
-    for i, kind in enumerate(kinds):
-        onset = t + reaction
-        out += [(s, OPEN, yaw) for s in frames(t, onset)]
-        if kind == BLINK:
-            out += blink_at(onset, yaw)
-        else:
-            side = 1 if kind == TURN_LEFT else -1
-            out += [(s, e, yaw + y) for s, e, y in turn(onset, side)]
-            yaw += side * 25.0
-        t = out[-1][0] + 1 / FPS
-        if i < len(pauses):  # the person holds still through the pause, then the next prompt comes
-            out += [(s, OPEN, yaw) for s in frames(out[-1][0], out[-1][0] + pauses[i])]
-            t = out[-1][0]
-    return out
+def synthetic_trace() -> Trace:
+    """60 s at 30 fps of open eyes facing the camera, a 0.1 s blink every 7 s from 3 s."""
+    t = np.arange(0, 60.0, 1 / 30)
+    onsets = np.arange(3.0, 57.0, 7.0)
+    openness = np.full(t.shape, OPEN)
+    for o in onsets:
+        openness[(t >= o) & (t < o + 0.1)] = SHUT
+    return Trace("synthetic", t, openness, np.zeros_like(t), np.ones_like(t), onsets)
 
 
-def replay(trace: Sequence[tuple[float, ...]], kinds: Sequence[str], pauses: Sequence[float]) -> str:
-    ch = Challenge(kinds, started=0.0, timeout_s=4.0, pauses=pauses)
-    end, ear, yaw = trace[-1]
-    frozen = [(t, ear, yaw) for t in frames(end, end + 12.0)]  # the recording is over: its last frame stays
-    for t, ear, yaw in [*trace, *frozen]:
-        ch.feed(Measures(ear, yaw, 1.0), t)
-    return ch.status(end + 12.0)
+def answer(kinds: Sequence[str], pauses: Sequence[float], seed: int = 0) -> Outcome:
+    """A genuine person (kiosk.lab.challenge_sim.Person) answering ``kinds``, recorded."""
+    person = Person(synthetic_trace(), random.Random(seed), PersonModel(reaction_sigma=0.0), start=5.0)
+    ch = Challenge(kinds, 0.0, 4.0, pauses=pauses)
+    return run(ch, person.at, FPS, on_prompt=person.see, record=True)
+
+
+def replay(recorded: Outcome, kinds: Sequence[str], pauses: Sequence[float]) -> str:
+    return run(Challenge(kinds, 0.0, 4.0, pauses=pauses), replayer(recorded.recording), FPS).status
 
 
 def test_the_recorded_answer_passes_the_prompts_it_answered() -> None:
     kinds, pauses = (TURN_RIGHT, BLINK), [0.9]
-    assert replay(recorded_answer(kinds, pauses), kinds, pauses) == "pass"
+    recorded = answer(kinds, pauses)
+    assert recorded.status == "pass", recorded.reason
+    assert replay(recorded, kinds, pauses) == "pass"
 
 
 @pytest.mark.parametrize(
@@ -191,15 +200,18 @@ def test_a_recorded_answer_replayed_against_other_prompts_fails(
     recorded: tuple[str, ...], asked: tuple[str, ...]
 ) -> None:
     pauses = [0.8] * (len(recorded) - 1)
-    assert replay(recorded_answer(recorded, pauses), asked, pauses) == "fail"
+    genuine = answer(recorded, pauses)
+    assert genuine.status == "pass", genuine.reason
+    assert replay(genuine, asked, pauses) == "fail"
 
 
 def test_a_recorded_answer_fails_when_the_hold_is_longer_than_when_it_was_recorded() -> None:
-    """Same prompts, a longer random hold: the recording's blink comes before the blink prompt (or within 0.2 s)."""
-    kinds = (TURN_LEFT, BLINK)
-    trace = recorded_answer(kinds, [0.3], reaction=0.5)
-    assert replay(trace, kinds, [0.3]) == "pass"
-    assert replay(trace, kinds, [1.2]) == "fail"
+    """Same prompts, a longer random hold: the recording's turn begins before the second prompt (or within 0.2 s)."""
+    kinds = (BLINK, TURN_LEFT)
+    genuine = answer(kinds, [0.3])
+    assert genuine.status == "pass"
+    assert replay(genuine, kinds, [0.3]) == "pass"
+    assert replay(genuine, kinds, [1.5]) == "fail"
 
 
 # -- drawing and the policy ------------------------------------------------------------------------------------------

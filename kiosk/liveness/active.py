@@ -14,7 +14,10 @@ so an answer counts only when it fits the prompt it answers:
 - **Wrong way fails.** Turning ``turn_deg`` to the other side than the one asked fails the attempt at once, so a
   recording that turns both ways cannot cover both prompts.
 - **Random pauses.** Between two prompts the person is asked to hold still for a random time (``pause_s``), so the
-  next prompt's time cannot be known in advance and a recording's second response falls outside its window.
+  next prompt's time cannot be known in advance and a recording's next response may fall before its window. The hold
+  is counted from when the head faces the camera again (within ``CENTRE_SHARE`` x ``turn_deg`` of where it was at the
+  first prompt), so a person coming back from a turn is not read as turning the other way, and the time a recording
+  took to come back does not fix when its next prompt comes.
 
 Everything here is pure and clock-injected: every call takes ``t``, monotonic seconds (the frame's capture time), and
 only frames *after* a prompt was issued count as its answer. ``Challenge`` is one attempt's sequence for one track;
@@ -52,6 +55,7 @@ PROMPTS = {
 MIN_REACTION_S = 0.2  # a response that begins sooner after its prompt was under way before it (see the docstring)
 MIN_PAUSE_S = 0.25  # the shortest random pause between two prompts (long enough to be seen)
 ONSET_SHARE = 1.0 / 3.0  # a turn has begun once the head moved this share of turn_deg
+CENTRE_SHARE = 0.5  # between prompts the head counts as facing the camera within this share of turn_deg of its start
 
 
 class Chooser(Protocol):
@@ -146,6 +150,10 @@ class Challenge:
         self.blink = blink if blink is not None else BlinkDetector()
         self._i = 0  # the current step
         self._hold_until: float | None = None  # set while holding between two prompts
+        self._home_yaw: float | None = None  # the yaw of the attempt's first frame: "facing the camera"
+        self._centred = 0  # consecutive frames facing the camera (within CENTRE_SHARE x turn_deg of home)
+        self._centred_since: float | None = None  # the first frame of that run
+        self._hold_s = 0.0  # the current hold's length
         self._failed: str | None = None  # why the attempt failed before a deadline (wrong way, moved too soon)
         self._failed_at: float | None = None
         self._now = self.started  # the latest time this challenge was told about (feed or status)
@@ -202,6 +210,15 @@ class Challenge:
         if self._done(t) or t <= self.started or m.presence < self.min_presence:
             return
         blinked = self.blink.update(m.openness, t)
+        if self._home_yaw is None:
+            self._home_yaw = m.yaw
+        centred = abs(m.yaw - self._home_yaw) <= CENTRE_SHARE * self.turn_deg
+        self._centred = self._centred + 1 if centred else 0
+        if not centred:
+            self._centred_since = None
+        elif self._centred_since is None:
+            self._centred_since = t
+        self._advance(t)
         step = self.step
         if self.holding or step.prompted is None or t <= step.prompted or t >= self.deadline:
             return
@@ -242,14 +259,18 @@ class Challenge:
     def _pass(self, step: Step, t: float, onset: float) -> None:
         step.passed_at, step.onset = t, onset
         if self._i + 1 < len(self.steps):
-            self._hold_until = t + self.pauses[self._i]
+            self._hold_s = self.pauses[self._i]
+            self._hold_until = t + self._hold_s
 
     def _fail(self, why: str, t: float) -> None:
         self._failed, self._failed_at = why, t
 
     def _advance(self, t: float) -> None:
-        """Issue the next prompt once its hold is over (at the first frame or status call at or after that time)."""
-        if self._hold_until is not None and t >= self._hold_until:
+        """Issue the next prompt once the head has faced the camera for the hold's length (at the first frame or
+        status call at or after that)."""
+        if self._hold_until is None or self._centred < self.hold_frames or self._centred_since is None:
+            return
+        if t >= max(self._hold_until, self._centred_since + self._hold_s):
             self._hold_until = None
             self._i += 1
             self.step.prompted = t
@@ -302,6 +323,8 @@ class Challenge:
             return f"waiting: {where}{PROMPTS[step.kind]} ({max(t - step.prompted, 0.0):.1f} of {self.timeout_s:.1f} s)"
         if self._failed is not None:
             return where + self._failed
+        if self.holding:
+            return f"prompt {self._i + 2} of {n}: did not face the camera again within {self.timeout_s:.1f} s"
         if step.kind == BLINK:
             what = f"no blink within {self.timeout_s:.1f} s"
             if step.ignored_blinks:
