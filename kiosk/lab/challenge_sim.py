@@ -265,6 +265,13 @@ def _expected_wait(rate: float, times: Sequence[float], policy: Policy) -> float
     return round(statistics.mean(times) + (1.0 - rate) / rate * fail_cost, 2)
 
 
+def _playing(trace: Trace, offset: float) -> Callable[[float], Measures]:
+    def at(s: float) -> Measures:
+        return trace.at(s + offset)
+
+    return at
+
+
 def replay_natural(policy: Policy, traces: Sequence[Trace], n: int, fps: float, seed: int) -> dict[str, Any]:
     """A video of the person (blinking naturally, facing the camera) shown from a random point when the prompt
     appears: how often the policy passes."""
@@ -274,7 +281,7 @@ def replay_natural(policy: Policy, traces: Sequence[Trace], n: int, fps: float, 
         trace = rng.choice(list(traces))
         offset = _start(trace, rng)
         kinds, pauses = policy.draw(rng)
-        out = run(policy.challenge(kinds, pauses), lambda s, tr=trace, o=offset: tr.at(s + o), fps)
+        out = run(policy.challenge(kinds, pauses), _playing(trace, offset), fps)
         passed += out.status == PASS
     return {"sessions": n, "passed": passed, "apcer": passed / n}
 
