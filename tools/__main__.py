@@ -43,6 +43,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "tools.measure.liveness_clips",
         "write still-photo and simulated-blink clips for kiosk eval-liveness",
     ),
+    "challenge-sim": (
+        "tools.measure.challenge_sim",
+        "liveness challenge policies on the real blink recordings: a real person's wait, replayed recordings' APCER",
+    ),
     "continuity": (
         "tools.measure.continuity",
         "closed-eye similarity on the real blink recordings: chooses the liveness identity-continuity threshold",
