@@ -43,6 +43,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "tools.measure.liveness_clips",
         "write still-photo and simulated-blink clips for kiosk eval-liveness",
     ),
+    "passive-cv": (
+        "tools.measure.passive_cv",
+        "choose the passive liveness rule on Replay-Attack frames by identity-disjoint cross-validation",
+    ),
     "continuity": (
         "tools.measure.continuity",
         "closed-eye similarity on the real blink recordings: chooses the liveness identity-continuity threshold",
