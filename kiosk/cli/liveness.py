@@ -30,6 +30,7 @@ from kiosk.lab.liveness_eval import (
     read_presentations,
     score_all,
 )
+from kiosk.lab.machine import describe, loadavg
 from kiosk.recognition.pipeline import Pipeline, runtime_options
 from kiosk.types import Face, Image
 
@@ -115,6 +116,7 @@ def cmd_eval_liveness(args: argparse.Namespace, cfg: Config) -> int:
         raise InputError("--fusion needs --group-by (it fuses a group's scores)")
     fusion = args.fusion or cfg.liveness.passive.fusion
     detail = read_detail(args.detail) if args.detail is not None else None
+    started = describe()
     with Context(cfg) as ctx:
         pipeline = ctx.pipeline
         if args.layer == "passive":
@@ -132,7 +134,13 @@ def cmd_eval_liveness(args: argparse.Namespace, cfg: Config) -> int:
         if show:
             sys.stderr.write("\n")
     per_image = _measured(scored, threshold, detail)
-    report: dict[str, Any] = {"labels": str(args.labels), "layer": args.layer, "models": models}
+    report: dict[str, Any] = {
+        "labels": str(args.labels),
+        "layer": args.layer,
+        "models": models,
+        "detector": {pipeline.detector.spec.id: pipeline.detector.spec.sha256},
+        "machine": started | {"loadavg_end": loadavg()},
+    }
     if group_by is None:
         report.update(per_image)
         report["presentations"] = [s.as_dict() for s in scored]

@@ -139,7 +139,7 @@ def pooled(decisions: Sequence[tuple[F64, float, npt.NDArray[np.bool_]]], truth:
     as_scores = np.where(scored, passed.astype(np.float64), np.nan)
     r = error_rates(as_scores, truth, 0.5)
     r.pop("threshold")
-    return with_wilson(r)
+    return {**with_wilson(r), "ci95_person_bootstrap": cluster_bootstrap(as_scores, truth, 0.5)}
 
 
 def cross_validate(
@@ -163,7 +163,8 @@ def cross_validate(
             "fold": f,
             "held_out_persons": sorted(set(truth.person[held].tolist())),
             "chosen": {"candidate": name, "threshold": thr},
-            "tuning": {k: _brief(v) for k, v in table.items()},
+            # every candidate on the tuning folds: [its threshold, worst-type APCER, BPCER] there
+            "tuning": {k: [v["threshold"], v["apcer_max"], v["bpcer"]] for k, v in table.items()},
             "tuning_of_chosen": _brief(table[name]),
             "held_out": error_rates(candidates[name], truth, thr, held),
         }

@@ -174,9 +174,11 @@ def main(argv: list[str] | None = None) -> int:
         "threshold_rule": f"highest threshold with BPCER <= {args.bpcer_target:g} on the tuning folds; candidate with "
         "the lowest worst-type APCER there (ties: mean APCER, then the earlier, door-like candidate)",
     }
-    # Two families: what the door can be configured to do (models, fusion, threshold: the crop scale is the one the
-    # model was trained with), and the same with the crop scale factors too (a finding, not a setting).
+    # Three families: the models only (the door's mean fusion kept), what the door can be configured to do (models,
+    # fusion; the crop scale is the one the model was trained with), and the same with the crop scale factors too (a
+    # finding, not a setting). Per image there is nothing to fuse: the first two are the same.
     families = {
+        "door_models_only": lambda name: name.endswith(("@1", "@1/mean")),
         "door_configurable": lambda name: name.split("/")[0].endswith("@1"),
         "with_crop_scales": lambda name: True,
     }
