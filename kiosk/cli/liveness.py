@@ -92,8 +92,11 @@ def register(sub: Any) -> None:
 def cmd_eval_liveness(args: argparse.Namespace, cfg: Config) -> int:
     """Score each presentation (image, or video counted once) with the passive layer's fused live-face probability
     (a video: the mean over its frames with a face) or, with --layer active, whether a blink is seen (videos only).
-    Prints APCER per attack type, BPCER, BPCER20/BPCER100 and failures to acquire; --json writes them with the
-    curve over thresholds 0..1 and every presentation's score."""
+    Prints APCER per attack type (with Wilson 95 % intervals), BPCER, BPCER20/BPCER100 and failures to acquire;
+    --json writes them with the curve over thresholds 0..1 and every presentation's score. With --group-by a
+    presentation is a group of rows (a video's frames: --group-by dir), scored as the door scores a track: its rows'
+    scores fused by liveness.passive.fusion (or --fusion); both the per-image and the per-group figures are given.
+    --detail adds the rates per support and light."""
     if args.every < 1:
         raise InputError("--every must be at least 1")
     if args.splice:

@@ -9,6 +9,10 @@ presentation is classified bona fide when its score is at least the threshold. T
 - a presentation where no face could be found (or the file could not be read) is a failure to acquire: it is not in
   either rate and is counted separately, as 30107-3 asks.
 
+With ``--group-by`` several rows make one presentation (``group_scored``: a video's frames, their scores fused as
+the door fuses a track's frames), which is how the door meets a person; ``intervals`` gives Wilson 95 % intervals and
+``breakdown`` the rates per value of a detail column (support, light).
+
 Scoring lives in the CLI (it needs the models); this module reads the CSV and does the arithmetic.
 """
 
