@@ -29,6 +29,8 @@ MAX_CONFIG_BYTES = 1024 * 1024  # a config file is a few kB; anything this big i
 LIVENESS_MODES = ("off", "passive", "active", "both")
 _EXPONENT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")  # 1e-4, 2.5E3: numbers YAML 1.1 leaves as strings
 CHALLENGES = ("blink", "turn")
+# liveness.passive.fusion: how the last N frames' scores become one (kiosk.liveness.passive.fuse).
+PASSIVE_FUSIONS = ("mean", "mean_logit", "median", "min")
 
 
 def _range(lo: float | None = None, hi: float | None = None, **kw: Any) -> dict[str, Any]:
@@ -135,6 +137,9 @@ class PassiveLivenessConfig:
     )
     threshold: float = field(default=0.5, metadata=_range(0.0, 1.0))
     frames: int = field(default=3, metadata=_range(1, 30))
+    fusion: str = field(
+        default="mean", metadata={"choices": PASSIVE_FUSIONS, "help": "how the last `frames` scores become one"}
+    )
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "tools.measure.challenge_sim",
         "liveness challenge policies on the real blink recordings: a real person's wait, replayed recordings' APCER",
     ),
+    "passive-cv": (
+        "tools.measure.passive_cv",
+        "choose the passive liveness rule on Replay-Attack frames by identity-disjoint cross-validation",
+    ),
     "continuity": (
         "tools.measure.continuity",
         "closed-eye similarity on the real blink recordings: chooses the liveness identity-continuity threshold",

@@ -12,12 +12,25 @@ from typing import Any
 import cv2
 import numpy as np
 
-from kiosk.config import Config
+from kiosk.config import PASSIVE_FUSIONS, Config
 from kiosk.context import Context
 from kiosk.door.track import Tracker
 from kiosk.errors import InputError, KioskError
 from kiosk.imageio import read_image
-from kiosk.lab.liveness_eval import Presentation, Scored, evaluate, read_presentations, score_all
+from kiosk.lab.liveness_eval import (
+    Presentation,
+    Scored,
+    breakdown,
+    evaluate,
+    group_detail,
+    group_scored,
+    intervals,
+    parse_group_by,
+    read_detail,
+    read_presentations,
+    score_all,
+)
+from kiosk.lab.machine import describe, loadavg
 from kiosk.recognition.pipeline import Pipeline, runtime_options
 from kiosk.types import Face, Image
 
@@ -41,6 +54,25 @@ def register(sub: Any) -> None:
     p.add_argument("--threshold", type=float, help="decision threshold (default: liveness.passive.threshold; 0.5)")
     p.add_argument("--every", type=int, default=1, help="videos: score every Nth frame (default 1)")
     p.add_argument(
+        "--group-by",
+        metavar="dir|N",
+        help="passive: a presentation is a group of rows, its rows' scores fused as the door fuses a track's frames: "
+        "'dir' groups rows by their parent folder (one video's frames), N by their first N folders; reports per "
+        "image and per group",
+    )
+    p.add_argument(
+        "--fusion",
+        choices=PASSIVE_FUSIONS,
+        help="--group-by: how a group's scores become one (default: liveness.passive.fusion, the door's rule)",
+    )
+    p.add_argument(
+        "--detail",
+        type=Path,
+        metavar="CSV",
+        help="CSV with path plus attribute columns (Replay-Attack's labels_detail.csv: support); adds rates per "
+        "value of each (and per light, from Replay-Attack folder names)",
+    )
+    p.add_argument(
         "--splice",
         action="store_true",
         help="instead of --labels: build spliced presentations (the face answering the blink challenge is not the "
@@ -60,8 +92,11 @@ def register(sub: Any) -> None:
 def cmd_eval_liveness(args: argparse.Namespace, cfg: Config) -> int:
     """Score each presentation (image, or video counted once) with the passive layer's fused live-face probability
     (a video: the mean over its frames with a face) or, with --layer active, whether a blink is seen (videos only).
-    Prints APCER per attack type, BPCER, BPCER20/BPCER100 and failures to acquire; --json writes them with the
-    curve over thresholds 0..1 and every presentation's score."""
+    Prints APCER per attack type (with Wilson 95 % intervals), BPCER, BPCER20/BPCER100 and failures to acquire;
+    --json writes them with the curve over thresholds 0..1 and every presentation's score. With --group-by a
+    presentation is a group of rows (a video's frames: --group-by dir), scored as the door scores a track: its rows'
+    scores fused by liveness.passive.fusion (or --fusion); both the per-image and the per-group figures are given.
+    --detail adds the rates per support and light."""
     if args.every < 1:
         raise InputError("--every must be at least 1")
     if args.splice:
@@ -77,6 +112,14 @@ def cmd_eval_liveness(args: argparse.Namespace, cfg: Config) -> int:
         threshold = cfg.liveness.passive.threshold if args.layer == "passive" else 0.5
     if not 0.0 <= threshold <= 1.0:
         raise InputError(f"--threshold must be within 0..1, got {threshold}")
+    group_by = parse_group_by(args.group_by) if args.group_by is not None else None
+    if group_by is not None and args.layer != "passive":
+        raise InputError("--group-by fuses passive scores: use it with --layer passive")
+    if args.fusion is not None and group_by is None:
+        raise InputError("--fusion needs --group-by (it fuses a group's scores)")
+    fusion = args.fusion or cfg.liveness.passive.fusion
+    detail = read_detail(args.detail) if args.detail is not None else None
+    started = describe()
     with Context(cfg) as ctx:
         pipeline = ctx.pipeline
         if args.layer == "passive":
@@ -93,19 +136,41 @@ def cmd_eval_liveness(args: argparse.Namespace, cfg: Config) -> int:
         scored = score_all(items, root, scorer, progress)
         if show:
             sys.stderr.write("\n")
-    report = evaluate(scored, threshold)
-    report = {
+    per_image = _measured(scored, threshold, detail)
+    report: dict[str, Any] = {
         "labels": str(args.labels),
         "layer": args.layer,
         "models": models,
-        **report,
-        "presentations": [s.as_dict() for s in scored],
+        "detector": {pipeline.detector.spec.id: pipeline.detector.spec.sha256},
+        "machine": started | {"loadavg_end": loadavg()},
     }
+    if group_by is None:
+        report.update(per_image)
+        report["presentations"] = [s.as_dict() for s in scored]
+    else:
+        groups = group_scored(scored, group_by, fusion)
+        report.update({"group_by": group_by, "fusion": fusion})
+        report.update(_measured(groups, threshold, group_detail(detail, group_by) if detail is not None else None))
+        report["per_image"] = per_image
+        report["presentations"] = [s.as_dict() for s in groups]
     if args.json_out:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
         args.json_out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if group_by is not None:
+        print("per image:")
+        _print({**per_image, "layer": args.layer, "models": models})
+        print(f"per presentation (rows grouped by {group_by}, fusion {fusion}):")
     _print(report)
     return 0
+
+
+def _measured(scored: list[Scored], threshold: float, detail: dict[str, dict[str, str]] | None) -> dict[str, Any]:
+    """evaluate() plus Wilson intervals and, with a detail CSV, the rates per attribute value."""
+    out = evaluate(scored, threshold)
+    out["intervals"] = intervals(scored, threshold)
+    if detail is not None:
+        out["by"] = breakdown(scored, detail, threshold)
+    return out
 
 
 def _splice(args: argparse.Namespace, cfg: Config) -> int:
@@ -299,9 +364,16 @@ def _print(r: dict[str, Any]) -> None:
         f"{n['bona_fide']} bona fide and {n['attack']} attack presentations scored, layer {r['layer']} "
         f"({', '.join(r['models'])}), threshold {r['threshold']:.2f}"
     )
+    ci = r.get("intervals", {})
+
+    def interval(v: dict[str, Any] | None) -> str:
+        lo_hi = v.get("ci95") if v else None
+        return "" if not lo_hi else f", 95 % CI {100 * lo_hi[0]:.1f}-{100 * lo_hi[1]:.1f} %"
+
     for kind, rate in r["apcer"].items():
-        print(f"  APCER {kind:<16} {_pct(rate):>9}   (n={n['attack_types'].get(kind, 0)})")
-    print(f"  BPCER {'':<16} {_pct(r['bpcer']):>9}   (n={n['bona_fide']})")
+        where = interval(ci.get("apcer", {}).get(kind))
+        print(f"  APCER {kind:<16} {_pct(rate):>9}   (n={n['attack_types'].get(kind, 0)}{where})")
+    print(f"  BPCER {'':<16} {_pct(r['bpcer']):>9}   (n={n['bona_fide']}{interval(ci.get('bpcer'))})")
     for key in ("bpcer20", "bpcer100"):
         v = r[key]
         label = key.upper() + f" (BPCER at APCER <= {'5' if key == 'bpcer20' else '1'} %)"
@@ -309,3 +381,9 @@ def _print(r: dict[str, Any]) -> None:
     fta = r["failed_to_acquire"]
     if fta["bona_fide"] or fta["attack"]:
         print(f"  failed to acquire (no face / unreadable): {fta['bona_fide']} bona fide, {fta['attack']} attack")
+    for col, per in r.get("by", {}).items():
+        for value, v in per.items():
+            parts = [f"APCER {k} {_pct(a)}" for k, a in v["apcer"].items()]
+            if v["bpcer"] is not None:
+                parts.append(f"BPCER {_pct(v['bpcer'])}")
+            print(f"  {col}={value}: " + ", ".join(parts))

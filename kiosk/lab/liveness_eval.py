@@ -9,14 +9,21 @@ presentation is classified bona fide when its score is at least the threshold. T
 - a presentation where no face could be found (or the file could not be read) is a failure to acquire: it is not in
   either rate and is counted separately, as 30107-3 asks.
 
+With ``--group-by`` several rows make one presentation (``group_scored``: a video's frames, their scores fused as
+the door fuses a track's frames), which is how the door meets a person; ``intervals`` gives Wilson 95 % intervals and
+``breakdown`` the rates per value of a detail column (support, light).
+
 Scoring lives in the CLI (it needs the models); this module reads the CSV and does the arithmetic.
 """
 
 from __future__ import annotations
 
+import csv
+import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -161,4 +168,155 @@ def score_all(
             out.append(score(item, full))
         if progress is not None:
             progress(i + 1, len(items))
+    return out
+
+
+# -- presentations of several rows (``--group-by``) ----------------------------------------------------------------
+
+
+def parse_group_by(text: str) -> str:
+    """``dir`` (a row's parent folder) or a positive integer N (the first N folders of its path); else InputError."""
+    if text == "dir" or (text.isdigit() and int(text) >= 1):
+        return text
+    raise InputError(f"--group-by must be 'dir' or a positive number of folders, got {_short(text)}")
+
+
+def group_key(path: str, group_by: str) -> str:
+    """The presentation a row belongs to: its parent folder (``dir``) or its first N folders (``"N"``)."""
+    folders = PurePosixPath(path.replace("\\", "/")).parts[:-1]
+    depth = len(folders) if group_by == "dir" else int(group_by)
+    if depth < 1 or depth > len(folders):
+        raise InputError(
+            f"--group-by {group_by}: {_plain(path)} has {len(folders)} folder(s), so no presentation to group it into"
+        )
+    return "/".join(folders[:depth])
+
+
+def group_scored(scored: Sequence[Scored], group_by: str, rule: str = "mean") -> list[Scored]:
+    """One presentation per group of rows (in order of first appearance): its score is ``fuse`` (``rule``) of its
+    rows' scores, as the door fuses a track's frames; a group none of whose rows was scored failed to acquire. Rows
+    of one group with different labels or attack types are an InputError naming both lines."""
+    from kiosk.liveness.passive import fuse  # numpy only; the models are not loaded
+
+    groups: dict[str, list[Scored]] = {}
+    for s in scored:
+        groups.setdefault(group_key(s.item.path, group_by), []).append(s)
+    out = []
+    for key, members in groups.items():
+        first = members[0].item
+        for m in members[1:]:
+            if (m.item.label, m.item.attack_type) != (first.label, first.attack_type):
+                raise InputError(
+                    f"labels lines {first.line} and {m.item.line} are in one presentation ({_plain(key)}) but are "
+                    f"labelled {first.label}/{first.attack_type or '-'} and {m.item.label}/{m.item.attack_type or '-'}"
+                )
+        values = [m.score for m in members if m.score is not None]
+        item = Presentation(first.line, key, first.label, first.attack_type)
+        extra: dict[str, Any] = {"frame_scores": [None if m.score is None else round(m.score, 6) for m in members]}
+        frames, faces = sum(m.frames for m in members), sum(m.faces for m in members)
+        if not values:
+            reason = f"no frame of {len(members)} scored"
+            out.append(Scored(item, None, reason=reason, frames=frames, faces=faces, extra=extra))
+        else:
+            out.append(Scored(item, fuse(values, rule), frames=frames, faces=faces, extra=extra))
+    return out
+
+
+# -- intervals and breakdowns -------------------------------------------------------------------------------------
+
+Z95 = 1.959964  # two-sided 95 % normal quantile
+
+
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float] | None:
+    """Wilson score interval for k errors in n presentations (None when n is 0); good at small n and k = 0."""
+    if n <= 0:
+        return None
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def intervals(scored: Sequence[Scored], threshold: float) -> dict[str, Any]:
+    """Error counts and Wilson 95 % intervals of APCER per attack type and BPCER at ``threshold`` (the
+    presentations are taken as independent: several of one person are not, so read them as a lower bound on the
+    uncertainty)."""
+
+    def one(values: list[float], err: Callable[[float], bool]) -> dict[str, Any]:
+        k = sum(1 for v in values if err(v))
+        ci = wilson(k, len(values))
+        return {"errors": k, "n": len(values), "ci95": None if ci is None else [round(ci[0], 4), round(ci[1], 4)]}
+
+    kinds = sorted({s.item.attack_type for s in scored if s.item.label == ATTACK})
+    apcer = {
+        k: one([s.score for s in scored if s.item.attack_type == k and s.score is not None], lambda v: v >= threshold)
+        for k in kinds
+    }
+    bona = [s.score for s in scored if s.item.label == BONA_FIDE and s.score is not None]
+    return {"apcer": apcer, "bpcer": one(bona, lambda v: v < threshold)}
+
+
+# Replay-Attack names a video's light as the last word of its folder (``..._controlled``, ``..._adverse``).
+_LIGHT = re.compile(r"_(controlled|adverse)(?:_\d+)?(?:/|$)")
+
+
+def read_detail(csv_path: Path) -> dict[str, dict[str, str]]:
+    """``path`` plus any columns (``labels_detail.csv``: identity, support): ``{path: {column: value}}``.
+    ``label``/``attack_type`` are left out (they come from --labels). A ``light`` column is added from the path
+    when the CSV has none and the folder name ends in ``_controlled``/``_adverse`` (Replay-Attack's naming)."""
+    try:
+        with Path(csv_path).open(encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or "path" not in reader.fieldnames:
+                raise InputError(f"{display(csv_path)}: the detail CSV needs a 'path' column")
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{display(csv_path)}: cannot read the detail CSV ({exc})") from None
+    out: dict[str, dict[str, str]] = {}
+    for row in rows:
+        path = (row.get("path") or "").strip()
+        attrs = {k: (v or "").strip() for k, v in row.items() if k and k not in ("path", "label", "attack_type")}
+        m = _LIGHT.search(path)
+        if "light" not in attrs and m:
+            attrs["light"] = m.group(1)
+        out[path] = attrs
+    return out
+
+
+def group_detail(detail: dict[str, dict[str, str]], group_by: str) -> dict[str, dict[str, str]]:
+    """A group's attributes: those every one of its rows shares."""
+    out: dict[str, dict[str, str]] = {}
+    for path, attrs in detail.items():
+        key = group_key(path, group_by)
+        if key not in out:
+            out[key] = dict(attrs)
+        else:
+            out[key] = {k: v for k, v in out[key].items() if attrs.get(k) == v}
+    return out
+
+
+BREAKDOWN_SKIP = frozenset({"identity"})  # one value per person: a breakdown by it is a list of 15 tiny rates
+
+
+def breakdown(scored: Sequence[Scored], detail: dict[str, dict[str, str]], threshold: float) -> dict[str, Any]:
+    """Rates at ``threshold`` for each value of each detail column (support: hand/fixed, light: controlled/adverse).
+    A value that only attacks carry (support) gives APCERs and no BPCER."""
+    columns = sorted({c for attrs in detail.values() for c in attrs} - BREAKDOWN_SKIP)
+    out: dict[str, Any] = {}
+    for col in columns:
+        values = sorted({detail.get(s.item.path, {}).get(col, "") for s in scored} - {""})
+        per: dict[str, Any] = {}
+        for v in values:
+            subset = [s for s in scored if detail.get(s.item.path, {}).get(col) == v]
+            r = rates(subset, threshold)
+            per[v] = {
+                "apcer": r["apcer"],
+                "bpcer": r["bpcer"],
+                "n": {
+                    "bona_fide": sum(1 for s in subset if s.item.label == BONA_FIDE and s.score is not None),
+                    "attack": sum(1 for s in subset if s.item.label == ATTACK and s.score is not None),
+                },
+            }
+        if per:
+            out[col] = per
     return out

@@ -151,7 +151,9 @@ class Liveness:
         if not scores or len(scores) < need:
             have = len(scores) if scores else 0
             return LivenessResult("pending", reason=f"{have} of {need} frames scored", method=self.method)
-        score = sum(scores) / len(scores)
+        from kiosk.liveness.passive import fuse  # already loaded with the passive layer
+
+        score = fuse(list(scores), self.cfg.passive.fusion)
         thr = self.cfg.passive.threshold
         if score < thr:
             reason = f"passive score {score:.2f} below {thr:.2f} (photo or screen suspected)"

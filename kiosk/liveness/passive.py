@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from kiosk.config import PASSIVE_FUSIONS
 from kiosk.errors import ModelError
 from kiosk.models.backends import Runner, RuntimeOptions, load_runner
 from kiosk.models.manifest import Manifest, ModelSpec
@@ -85,6 +86,34 @@ def softmax(logits: npt.ArrayLike) -> F64:
     e = np.exp(z)
     out: F64 = e / e.sum(axis=-1, keepdims=True)
     return out
+
+
+# How a track's last ``liveness.passive.frames`` scores become the one score the threshold judges.
+FUSIONS = PASSIVE_FUSIONS
+_EPS = 1e-6  # scores are clipped to [eps, 1 - eps] before a logit: a softmax of ±10 logits reaches 1.0 in float
+
+
+def fuse(scores: Sequence[float], rule: str = "mean") -> float:
+    """One live-face score (0..1) from several frames' scores.
+
+    ``mean``: the arithmetic mean of the probabilities (the door's rule before ``liveness.passive.fusion``);
+    ``mean_logit``: the mean in log-odds, mapped back to 0..1 (one confident attack frame weighs more than in the
+    mean); ``median``; ``min``: every frame must pass. An empty ``scores`` or an unknown rule is a ValueError.
+    """
+    if not scores:
+        raise ValueError("fuse: no scores")
+    x = np.asarray(scores, dtype=np.float64)
+    if rule == "mean":
+        return float(x.mean())
+    if rule == "mean_logit":
+        p = np.clip(x, _EPS, 1.0 - _EPS)
+        z = float(np.mean(np.log(p) - np.log1p(-p)))
+        return float(1.0 / (1.0 + np.exp(-z)))
+    if rule == "median":
+        return float(np.median(x))
+    if rule == "min":
+        return float(x.min())
+    raise ValueError(f"fuse: unknown rule {rule!r} (one of {', '.join(FUSIONS)})")
 
 
 @dataclass(frozen=True)
@@ -211,11 +240,13 @@ class PassiveLiveness:
 
 
 __all__ = [
+    "FUSIONS",
     "PassiveLiveness",
     "PassiveModel",
     "PassiveParams",
     "crop_box",
     "crop_patch",
     "face_box_xywh",
+    "fuse",
     "softmax",
 ]
