@@ -265,11 +265,24 @@ def _expected_wait(rate: float, times: Sequence[float], policy: Policy) -> float
     return round(statistics.mean(times) + (1.0 - rate) / rate * fail_cost, 2)
 
 
-def _playing(trace: Trace, offset: float) -> Callable[[float], Measures]:
+def _playing(trace: Trace, offset: float, loop: bool = False) -> Callable[[float], Measures]:
     def at(s: float) -> Measures:
-        return trace.at(s + offset)
+        pos = s + offset
+        return trace.at(pos % trace.duration if loop else pos)
 
     return at
+
+
+def replay_still(policy: Policy, stills: Sequence[Trace], n: int, fps: float, seed: int) -> dict[str, Any]:
+    """A photo held to the camera (a still clip with hand-held jitter, looped for as long as the attempt lasts)."""
+    rng = random.Random(seed)
+    passed = 0
+    for _ in range(n):
+        trace = rng.choice(list(stills))
+        kinds, pauses = policy.draw(rng)
+        out = run(policy.challenge(kinds, pauses), _playing(trace, rng.uniform(0.0, trace.duration), loop=True), fps)
+        passed += out.status == PASS
+    return {"sessions": n, "passed": passed, "apcer": passed / n, "clips": len(stills)}
 
 
 def replay_natural(policy: Policy, traces: Sequence[Trace], n: int, fps: float, seed: int) -> dict[str, Any]:
@@ -321,9 +334,11 @@ def evaluate(
     fps_list: Sequence[float],
     model: PersonModel,
     seed: int = 0,
+    stills: Sequence[Trace] = (),
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Every policy at every frame rate: genuine pass rate and wait, and the two replays' pass rates."""
+    """Every policy at every frame rate: genuine pass rate and wait, and the replays' pass rates (a held photo too,
+    when ``stills`` are given)."""
     rows = []
     for fps in fps_list:
         for policy in policies:
@@ -339,6 +354,8 @@ def evaluate(
                     "replay_recorded": replay_recorded(policy, outs, n, fps, seed + 2),
                 }
             )
+            if stills:
+                rows[-1]["still_photo"] = replay_still(policy, stills, n, fps, seed + 3)
     return {
         "policies": [asdict(p) for p in policies],
         "person_model": asdict(model),

@@ -12,9 +12,12 @@ For each policy and frame rate it prints and writes:
 - ``replay_natural``: a video of the enrolled person blinking naturally, facing the camera, shown when the prompt
   appears (APCER of the active layer against it);
 - ``replay_recorded``: a genuine session recorded against one random challenge and replayed, in sync with the first
-  prompt, against a fresh random challenge (APCER), and when the fresh prompts happen to be the recorded ones.
+  prompt, against a fresh random challenge (APCER), and when the fresh prompts happen to be the recorded ones;
+- ``still_photo`` (with ``--stills``): the still-photo clips of ``python -m tools liveness-clips`` (LFW photos with
+  hand-held jitter, sensor noise and compression), traced by the same models and looped: a photo held to the camera.
 
-Usage: ``python -m tools challenge-sim [--data DIR] [--n 400] [--fps 30,15,10,7.5] [--json OUT]``. The traces are
+Usage: ``python -m tools challenge-sim [--data DIR] [--stills CLIPS/labels.csv] [--n 400] [--fps 30,15,10,7.5]
+[--json OUT]``. The traces are
 cached in ``--cache`` (default ``~/.cache/face-kiosk/traces``; derived from the recordings: never commit them).
 """
 
@@ -22,13 +25,16 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+import numpy.typing as npt
 
 from kiosk.config import parse_config
 from kiosk.lab.blinks import VIDEOS, blinks_dir, iter_blink_video
@@ -39,6 +45,7 @@ from kiosk.liveness.mesh import head_yaw_deg, load_face_mesh
 from kiosk.models.manifest import load_manifest
 from kiosk.recognition.detect import select_faces
 from kiosk.recognition.pipeline import Pipeline, runtime_options
+from kiosk.types import Image
 from tools import ROOT
 
 POLICIES = (
@@ -52,41 +59,90 @@ POLICIES = (
 )
 
 
-def _traces(data: Path, cache: Path, every: int) -> list[Trace]:
+class _Models:
+    """The door's detector and face mesh (default config), loaded on first use."""
+
+    def __init__(self) -> None:
+        cfg = parse_config({})
+        manifest = load_manifest(cfg.models.manifest)
+        self.pipeline = Pipeline.from_config(cfg, manifest)
+        self.mesh = load_face_mesh(manifest, cfg.liveness.active.model, runtime_options(cfg))
+        hashes = [self.pipeline.detector.spec.sha256[:12], self.mesh.spec.sha256[:12]]
+        if self.mesh.eyes is not None:
+            hashes.append(self.mesh.eyes.spec.sha256[:12])
+        self.key = "-".join(hashes)
+
+    def measure(self, image: Image) -> tuple[npt.NDArray[np.float32], float]:
+        """(mesh points, presence) of the largest face; NaN points and presence 0 without one."""
+        faces = select_faces(self.pipeline.detect(image), "largest", image.shape)
+        m = self.mesh.landmarks(image, faces[0]) if faces else None
+        if m is None:
+            return np.full((468, 3), np.nan, np.float32), 0.0
+        return m.points, m.presence
+
+
+def _trace(name: str, t: Any, points: Any, presence: Any, onsets: list[float]) -> Trace:
+    ok = np.isfinite(points).all(axis=(1, 2))
+    openness = np.array([eye_openness(p) if k else np.nan for p, k in zip(points, ok, strict=True)])
+    yaw = np.array([head_yaw_deg(p) if k else np.nan for p, k in zip(points, ok, strict=True)])
+    return Trace(name, np.asarray(t, dtype=np.float64), openness, yaw, np.asarray(presence), np.array(onsets))
+
+
+def _stills(labels: Path, models: _Models, cache: Path, every: int) -> list[Trace]:
+    """The still-photo clips listed in a liveness-clips labels.csv (attack rows), traced and cached."""
+    out = []
+    with labels.open(newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("label") == "attack"]
+    for n, row in enumerate(rows):
+        path = labels.parent / row["path"]
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        cached = cache / f"still-{digest}-{models.key}.npz"
+        if not cached.is_file():
+            cap = cv2.VideoCapture(str(path))
+            fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0) or 10.0
+            t: list[float] = []
+            pts: list[npt.NDArray[np.float32]] = []
+            presence: list[float] = []
+            while True:
+                ok, frame = cap.read()
+                if not ok or frame is None:
+                    break
+                p, pr = models.measure(np.ascontiguousarray(frame, dtype=np.uint8))
+                t.append(len(t) / fps)
+                pts.append(p)
+                presence.append(pr)
+            cap.release()
+            cache.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(cached, t=np.array(t), points=np.stack(pts), presence=np.array(presence))
+            sys.stderr.write(f"\rstill clips: {n + 1}/{len(rows)}")
+        d = np.load(cached)
+        out.append(_trace(row["path"], d["t"][::every], d["points"][::every], d["presence"][::every], []))
+    return out
+
+
+def _traces(data: Path, models: _Models, cache: Path, every: int) -> list[Trace]:
     """Per-frame measures of the three recordings (mesh points cached per model hashes), every ``every``th frame."""
-    cfg = parse_config({})
-    manifest = load_manifest(cfg.models.manifest)
-    pipeline = Pipeline.from_config(cfg, manifest)
-    mesh = load_face_mesh(manifest, cfg.liveness.active.model, runtime_options(cfg))
-    hashes = [pipeline.detector.spec.sha256[:12], mesh.spec.sha256[:12]]
-    if mesh.eyes is not None:
-        hashes.append(mesh.eyes.spec.sha256[:12])
     onsets: dict[str, list[float]] = {}
     with (blinks_dir(data) / "blinks.csv").open(newline="") as fh:
         for row in csv.DictReader(fh):
             onsets.setdefault(Path(row["video"]).stem, []).append(float(row["start_s"]))
     out = []
     for name in VIDEOS:
-        path = cache / f"{name}-{'-'.join(hashes)}.npz"
+        path = cache / f"{name}-{models.key}.npz"
         if not path.is_file():
             t, pts, presence = [], [], []
             for f in iter_blink_video(data, name):
-                faces = select_faces(pipeline.detect(f.image), "largest", f.image.shape)
-                m = mesh.landmarks(f.image, faces[0]) if faces else None
+                p, pr = models.measure(f.image)
                 t.append(f.t)
-                pts.append(m.points if m is not None else np.full((468, 3), np.nan, np.float32))
-                presence.append(m.presence if m is not None else 0.0)
+                pts.append(p)
+                presence.append(pr)
                 if f.index % 100 == 0:
                     sys.stderr.write(f"\r{name}: {f.index} frames")
             sys.stderr.write("\n")
             cache.mkdir(parents=True, exist_ok=True)
             np.savez_compressed(path, t=np.array(t), points=np.stack(pts), presence=np.array(presence))
         d = np.load(path)
-        t, points, presence = d["t"][::every], d["points"][::every], d["presence"][::every]
-        ok = np.isfinite(points).all(axis=(1, 2))
-        openness = np.array([eye_openness(p) if k else np.nan for p, k in zip(points, ok, strict=True)])
-        yaw = np.array([head_yaw_deg(p) if k else np.nan for p, k in zip(points, ok, strict=True)])
-        out.append(Trace(name, t, openness, yaw, presence, np.array(onsets.get(name, []))))
+        out.append(_trace(name, d["t"][::every], d["points"][::every], d["presence"][::every], onsets.get(name, [])))
     return out
 
 
@@ -95,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     default_data = os.environ.get("KIOSK_TEST_DATA", str(ROOT / ".." / "shared" / "data" / "faces"))
     parser.add_argument("--data", type=Path, default=Path(default_data), help="the faces folder (liveness/blinks/)")
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "face-kiosk" / "traces")
+    parser.add_argument("--stills", type=Path, help="labels.csv of python -m tools liveness-clips: held photos too")
     parser.add_argument("--n", type=int, default=400, help="sessions per policy, frame rate and kind (default 400)")
     parser.add_argument("--fps", default="30,15,10,7.5", help="camera frame rates: the 30 fps recordings' every Nth")
     parser.add_argument("--reaction", type=float, default=PersonModel.reaction_median_s, help="median reaction, s")
@@ -105,13 +162,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no blink recordings under {blinks_dir(args.data)} (--data or KIOSK_TEST_DATA)", file=sys.stderr)
         return 2
     model = PersonModel(reaction_median_s=args.reaction)
+    models = _Models()
     rows: list[dict[str, Any]] = []
     report: dict[str, Any] = {}
     for fps in [float(x) for x in args.fps.split(",")]:
         every = max(round(30.0 / fps), 1)
-        traces = _traces(args.data, args.cache, every)
+        traces = _traces(args.data, models, args.cache, every)
+        # The still clips are 10 fps: every Nth of them for rates below that.
+        stills = _stills(args.stills, models, args.cache, max(round(10.0 / fps), 1)) if args.stills else []
         real_fps = (len(traces[0].t) - 1) / traces[0].duration
-        report = evaluate(POLICIES, traces, n=args.n, fps_list=[real_fps], model=model, seed=args.seed)
+        report = evaluate(POLICIES, traces, n=args.n, fps_list=[real_fps], model=model, seed=args.seed, stills=stills)
         for row in report["results"]:
             row["every"] = every
         rows += report["results"]
@@ -126,10 +186,11 @@ def main(argv: list[str] | None = None) -> int:
         g, a, b = r["genuine"], r["replay_natural"], r["replay_recorded"]
         same = b["apcer_same_prompts"]
         same_s = "" if same is None else f"{100 * same:.0f}% of {b['same_prompts']}"
+        still = f"{100 * r['still_photo']['apcer']:.1f}%" if "still_photo" in r else ""
         print(
             f"{r['fps']:>5.1f}  {r['policy']:<40} {100 * g['pass_rate']:>11.1f}% {g['time_s_median'] or 0:>8.2f} "
             f"{g['time_s_p90'] or 0:>6.2f} {g['expected_wait_s'] or float('nan'):>9.2f}  {100 * a['apcer']:>12.1f}% "
-            f"{100 * (b['apcer'] or 0):>14.1f}% {same_s:>14}"
+            f"{100 * (b['apcer'] or 0):>14.1f}% {same_s:>14} {still:>10}"
         )
     if args.json_out:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
