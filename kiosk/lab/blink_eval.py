@@ -22,14 +22,19 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
+
+from kiosk.door.track import Tracker
 from kiosk.errors import InputError
 from kiosk.imageio import display
 from kiosk.lab.evaluate import _read_csv, _short, check_path
+from kiosk.types import Face, Image
 
 TOLERANCE_S = 0.1
 
@@ -45,11 +50,12 @@ class LabelledBlink:
 
 @dataclass
 class VideoTrace:
-    """Per frame of one video: capture time (s from frame 0), track key (None: no face) and eye openness."""
+    """Per frame of one video: capture time (s from frame 0), eye openness (NaN: no face or no mesh) and the
+    detected face the tracker follows (None: no face; ``faces`` None: one face throughout, no tracking)."""
 
     times: list[float]
-    tracks: list[int | None] = field(default_factory=list)
-    openness: list[float] = field(default_factory=list)
+    openness: list[float]
+    faces: list[Face | None] | None = None
 
 
 def read_blinks(csv_path: Path) -> list[LabelledBlink]:
@@ -90,9 +96,9 @@ def read_timestamps(path: Path) -> list[float] | None:
     return [(x - t[0]).total_seconds() for x in t]
 
 
-def match(detections: Sequence[float], labels: Sequence[tuple[float, float]], tolerance: float = TOLERANCE_S) -> list[
-    int | None
-]:
+def match(
+    detections: Sequence[float], labels: Sequence[tuple[float, float]], tolerance: float = TOLERANCE_S
+) -> list[int | None]:
     """For each detection (time order), the index of the label it matches, or None (a false blink)."""
     used: set[int] = set()
     out: list[int | None] = []
@@ -114,13 +120,20 @@ def visible(blink: LabelledBlink, every: int, phase: int) -> bool:
 Detector = Callable[[], Any]  # makes an object with update(value, t) -> bool and last_onset
 
 
-def run_detector(trace: VideoTrace, frames: Iterable[int], make: Detector) -> list[float]:
-    """Onset times of the blinks found on ``frames`` of ``trace``: one detector per track."""
+def run_detector(
+    trace: VideoTrace, frames: Iterable[int], make: Detector, tracker: Tracker | None = None
+) -> list[float]:
+    """Onset times of the blinks found on ``frames`` of ``trace``: one detector per track (with ``tracker`` and
+    ``trace.faces``; else one for the whole video), as the door loop keeps one per tracked face."""
     detectors: dict[int, Any] = {}
     onsets = []
     for i in frames:
-        key = trace.tracks[i]
-        if key is None:
+        key = 0
+        if tracker is not None and trace.faces is not None:
+            face = trace.faces[i]
+            tracks, _ = tracker.update([face] if face is not None else [], trace.times[i])
+            key = tracks[0].id if tracks else 0
+        if not math.isfinite(trace.openness[i]):
             continue
         det = detectors.get(key)
         if det is None:
@@ -131,14 +144,21 @@ def run_detector(trace: VideoTrace, frames: Iterable[int], make: Detector) -> li
 
 
 def score_video(
-    trace: VideoTrace, labels: Sequence[LabelledBlink], every: int, make: Detector, name: str
+    trace: VideoTrace,
+    labels: Sequence[LabelledBlink],
+    every: int,
+    make: Detector,
+    name: str,
+    new_tracker: Callable[[], Tracker] | None = None,
 ) -> dict[str, Any]:
-    """Per-phase and summed figures of one video (see the module docstring)."""
+    """Per-phase and summed figures of one video (see the module docstring). Its length is the span of its
+    capture times plus one mean frame interval."""
     n = len(trace.times)
     duration = trace.times[-1] - trace.times[0] + (trace.times[-1] - trace.times[0]) / max(n - 1, 1)
     phases = []
     for phase in range(every):
-        onsets = run_detector(trace, range(phase, n, every), make)
+        tracker = new_tracker() if new_tracker is not None else None
+        onsets = run_detector(trace, range(phase, n, every), make, tracker)
         seen = [b for b in labels if visible(b, every, phase)]
         got = match(onsets, [(b.start_s, b.end_s) for b in seen])
         phases.append(
@@ -148,6 +168,7 @@ def score_video(
                 "found": sum(1 for g in got if g is not None),
                 "false": sum(1 for g in got if g is None),
                 "first_blink_s": round(onsets[0], 3) if onsets else None,
+                "onsets_s": [round(d, 3) for d in onsets],
                 "false_at_s": [round(d, 3) for d, g in zip(onsets, got, strict=True) if g is None],
                 "missed_start_s": [b.start_s for i, b in enumerate(seen) if i not in set(got)],
             }
@@ -181,3 +202,94 @@ def summarise(videos: Sequence[dict[str, Any]]) -> dict[str, Any]:
     firsts = [p["first_blink_s"] for p in phases if p["first_blink_s"] is not None]
     out["first_blink_s_median"] = round(sorted(firsts)[len(firsts) // 2], 3) if firsts else None
     return out
+
+
+# -- running the pipeline on videos ------------------------------------------------------------------------------
+
+
+def trace_video(
+    path: Path,
+    detect: Callable[[Image], Face | None],
+    openness: Callable[[Image, Face], float | None],
+    progress: Callable[[int], None] | None = None,
+) -> VideoTrace:
+    """Decode ``path`` frame by frame (a 60 s recording is 1.6 GB decoded: nothing is kept) and measure each frame:
+    the face ``detect`` finds and the eye openness ``openness`` reads on it (None: no usable mesh). Times come from
+    ``<video stem>_timestamps.txt`` beside the video when there is one, else frame index / the container's fps."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        if not cap.isOpened():
+            raise InputError(f"{display(path)}: cannot open as a video")
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        faces: list[Face | None] = []
+        values: list[float] = []
+        while True:
+            ok, frame = cap.read()
+            if not ok or frame is None:
+                break
+            image = np.ascontiguousarray(frame, dtype=np.uint8)
+            face = detect(image)
+            value = openness(image, face) if face is not None else None
+            faces.append(face)
+            values.append(float("nan") if value is None else value)
+            if progress is not None:
+                progress(len(values))
+    finally:
+        cap.release()
+    if not values:
+        raise InputError(f"{display(path)}: no frames could be decoded")
+    stamps = read_timestamps(path.with_name(f"{path.stem}_timestamps.txt"))
+    if stamps is not None:
+        if len(stamps) < len(values):
+            raise InputError(f"{display(path)}: {len(values)} frames but only {len(stamps)} timestamps")
+        times = stamps[: len(values)]
+    else:
+        if fps <= 0.0:
+            raise InputError(f"{display(path)}: no frame rate in the file and no {path.stem}_timestamps.txt beside it")
+        times = [i / fps for i in range(len(values))]
+    return VideoTrace(times, values, faces)
+
+
+def evaluate_blinks(
+    labels: Sequence[LabelledBlink],
+    root: Path,
+    every: int,
+    measure: Callable[[Path], VideoTrace],
+    make: Detector,
+    new_tracker: Callable[[], Tracker] | None = None,
+) -> dict[str, Any]:
+    """Every video the labels name (in first-mention order), measured once and scored at 1/``every`` of its rate."""
+    names = list(dict.fromkeys(b.video for b in labels))
+    missing = [n for n in names if not (root / n).is_file()]
+    if missing:
+        raise InputError(f"video not found: {display(root / missing[0])} (paths are relative to --root)")
+    videos = []
+    for name in names:
+        trace = measure(root / name)
+        mine = [b for b in labels if b.video == name]
+        beyond = [b for b in mine if b.end_frame >= len(trace.times)]
+        if beyond:
+            raise InputError(f"{name}: a blink ends at frame {beyond[0].end_frame}, the video has {len(trace.times)}")
+        videos.append(score_video(trace, mine, every, make, name, new_tracker))
+    return summarise(videos) | {"every": every, "phases_run": every, "tolerance_s": TOLERANCE_S, "videos": videos}
+
+
+def print_report(r: dict[str, Any]) -> None:
+    fps = [v["fps"] for v in r["videos"]]
+    rate = sum(fps) / len(fps) / r["every"]
+    print(
+        f"{r['n_blinks']} labelled blinks in {len(r['videos'])} videos, every {r['every']} frame(s) (about "
+        f"{rate:.1f} fps, all {r['phases_run']} phases), match tolerance ±{r['tolerance_s']:.2f} s"
+    )
+    head = f"  {'video':<24} {'fps':>5} {'blinks':>6} {'visible':>7} {'found':>5} {'recall':>8} {'false':>5}"
+    print(head + f" {'false/min':>9} {'first blink':>11}")
+    for v in [*r["videos"], r | {"video": "total", "fps": None}]:
+        recall = "n/a" if v["blink_recall"] is None else f"{100.0 * v['blink_recall']:.1f} %"
+        firsts = [p["first_blink_s"] for p in v.get("phases", []) if p["first_blink_s"] is not None]
+        first = f"{max(firsts):.2f} s" if firsts else ("" if v["video"] == "total" else "none")
+        print(
+            f"  {v['video']:<24} {'' if v['fps'] is None else format(v['fps'], '.1f'):>5} {v['n_blinks']:>6} "
+            f"{v['visible']:>7} {v['found']:>5} {recall:>8} {v['false_blinks']:>5} "
+            f"{v['false_blinks_per_min']:>9.2f} {first:>11}"
+        )
+    print("  (first blink: the latest, over the phases, onset of the first blink found)")
