@@ -13,8 +13,16 @@ minute over all phases' minutes.
 The face detector, tracker and mesh run once per frame (``trace_video``); the phases reuse those frames (the mesh sees
 each frame on its own, so a sampled frame's openness is the same as at full rate). Tracks are followed per phase.
 
-Measured (2 cores, AMD EPYC, results in docs/results/liveness/blinks-*.json): see the module docstring of
-``kiosk.liveness.blink`` and the final report of the blink branch.
+Results (docs/results/liveness/blinks-*.json; the detector and how it was tuned: ``kiosk.liveness.blink``):
+
+    camera             mahie_test_1 (tuned)   mahie_test_2 + 3 (held out)   all 3 (incl. tuning)
+    30 fps (every 1)   8/8, 0 false           19/19, 0 false                27/27, 0 false
+    15 fps (every 2)   16/16, 0 false         38/38, 0 false                54/54, 0 false
+    10 fps (every 3)   23/24, 0 false         57/57, 0 false                80/81, 0 false
+    7.5 fps (every 4)  30/32, 0 false         74/75, 1 false (0.13/min)     104/107, 1 false (0.08/min)
+
+(found / visible labelled blinks over all phases). A run decodes and meshes every frame: ~1 min per 60 s recording
+on 2 cores (AMD EPYC).
 """
 
 from __future__ import annotations
