@@ -196,7 +196,7 @@ def _splice(args: argparse.Namespace, cfg: Config) -> int:
 def _blinks(args: argparse.Namespace, cfg: Config) -> int:
     """``--blinks``: the active layer's blink detector on labelled videos, scored per blink event
     (``kiosk.lab.blink_eval``): the detector, tracker and mesh of the door, one blink detector per track."""
-    from kiosk.lab.blink_eval import evaluate_blinks, print_report, read_blinks, trace_video
+    from kiosk.lab.blink_eval import VideoTrace, evaluate_blinks, print_report, read_blinks, trace_video
     from kiosk.lab.machine import describe
     from kiosk.liveness.blink import BlinkDetector, eye_openness
     from kiosk.liveness.mesh import load_face_mesh
@@ -218,7 +218,7 @@ def _blinks(args: argparse.Namespace, cfg: Config) -> int:
                 return None
             return eye_openness(result.points)
 
-        def measure(path: Path) -> Any:
+        def measure(path: Path) -> VideoTrace:
             def progress(done: int) -> None:
                 if show and done % 30 == 0:
                     sys.stderr.write(f"\r{path.name}: {done} frames")
