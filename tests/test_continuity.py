@@ -232,7 +232,7 @@ def test_take_restart_is_false_for_unknown_and_untouched_tracks() -> None:
     ("argv", "message"),
     [
         (["--splice", "--labels", "x.csv"], "--splice builds its own presentations: leave out --labels"),
-        ([], "eval-liveness needs --labels CSV (or --splice)"),
+        ([], "eval-liveness needs --labels CSV (or --blinks CSV, or --splice)"),
         (["--splice", "--limit", "0"], "--limit must be at least 1"),
         (["--splice", "--faces", "{tmp}/nowhere"], "--splice needs the blink recordings and LFW under"),
     ],

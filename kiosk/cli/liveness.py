@@ -86,6 +86,14 @@ def register(sub: Any) -> None:
         help="--splice: face data folder (default $KIOSK_TEST_DATA, else <project>/../shared/data/faces)",
     )
     p.add_argument("--limit", type=int, help="--splice: use only the first N labelled blinks (default: all 27)")
+    p.add_argument(
+        "--blinks",
+        type=Path,
+        metavar="CSV",
+        help="instead of --labels: score blink events against labelled blinks (columns video,start_frame,end_frame,"
+        "start_s,end_s; times from <video>_timestamps.txt when present): recall and false blinks per minute; with "
+        "--every N all N phases are run",
+    )
     p.set_defaults(func=cmd_eval_liveness)
 
 
@@ -96,15 +104,20 @@ def cmd_eval_liveness(args: argparse.Namespace, cfg: Config) -> int:
     --json writes them with the curve over thresholds 0..1 and every presentation's score. With --group-by a
     presentation is a group of rows (a video's frames: --group-by dir), scored as the door scores a track: its rows'
     scores fused by liveness.passive.fusion (or --fusion); both the per-image and the per-group figures are given.
-    --detail adds the rates per support and light."""
+    --detail adds the rates per support and light. With --blinks CSV: blink events against labelled blinks
+    (recall, false blinks per minute, time to the first blink, per video and in total)."""
     if args.every < 1:
         raise InputError("--every must be at least 1")
+    if args.blinks is not None:
+        if args.labels is not None or args.splice:
+            raise InputError("--blinks scores its own CSV: leave out --labels and --splice")
+        return _blinks(args, cfg)
     if args.splice:
         if args.labels is not None:
             raise InputError("--splice builds its own presentations: leave out --labels")
         return _splice(args, cfg)
     if args.labels is None:
-        raise InputError("eval-liveness needs --labels CSV (or --splice)")
+        raise InputError("eval-liveness needs --labels CSV (or --blinks CSV, or --splice)")
     items = read_presentations(args.labels)
     root = args.root if args.root is not None else args.labels.parent
     threshold = args.threshold
@@ -242,6 +255,70 @@ def _splice(args: argparse.Namespace, cfg: Config) -> int:
     print("  reached a liveness challenge / identity-continuity restart:")
     for k, v in restarts.items():
         print(f"    {k:<22} {v['challenged']:>3} / {v['restarted']:>3}   (n={len(of_kind[k])})")
+    return 0
+
+
+def _blinks(args: argparse.Namespace, cfg: Config) -> int:
+    """``--blinks``: the active layer's blink detector on labelled videos, scored per blink event
+    (``kiosk.lab.blink_eval``): the detector, tracker and mesh of the door, one blink detector per track."""
+    from kiosk.lab.blink_eval import VideoTrace, evaluate_blinks, print_report, read_blinks, trace_video
+    from kiosk.lab.machine import describe
+    from kiosk.liveness.blink import BlinkDetector, eye_openness
+    from kiosk.liveness.mesh import load_face_mesh
+
+    labels = read_blinks(args.blinks)
+    root = args.root if args.root is not None else args.blinks.parent
+    machine = describe()
+    with Context(cfg) as ctx:
+        pipeline = ctx.pipeline
+        mesh = load_face_mesh(ctx.manifest, cfg.liveness.active.model, runtime_options(cfg))
+        models = {s.id: s.sha256 for s in (pipeline.detector.spec, mesh.spec)}
+        if mesh.eyes is not None:
+            models[mesh.eyes.spec.id] = mesh.eyes.spec.sha256
+        show = sys.stderr.isatty()
+
+        def openness(image: Image, face: Face) -> float | None:
+            result = mesh.landmarks(image, face)
+            if result is None or result.presence < mesh.presence_threshold:
+                return None
+            return eye_openness(result.points)
+
+        def measure(path: Path) -> VideoTrace:
+            def progress(done: int) -> None:
+                if show and done % 30 == 0:
+                    sys.stderr.write(f"\r{path.name}: {done} frames")
+                    sys.stderr.flush()
+
+            trace = trace_video(path, lambda image: _largest(pipeline, image), openness, progress)
+            if show:
+                sys.stderr.write("\n")
+            return trace
+
+        report = evaluate_blinks(
+            labels,
+            root,
+            args.every,
+            measure,
+            BlinkDetector,
+            lambda: Tracker(iou_threshold=cfg.decision.track_iou, max_age_s=cfg.decision.track_max_age_s),
+        )
+    sample = BlinkDetector()
+    params = {k: v for k, v in vars(sample).items() if not k.startswith("_") and isinstance(v, int | float)}
+    for k in ("blinks", "min_ratio", "last_onset"):
+        params.pop(k, None)
+    report = {
+        "labels": str(args.blinks),
+        "layer": "active blink",
+        **{k: report[k] for k in ("n_blinks", "blink_recall", "false_blinks_per_min")},
+        "detector": {"class": f"{type(sample).__module__}.{type(sample).__qualname__}", "params": params},
+        "models": models,
+        "machine": machine,
+        **report,
+    }
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print_report(report)
     return 0
 
 
