@@ -55,6 +55,7 @@ POLICIES = (
     Policy("blink|turn x1", ("blink", "turn"), 1, 6.0),
     Policy("turn x2", ("turn",), 2, 5.0),
     Policy("blink|turn x2", ("blink", "turn"), 2, 5.0),
+    Policy("blink|turn x2, holds <= 0.75 s", ("blink", "turn"), 2, 5.0, pause_s=0.75),
     Policy("blink|turn x3", ("blink", "turn"), 3, 5.0),
 )
 
