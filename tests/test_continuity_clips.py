@@ -82,7 +82,7 @@ def _cfg(tmp_path: Path) -> Config:
             "data_dir": str(tmp_path / "data"),
             "door": {"driver": "simulated", "pulse_s": 0.2, "max_pulse_s": 1.0},
             "decision": {"frames_needed": 3, "window": 5, "cooldown_s": 0.0, "track_max_age_s": 0.5},
-            "liveness": {"mode": "active", "active": {"timeout_s": 6.0, "challenges": ["blink"]}},
+            "liveness": {"mode": "active", "active": {"timeout_s": 6.0, "challenges": ["blink"], "steps": 1}},
         }
     )
 

@@ -241,7 +241,7 @@ def test_a_real_kiosk_shows_a_liveness_prompt_with_its_countdown(faces_dir: Path
         cfg = kiosk_config(
             d / "data",
             d / "run",
-            liveness={"mode": "active", "active": {"challenges": ["blink"], "timeout_s": 20.0}},
+            liveness={"mode": "active", "active": {"challenges": ["blink"], "steps": 1, "timeout_s": 20.0}},
         )
         colin = sorted((faces_dir / "lfw/images/Colin_Powell").glob("*.jpg"))
         with Context(cfg) as ctx:

@@ -204,7 +204,7 @@ def _splice(args: argparse.Namespace, cfg: Config) -> int:
     threshold = 0.5 if args.threshold is None else args.threshold
     # The recordings can answer a blink, not a head turn: the active layer is measured with the blink challenge.
     live_cfg = dataclasses.replace(
-        cfg.liveness, mode="active", active=dataclasses.replace(cfg.liveness.active, challenges=("blink",))
+        cfg.liveness, mode="active", active=dataclasses.replace(cfg.liveness.active, challenges=("blink",), steps=1)
     )
     cfg = dataclasses.replace(cfg, liveness=live_cfg)
     with Context(cfg) as ctx:

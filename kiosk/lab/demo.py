@@ -127,7 +127,7 @@ def run_demo(cfg: Config, *, source: str | None = None, as_json: bool = False) -
         if source is None:
             # The clip shows the active layer: a held-up photo must be refused, the blinking astronaut let in. A
             # shorter challenge than the default keeps the clip short.
-            live = dataclasses.replace(cfg.liveness.active, timeout_s=DEMO_CHALLENGE_S, challenges=("blink",))
+            live = dataclasses.replace(cfg.liveness.active, timeout_s=DEMO_CHALLENGE_S, challenges=("blink",), steps=1)
             cfg = dataclasses.replace(cfg, liveness=dataclasses.replace(cfg.liveness, mode="active", active=live))
         photos = {
             "astronaut": skimage_image("astronaut")[20:260, 120:360],  # one crop: head and shoulders
@@ -213,7 +213,7 @@ def _demo_config(root: Path, clip: Path, manifest: Path | None) -> dict[str, Any
         "models": {"manifest": str(manifest)} if manifest else {},
         "door": {"driver": "simulated"},
         "camera": {"source": str(clip), "replay_realtime": True, "loop_replay": True},
-        "liveness": {"mode": "active", "active": {"timeout_s": DEMO_CHALLENGE_S, "challenges": ["blink"]}},
+        "liveness": {"mode": "active", "active": {"timeout_s": DEMO_CHALLENGE_S, "challenges": ["blink"], "steps": 1}},
         "screen": {"runtime_dir": str(root / "run"), "show_name": "full"},
         "web": {"listen": [DEMO_LISTEN]},
         "admin": {"group": grp.getgrgid(os.getgid()).gr_name},
@@ -274,7 +274,7 @@ def run_web_demo(cfg: Config, *, data_dir: Path | None = None, listen: str | Non
     for name, img in photos.items():
         cv2.imwrite(str(root / f"{name}.png"), img)
     clip = root / "door.avi"
-    live = dataclasses.replace(cfg.liveness.active, timeout_s=DEMO_CHALLENGE_S, challenges=("blink",))
+    live = dataclasses.replace(cfg.liveness.active, timeout_s=DEMO_CHALLENGE_S, challenges=("blink",), steps=1)
     with Context(
         dataclasses.replace(cfg, liveness=dataclasses.replace(cfg.liveness, mode="active", active=live))
     ) as ctx:

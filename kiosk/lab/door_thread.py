@@ -118,7 +118,7 @@ def astronaut_door(root: Path, runtime_dir: Path, *, liveness: str = "active", *
             "data_dir": str(root),
             "gallery": {"path": str(root / "gallery.db"), "encrypt": False},
             "door": {"driver": "simulated", "pulse_s": 0.2},
-            "liveness": {"mode": liveness, "active": {"timeout_s": 4.0, "challenges": ["blink"]}},
+            "liveness": {"mode": liveness, "active": {"timeout_s": 4.0, "challenges": ["blink"], "steps": 1}},
             "screen": {"runtime_dir": str(runtime_dir), **screen},
         }
     )
