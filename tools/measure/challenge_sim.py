@@ -16,8 +16,12 @@ For each policy and frame rate it prints and writes:
 - ``still_photo`` (with ``--stills``): the still-photo clips of ``python -m tools liveness-clips`` (LFW photos with
   hand-held jitter, sensor noise and compression), traced by the same models and looped: a photo held to the camera.
 
+With ``--tilt N`` it measures instead whether a *flat photo turned* in front of the camera reads as a head turn:
+N frontal LFW photos (mesh yaw within 5°) on the kiosk's 640x480 wall, each warped as a plane rotated about its
+vertical axis by 15-60° (pinhole camera, f = 700 px), and the mesh yaw's change.
+
 Usage: ``python -m tools challenge-sim [--data DIR] [--stills CLIPS/labels.csv] [--n 400] [--fps 30,15,10,7.5]
-[--json OUT]``. The traces are
+[--json OUT]``, or ``... --tilt 40 [--json OUT]``. The traces are
 cached in ``--cache`` (default ``~/.cache/face-kiosk/traces``; derived from the recordings: never commit them).
 """
 
@@ -147,6 +151,74 @@ def _traces(data: Path, models: _Models, cache: Path, every: int) -> list[Trace]
     return out
 
 
+def _tilted(image: Image, deg: float, f: float = 700.0) -> Image:
+    """``image`` as a camera sees it when it is a flat print rotated by ``deg`` about its vertical centre line."""
+    h, w = image.shape[:2]
+    cx, cy, th = w / 2.0, h / 2.0, np.radians(deg)
+    rot = np.array([[np.cos(th), 0.0, np.sin(th)], [0.0, 1.0, 0.0], [-np.sin(th), 0.0, np.cos(th)]])
+    src = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float64)
+    dst = []
+    for x, y in src:
+        p = rot @ np.array([x - cx, y - cy, 0.0]) + np.array([0.0, 0.0, f])
+        dst.append((cx + f * p[0] / p[2], cy + f * p[1] / p[2]))
+    homography = cv2.getPerspectiveTransform(src.astype(np.float32), np.array(dst, np.float32))
+    return np.ascontiguousarray(cv2.warpPerspective(image, homography, (w, h), borderValue=(118, 118, 118)))
+
+
+def _tilt(args: argparse.Namespace, models: _Models) -> int:
+    """``--tilt``: the mesh yaw of frontal photos turned as flat prints."""
+    import random
+
+    from kiosk.lab.simulate import scene
+
+    def yaw(image: Image) -> float | None:
+        points, presence = models.measure(image)
+        return head_yaw_deg(points) if presence > 0.0 else None
+
+    rows = [line.split(",")[0] for line in (args.data / "lfw" / "labels.csv").read_text().splitlines()[1:]]
+    random.Random(args.seed).shuffle(rows)
+    changes: dict[int, list[float]] = {a: [] for a in (15, 30, 45, 60)}
+    used = 0
+    for rel in rows:
+        read = cv2.imread(str(args.data / "lfw" / rel))
+        if read is None:
+            continue
+        image = scene(np.ascontiguousarray(read, dtype=np.uint8))
+        y0 = yaw(image)
+        if y0 is None or abs(y0) > 5.0:
+            continue
+        for a, out in changes.items():
+            for sign in (1, -1):
+                y = yaw(_tilted(image, sign * a))
+                if y is not None:
+                    out.append(abs(y - y0))
+        used += 1
+        if used >= args.tilt:
+            break
+    report: dict[str, Any] = {"photos": used, "turn_deg": 15.0, "tilts": {}}
+    for a, v in changes.items():
+        arr = np.array(v)
+        row = {
+            "n": len(v),
+            "median_deg": round(float(np.median(arr)), 1),
+            "p90_deg": round(float(np.percentile(arr, 90)), 1),
+            "max_deg": round(float(arr.max()), 1),
+            "share_at_least_15": round(float((arr >= 15.0).mean()), 3),
+            "share_at_least_20": round(float((arr >= 20.0).mean()), 3),
+        }
+        report["tilts"][str(a)] = row
+        print(
+            f"print turned {a:>2}°: n={row['n']:>3}  mesh yaw change median {row['median_deg']:>4}°  p90 "
+            f"{row['p90_deg']:>4}°  max {row['max_deg']:>4}°  >= 15°: {100 * row['share_at_least_15']:.0f} %  "
+            f">= 20°: {100 * row['share_at_least_20']:.0f} %"
+        )
+    report["machine"] = describe()
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools challenge-sim", description=__doc__.splitlines()[0])
     default_data = os.environ.get("KIOSK_TEST_DATA", str(ROOT / ".." / "shared" / "data" / "faces"))
@@ -157,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fps", default="30,15,10,7.5", help="camera frame rates: the 30 fps recordings' every Nth")
     parser.add_argument("--reaction", type=float, default=PersonModel.reaction_median_s, help="median reaction, s")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tilt", type=int, metavar="N", help="instead: N frontal photos turned as flat prints")
     parser.add_argument("--json", type=Path, dest="json_out", help="write the figures as JSON here")
     args = parser.parse_args(argv)
     if not (blinks_dir(args.data) / "blinks.csv").is_file():
@@ -164,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model = PersonModel(reaction_median_s=args.reaction)
     models = _Models()
+    if args.tilt:
+        return _tilt(args, models)
     rows: list[dict[str, Any]] = []
     report: dict[str, Any] = {}
     for fps in [float(x) for x in args.fps.split(",")]:
