@@ -4,8 +4,10 @@ Two independent layers:
 
 - **passive** (``passive.py``): MiniFASNet models on scaled crops around the face, scored on every frame of a track;
   the decision uses the mean live-face probability over the track's last ``liveness.passive.frames`` frames.
-- **active** (``active.py``): after a match, a challenge (blink, or a head turn in a random direction) that must be
-  answered within ``liveness.active.timeout_s``; the 468-point face mesh runs only while a challenge is running.
+- **active** (``active.py``): after a match, a random sequence of ``liveness.active.steps`` prompts (blink, or a head
+  turn to a random side), each answered within ``liveness.active.timeout_s`` and no sooner than
+  ``liveness.active.min_reaction_s`` after it was shown; the 468-point face mesh runs only while a challenge runs.
+  Every prompt of the sequence (and the "hold still" between two) goes to ``on_prompt`` once, when it is issued.
 
 ``Liveness`` is the decider's liveness check (``kiosk.door.decide.LivenessCheck``). It fails secure: anything but an
 explicit pass keeps the door shut, a layer the mode requires but that cannot run reports "unavailable" (a deny), and
