@@ -145,12 +145,14 @@ class PassiveLivenessConfig:
 @dataclass(frozen=True)
 class ActiveLivenessConfig:
     model: str = field(default="face_mesh", metadata={"help": "landmark model id in the manifest"})
-    challenges: tuple[str, ...] = ("blink",)
-    steps: int = field(default=1, metadata=_range(1, 4))
-    timeout_s: float = field(default=6.0, metadata=_range(0.5, 60.0))
+    # Defaults from `python -m tools challenge-sim` (docs/liveness.md#challenges): two random prompts cut a replayed
+    # video's success 4-8x against one blink, for ~2.5 s more at the door.
+    challenges: tuple[str, ...] = ("blink", "turn")
+    steps: int = field(default=2, metadata=_range(1, 4))
+    timeout_s: float = field(default=5.0, metadata=_range(0.5, 60.0))
     turn_deg: float = field(default=15.0, metadata=_range(3.0, 60.0))
     min_reaction_s: float = field(default=0.2, metadata=_range(0.0, 2.0))
-    pause_s: float = field(default=1.5, metadata=_range(0.0, 10.0))
+    pause_s: float = field(default=0.75, metadata=_range(0.0, 10.0))
 
 
 @dataclass(frozen=True)

@@ -312,8 +312,8 @@ def test_blink_detector_needs_open_closed_open_within_the_time_limit() -> None:
     # (Real blinks dip to 0.45-0.76 of open, kiosk.liveness.blink: 0.7 is a blink now.)
     assert not any(feed([0.27, 0.28, 0.30, 0.12, 0.24, 0.24]))
     assert feed([0.30]) == [True]
-    # Shut for longer than 0.5 s: eyes closed or looking down, not a blink.
-    assert not any(feed([0.1] * 9 + [0.3, 0.3]))
+    # Shut for longer than 0.8 s: eyes closed or looking down, not a blink.
+    assert not any(feed([0.1] * 15 + [0.3, 0.3]))
     assert det.blinks == 2
     assert det.min_ratio is not None and det.min_ratio < 0.4
     with pytest.raises(ValueError):

@@ -58,10 +58,10 @@ def test_single_closed_frame_at_7_fps_is_a_blink() -> None:
 
 def test_long_closure_is_no_blink() -> None:
     fps = 30.0
-    values = [OPEN] * 30 + [0.1] * 24 + [OPEN] * 30  # 0.8 s shut
+    values = [OPEN] * 30 + [0.1] * 30 + [OPEN] * 30  # 1 s shut
     assert feed(BlinkDetector(), values, fps) == []
     # A blink after it is found again.
-    assert feed(BlinkDetector(), [*values, 0.1, 0.1, OPEN, OPEN], fps) == pytest.approx([84 / fps])
+    assert feed(BlinkDetector(), [*values, 0.1, 0.1, OPEN, OPEN], fps) == pytest.approx([90 / fps])
 
 
 def test_noise_and_shallow_dips_are_no_blinks() -> None:

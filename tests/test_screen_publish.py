@@ -115,14 +115,14 @@ def test_the_model_follows_tracks_prompts_and_results() -> None:
     m.frame([_track(2)], {2: good}, [], (480, 640, 3), 11.5)
     s = m.snapshot()
     assert s["faces"][0]["state"] == "challenge"
-    assert s["prompt"] == {"track": 2, "code": "blink", "remaining_s": 4.5, "total_s": 6.0}
+    assert s["prompt"] == {"track": 2, "code": "blink", "remaining_s": 3.5, "total_s": 5.0}
     # A sequence: the hold between two prompts has no countdown; the next prompt gets a fresh one.
     m.challenge(2, "please hold still", 11.6)
     m.frame([_track(2)], {2: good}, [], (480, 640, 3), 11.7)
     assert m.snapshot()["prompt"] == {"track": 2, "code": "hold-still", "remaining_s": None, "total_s": None}
     m.challenge(2, "please turn your head to your left", 11.8)
     m.frame([_track(2)], {2: good}, [], (480, 640, 3), 11.9)
-    assert m.snapshot()["prompt"] == {"track": 2, "code": "turn-left", "remaining_s": 5.9, "total_s": 6.0}
+    assert m.snapshot()["prompt"] == {"track": 2, "code": "turn-left", "remaining_s": 4.9, "total_s": 5.0}
     m.frame([_track(2)], {2: good}, [_decision("granted", 7, "Ada Lovelace")], (480, 640, 3), 12.0)
     s = m.snapshot()
     assert s["faces"][0]["state"] == "granted" and s["prompt"] is None

@@ -20,7 +20,10 @@ eyes away from blinks stayed at 0.85-0.90 of the level or above. Hence:
 Tuned on mahie_test_1 only (all four rates, every 1-4 of its frames): ``close_ratio`` 0.75/0.8/0.85 (0.8 found 75 %
 of the blinks at 7.5 fps; 0.85 is the lowest that found >= 90 %: 94 %), ``open_ratio`` 0.88/0.9/0.93 (0.93 lost
 blinks: the lids reopen slowly, the closure outlasts ``max_closed_s``), quantile 0.8/0.9 and window 1/1.5/2 s (no
-difference at 0.85/0.9 with 0.8); ``max_closed_s`` (0.5) was kept. On the held-out mahie_test_2 and mahie_test_3:
+difference at 0.85/0.9 with 0.8). ``max_closed_s`` is 0.8 s, not the 0.5 s it was tuned with: an answer to "please
+blink" is a voluntary blink, longer than the recordings' spontaneous ones, and at 10 fps the half-closed frames on
+either side count as closed (the demo's 0.4 s blink measured 0.5x s and was refused); on the recordings and on 100
+still-photo clips 0.5, 0.8 and 1.0 s find exactly the same blinks. On the held-out mahie_test_2 and mahie_test_3:
 100 % of the blinks at 30, 15 and 10 fps and 98.7 % at 7.5 fps, 0 false blinks (1 at 7.5 fps, 0.13 per minute).
 The old detector (0.65/0.85, median baseline) found 78 % at 30 fps and 45 % at 7.5 fps on all three.
 """
@@ -58,7 +61,7 @@ class BlinkDetector:
         *,
         close_ratio: float = 0.85,
         open_ratio: float = 0.9,
-        max_closed_s: float = 0.5,
+        max_closed_s: float = 0.8,
         level_window_s: float = 1.5,
         level_quantile: float = 0.8,
         warmup_frames: int = 3,
