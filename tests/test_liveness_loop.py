@@ -45,7 +45,11 @@ def _cfg(tmp_path: Path, mode: str, manifest: Path | None = None, **passive: obj
         "door": {"driver": "gpiozero", "relay_pin": RELAY_PIN, "pulse_s": 0.2, "max_pulse_s": 1.0},
         # No cooldown: each clip is judged on its own, whatever came before (a photo after a grant included).
         "decision": {"frames_needed": 3, "window": 5, "cooldown_s": 0.0, "track_max_age_s": 0.5},
-        "liveness": {"mode": mode, "active": {"timeout_s": TIMEOUT_S, "challenges": ["blink"], "steps": 1}, "passive": passive},
+        "liveness": {
+            "mode": mode,
+            "active": {"timeout_s": TIMEOUT_S, "challenges": ["blink"], "steps": 1},
+            "passive": passive,
+        },
     }
     if manifest is not None:
         data["models"] = {"manifest": str(manifest)}
