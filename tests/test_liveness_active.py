@@ -117,6 +117,9 @@ def always(kind: str) -> Chooser:
             assert "turn" in seq  # then asked again for the direction
             return "turn"
 
+        def uniform(self, a: float, b: float, /) -> float:
+            return a
+
     return Fixed()
 
 

@@ -92,7 +92,7 @@ def test_half_open_does_not_finish_a_blink() -> None:
 )
 def test_bad_parameters_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
-        BlinkDetector(**kwargs)  # type: ignore[arg-type]
+        BlinkDetector(**kwargs)
 
 
 def test_non_finite_values_are_ignored() -> None:

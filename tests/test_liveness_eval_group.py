@@ -151,7 +151,7 @@ class _Scores:
 @pytest.mark.parametrize(("fusion", "status"), [("mean", "pass"), ("min", "fail")])
 def test_the_door_fuses_a_tracks_frames_with_the_configured_rule(fusion: str, status: str) -> None:
     passive = PassiveLivenessConfig(models=("m",), threshold=0.5, frames=3, fusion=fusion)
-    live = Liveness(LivenessConfig(mode="passive", passive=passive), passive=_Scores([0.9, 0.9, 0.3]))  # type: ignore[arg-type]
+    live = Liveness(LivenessConfig(mode="passive", passive=passive), passive=_Scores([0.9, 0.9, 0.3]))
     image = np.zeros((8, 8, 3), np.uint8)
     face = Face(np.array([0, 0, 4, 4], np.float32), np.zeros((5, 2), np.float32), 0.9)
     for t in (0.0, 0.1, 0.2):

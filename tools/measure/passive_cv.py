@@ -21,6 +21,7 @@ import csv
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     # Three families: the models only (the door's mean fusion kept), what the door can be configured to do (models,
     # fusion; the crop scale is the one the model was trained with), and the same with the crop scale factors too (a
     # finding, not a setting). Per image there is nothing to fuse: the first two are the same.
-    families = {
+    families: dict[str, Callable[[str], bool]] = {
         "door_models_only": lambda name: name.endswith(("@1", "@1/mean")),
         "door_configurable": lambda name: name.split("/")[0].endswith("@1"),
         "with_crop_scales": lambda name: True,
