@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from tests.browser import axe_check, browser, live_server, page, viewport  # noqa: F401 (fixtures for browser tests)
+from tests.fleet_kit import broker  # noqa: F401 (the fleet tests' nats-server)
 
 if TYPE_CHECKING:
     from gpiozero.pins.mock import MockFactory

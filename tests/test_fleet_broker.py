@@ -4,59 +4,25 @@ temporary folder, ended by its own PID. A door's credential reaches its own subj
 from __future__ import annotations
 
 import asyncio
-import secrets
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import AckPolicy, ConsumerConfig
 
-nats = pytest.importorskip("nats", reason="the fleet extra (nats-py) is not installed")
-
-from nats.errors import TimeoutError as NatsTimeout  # noqa: E402
-from nats.js.api import AckPolicy, ConsumerConfig  # noqa: E402
-
-from kiosk.errors import ConfigError  # noqa: E402
-from kiosk.fleet.broker import (  # noqa: E402
+from kiosk.errors import ConfigError
+from kiosk.fleet.broker import (
     EVENTS_STREAM,
     HUB_USER,
     PEOPLE_STREAM,
     BrokerConfig,
     NatsServer,
     check_door_id,
-    free_port,
-    inbox_prefix,
 )
-
-DOORS = ("front", "back")
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[NatsServer]:
-    cfg = BrokerConfig(
-        store_dir=tmp_path / "jetstream",
-        hub_password=secrets.token_urlsafe(16),
-        doors={d: secrets.token_urlsafe(16) for d in DOORS},
-        port=free_port(),
-    )
-    server = NatsServer(cfg, tmp_path / "broker")
-    with server:
-        yield server
-    assert server.proc is not None and server.proc.poll() is not None, "ended by its own PID"
-
-
-async def _connect(server: NatsServer, who: str, errors: list[str] | None = None) -> Any:
-    async def on_error(exc: Exception) -> None:
-        if errors is not None:
-            errors.append(str(exc))
-
-    if who == HUB_USER:
-        user, password, prefix = HUB_USER, server.config.hub_password, "_INBOX"
-    else:
-        user, password, prefix = f"door-{who}", server.config.doors[who], inbox_prefix(who)
-    return await nats.connect(
-        server.url, user=user, password=password, inbox_prefix=prefix, error_cb=on_error, allow_reconnect=False
-    )
+from tests.fleet_kit import DOORS, connect
 
 
 async def _setup_streams(hub: Any) -> Any:
@@ -74,10 +40,10 @@ def run(coro: Callable[[], Awaitable[None]]) -> None:
 
 def test_a_door_publishes_its_events_and_reads_its_consumer(broker: NatsServer) -> None:
     async def main() -> None:
-        hub = await _connect(broker, HUB_USER)
+        hub = await connect(broker, HUB_USER)
         hjs = await _setup_streams(hub)
         await hjs.publish("fleet.people.7", b"revision 1")
-        door = await _connect(broker, "front")
+        door = await connect(broker, "front")
         js = door.jetstream()
         ack = await js.publish("fleet.events.front", b"event 1", headers={"Nats-Msg-Id": "front:1"})
         again = await js.publish("fleet.events.front", b"event 1", headers={"Nats-Msg-Id": "front:1"})
@@ -96,10 +62,10 @@ def test_a_door_publishes_its_events_and_reads_its_consumer(broker: NatsServer) 
 
 def test_a_door_cannot_publish_as_another_door(broker: NatsServer) -> None:
     async def main() -> None:
-        hub = await _connect(broker, HUB_USER)
+        hub = await connect(broker, HUB_USER)
         hjs = await _setup_streams(hub)
         errors: list[str] = []
-        door = await _connect(broker, "front", errors)
+        door = await connect(broker, "front", errors)
         await door.publish("fleet.events.back", b"forged", headers={"Nats-Msg-Id": "back:1"})
         await door.publish("fleet.hb.back", b"forged")
         await door.flush()
@@ -117,11 +83,11 @@ def test_a_door_cannot_publish_as_another_door(broker: NatsServer) -> None:
 
 def test_a_door_cannot_read_another_doors_consumer_or_commands(broker: NatsServer) -> None:
     async def main() -> None:
-        hub = await _connect(broker, HUB_USER)
+        hub = await connect(broker, HUB_USER)
         hjs = await _setup_streams(hub)
         await hjs.publish("fleet.people.7", b"template of person 7")
         errors: list[str] = []
-        door = await _connect(broker, "front", errors)
+        door = await connect(broker, "front", errors)
         js = door.jetstream()
         sub = await js.pull_subscribe_bind(durable="door-back", stream=PEOPLE_STREAM)
         with pytest.raises((NatsTimeout, asyncio.TimeoutError)):
@@ -154,8 +120,8 @@ def test_a_door_cannot_read_another_doors_consumer_or_commands(broker: NatsServe
 
 def test_a_command_is_a_live_request_answered_by_its_door(broker: NatsServer) -> None:
     async def main() -> None:
-        hub = await _connect(broker, HUB_USER)
-        door = await _connect(broker, "front")
+        hub = await connect(broker, HUB_USER)
+        door = await connect(broker, "front")
 
         async def on_cmd(msg: Any) -> None:
             await msg.respond(b"pong " + msg.data)
@@ -174,16 +140,16 @@ def test_a_command_is_a_live_request_answered_by_its_door(broker: NatsServer) ->
 
 def test_jetstream_keeps_acknowledged_events_through_a_kill(broker: NatsServer) -> None:
     async def publish() -> None:
-        hub = await _connect(broker, HUB_USER)
+        hub = await connect(broker, HUB_USER)
         await _setup_streams(hub)
-        door = await _connect(broker, "front")
+        door = await connect(broker, "front")
         for seq in range(1, 6):
             await door.jetstream().publish("fleet.events.front", b"e", headers={"Nats-Msg-Id": f"front:{seq}"})
         await door.close()
         await hub.close()
 
     async def count() -> None:
-        hub = await _connect(broker, HUB_USER)
+        hub = await connect(broker, HUB_USER)
         assert (await hub.jetstream().stream_info(EVENTS_STREAM)).state.messages == 5
         await hub.close()
 

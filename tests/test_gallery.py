@@ -644,3 +644,14 @@ def test_damaged_embedding_blob_is_reported(fresh_db: Gallery) -> None:
     fresh_db._db.execute("UPDATE templates SET embedding = x'0000'")
     with pytest.raises(GalleryCorruptError, match="re-enrol 'alice'"):
         fresh_db.matrix(M1, SHA_A)
+
+
+def test_raw_events_after_are_oldest_first_as_stored() -> None:
+    with Gallery(":memory:") as g:
+        for i in range(5):
+            g.add_event("access", "granted", person_id=i, detail={"n": i})
+        rows = g.raw_events_after(2, 2)
+        assert [r["id"] for r in rows] == [3, 4]
+        assert isinstance(rows[0]["detail"], str) and rows[0]["hash"] and rows[0]["prev_hash"]  # as stored
+        assert [r["id"] for r in g.raw_events_after(-(2**70), 100)] == [1, 2, 3, 4, 5]
+        assert g.raw_events_after(2**70, 10) == [] and g.raw_events_after(0, 0) == []

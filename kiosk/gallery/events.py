@@ -179,6 +179,12 @@ class EventLog(GalleryConnection):
         rows = _with_details(self._rows("SELECT * FROM events WHERE id = ?", [event_id]))
         return rows[0] if rows else None
 
+    def raw_events_after(self, after_id: int, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` events with an id above ``after_id``, oldest first, exactly as stored (``detail`` as its
+        JSON text, the chain's ``prev_hash``/``hash`` included), so a reader elsewhere can re-check the hash chain."""
+        bound = max(-(2**63), min(int(after_id), 2**63 - 1))
+        return self._rows("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", [bound, max(0, int(limit))])
+
     def last_event_id(self) -> int:
         """The newest event's id (0 when there is none): cheap enough to poll for new events."""
         return int(self._rows("SELECT coalesce(max(id), 0) AS n FROM events")[0]["n"])
