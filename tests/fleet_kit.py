@@ -3,8 +3,9 @@ in the test's temporary folder, ended by its own PID; and clients as the hub or 
 
 from __future__ import annotations
 
+import asyncio
 import secrets
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,3 +43,8 @@ async def connect(server: NatsServer, who: str, errors: list[str] | None = None)
     return await nats.connect(
         server.url, user=user, password=password, inbox_prefix=prefix, error_cb=on_error, allow_reconnect=False
     )
+
+
+def run(coro: Callable[[], Awaitable[Any]]) -> Any:
+    """Run one test coroutine to its end (30 s at most) in a fresh event loop."""
+    return asyncio.run(asyncio.wait_for(coro(), timeout=30))

@@ -4,7 +4,6 @@ temporary folder, ended by its own PID. A door's credential reaches its own subj
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from kiosk.fleet.broker import (
     NatsServer,
     check_door_id,
 )
-from tests.fleet_kit import DOORS, connect
+from tests.fleet_kit import DOORS, connect, run
 
 
 async def _setup_streams(hub: Any) -> Any:
@@ -32,10 +31,6 @@ async def _setup_streams(hub: Any) -> Any:
     for d in DOORS:
         await js.add_consumer(PEOPLE_STREAM, ConsumerConfig(durable_name=f"door-{d}", ack_policy=AckPolicy.EXPLICIT))
     return js
-
-
-def run(coro: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(asyncio.wait_for(coro(), timeout=30))
 
 
 def test_a_door_publishes_its_events_and_reads_its_consumer(broker: NatsServer) -> None:

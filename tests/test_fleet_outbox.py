@@ -3,9 +3,7 @@ hash chain intact, through a broker that dies and comes back; the watermark only
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +15,7 @@ from kiosk.fleet.broker import EVENTS_STREAM, HUB_USER, NatsServer
 from kiosk.fleet.outbox import EventOutbox, Watermark
 from kiosk.gallery import Gallery
 from kiosk.gallery.chain import GENESIS_HASH, event_hash
-from tests.fleet_kit import connect
-
-
-def run(coro: Callable[[], Awaitable[Any]]) -> Any:
-    return asyncio.run(asyncio.wait_for(coro(), timeout=30))
+from tests.fleet_kit import connect, run
 
 
 def add_events(g: Gallery, n: int) -> None:

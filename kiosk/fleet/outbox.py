@@ -87,6 +87,7 @@ class EventOutbox:
         """Publish every event after the watermark; each must be acknowledged before the watermark passes it. Returns
         how many were acknowledged. A broker error propagates with the watermark saved at the last acknowledgement."""
         sent = 0
+        saved = self.acked
         try:
             while True:
                 rows = self.events.raw_events_after(self.acked, self.batch)
@@ -99,8 +100,10 @@ class EventOutbox:
                     )
                     self.acked = int(row["id"])
                     sent += 1
-                self.watermark.save(self.acked)
+                self.watermark.save(self.acked)  # after each batch: a long drain keeps its progress
+                saved = self.acked
         finally:
-            if sent:
+            if self.acked != saved:  # stopped mid-batch (a broker error): keep what was acknowledged
                 self.watermark.save(self.acked)
+            if sent:
                 log.debug("fleet: %d events of %s acknowledged up to id %d", sent, self.door, self.acked)

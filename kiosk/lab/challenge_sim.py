@@ -31,7 +31,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from kiosk.liveness.active import BLINK, HOLD, PASS, PENDING, PROMPTS, TURN_LEFT, TURN_RIGHT, Challenge, Measures
+from kiosk.liveness.active import (
+    BLINK,
+    HOLD,
+    PASS,
+    PENDING,
+    PROMPTS,
+    TURN_LEFT,
+    Challenge,
+    Measures,
+    draw_sequence,
+)
 
 _KIND_OF = {text: kind for kind, text in PROMPTS.items()}
 MAX_SESSION_S = 60.0
@@ -206,12 +216,7 @@ class Policy:
     turn_deg: float = 15.0
 
     def draw(self, rng: random.Random) -> tuple[list[str], list[float]]:
-        kinds = []
-        for _ in range(self.steps):
-            kind = rng.choice(self.challenges)
-            kinds.append(rng.choice((TURN_LEFT, TURN_RIGHT)) if kind == "turn" else kind)
-        low = min(0.25, self.pause_s)
-        return kinds, [rng.uniform(low, self.pause_s) for _ in range(self.steps - 1)]
+        return draw_sequence(rng, self.challenges, self.steps, self.pause_s)
 
     def challenge(self, kinds: Sequence[str], pauses: Sequence[float]) -> Challenge:
         return Challenge(

@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from kiosk.errors import ConfigError
@@ -94,7 +94,6 @@ class Step:
     away: int = 0  # ... and in the other one
     toward_since: float | None = None  # turn: the first frame of the current move (>= ONSET_SHARE x turn_deg) asked
     ignored_blinks: int = 0  # blinks that began too soon after the prompt (or before it)
-    extra: dict[str, float] = field(default_factory=dict)
 
     @property
     def direction(self) -> str:
@@ -276,7 +275,6 @@ class Challenge:
             self.step.prompted = t
 
     def _done(self, t: float) -> bool:
-        self._advance(t)
         return self._failed is not None or self.passed_at is not None or t >= self.deadline
 
     # -- outcome ---------------------------------------------------------------------------------------------
@@ -340,6 +338,17 @@ class Challenge:
         return self.reason_at(self._now)
 
 
+def draw_sequence(rng: Chooser, challenges: Sequence[str], steps: int, pause_s: float) -> tuple[list[str], list[float]]:
+    """``steps`` prompts drawn from ``challenges`` ("turn": a random side each time) and the ``steps - 1`` random holds
+    between them, each MIN_PAUSE_S..``pause_s`` (``pause_s`` exactly when it is shorter)."""
+    kinds = []
+    for _ in range(steps):
+        kind = rng.choice(challenges)
+        kinds.append(rng.choice((TURN_LEFT, TURN_RIGHT)) if kind == "turn" else kind)
+    low = min(MIN_PAUSE_S, pause_s)
+    return kinds, [rng.uniform(low, pause_s) for _ in range(steps - 1)]
+
+
 class ActiveLiveness:
     """Per-track challenges for the door loop: ``start`` after a match, ``observe`` every frame, ``prompt`` for what to
     show now, ``result`` to decide. The face mesh runs only for tracks with a pending challenge, so an idle kiosk pays
@@ -387,15 +396,7 @@ class ActiveLiveness:
 
     def draw(self) -> tuple[list[str], list[float]]:
         """A random sequence of ``steps`` prompts and the random holds between them."""
-        kinds = []
-        for _ in range(self.n_steps):
-            kind = self.rng.choice(self.challenges)
-            if kind == "turn":
-                kind = self.rng.choice((TURN_LEFT, TURN_RIGHT))
-            kinds.append(kind)
-        low = min(MIN_PAUSE_S, self.pause_s)
-        pauses = [self.rng.uniform(low, self.pause_s) for _ in range(self.n_steps - 1)]
-        return kinds, pauses
+        return draw_sequence(self.rng, self.challenges, self.n_steps, self.pause_s)
 
     def start(self, track_id: int, t: float) -> str:
         """Start a random challenge for ``track_id`` unless one is pending; returns what to tell the person."""
