@@ -26,7 +26,7 @@ from kiosk.errors import (
 from kiosk.gallery import MIGRATIONS, Gallery, GalleryMatrix, TemplateIn, _migrate_initial, _migrate_security
 
 M1, SHA_A, SHA_B = "sface", "a" * 64, "b" * 64
-ALL_MIGRATIONS = ["0001_initial", "0002_security"]
+ALL_MIGRATIONS = ["0001_initial", "0002_security", "0003_access"]
 RNG = np.random.default_rng(1234)
 
 

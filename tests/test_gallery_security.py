@@ -464,7 +464,7 @@ def test_migration_chains_existing_events_and_keeps_all_data(path: Path) -> None
         table: raw(path).execute(f"SELECT * FROM {table} ORDER BY id").fetchall() for table in ("people", "events")
     }
     with Gallery(path) as g:
-        assert g.schema_version() == ["0001_initial", "0002_security"]
+        assert g.schema_version() == ["0001_initial", "0002_security", "0003_access"]
         report = g.verify_events()
         assert report.ok and report.checked == 3 and report.head_id == 3
         assert g.encryption_status() == {None: 3}
@@ -475,7 +475,9 @@ def test_migration_chains_existing_events_and_keeps_all_data(path: Path) -> None
         new = g.add_event("access", "denied")
         assert g.verify_events().ok and g.verify_events().head_id == new
     conn = raw(path)
-    assert conn.execute("SELECT * FROM people ORDER BY id").fetchall() == before["people"]
+    people = conn.execute("SELECT * FROM people ORDER BY id").fetchall()
+    assert [row[:-2] for row in people] == before["people"]  # every old column as it was, 0003's two appended empty
+    assert {row[-2:] for row in people} == {(None, None)}
     events = conn.execute("SELECT * FROM events WHERE id <= 3 ORDER BY id").fetchall()
     conn.close()
     assert [row[:-2] for row in events] == before["events"]  # every old column as it was, hashes appended
@@ -842,7 +844,7 @@ def test_restore_of_a_pre_0002_backup_migrates_and_chains_it(path: Path, tmp_pat
     with Gallery(path) as g:
         g.enroll("someone", [tpl(rand(3))])
         assert g.restore_from(old) == 2
-        assert g.schema_version() == ["0001_initial", "0002_security"]
+        assert g.schema_version() == ["0001_initial", "0002_security", "0003_access"]
         report = g.verify_events()
         assert report.ok and report.checked == 4  # 3 old events + "restored"
         assert [p.name for p in g.list_people()] == ["Ada", "Grace"]

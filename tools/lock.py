@@ -48,9 +48,9 @@ TORCH_CPU = "torch==2.13.0+cpu"
 
 # set -> extras of pyproject.toml it installs
 SETS: dict[str, tuple[str, ...]] = {
-    "door": ("pi", "tflite", "secure", "web", "fleet"),
-    "dev": ("dev", "web", "fleet"),
-    "tools": ("dev", "web", "fleet", "tools"),
+    "door": ("pi", "tflite", "secure", "web", "fleet", "osdp"),
+    "dev": ("dev", "web", "fleet", "osdp"),
+    "tools": ("dev", "web", "fleet", "osdp", "tools"),
 }
 # Installed before the project itself: the build backend (the editable install runs with --no-build-isolation, so
 # nothing unpinned is fetched to build it) and pip.

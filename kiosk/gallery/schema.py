@@ -40,8 +40,33 @@ def _migrate_security(db: Database) -> None:
     _chain_new_events(db)
 
 
+_SCHEMA_3 = """
+CREATE TABLE IF NOT EXISTS groups (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE COLLATE NOCASE);
+CREATE TABLE IF NOT EXISTS person_groups (
+    person_id INTEGER NOT NULL REFERENCES people(id) ON DELETE CASCADE,
+    group_id INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE, PRIMARY KEY (person_id, group_id));
+CREATE TABLE IF NOT EXISTS schedules (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    tz TEXT NOT NULL DEFAULT 'UTC', windows TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS access_rules (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    group_id INTEGER NOT NULL REFERENCES groups(id) ON DELETE CASCADE, doors TEXT NOT NULL DEFAULT '*',
+    schedule_id INTEGER REFERENCES schedules(id) ON DELETE RESTRICT);
+CREATE TABLE IF NOT EXISTS replica_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"""
+
+
+def _migrate_access(db: Database) -> None:
+    """Access rules (#18): people in groups, groups allowed at doors on schedules; each person's card number for an
+    access panel (``credential``); and, on a door in a fleet, the hub revision of each person (``rev``) and the
+    replica's own state (``replica_meta``: applied stream sequence, last sync)."""
+    for column, decl in (("credential", "TEXT"), ("rev", "INTEGER")):
+        if column not in _columns(db, "people"):
+            db.execute(f"ALTER TABLE people ADD COLUMN {column} {decl}")
+    for statement in _SCHEMA_3.split(";"):
+        db.execute(statement)
+
+
 # Named, re-runnable steps applied in order. Append only: never rename or reorder a released step.
 MIGRATIONS: list[tuple[str, Callable[[Database], None]]] = [
     ("0001_initial", _migrate_initial),
     ("0002_security", _migrate_security),
+    ("0003_access", _migrate_access),
 ]
