@@ -8,6 +8,7 @@ Subjects (``<door>`` is a door id, ``DOOR_ID`` characters only):
   ``<door>:<seq>``, de-duplicated by JetStream);
 - ``fleet.hb.<door>``: the door's heartbeats;
 - ``fleet.cmd.<door>``: live commands to the door (request/reply; never queued);
+- ``fleet.hub.<door>.<what>``: the door's requests to the hub (its consumer, its wrapped site key);
 - the ``PEOPLE`` stream (the gallery's changes), which a door reads only through its own durable consumer
   ``door-<door>``, created by the hub;
 - replies to a door go to its own inbox prefix ``_INBOX_<door>.`` (the client's ``inbox_prefix``), so no door can
@@ -62,6 +63,7 @@ def door_permissions(door: str) -> dict[str, object]:
             "allow": [
                 f"fleet.events.{d}",
                 f"fleet.hb.{d}",
+                f"fleet.hub.{d}.*",
                 f"$JS.API.CONSUMER.MSG.NEXT.{PEOPLE_STREAM}.{consumer}",
                 f"$JS.API.CONSUMER.INFO.{PEOPLE_STREAM}.{consumer}",
                 f"$JS.ACK.{PEOPLE_STREAM}.{consumer}.>",

@@ -242,11 +242,18 @@ class Gallery(GalleryBackup, EventLog, GalleryConnection):
         return len(templates)
 
     def matrix(
-        self, model_id: str, model_sha256: str, *, at: datetime | None = None, include_disabled: bool = False
+        self,
+        model_id: str,
+        model_sha256: str,
+        *,
+        at: datetime | None = None,
+        include_disabled: bool = False,
+        only: Sequence[int] | None = None,
     ) -> GalleryMatrix:
         """Templates of exactly this model (id AND sha256) of people admitted at ``at`` (default: now).
 
-        include_disabled=True ignores both the enabled flag and the validity window (duplicate checks).
+        include_disabled=True ignores both the enabled flag and the validity window (duplicate checks). ``only``:
+        just these people (a door patching its matrix after a change, ``kiosk.fleet.replica.LiveMatrix``).
         Encrypted templates are decrypted with the gallery's cipher: TemplateKeyError when it is missing or wrong.
         """
         sql = """SELECT t.id, t.person_id, p.name, t.embedding, t.dim, t.model_id, t.model_sha256, t.key_id
@@ -256,6 +263,9 @@ class Gallery(GalleryBackup, EventLog, GalleryConnection):
             sql += """ AND p.enabled = 1 AND (p.valid_from IS NULL OR p.valid_from <= ?)
                        AND (p.valid_until IS NULL OR p.valid_until > ?)"""
             params += [utc_iso(at)] * 2
+        if only is not None:
+            sql += f" AND t.person_id IN ({','.join('?' * len(only))})"
+            params += [int(p) for p in only]
         rows = self._rows(sql + " ORDER BY t.id", params)
         if not rows:
             sql = "SELECT dim FROM templates WHERE model_id = ? AND model_sha256 = ? LIMIT 1"

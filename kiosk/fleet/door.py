@@ -1,0 +1,408 @@
+"""A door's side of the fleet: it keeps its replica in sync, publishes its events, beats and answers commands.
+
+``FleetDoor`` runs on its own asyncio loop (the door service starts it in a thread beside the frame loop, which never
+waits for it). The door decides from its local gallery whatever the network does:
+
+- **sync**: pull its durable consumer of the ``PEOPLE`` stream; apply each batch and its stream sequence in one
+  transaction (``kiosk.fleet.replica``), acknowledge after the commit, patch the match matrix. A missing consumer is
+  recreated by asking the hub, from the sequence the door has applied; a broker that lost its store, or a digest that
+  does not match, starts a full resync — staged, so the gallery is never empty;
+- **events**: the door's event table is its outbox (``kiosk.fleet.outbox``); with the broker away they wait on disk;
+- **heartbeats**: a request to the hub every ``heartbeat_s`` with the gallery revision, digest, outbox depth and loop
+  health; the answer says how far the hub holds this door's events and the hub's newest revision;
+- **commands**: ``ping``, ``unlock`` (through the door's own relay and event log), ``resync``: live only.
+
+Staleness: the door knows when it last confirmed it was up to date (``synced_at``); the door loop asks
+``stale_for()`` and applies the configured policy (``fleet.stale_policy``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import nats
+from nats.js.errors import NotFoundError
+
+from kiosk.errors import KioskError
+from kiosk.fleet.broker import PEOPLE_STREAM, check_door_id, inbox_prefix
+from kiosk.fleet.outbox import EventOutbox
+from kiosk.fleet.protocol import (
+    ProtocolError,
+    command_subject,
+    decode,
+    encode,
+    heartbeat_subject,
+    hub_request_subject,
+    unwrap_site_key,
+)
+from kiosk.fleet.replica import Applied, LiveMatrix, Message, Replica
+from kiosk.fleet.secrets import DoorSecret
+from kiosk.gallery import Gallery
+from kiosk.gallery.keys import AesGcmCipher
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+BATCH = 1000
+FULL_RELOAD_OVER = 500  # a batch changing more people than this reloads the matrix whole (still built aside)
+
+
+@dataclass
+class DoorFleetStats:
+    batches: int = 0
+    records: int = 0
+    resyncs: int = 0
+    digest_mismatches: int = 0
+    connected: bool = False
+    events_through: int = 0
+    last_apply_at: float = 0.0
+    applied_at: dict[int, float] = field(default_factory=dict)  # person id -> time.time() their change took effect
+
+
+class FleetDoor:
+    """One door's fleet service. ``open_gallery`` is called on the service's database thread."""
+
+    def __init__(
+        self,
+        secret: DoorSecret,
+        open_gallery: Callable[[], Gallery],
+        *,
+        url: str,
+        state_dir: Path,
+        model: tuple[str, str] | None = None,
+        heartbeat_s: float = 5.0,
+        outbox_s: float = 0.5,
+        on_change: Callable[[set[int], bool], None] | None = None,
+        on_unlock: Callable[[str, str], dict[str, Any]] | None = None,
+        health: Callable[[], dict[str, Any]] | None = None,
+        reconnect_s: float = 0.5,
+    ) -> None:
+        self.secret = secret
+        self.door = check_door_id(secret.door)
+        self._open_gallery = open_gallery
+        self.url = url
+        self.state_dir = state_dir
+        self.model = model
+        self.heartbeat_s, self.outbox_s, self.reconnect_s = heartbeat_s, outbox_s, reconnect_s
+        self.on_change, self.on_unlock, self.health = on_change, on_unlock, health
+        self.stats = DoorFleetStats()
+        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"fleet-{self.door}")
+        self._gallery: Gallery | None = None
+        self.replica: Replica | None = None
+        self.live: LiveMatrix | None = None
+        self._synced_at: float | None = None
+        self._digest: str = ""
+        self.nc: Any = None
+        self.js: Any = None
+        self._stop = asyncio.Event()
+        self._outbox: EventOutbox | None = None
+        self._outbox_gallery: Gallery | None = None
+        self._poke = asyncio.Event()
+
+    # -- threads and state -------------------------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
+
+    def _open(self) -> None:
+        self._gallery = self._open_gallery()
+        wrapped = self._wrapped_path()
+        if wrapped.exists():
+            self._load_site_key(bytes.fromhex(wrapped.read_text().strip()))
+        if self.replica is not None and self.model is not None:
+            self.live = LiveMatrix(self._gallery, *self.model)
+
+    def _wrapped_path(self) -> Path:
+        return self.state_dir / "site-key.wrapped"
+
+    def _load_site_key(self, wrapped: bytes) -> None:
+        assert self._gallery is not None
+        site = unwrap_site_key(AesGcmCipher(self.secret.door_key), self.door, wrapped)
+        self._gallery._cipher = AesGcmCipher(site)  # the door's templates are the site's: same key
+        self.replica = Replica(self._gallery, self._gallery._cipher)
+        self._synced_at = self.replica.synced_at()
+
+    def stale_for(self, now: float | None = None) -> float | None:
+        """Seconds since the replica was last confirmed up to date (None: never synced)."""
+        if self._synced_at is None:
+            return None
+        return max(0.0, (time.time() if now is None else now) - self._synced_at)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def poke(self) -> None:
+        """An event was just written: publish it now rather than at the next tick (thread-safe from the loop)."""
+        self._poke.set()
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        await self._call(self._open)
+        self._outbox_gallery = self._open_gallery()
+        self._outbox = EventOutbox(self._outbox_gallery, self.door, self.state_dir / "events.watermark")
+        try:
+            while not self._stop.is_set():
+                try:
+                    await self._connect()
+                except (TimeoutError, OSError, nats.errors.Error) as err:
+                    self.stats.connected = False
+                    log.debug("fleet: broker unreachable (%s); deciding locally, events queue on disk", err)
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._stop.wait(), self.reconnect_s)
+                    continue
+                await self._serve()
+        finally:
+            await self._call(self._close)
+            self._outbox_gallery.close()
+            self._db.shutdown(wait=True)
+
+    def _close(self) -> None:
+        if self._gallery is not None:
+            self._gallery.close()
+
+    async def _connect(self) -> None:
+        self.nc = await nats.connect(
+            self.url,
+            user=f"door-{self.door}",
+            password=self.secret.password,
+            inbox_prefix=inbox_prefix(self.door),
+            name=f"face-kiosk door {self.door}",
+            connect_timeout=2,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=self.reconnect_s,
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnect,
+            reconnected_cb=self._on_reconnect,
+        )
+        self.js = self.nc.jetstream(timeout=5)
+        self.stats.connected = True
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.debug("fleet: broker connection: %s", exc)
+
+    async def _on_disconnect(self) -> None:
+        self.stats.connected = False
+
+    async def _on_reconnect(self) -> None:
+        self.stats.connected = True
+
+    async def _serve(self) -> None:
+        sub = await self.nc.subscribe(command_subject(self.door), cb=self._on_command)
+        tasks = [asyncio.create_task(c) for c in (self._sync_loop(), self._beat_loop(), self._outbox_loop())]
+        try:
+            await self._stop.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+
+    # -- requests to the hub -----------------------------------------------------------------------------------
+
+    async def _ask_hub(self, what: str, body: dict[str, Any]) -> dict[str, Any]:
+        msg = await self.nc.request(hub_request_subject(self.door, what), encode(body), timeout=5)
+        reply = decode(msg.data, f"the hub's answer to {what}")
+        if not reply.get("ok"):
+            raise KioskError(f"the hub refused {what}: {reply.get('error')}")
+        return reply
+
+    async def _ensure_key(self) -> None:
+        if self.replica is not None:
+            return
+        reply = await self._ask_hub("key", {})
+        wrapped = bytes.fromhex(str(reply["wrapped"]))
+        await self._call(self._load_site_key, wrapped)
+        path = self._wrapped_path()
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(wrapped.hex() + "\n")
+        tmp.chmod(0o600)
+        tmp.replace(path)
+        if self.model is not None:
+            await self._call(self._make_live)
+        log.info("fleet: door %s received the site key (wrapped for it alone)", self.door)
+
+    def _make_live(self) -> None:
+        assert self._gallery is not None and self.model is not None
+        self.live = LiveMatrix(self._gallery, *self.model)
+
+    async def resync(self) -> None:
+        """Start a full resync: stage everything from the first record; the current gallery keeps serving."""
+        assert self.replica is not None
+        await self._call(self.replica.begin_resync)
+        await self._ask_hub("consumer", {"from_seq": 1})
+        self.stats.resyncs += 1
+
+    # -- sync --------------------------------------------------------------------------------------------------
+
+    async def _sync_loop(self) -> None:
+        psub = None
+        while True:
+            try:
+                await self._ensure_key()
+                if psub is None:
+                    psub = await self._bind()
+                await self._pull(psub)
+            except asyncio.CancelledError:
+                raise
+            except (TimeoutError, ProtocolError, KioskError, NotFoundError, nats.errors.Error) as err:
+                log.warning("fleet: sync paused (%s)", err)
+                psub = None
+                await asyncio.sleep(self.reconnect_s)
+
+    async def _bind(self) -> Any:
+        replica = self.replica
+        assert replica is not None
+        info = await self.js.stream_info(PEOPLE_STREAM)
+        applied = await self._call(lambda: replica.applied_seq)
+        if applied > info.state.last_seq:  # the broker lost its store: what we hold may not exist any more
+            log.warning(
+                "fleet: the broker's stream ends at %d, below this replica's %d: full resync",
+                info.state.last_seq,
+                applied,
+            )
+            await self.resync()
+        try:
+            await self.js.consumer_info(PEOPLE_STREAM, f"door-{self.door}")
+        except NotFoundError:
+            applied = await self._call(lambda: replica.applied_seq)
+            await self._ask_hub("consumer", {"from_seq": applied + 1})
+        return await self.js.pull_subscribe_bind(f"door-{self.door}", stream=PEOPLE_STREAM)
+
+    async def _pull(self, psub: Any) -> None:
+        try:
+            msgs = await psub.fetch(1, timeout=1.0)  # returns at the first message: no added latency
+        except TimeoutError:
+            await self._confirm_synced()
+            return
+        pending = int(msgs[-1].metadata.num_pending)
+        while pending > 0 and len(msgs) < BATCH * 10:
+            try:
+                more = await psub.fetch(min(BATCH, pending), timeout=0.5)
+            except TimeoutError:
+                break
+            msgs += more
+            pending = int(more[-1].metadata.num_pending)
+        batch = [Message(int(m.metadata.sequence.stream), m.subject, m.data) for m in msgs]
+        assert self.replica is not None
+        applied = await self._call(self._apply, batch, pending)
+        await msgs[-1].ack()  # AckPolicy.ALL: acknowledges the whole batch, after the commit
+        self.stats.batches += 1
+        self.stats.records += applied.records
+        if applied.digest_ok is False:
+            self.stats.digest_mismatches += 1
+            log.warning("fleet: replica digest differs from the hub's: full resync")
+            await self.resync()
+        elif pending == 0 and not self.replica.staging:
+            await self._confirm_synced()
+
+    def _apply(self, batch: list[Message], pending: int) -> Applied:
+        assert self.replica is not None
+        applied = self.replica.apply(batch, pending=pending)
+        full = applied.swapped or len(applied.people) > FULL_RELOAD_OVER
+        if self.live is not None and (applied.people or full):
+            if full:
+                self.live.reload()
+            else:
+                self.live.patch(applied.people)
+        now = time.time()
+        self.stats.last_apply_at = now
+        for pid in applied.people:
+            self.stats.applied_at[pid] = now
+        if self.on_change is not None and (applied.people or applied.access):
+            self.on_change(applied.people, full)
+        return applied
+
+    async def _confirm_synced(self) -> None:
+        now = time.time()
+        if self.replica is None or self.replica.staging:
+            return
+        if self._synced_at is None or now - self._synced_at > 1.0:
+            self._synced_at = now
+            await self._call(self.replica.mark_synced, now)
+
+    # -- heartbeats, events, commands --------------------------------------------------------------------------
+
+    async def _beat_loop(self) -> None:
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError, nats.errors.Error, ProtocolError):
+                await self.beat()
+            await asyncio.sleep(self.heartbeat_s)
+
+    async def status(self) -> dict[str, Any]:
+        replica = self.replica
+        rev = await self._call(lambda: replica.applied_seq) if replica else 0
+        digest_ = await self._call(replica.digest) if replica else ""
+        acked = self._outbox.acked if self._outbox else 0
+        last = await self._call(self._last_event_id)
+        stale = self.stale_for()
+        return {
+            "rev": rev,
+            "digest": digest_,
+            "outbox_depth": max(0, last - acked),
+            "last_event": last,
+            "stale_s": None if stale is None else round(stale, 1),
+            "staging": bool(self.replica and self.replica.staging),
+            "loop": self.health() if self.health else {},
+            "sent": time.time(),
+        }
+
+    def _last_event_id(self) -> int:
+        return self._gallery.last_event_id() if self._gallery is not None else 0
+
+    async def beat(self) -> dict[str, Any]:
+        msg = await self.nc.request(heartbeat_subject(self.door), encode(await self.status()), timeout=2)
+        reply = decode(msg.data, "the hub's heartbeat answer")
+        self.stats.events_through = int(reply.get("events_through", 0))
+        return reply
+
+    async def _outbox_loop(self) -> None:
+        assert self._outbox is not None
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._poke.wait(), self.outbox_s)
+            self._poke.clear()
+            try:
+                await self._outbox.drain(self.js)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # broker away: the events stay in the gallery; the watermark did not move
+                log.debug("fleet: events wait on disk (%s)", err)
+
+    async def _on_command(self, msg: Any) -> None:
+        try:
+            body = decode(msg.data, "command")
+            cmd = body.get("cmd")
+            if cmd == "ping":
+                reply: dict[str, Any] = {"ok": True, **(await self.status())}
+            elif cmd == "unlock":
+                if self.on_unlock is None:
+                    raise KioskError("this door has no relay to unlock")
+                actor = str(body.get("actor") or "hub")[:100]
+                reason = str(body.get("reason") or "remote unlock")[:200]
+                result = await asyncio.get_running_loop().run_in_executor(None, self.on_unlock, actor, reason)
+                reply = {"ok": True, **result}
+            elif cmd == "resync":
+                await self.resync()
+                reply = {"ok": True}
+            else:
+                raise ProtocolError(f"unknown command {cmd!r}")
+        except (ProtocolError, KioskError) as err:
+            reply = {"ok": False, "error": str(err)}
+        if msg.reply:
+            await msg.respond(encode(reply))
