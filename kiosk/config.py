@@ -298,6 +298,49 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class FleetConfig:
+    """A door in a site run from a hub (kiosk.fleet): where the broker is and who this door is."""
+
+    enabled: bool = field(default=False, metadata={"help": "sync the gallery from the hub and send events to it"})
+    server: str = field(default="nats://127.0.0.1:4222", metadata={"help": "the site broker, nats:// or tls://"})
+    credentials_file: Path | None = field(
+        default=None, metadata={"help": "this door's credentials, made by `kiosk hub add-door` on the hub (0600)"}
+    )
+    heartbeat_s: float = field(default=5.0, metadata=_range(0.5, 3600.0))
+    stale_after_s: float = field(
+        default=86400.0,
+        metadata={**_range(10.0, 31_536_000.0), "help": "not confirmed in sync with the hub for this long: stale"},
+    )
+    stale_policy: str = field(
+        default="staff",
+        metadata={
+            "choices": ("continue", "staff", "deny"),
+            "help": "a stale door grants everyone (continue), only fleet.staff_group (staff), or no one (deny)",
+        },
+    )
+    staff_group: str = field(default="staff", metadata={"help": "the group still let in by a stale door"})
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    """``kiosk hub``: the site's source of truth (kiosk.fleet.hub)."""
+
+    broker: str = field(
+        default="embedded",
+        metadata={
+            "choices": ("embedded", "external"),
+            "help": "embedded: the hub runs nats-server (from the fleet extra) itself; external: connect to server",
+        },
+    )
+    server: str = field(
+        default="nats://127.0.0.1:4222", metadata={"help": "the broker's URL (embedded: where it listens)"}
+    )
+    heartbeat_timeout_s: float = field(
+        default=15.0, metadata={**_range(1.0, 86400.0), "help": "a door not heard from for this long is offline"}
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     data_dir: Path = Path("~/.local/share/face-kiosk")
     models: ModelsConfig = ModelsConfig()
@@ -317,6 +360,8 @@ class Config:
     safety: SafetyConfig = SafetyConfig()
     screen: ScreenConfig = ScreenConfig()
     web: WebConfig = WebConfig()
+    fleet: FleetConfig = FleetConfig()
+    hub: HubConfig = HubConfig()
     origin: Path | None = field(default=None, metadata={"help": "file this config came from (not a config key)"})
 
     @property
@@ -340,6 +385,11 @@ class Config:
     def web_db_path(self) -> Path:
         """The admin app's accounts and sessions (kiosk.web.accounts)."""
         return (self.data_dir / "web.db").expanduser()
+
+    @property
+    def fleet_dir(self) -> Path:
+        """The hub's fleet secrets and broker store, or a door's fleet state (kiosk.fleet)."""
+        return (self.data_dir / "fleet").expanduser()
 
     @property
     def tls_dir(self) -> Path:
@@ -496,6 +546,11 @@ def _cross_checks(cfg: Config) -> None:
     web = cfg.web
     if (web.tls_cert is None) != (web.tls_key is None):
         raise ConfigError("web.tls_cert: set both web.tls_cert and web.tls_key, or neither (self-signed)")
+    if cfg.fleet.enabled and cfg.fleet.credentials_file is None:
+        raise ConfigError("fleet.credentials_file: required with fleet.enabled (made by `kiosk hub add-door ID`)")
+    for key, url in (("fleet.server", cfg.fleet.server), ("hub.server", cfg.hub.server)):
+        if not url.startswith(("nats://", "tls://")):
+            raise ConfigError(f"{key}: must be a nats:// or tls:// URL, got {_show(url)}")
     q = cfg.quality
     if q.min_brightness >= q.max_brightness:
         raise ConfigError(

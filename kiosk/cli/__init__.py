@@ -38,6 +38,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "data": ("backup", "restore", "keys"),
     "bench": ("bench",),
     "web": ("web",),
+    "fleet": ("hub", "fleet"),
 }
 _MODULE_OF = {command: module for module, commands in COMMAND_MODULES.items() for command in commands}
 
@@ -57,6 +58,12 @@ ADMIN_COMMANDS: frozenset[tuple[str, ...]] = frozenset(
         ("door", "test"),
         ("door", "on-pulse"),
         ("web", "user"),
+        ("hub", "add-door"),
+        ("hub", "remove-door"),
+        ("fleet", "status"),
+        ("fleet", "unlock"),
+        ("fleet", "resync"),
+        ("fleet", "ping"),
     }
 )
 

@@ -214,6 +214,7 @@ class DoorLoop:
         self._quality: dict[int, QualityReport] = {}
         self._screen_error_logged = -float("inf")
         self.screen_errors = 0
+        self.fleet: Any = None  # kiosk.fleet.service.DoorFleet when this door is part of a site (fleet.enabled)
 
     # -- gallery ---------------------------------------------------------------------------------------------
 

@@ -158,12 +158,22 @@ class NatsServer:
     def url(self) -> str:
         return f"nats://{self.config.host}:{self.config.port}"
 
-    def start(self, timeout_s: float = 10.0) -> NatsServer:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config.store_dir.mkdir(parents=True, exist_ok=True)
+    def _write_config(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.config.store_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(self.conf_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the passwords
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(self.config.render())
+
+    def reload(self, config: BrokerConfig) -> None:
+        """New users (a door added or removed): rewrite the config and have the running server re-read it (SIGHUP)."""
+        self.config = config
+        self._write_config()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGHUP)
+
+    def start(self, timeout_s: float = 10.0) -> NatsServer:
+        self._write_config()
         with self.log_path.open("ab") as logf:
             self.proc = subprocess.Popen(
                 [str(server_binary()), "-c", str(self.conf_path)], stdout=logf, stderr=subprocess.STDOUT

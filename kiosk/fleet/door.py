@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 BATCH = 1000
+WRAPPED_KEY_FILE = "site-key.wrapped"
 FULL_RELOAD_OVER = 500  # a batch changing more people than this reloads the matrix whole (still built aside)
 
 
@@ -121,7 +122,7 @@ class FleetDoor:
             self.live = LiveMatrix(self._gallery, *self.model)
 
     def _wrapped_path(self) -> Path:
-        return self.state_dir / "site-key.wrapped"
+        return self.state_dir / WRAPPED_KEY_FILE
 
     def _load_site_key(self, wrapped: bytes) -> None:
         assert self._gallery is not None
@@ -129,6 +130,12 @@ class FleetDoor:
         self._gallery._cipher = AesGcmCipher(site)  # the door's templates are the site's: same key
         self.replica = Replica(self._gallery, self._gallery._cipher)
         self._synced_at = self.replica.synced_at()
+
+    @property
+    def site_cipher(self) -> AesGcmCipher | None:
+        """The site key once received (the door loop's gallery needs it to read the replicated templates)."""
+        cipher = self._gallery.cipher if self._gallery is not None else None
+        return cipher if isinstance(cipher, AesGcmCipher) else None
 
     def stale_for(self, now: float | None = None) -> float | None:
         """Seconds since the replica was last confirmed up to date (None: never synced)."""
@@ -235,6 +242,8 @@ class FleetDoor:
         tmp.replace(path)
         if self.model is not None:
             await self._call(self._make_live)
+        if self.on_change is not None:  # before any record is applied: the door loop needs the key to read them
+            self.on_change(set(), True)
         log.info("fleet: door %s received the site key (wrapped for it alone)", self.door)
 
     def _make_live(self) -> None:

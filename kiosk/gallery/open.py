@@ -77,7 +77,13 @@ def open_gallery(cfg: Config, *, check: bool = True, need_key: bool = True, chec
         # NOTE: the data directory holds biometric templates: owner-only from the moment it exists.
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     check_permissions(cfg)
-    cipher = load_cipher(cfg) if cfg.gallery.encrypt and need_key else None
+    if cfg.fleet.enabled:  # a door of a site: its templates are the site's, under the site key the hub wrapped for it
+        from kiosk.fleet.service import door_site_cipher
+
+        cipher = door_site_cipher(cfg) if need_key else None
+        check_keys = check_keys and cipher is not None
+    else:
+        cipher = load_cipher(cfg) if cfg.gallery.encrypt and need_key else None
     try:
         gallery = Gallery(path, busy_timeout_s=cfg.gallery.busy_timeout_s, cipher=cipher, actor=authz.actor())
     except GalleryCorruptError as err:
