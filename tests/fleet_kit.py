@@ -45,6 +45,7 @@ async def connect(server: NatsServer, who: str, errors: list[str] | None = None)
     )
 
 
-def run(coro: Callable[[], Awaitable[Any]]) -> Any:
-    """Run one test coroutine to its end (30 s at most) in a fresh event loop."""
-    return asyncio.run(asyncio.wait_for(coro(), timeout=30))
+def run(coro: Callable[[], Awaitable[Any]], timeout_s: float = 60.0) -> Any:
+    """Run one test coroutine to its end (``timeout_s`` at most: generous, for a loaded CI machine) in a fresh event
+    loop."""
+    return asyncio.run(asyncio.wait_for(coro(), timeout=timeout_s))

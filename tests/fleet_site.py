@@ -102,7 +102,7 @@ async def running(*services: Hub | FleetDoor) -> AsyncIterator[list[asyncio.Task
             raise errors[0]
 
 
-async def until(check: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition") -> Any:
+async def until(check: Callable[[], Any], timeout_s: float = 20.0, what: str = "condition") -> Any:
     """Poll ``check`` until it is truthy (returns it) or fail after ``timeout_s``."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s

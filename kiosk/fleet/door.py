@@ -160,7 +160,17 @@ class FleetDoor:
         try:
             while not self._stop.is_set():
                 try:
-                    await self._connect()
+                    # nats-py retries an unreachable broker forever (max_reconnect_attempts=-1): stop must not wait.
+                    connecting = asyncio.create_task(self._connect())
+                    stopping = asyncio.create_task(self._stop.wait())
+                    await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                    stopping.cancel()
+                    if not connecting.done():
+                        connecting.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, Exception):
+                            await connecting
+                        break
+                    connecting.result()
                 except (TimeoutError, OSError, nats.errors.Error) as err:
                     self.stats.connected = False
                     log.debug("fleet: broker unreachable (%s); deciding locally, events queue on disk", err)

@@ -128,16 +128,18 @@ class Hub:
     async def run(self) -> None:
         """Serve until ``stop``; reconnects to the broker by itself."""
         await self._call(lambda: self.gallery)
-        self.nc = await nats.connect(
-            self.url,
-            user=HUB_USER,
-            password=self._password,
-            name="face-kiosk hub",
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            connect_timeout=2,
-            error_cb=self._on_error,
-        )
+        connecting = asyncio.create_task(self._connect())
+        stopping = asyncio.create_task(self._stop.wait())
+        await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not connecting.done():  # stopped while the broker was unreachable (nats-py retries it forever)
+            connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await connecting
+            await self._call(self._close_gallery)
+            self._db.shutdown(wait=True)
+            return
+        connecting.result()
         self.js = self.nc.jetstream(timeout=5)
         subs = [
             await self.nc.subscribe("fleet.hb.*", cb=self._on_heartbeat),
@@ -163,6 +165,18 @@ class Hub:
                 await self.nc.close()
             await self._call(self._close_gallery)
             self._db.shutdown(wait=True)
+
+    async def _connect(self) -> None:
+        self.nc = await nats.connect(
+            self.url,
+            user=HUB_USER,
+            password=self._password,
+            name="face-kiosk hub",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=2,
+            error_cb=self._on_error,
+        )
 
     def _close_gallery(self) -> None:
         if self._gallery is not None:

@@ -204,7 +204,8 @@ def _advance_chain(db: Database, door: str, batch: Sequence[tuple[str, Mapping[s
         if reason is not None:
             db.execute(
                 "INSERT INTO fleet_chain (door, head_seq, head_hash, broken_at, reason) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT(door) DO UPDATE SET broken_at = excluded.broken_at, reason = excluded.reason",
+                "ON CONFLICT(door) DO UPDATE SET head_seq = excluded.head_seq, head_hash = excluded.head_hash, "
+                "broken_at = excluded.broken_at, reason = excluded.reason",
                 [door, seq, prev, seq + 1, reason],
             )
             return 1
