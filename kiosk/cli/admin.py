@@ -58,6 +58,11 @@ def register(sub: Any) -> None:
         action="store_true",
         help="replay the clip on a loop with the door screen and the admin app (kiosk web) running; prints the URLs",
     )
+    p.add_argument(
+        "--fleet",
+        action="store_true",
+        help="a site on this machine: a hub and two doors (own processes); enrol and remove at the hub",
+    )
     p.add_argument("--data-dir", type=Path, help="--web: the demo's folder (default ~/.local/share/face-kiosk-demo)")
     p.add_argument("--listen", metavar="HOST:PORT", help="--web: where kiosk web listens (default 127.0.0.1:8080)")
     p.set_defaults(func=cmd_demo)
@@ -195,9 +200,17 @@ def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:
     built from those photos (empty frames, the astronaut moving under changing light, the cameraman as a
     stranger) through the real door loop with the simulated door, printing every decision and door pulse.
     With --source 0 the same loop drives a webcam. With --web the clip plays on a loop with the door screen and
-    the admin app beside it, nobody enrolled, until Ctrl-C (make demo)."""
+    the admin app beside it, nobody enrolled, until Ctrl-C (make demo). With --fleet: a hub and two doors as their
+    own processes; the astronaut is enrolled, then removed, at the hub, and both doors follow."""
     from kiosk.lab.demo import run_demo, run_web_demo
 
+    if args.fleet:
+        from kiosk.lab.fleet_demo import run_fleet_demo
+
+        code, record = run_fleet_demo(cfg, as_json=args.json, keep=args.data_dir)
+        if args.json:
+            emit_json(record)
+        return code
     if args.web:
         return run_web_demo(cfg, data_dir=args.data_dir, listen=args.listen)
     code, record = run_demo(cfg, source=args.source, as_json=args.json)

@@ -7,7 +7,6 @@ with a ``fleet:`` section naming the broker and the credentials file ``kiosk hub
 from __future__ import annotations
 
 import argparse
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -131,32 +130,9 @@ def _s(value: Any) -> str:
 
 
 def _command(cfg: Config, door: str, name: str, **kw: Any) -> dict[str, Any]:
-    import nats
+    from kiosk.fleet.service import send_command
 
-    from kiosk.fleet.broker import HUB_USER, check_door_id
-    from kiosk.fleet.protocol import command_subject, decode, encode
-    from kiosk.fleet.service import hub_secrets
-
-    check_door_id(door)
-
-    async def go() -> dict[str, Any]:
-        try:
-            nc = await nats.connect(cfg.hub.server, user=HUB_USER, password=hub_secrets(cfg).hub_password(),
-                                    allow_reconnect=False, connect_timeout=3)  # fmt: skip
-        except Exception as err:
-            raise KioskError(f"cannot reach the site broker at {cfg.hub.server}: {err}") from None
-        try:
-            msg = await nc.request(command_subject(door), encode({"cmd": name, **kw}), timeout=5)
-        except Exception:
-            raise KioskError(f"door {door} did not answer (offline, or not this site's)") from None
-        finally:
-            await nc.close()
-        return decode(msg.data, f"door {door}'s answer")
-
-    reply = asyncio.run(go())
-    if not reply.get("ok"):
-        raise KioskError(f"door {door} refused {name}: {reply.get('error')}")
-    return reply
+    return send_command(cfg, door, name, **kw)
 
 
 def cmd_unlock(args: argparse.Namespace, cfg: Config) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from kiosk.config import Config
-from kiosk.errors import ConfigError
+from kiosk.errors import ConfigError, KioskError
 from kiosk.fleet import hubdb
 from kiosk.fleet.broker import BrokerConfig, NatsServer
 from kiosk.fleet.door import FleetDoor
@@ -135,6 +135,37 @@ def status(cfg: Config, gallery: Gallery) -> list[dict[str, Any]]:
 
     hubdb.install(gallery)
     return door_status(gallery, cfg.hub.heartbeat_timeout_s)
+
+
+def send_command(cfg: Config, door: str, name: str, *, timeout_s: float = 5.0, **kw: Any) -> dict[str, Any]:
+    """Send a live command (``unlock``, ``resync``, ``ping``) to ``door`` as the hub and return its answer; KioskError
+    when the broker or the door does not answer, or the door refuses. Nothing is queued: an unanswered command is
+    never carried out later."""
+    import nats
+
+    from kiosk.fleet.broker import HUB_USER, check_door_id
+    from kiosk.fleet.protocol import command_subject, decode, encode
+
+    check_door_id(door)
+
+    async def go() -> dict[str, Any]:
+        try:
+            nc = await nats.connect(cfg.hub.server, user=HUB_USER, password=hub_secrets(cfg).hub_password(),
+                                    allow_reconnect=False, connect_timeout=3)  # fmt: skip
+        except Exception as err:
+            raise KioskError(f"cannot reach the site broker at {cfg.hub.server}: {err}") from None
+        try:
+            msg = await nc.request(command_subject(door), encode({"cmd": name, **kw}), timeout=timeout_s)
+        except Exception:
+            raise KioskError(f"door {door} did not answer (offline, or not this site's)") from None
+        finally:
+            await nc.close()
+        return decode(msg.data, f"door {door}'s answer")
+
+    reply = asyncio.run(go())
+    if not reply.get("ok"):
+        raise KioskError(f"door {door} refused {name}: {reply.get('error')}")
+    return reply
 
 
 # -- the door side -------------------------------------------------------------------------------------------------
