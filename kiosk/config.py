@@ -319,6 +319,14 @@ class FleetConfig:
         },
     )
     staff_group: str = field(default="staff", metadata={"help": "the group still let in by a stale door"})
+    keep_events_days: float | None = field(
+        default=90.0,
+        metadata={
+            **_range(0.0, 36500.0),
+            "help": "delete events older than this once the hub holds them (their chain stays verifiable); "
+            "null: keep all",
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -337,6 +345,13 @@ class HubConfig:
     )
     heartbeat_timeout_s: float = field(
         default=15.0, metadata={**_range(1.0, 86400.0), "help": "a door not heard from for this long is offline"}
+    )
+    tls: str = field(
+        default="auto",
+        metadata={
+            "choices": ("auto", "on", "off"),
+            "help": "embedded broker: TLS with a self-signed certificate the doors pin (auto: unless loopback)",
+        },
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ import numpy as np
 from kiosk.fleet.broker import BrokerConfig, NatsServer, free_port
 from kiosk.fleet.door import FleetDoor
 from kiosk.fleet.hub import Hub
-from kiosk.fleet.secrets import FleetSecrets
+from kiosk.fleet.secrets import DoorSecret, FleetSecrets
 from kiosk.gallery import Gallery, TemplateIn
 from kiosk.gallery.keys import AesGcmCipher
 
@@ -33,6 +34,7 @@ def template(seed: int, dim: int = DIM) -> TemplateIn:
 class Site:
     root: Path
     doors: tuple[str, ...]
+    tls: bool = False
     site_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     secrets: FleetSecrets = field(init=False)
     server: NatsServer = field(init=False)
@@ -41,6 +43,11 @@ class Site:
         self.secrets = FleetSecrets(self.root / "hub" / "fleet")
         for door in self.doors:
             self.secrets.add_door(door)
+        self.cert: tuple[Path, Path] | None = None
+        if self.tls:
+            from kiosk.web.tls import generate_self_signed
+
+            self.cert = generate_self_signed(self.root / "hub" / "fleet" / "tls", ["127.0.0.1"])
         self.server = NatsServer(self.broker_config(free_port()), self.root / "broker")
 
     def broker_config(self, port: int) -> BrokerConfig:
@@ -49,7 +56,22 @@ class Site:
             hub_password=self.secrets.hub_password(),
             doors={d: s.password for d, s in self.secrets.doors().items()},
             port=port,
+            tls_cert=self.cert[0] if self.cert else None,
+            tls_key=self.cert[1] if self.cert else None,
         )
+
+    def ssl(self) -> Any:
+        if self.cert is None:
+            return None
+        import ssl
+
+        ctx = ssl.create_default_context(cadata=self.cert[0].read_text())
+        ctx.check_hostname = False
+        return ctx
+
+    def secret(self, door: str) -> DoorSecret:
+        s = self.secrets.doors()[door]
+        return dataclasses.replace(s, ca_pem=self.cert[0].read_text()) if self.cert else s
 
     @property
     def hub_db(self) -> Path:
@@ -68,6 +90,7 @@ class Site:
             self.secrets.doors,
             url=url or self.server.url,
             password=self.secrets.hub_password(),
+            tls=self.ssl(),
             **kw,
         )
 
@@ -78,7 +101,7 @@ class Site:
         kw.setdefault("outbox_s", 0.2)
         kw.setdefault("reconnect_s", 0.2)
         return FleetDoor(
-            self.secrets.doors()[door],
+            self.secret(door),
             lambda: Gallery(path),
             url=url or self.server.url,
             state_dir=path.parent / "fleet",

@@ -4,8 +4,10 @@ once with their chains checked, commands are live, and a door's replica is never
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 import sqlite3
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -265,3 +267,100 @@ def test_with_the_broker_down_a_door_keeps_its_gallery_and_queues_events(site: S
             await until(arrived, what="the queued events at the hub")
 
     run(main)
+
+
+def test_a_door_prunes_only_what_the_hub_holds_and_its_chain_still_verifies(site: Site) -> None:
+    path = site.door_db("front")
+    path.parent.mkdir(parents=True)
+    with Gallery(path) as g:
+        for i in range(10):
+            g.add_event("access", "denied", detail={"i": i})
+
+    async def main() -> None:
+        hub, door = site.hub(), site.door("front", keep_events_s=0.0)
+        async with running(hub, door):
+            await hub.ready.wait()
+            await until(lambda: door.stats.events_through == 10, what="the hub holds all 10")
+            await until(lambda: _events_left(path) == [10], what="pruned up to the newest")
+            with Gallery(path) as g:
+                g.add_event("access", "granted")  # the chain goes on from the kept newest event
+
+            def at_hub() -> bool:
+                with site.hub_gallery() as g:
+                    return len(hubdb.event_keys(g)) == 11
+
+            await until(at_hub, what="event 11 at the hub")
+
+    run(main)
+    with Gallery(path) as g:
+        report = g.verify_events()
+        assert report.ok and report.checked == 2 and report.head_id == 11
+    with site.hub_gallery() as g:
+        assert hubdb.chain_report(g)["front"] == {"head": 11, "broken_at": None, "reason": None}
+
+
+def _events_left(path: Path) -> list[int]:
+    conn = sqlite3.connect(path)
+    try:
+        return [int(r[0]) for r in conn.execute("SELECT id FROM events ORDER BY id")]
+    finally:
+        conn.close()
+
+
+def test_pruning_keeps_a_prefix_the_newest_event_and_a_verifiable_chain(tmp_path: Path) -> None:
+    with Gallery(tmp_path / "g.db") as g:
+        ids = [g.add_event("access", "denied", detail={"i": i}) for i in range(6)]
+        assert g.prune_events(through_id=3, before_ts="9999") == 3  # 1-3: what the hub holds
+        assert g.prune_events(through_id=100, before_ts="0000") == 0  # nothing older than the epoch
+        assert g.prune_events(through_id=100, before_ts="9999") == 2  # 4, 5: the newest (6) is always kept
+        assert [e["id"] for e in g.raw_events_after(0, 10)] == [ids[-1]]
+        assert g.verify_events().ok
+        new = g.add_event("access", "granted")
+        assert new == ids[-1] + 1 and g.verify_events().ok  # ids are never reused
+    conn = sqlite3.connect(tmp_path / "g.db")
+    conn.execute("UPDATE replica_meta SET value = '5:' || substr(value, 3) WHERE key = 'events_anchor'")
+    conn.execute("UPDATE events SET prev_hash = 'x' WHERE id = ?", [ids[-1]])
+    conn.commit()
+    conn.close()
+    with Gallery(tmp_path / "g.db") as g:
+        report = g.verify_events()
+        assert not report.ok and report.first_broken_id == ids[-1] and "anchor" in (report.reason or "")
+
+
+def test_over_tls_a_door_trusts_only_the_hubs_own_certificate(tmp_path: Path) -> None:
+    site = Site(tmp_path, ("front",), tls=True)
+    with site.hub_gallery() as g:
+        g.enroll("Ada", [template(1)])
+    with site.server:
+        assert site.server.url.startswith("tls://")
+
+        async def main() -> None:
+            hub, door = site.hub(), site.door("front")
+            async with running(hub, door):
+                await until(lambda: door.live is not None and door.live.matrix.names == ["Ada"], what="Ada over TLS")
+            # The server demands TLS (nats-py upgrades, and the system's trust store knows no such certificate), and a
+            # client pinning another certificate (the door of a man in the middle) refuses it.
+            with pytest.raises(ssl.SSLError, match="certificate verify failed"):
+                await nats.connect(
+                    site.server.url.replace("tls://", "nats://"),
+                    user="hub",
+                    password=site.secrets.hub_password(),
+                    allow_reconnect=False,
+                    connect_timeout=2,
+                )
+            from kiosk.web.tls import generate_self_signed
+
+            other, _ = generate_self_signed(tmp_path / "other", ["127.0.0.1"])
+            impostor = dataclasses.replace(site.secret("front"), ca_pem=other.read_text())
+            ctx = impostor.ssl_context()
+            with pytest.raises(ssl.SSLError, match="certificate verify failed"):
+                await nats.connect(
+                    site.server.url,
+                    user="door-front",
+                    password=impostor.password,
+                    tls=ctx,
+                    allow_reconnect=False,
+                    connect_timeout=2,
+                )
+
+        run(main)

@@ -7,6 +7,7 @@ with a ``fleet:`` section naming the broker and the credentials file ``kiosk hub
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -66,14 +67,14 @@ def cmd_add(args: argparse.Namespace, cfg: Config) -> int:
     from kiosk.fleet import hubdb
     from kiosk.fleet.broker import check_door_id
     from kiosk.fleet.secrets import write_bundle
-    from kiosk.fleet.service import hub_secrets
+    from kiosk.fleet.service import door_ca, hub_secrets
 
     door = check_door_id(args.door)
     out = args.out or Path(f"{door}.door.json")
     if out.exists():
         raise ConfigError(f"{out} already exists: refusing to overwrite a door's credentials")
     secret = hub_secrets(cfg).add_door(door)
-    write_bundle(out, secret)
+    write_bundle(out, dataclasses.replace(secret, ca_pem=door_ca(cfg)))  # TLS: the door pins the hub's certificate
     with _hub_gallery(cfg) as g:
         hubdb.install(g)
         hubdb.add_door(g, door)

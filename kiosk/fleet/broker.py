@@ -108,6 +108,8 @@ class BrokerConfig:
     host: str = "127.0.0.1"
     port: int = 4222
     monitor_port: int | None = None
+    tls_cert: Path | None = None  # with tls_key: clients must use TLS (tls://); doors pin this certificate
+    tls_key: Path | None = None
 
     def render(self) -> str:
         """The nats-server configuration file's text."""
@@ -121,6 +123,9 @@ class BrokerConfig:
             "jetstream: " + _render({"store_dir": str(self.store_dir), "sync_interval": "always"}),
             "authorization: " + _render({"users": users}),
         ]
+        if self.tls_cert is not None and self.tls_key is not None:
+            lines.append("tls: " + _render({"cert_file": str(self.tls_cert), "key_file": str(self.tls_key),
+                                            "timeout": 5}))  # fmt: skip
         if self.monitor_port is not None:
             lines.append(f"http: {_quote(f'{self.host}:{self.monitor_port}')}")
         return "\n".join(lines) + "\n"
@@ -156,7 +161,8 @@ class NatsServer:
 
     @property
     def url(self) -> str:
-        return f"nats://{self.config.host}:{self.config.port}"
+        scheme = "tls" if self.config.tls_cert is not None else "nats"
+        return f"{scheme}://{self.config.host}:{self.config.port}"
 
     def _write_config(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,7 +46,7 @@ from kiosk.fleet.protocol import (
 )
 from kiosk.fleet.replica import Applied, LiveMatrix, Message, Replica
 from kiosk.fleet.secrets import DoorSecret
-from kiosk.gallery import Gallery
+from kiosk.gallery import Gallery, utc_iso
 from kiosk.gallery.keys import AesGcmCipher
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,9 @@ T = TypeVar("T")
 
 BATCH = 1000
 WRAPPED_KEY_FILE = "site-key.wrapped"
-FULL_RELOAD_OVER = 500  # a batch changing more people than this reloads the matrix whole (still built aside)
+FULL_RELOAD_OVER = 500
+PRUNE_EVERY_S = 600.0
+PRUNE_RETRY_S = 5.0  # a batch changing more people than this reloads the matrix whole (still built aside)
 
 
 @dataclass
@@ -85,6 +88,7 @@ class FleetDoor:
         on_unlock: Callable[[str, str], dict[str, Any]] | None = None,
         health: Callable[[], dict[str, Any]] | None = None,
         reconnect_s: float = 0.5,
+        keep_events_s: float | None = None,
     ) -> None:
         self.secret = secret
         self.door = check_door_id(secret.door)
@@ -107,6 +111,8 @@ class FleetDoor:
         self._outbox: EventOutbox | None = None
         self._outbox_gallery: Gallery | None = None
         self._poke = asyncio.Event()
+        self.keep_events_s = keep_events_s  # prune events the hub holds once older than this (None: keep all)
+        self._next_prune, self._pruned_through = -float("inf"), 0
 
     # -- threads and state -------------------------------------------------------------------------------------
 
@@ -194,6 +200,7 @@ class FleetDoor:
             password=self.secret.password,
             inbox_prefix=inbox_prefix(self.door),
             name=f"face-kiosk door {self.door}",
+            tls=self.secret.ssl_context(),
             connect_timeout=2,
             allow_reconnect=True,
             max_reconnect_attempts=-1,
@@ -226,9 +233,9 @@ class FleetDoor:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
             with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+                await asyncio.wait_for(sub.unsubscribe(), 2)
             with contextlib.suppress(Exception):
-                await self.nc.close()
+                await asyncio.wait_for(self.nc.close(), 5)
 
     # -- requests to the hub -----------------------------------------------------------------------------------
 
@@ -388,7 +395,21 @@ class FleetDoor:
         msg = await self.nc.request(heartbeat_subject(self.door), encode(await self.status()), timeout=2)
         reply = decode(msg.data, "the hub's heartbeat answer")
         self.stats.events_through = int(reply.get("events_through", 0))
+        now = time.monotonic()
+        through = min(self.stats.events_through, self._outbox.acked if self._outbox else 0)
+        if self.keep_events_s is not None and now >= self._next_prune and through > self._pruned_through:
+            cutoff = utc_iso(datetime.now(UTC) - timedelta(seconds=self.keep_events_s))
+            pruned = await self._call(self._prune, through, cutoff)
+            # After a prune, wait the full interval; when nothing was old enough yet, look again soon.
+            self._next_prune = now + (PRUNE_EVERY_S if pruned else PRUNE_RETRY_S)
+            if pruned:
+                self._pruned_through = through
+                log.info("fleet: pruned %d events the hub holds (older than %s)", pruned, cutoff)
         return reply
+
+    def _prune(self, through: int, cutoff: str) -> int:
+        assert self._gallery is not None
+        return self._gallery.prune_events(through, cutoff)
 
     async def _outbox_loop(self) -> None:
         assert self._outbox is not None

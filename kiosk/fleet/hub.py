@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -89,6 +90,7 @@ class Hub:
         heartbeat_flush_s: float = 1.0,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
         on_heartbeat: Callable[[str, dict[str, Any]], None] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._open_gallery = open_gallery
         self.site: TemplateCipher = AesGcmCipher(site_key)
@@ -97,6 +99,7 @@ class Hub:
         self.url, self._password = url, password
         self.poll_s, self.heartbeat_flush_s = poll_s, heartbeat_flush_s
         self.on_event, self.on_heartbeat = on_event, on_heartbeat
+        self.tls = tls
         self.stats = HubStats()
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-db")
         self._gallery: Gallery | None = None
@@ -158,11 +161,11 @@ class Hub:
                     await t
             for sub in subs:
                 with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+                    await asyncio.wait_for(sub.unsubscribe(), 2)
             with contextlib.suppress(Exception):
                 await self._flush_heartbeats()
             with contextlib.suppress(Exception):
-                await self.nc.close()
+                await asyncio.wait_for(self.nc.close(), 5)
             await self._call(self._close_gallery)
             self._db.shutdown(wait=True)
 
@@ -172,6 +175,7 @@ class Hub:
             user=HUB_USER,
             password=self._password,
             name="face-kiosk hub",
+            tls=self.tls,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
             connect_timeout=2,

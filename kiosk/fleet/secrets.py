@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,10 +27,20 @@ class DoorSecret:
     door: str
     password: str
     door_key: bytes
+    ca_pem: str | None = None  # the hub broker's own certificate: the only one the door trusts (TLS)
 
     def bundle(self) -> dict[str, str]:
         """What the installer copies to the door (its ``fleet.credentials_file``)."""
-        return {"door": self.door, "password": self.password, "door_key": self.door_key.hex()}
+        out = {"door": self.door, "password": self.password, "door_key": self.door_key.hex()}
+        return out | ({"ca_pem": self.ca_pem} if self.ca_pem else {})
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """TLS trusting the hub's certificate alone (pinned; its name is not checked), or None without one."""
+        if not self.ca_pem:
+            return None
+        ctx = ssl.create_default_context(cadata=self.ca_pem)
+        ctx.check_hostname = False  # the pinned certificate is the identity: a door may reach the hub by any address
+        return ctx
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -93,7 +104,11 @@ def read_bundle(path: Path) -> DoorSecret:
     """A door's credentials file (the bundle ``kiosk hub add-door`` wrote); ConfigError naming the problem."""
     try:
         data = json.loads(_read_private(path))
-        secret = DoorSecret(check_door_id(data["door"]), str(data["password"]), bytes.fromhex(data["door_key"]))
+        ca = data.get("ca_pem")
+        secret = DoorSecret(
+            check_door_id(data["door"]), str(data["password"]), bytes.fromhex(data["door_key"]),
+            str(ca) if ca else None,
+        )  # fmt: skip
     except FileNotFoundError:
         raise ConfigError(f"fleet.credentials_file: {path} not found (copy it from `kiosk hub add-door`)") from None
     except (ValueError, KeyError, TypeError) as err:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,14 +38,61 @@ def _host_port(url: str) -> tuple[str, int]:
     return parsed.hostname or "127.0.0.1", parsed.port or 4222
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def broker_tls(cfg: Config) -> tuple[Path, Path] | None:
+    """The embedded broker's certificate and key (made on first use, self-signed), or None when TLS is off."""
+    host, _ = _host_port(cfg.hub.server)
+    wanted = (
+        cfg.hub.tls == "on" or cfg.hub.server.startswith("tls://") or (cfg.hub.tls == "auto" and not _loopback(host))
+    )
+    if not wanted or cfg.hub.broker != "embedded":
+        return None
+    from kiosk.web.tls import CERT_NAME, KEY_NAME, generate_self_signed
+
+    folder = cfg.fleet_dir / "tls"
+    if (folder / CERT_NAME).exists() and (folder / KEY_NAME).exists():
+        return folder / CERT_NAME, folder / KEY_NAME
+    return generate_self_signed(folder, [host])
+
+
+def hub_url(cfg: Config) -> str:
+    host, port = _host_port(cfg.hub.server)
+    return f"{'tls' if broker_tls(cfg) else urlparse(cfg.hub.server).scheme}://{host}:{port}"
+
+
+def hub_ssl(cfg: Config) -> ssl.SSLContext | None:
+    """The hub's own TLS client context: it trusts its broker's certificate alone."""
+    pair = broker_tls(cfg)
+    if pair is None:
+        return None
+    ctx = ssl.create_default_context(cadata=pair[0].read_text())
+    ctx.check_hostname = False
+    return ctx
+
+
+def door_ca(cfg: Config) -> str | None:
+    """What a door's credentials carry to pin the hub's broker: its certificate (None without TLS)."""
+    pair = broker_tls(cfg)
+    return pair[0].read_text() if pair else None
+
+
 def broker_config(cfg: Config, secrets: FleetSecrets) -> BrokerConfig:
     host, port = _host_port(cfg.hub.server)
+    pair = broker_tls(cfg)
     return BrokerConfig(
         store_dir=cfg.fleet_dir / "jetstream",
         hub_password=secrets.hub_password(),
         doors={d: s.password for d, s in secrets.doors().items()},
         host=host,
         port=port,
+        tls_cert=pair[0] if pair else None,
+        tls_key=pair[1] if pair else None,
     )
 
 
@@ -60,7 +109,8 @@ def site_key(cfg: Config) -> bytes:
 
 def make_hub(cfg: Config, open_gallery: Callable[[], Gallery], **kw: Any) -> Hub:
     secrets = hub_secrets(cfg)
-    return Hub(open_gallery, site_key(cfg), secrets.doors, url=cfg.hub.server, password=secrets.hub_password(), **kw)
+    return Hub(open_gallery, site_key(cfg), secrets.doors, url=hub_url(cfg), password=secrets.hub_password(),
+               tls=hub_ssl(cfg), **kw)  # fmt: skip
 
 
 def serve_hub(cfg: Config, open_gallery: Callable[[], Gallery], *, ready: Callable[[Hub], None] | None = None) -> None:
@@ -150,8 +200,8 @@ def send_command(cfg: Config, door: str, name: str, *, timeout_s: float = 5.0, *
 
     async def go() -> dict[str, Any]:
         try:
-            nc = await nats.connect(cfg.hub.server, user=HUB_USER, password=hub_secrets(cfg).hub_password(),
-                                    allow_reconnect=False, connect_timeout=3)  # fmt: skip
+            nc = await nats.connect(hub_url(cfg), user=HUB_USER, password=hub_secrets(cfg).hub_password(),
+                                    tls=hub_ssl(cfg), allow_reconnect=False, connect_timeout=3)  # fmt: skip
         except Exception as err:
             raise KioskError(f"cannot reach the site broker at {cfg.hub.server}: {err}") from None
         try:
@@ -199,6 +249,7 @@ class DoorFleet:
             state_dir=cfg.fleet_dir,
             model=model,
             heartbeat_s=cfg.fleet.heartbeat_s,
+            keep_events_s=None if cfg.fleet.keep_events_days is None else cfg.fleet.keep_events_days * 86400.0,
             **callbacks,
         )
         self.cfg = cfg

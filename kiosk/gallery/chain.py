@@ -54,6 +54,20 @@ def _chain_new_events(conn: sqlite3.Connection | Database) -> int:
     return len(rows)
 
 
+ANCHOR_KEY = "events_anchor"
+
+
+def chain_anchor(conn: sqlite3.Connection | Database) -> tuple[int, str] | None:
+    """(id, hash) of the newest pruned event, where the kept chain starts; None when nothing was ever pruned."""
+    if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'replica_meta'").fetchone():
+        return None
+    row = conn.execute("SELECT value FROM replica_meta WHERE key = ?", [ANCHOR_KEY]).fetchone()
+    if row is None:
+        return None
+    event_id, _, digest = str(row[0]).partition(":")
+    return int(event_id), digest
+
+
 def verify_chain(conn: sqlite3.Connection | Database) -> EventChainReport:
     """Walk the events in id order; the first event whose prev_hash or own hash does not check out is reported."""
     if not {"prev_hash", "hash"} <= _columns(conn, "events"):
@@ -62,6 +76,8 @@ def verify_chain(conn: sqlite3.Connection | Database) -> EventChainReport:
     head_id, head_hash = (int(head[0]), head[1]) if head else (None, None)
     sql = f"SELECT {', '.join(CHAIN_FIELDS)}, prev_hash, hash FROM events ORDER BY id"
     prev, prev_id, checked = GENESIS_HASH, None, 0
+    if anchor := chain_anchor(conn):  # events before it were pruned once the hub held them (kiosk.fleet)
+        prev_id, prev = anchor
     for values in conn.execute(sql):
         row = dict(zip((*CHAIN_FIELDS, "prev_hash", "hash"), values, strict=True))
         event_id = int(row["id"])
@@ -70,6 +86,7 @@ def verify_chain(conn: sqlite3.Connection | Database) -> EventChainReport:
             reason = "it has no hash (written outside face-kiosk)"
         elif row["prev_hash"] != prev:
             before = "the start of the log" if prev_id is None else f"event {prev_id}"
+            before += " (pruned; its hash kept as the anchor)" if prev_id is not None and checked == 0 else ""
             reason = f"its prev_hash does not match {before}: events were deleted, inserted or reordered"
         elif event_hash(prev, row) != row["hash"]:
             reason = "its contents do not match its hash: the event was altered"

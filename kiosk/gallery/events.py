@@ -13,7 +13,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from kiosk.gallery import utc_iso
-from kiosk.gallery.chain import CHAIN_FIELDS, GENESIS_HASH, EventChainReport, event_hash, verify_chain
+from kiosk.gallery.chain import ANCHOR_KEY, CHAIN_FIELDS, GENESIS_HASH, EventChainReport, event_hash, verify_chain
 from kiosk.gallery.connection import GalleryConnection
 from kiosk.gallery.records import _has_surrogate
 
@@ -184,6 +184,30 @@ class EventLog(GalleryConnection):
         JSON text, the chain's ``prev_hash``/``hash`` included), so a reader elsewhere can re-check the hash chain."""
         bound = max(-(2**63), min(int(after_id), 2**63 - 1))
         return self._rows("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", [bound, max(0, int(limit))])
+
+    def prune_events(self, through_id: int, before_ts: str) -> int:
+        """Delete the oldest events, up to ``through_id`` and only those older than ``before_ts`` (a prefix of the
+        log, never a hole, and never the newest event, so ids are never reused), keeping the newest deleted event's
+        hash as the chain's anchor so the rest still verifies.
+        A fleet door calls this with the id up to which the hub holds its events. Returns how many were deleted."""
+        with self._write() as db:
+            row = db.execute(
+                "SELECT max(id) FROM events WHERE id <= ? AND id < (SELECT max(id) FROM events) "  # the newest stays:
+                "AND id < coalesce((SELECT min(id) FROM events WHERE ts >= ?), 9223372036854775807)",  # ids go on
+                [int(through_id), before_ts],
+            ).fetchone()
+            last = int(row[0]) if row and row[0] is not None else 0
+            if last == 0:
+                return 0
+            anchor_hash = db.execute("SELECT hash FROM events WHERE id = ?", [last]).fetchone()[0]
+            n = db.execute("DELETE FROM events WHERE id <= ?", [last]).rowcount
+            db.execute(
+                "INSERT INTO replica_meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [ANCHOR_KEY, f"{last}:{anchor_hash}"],
+            )
+        self._checkpoint("pruned events")
+        return int(n)
 
     def last_event_id(self) -> int:
         """The newest event's id (0 when there is none): cheap enough to poll for new events."""

@@ -56,7 +56,8 @@ def _configs(root: Path, cfg: Config, clip: Path, port: int) -> dict[str, Path]:
                 "data_dir": str(hub_dir),
                 "models": models,
                 "gallery": {"encrypt": True, "key_file": str(hub_dir / "site.key")},
-                "hub": {"server": f"nats://127.0.0.1:{port}", "heartbeat_timeout_s": 5},
+                # TLS on loopback too: the demo shows the doors pinning the hub's own certificate
+                "hub": {"server": f"tls://127.0.0.1:{port}", "heartbeat_timeout_s": 5, "tls": "on"},
                 "screen": {"enabled": False},
             },
         )
@@ -78,7 +79,7 @@ def _configs(root: Path, cfg: Config, clip: Path, port: int) -> dict[str, Path]:
                 "screen": {"enabled": False},
                 "fleet": {
                     "enabled": True,
-                    "server": f"nats://127.0.0.1:{port}",
+                    "server": f"tls://127.0.0.1:{port}",
                     "credentials_file": str(root / f"{door}.door.json"),
                     "heartbeat_s": 1.0,
                 },
@@ -125,7 +126,7 @@ def run_fleet_demo(cfg: Config, *, as_json: bool = False, keep: Path | None = No
     from kiosk.fleet import hubdb
     from kiosk.fleet.broker import free_port
     from kiosk.fleet.secrets import write_bundle
-    from kiosk.fleet.service import hub_secrets, status
+    from kiosk.fleet.service import door_ca, hub_secrets, status
     from kiosk.gallery.open import open_gallery
     from kiosk.lab.demo import DEMO_CHALLENGE_S, FPS, _astronaut_frames, build_clip, skimage_image
 
@@ -152,7 +153,8 @@ def run_fleet_demo(cfg: Config, *, as_json: bool = False, keep: Path | None = No
         paths = _configs(root, cfg, clip, free_port())
         hub_cfg = load_config(paths["hub"])
         for door in DOORS:  # what `kiosk hub add-door` does
-            write_bundle(root / f"{door}.door.json", hub_secrets(hub_cfg).add_door(door))
+            secret = dataclasses.replace(hub_secrets(hub_cfg).add_door(door), ca_pem=door_ca(hub_cfg))
+            write_bundle(root / f"{door}.door.json", secret)
         with open_gallery(hub_cfg, check=False) as g:
             hubdb.install(g)
             for door in DOORS:
