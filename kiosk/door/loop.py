@@ -17,11 +17,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from kiosk.door.access import AccessPolicy, AccessVerdict
 from kiosk.door.camera import Camera, Frame
-from kiosk.door.decide import NONE, Decider, Decision, Observation, continuity_allowance
+from kiosk.door.decide import DENIED, GRANTED, NONE, Decider, Decision, Observation, continuity_allowance
 from kiosk.door.notify import Notifier
 from kiosk.door.relay import Door
 from kiosk.door.snapshots import SnapshotStore
@@ -153,6 +154,7 @@ class DoorLoop:
         on_frame: Callable[[Frame, float], None] | None = None,
         on_event_error: Callable[[GalleryError], None] | None = None,
         screen: Screen | None = None,
+        door_id: str = "door",
     ) -> None:
         """``decider`` replaces the ``Decider`` built from ``decision`` config and ``liveness`` (a measuring tool
         passes one that records what it is asked; build it with the same liveness). ``on_frame(frame, ms)`` is called
@@ -161,7 +163,7 @@ class DoorLoop:
         write (the event stays queued, as without it): the soak counts locked-gallery hits with it. ``screen``
         (optional) is told about every frame, prompt and loop iteration (``Screen``); an error it raises is logged
         (rate-limited) and never stops the loop or fails a frame, except a relay fault of a manual unlock
-        (``FATAL_ERRORS``)."""
+        (``FATAL_ERRORS``). ``door_id`` is this door's id in the access rules (``kiosk.door.access``)."""
         self.cfg = pipeline.cfg
         self.pipeline = pipeline
         self.gallery = gallery
@@ -214,6 +216,9 @@ class DoorLoop:
         self._quality: dict[int, QualityReport] = {}
         self._screen_error_logged = -float("inf")
         self.screen_errors = 0
+        self.door_id = door_id
+        self._policy: AccessPolicy | None = None
+        self._policy_version = -1
 
     # -- gallery ---------------------------------------------------------------------------------------------
 
@@ -241,6 +246,23 @@ class DoorLoop:
         """Reload the gallery matrix on the next frame that needs it (``kiosk.screen``'s ``reload`` request)."""
         self._matcher = None
         self._data_version = -1
+        self._policy = None
+
+    def access(self, person_id: int) -> AccessVerdict:
+        """May ``person_id`` open this door now? The access rules are reloaded when the gallery changed (only
+        grants ask: one cheap ``data_version`` read each). A gallery that cannot be read keeps the rules last
+        loaded; with none loaded yet the answer is no (fail secure)."""
+        try:
+            version = self.gallery.data_version()
+            if self._policy is None or version != self._policy_version:
+                self._policy, self._policy_version = AccessPolicy.load(self.gallery), version
+        except GalleryError as exc:
+            log.error(
+                "cannot read the access rules (%s); %s", exc, "using the last ones read" if self._policy else "denying"
+            )
+            if self._policy is None:
+                return AccessVerdict(False, None, f"the access rules cannot be read: {exc}")
+        return self._policy.decide(person_id, self.door_id, utc_now())
 
     # -- one frame -------------------------------------------------------------------------------------------
 
@@ -267,8 +289,7 @@ class DoorLoop:
                 self.liveness.end(track.id)
             final = self.decider.end_track(track.id, t)
             if final is not None:
-                decisions.append(final)
-                self._act(final, None, None)
+                decisions.append(self._act(final, None, None))
         self.stats.frames += 1
         self.stats.faces += len(faces)
         if self.screen is not None:
@@ -317,8 +338,7 @@ class DoorLoop:
             if self.liveness is not None and self.decider.take_restart(track.id):
                 self.liveness.end(track.id)  # the face changed mid-challenge: the next match gets a fresh challenge
             if decision is not None:
-                decisions.append(decision)
-                self._act(decision, frame, track)
+                decisions.append(self._act(decision, frame, track))
         return decisions
 
     def _prompt(self, track_id: int, prompt: str) -> None:
@@ -375,7 +395,18 @@ class DoorLoop:
 
     # -- acting on a decision --------------------------------------------------------------------------------
 
-    def _act(self, d: Decision, frame: Frame | None, track: Track | None) -> None:
+    def _act(self, d: Decision, frame: Frame | None, track: Track | None) -> Decision:
+        """Act on a decision and record it; returns the decision acted on: a grant the access rules refuse becomes
+        a deny with their reason (the person stays named, so the screen shows ``denied``, not ``unknown``)."""
+        rule = None
+        if d.outcome == GRANTED and d.person_id is not None:
+            verdict = self.access(d.person_id)
+            if verdict.allowed:
+                rule = verdict.rule
+            else:
+                # NOTE: the decider counts this as a grant (the track is done, the person's cooldown runs): the
+                # person is not asked for liveness again on every frame, and a refusal is recorded once per cooldown.
+                d = replace(d, outcome=DENIED, reason=f"{d.reason}; access refused: {verdict.reason}")
         door_action = "none"
         if d.outcome == "granted":
             applied = self.door.pulse()
@@ -408,14 +439,19 @@ class DoorLoop:
         snapshot = None
         if self.snapshots is not None and frame is not None and track is not None:
             snapshot = self.snapshots.save(frame.image, track.face.box, d.outcome)
-        self._record(d, latency_ms, door_action, snapshot)
+        self._record(d, latency_ms, door_action, snapshot, rule)
         if self.on_decision is not None:
             self.on_decision(d, door_action)
+        return d
 
-    def _record(self, d: Decision, latency_ms: float, door_action: str, snapshot: str | None) -> None:
+    def _record(
+        self, d: Decision, latency_ms: float, door_action: str, snapshot: str | None, rule: str | None = None
+    ) -> None:
         detail: dict[str, Any] = {"reason": d.reason, "liveness": d.liveness.as_dict()}
         if snapshot:
             detail["snapshot"] = snapshot
+        if rule is not None:
+            detail["rule"] = rule
         self._store_event(
             "access",
             d.outcome,
