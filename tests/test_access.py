@@ -6,16 +6,33 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
+from unittest import mock
 from zoneinfo import ZoneInfo
 
+import cv2
 import numpy as np
 import pytest
 
+from kiosk.config import Config, parse_config
+from kiosk.context import Context
 from kiosk.door.access import NO_RULES, AccessPolicy
-from kiosk.errors import DuplicateError, InputError, PersonNotFoundError, RecordNotFoundError
+from kiosk.door.camera import Frame
+from kiosk.door.decide import DENIED, GRANTED, NOT_REQUIRED, Decision
+from kiosk.door.loop import DoorLoop
+from kiosk.door.relay import open_door
+from kiosk.enroll import enroll
+from kiosk.errors import DuplicateError, GalleryError, InputError, PersonNotFoundError, RecordNotFoundError
 from kiosk.gallery import Gallery, TemplateIn
+from kiosk.gallery.access import AccessTables
 from kiosk.gallery.schedules import parse_days, parse_doors, parse_window_spec, window, windows_from_json, windows_json
+from kiosk.recognition.pipeline import Thresholds
+from kiosk.screen.state import outcome_of, reason_code
+from kiosk.types import Image
+
+gpiozero = pytest.importorskip("gpiozero", reason="gpiozero (dev extra) is needed for the mock relay")
+from gpiozero.pins.mock import MockFactory  # noqa: E402
 
 PARIS = ZoneInfo("Europe/Paris")
 # 2026-12-07 is a Monday.
@@ -326,3 +343,167 @@ def test_matcher_still_refuses_disabled_and_expired_people(g: Gallery) -> None:
     assert sorted(set(g.matrix("m", "sha", at=MON_10).names)) == ["Ada"]
     policy = AccessPolicy.load(g)
     assert [policy.decide(i, "x", MON_10).allowed for i in (1, 2, 3)] == [True, False, False]
+
+
+# -- the door loop -------------------------------------------------------------------------------------------------
+
+RELAY = 17
+W, H, FPS = 640, 480, 10.0
+
+
+def loop_cfg(tmp_path: Path, **sections: dict[str, object]) -> Config:
+    data: dict[str, object] = {
+        "data_dir": str(tmp_path / "data"),
+        "door": {"driver": "gpiozero", "relay_pin": RELAY, "pulse_s": 0.3, "max_pulse_s": 1.0},
+        "decision": {"frames_needed": 3, "window": 5, "cooldown_s": 0.0, "track_max_age_s": 0.4},
+        "liveness": {"mode": "off"},  # still photos: liveness has its own tests
+    }
+    data.update(sections)
+    return parse_config(data)
+
+
+class NoFaces:
+    """Enough of ``Pipeline`` to build a ``DoorLoop`` whose decisions the test hands to it."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.thresholds = Thresholds(accept=0.47, likely=0.36, duplicate=0.47)
+
+
+def grant(person_id: int, name: str, track_id: int = 1) -> Decision:
+    return Decision(
+        outcome=GRANTED,
+        track_id=track_id,
+        person_id=person_id,
+        name=name,
+        score=0.8,
+        runner_up=None,
+        runner_up_score=None,
+        threshold=0.47,
+        frames_used=3,
+        liveness=NOT_REQUIRED,
+        reason=f"3 of 3 frames matched {name}",
+        first_seen=1.0,
+        t=1.5,
+    )
+
+
+def pulses(factory: MockFactory) -> int:
+    return [bool(s.state) for s in factory.pin(RELAY).states].count(True)
+
+
+def test_loop_refuses_a_grant_the_rules_do_not_allow_then_grants_once_allowed(
+    tmp_path: Path, factory: MockFactory
+) -> None:
+    cfg = loop_cfg(tmp_path)
+    cfg.gallery_path.parent.mkdir(mode=0o700, parents=True)
+    with Gallery(cfg.gallery_path) as admin:
+        ada = admin.add_person("Ada")
+        admin.add_group("staff")
+        admin.add_group("night")
+        admin.add_schedule("never", spec("sun 03:00-03:01"))
+        admin.add_rule("night-front", "night", doors="front", schedule="never")
+    with Gallery(cfg.gallery_path) as gallery, open_door(cfg.door, pin_factory=factory) as door:
+        loop = DoorLoop(NoFaces(cfg), gallery, None, door, door_id="front")  # type: ignore[arg-type]
+        refused = loop._act(grant(ada.id, "Ada"), None, None)
+        assert refused.outcome == DENIED and refused.person_id == ada.id and pulses(factory) == 0
+        assert (
+            refused.reason
+            == "3 of 3 frames matched Ada; access refused: no rule allows Ada at front: they are in no group"
+        )
+        # The screen shows a recognised person refused (the existing "denied"/"refused"), never the reason's prose.
+        assert (outcome_of(refused), reason_code(refused)) == ("denied", "refused")
+        # Another process changes the rules: the loop sees the new data_version at the next grant.
+        with Gallery(cfg.gallery_path) as admin:
+            admin.add_member("staff", "Ada")
+            admin.add_rule("staff-front", "staff", doors="front,back")
+        granted = loop._act(grant(ada.id, "Ada", track_id=2), None, None)
+        assert granted.outcome == GRANTED and pulses(factory) == 1
+        assert (loop.stats.granted, loop.stats.denied) == (1, 1)
+        access = [e for e in gallery.events() if e["kind"] == "access"]
+    assert [(e["outcome"], e["door_action"]) for e in access] == [("denied", "none"), ("granted", "pulse 0.3s")]
+    assert "no rule allows Ada at front" in access[0]["detail"]["reason"] and "rule" not in access[0]["detail"]
+    assert access[1]["detail"]["rule"] == "staff-front" and access[1]["person_name"] == "Ada"
+
+
+def test_loop_without_rules_grants_as_before(tmp_path: Path, factory: MockFactory) -> None:
+    cfg = loop_cfg(tmp_path)
+    with Gallery(":memory:") as gallery, open_door(cfg.door, pin_factory=factory) as door:
+        ada = gallery.add_person("Ada")
+        loop = DoorLoop(NoFaces(cfg), gallery, None, door)  # type: ignore[arg-type]
+        assert loop._act(grant(ada.id, "Ada"), None, None).granted and pulses(factory) == 1
+        [event] = [e for e in gallery.events() if e["kind"] == "access"]
+    assert event["outcome"] == "granted" and "rule" not in event["detail"]
+
+
+def test_loop_denies_when_the_rules_cannot_be_read(
+    tmp_path: Path, factory: MockFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = loop_cfg(tmp_path)
+    with Gallery(":memory:") as gallery, open_door(cfg.door, pin_factory=factory) as door:
+        ada = gallery.add_person("Ada")
+        loop = DoorLoop(NoFaces(cfg), gallery, None, door)  # type: ignore[arg-type]
+
+        def locked() -> AccessTables:
+            raise GalleryError("gallery is locked")
+
+        monkeypatch.setattr(gallery, "access_tables", locked)
+        d = loop._act(grant(ada.id, "Ada"), None, None)
+        assert d.outcome == DENIED and "access rules cannot be read" in d.reason and pulses(factory) == 0
+        monkeypatch.undo()
+        assert loop._act(grant(ada.id, "Ada", 2), None, None).granted  # loaded now
+        monkeypatch.setattr(gallery, "access_tables", locked)
+        gallery.add_group("x")  # a change: the loop tries to reload, fails, keeps the rules it has
+        assert loop._act(grant(ada.id, "Ada", 3), None, None).granted
+
+
+def scene(photo: Image | None, i: int = 0) -> Image:
+    canvas = np.full((H, W, 3), 110, np.uint8)
+    if photo is None:
+        return canvas
+    img = cv2.resize(photo, None, fx=1.4, fy=1.4)
+    h, w = img.shape[:2]
+    x, y = (W - w) // 2 + (i % 5), (H - h) // 2
+    canvas[y : y + h, x : x + w] = img
+    return canvas
+
+
+def test_recognised_person_not_allowed_now_is_denied_with_no_pulse(
+    tmp_path: Path, faces_dir: Path, factory: MockFactory
+) -> None:
+    """Real models, a real photo: the whole frame path (the decisions process() returns are the ones acted on)."""
+    colin = sorted((faces_dir / "lfw" / "images" / "Colin_Powell").glob("*.jpg"))
+    cfg = loop_cfg(tmp_path)
+    photo = cv2.imread(str(colin[3]))
+    with Context(cfg) as ctx, open_door(cfg.door, pin_factory=factory) as door:
+        enroll(ctx.pipeline, ctx.gallery, "Colin Powell", colin[:2])
+        ctx.gallery.add_group("staff")
+        ctx.gallery.add_schedule("office", spec("mon-fri 08:00-18:00"))
+        ctx.gallery.add_rule("staff-office", "staff", schedule="office")
+        ctx.gallery.add_member("staff", "Colin Powell")
+        seen: list[Decision] = []
+        loop = DoorLoop(ctx.pipeline, ctx.gallery, None, door, door_id="front", on_decision=lambda d, _: seen.append(d))
+        frame_no = 0
+
+        def visit() -> list[Decision]:
+            nonlocal frame_no
+            out: list[Decision] = []
+            for k, photo_k in enumerate([photo] * 8 + [None] * 6):
+                out += loop.process_contained(Frame(scene(photo_k, k), frame_no, 100.0 + frame_no / FPS))
+                frame_no += 1
+            return out
+
+        sunday = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+        monday = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
+        with mock.patch("kiosk.door.loop.utc_now", return_value=sunday):
+            first = visit()
+        with mock.patch("kiosk.door.loop.utc_now", return_value=monday):
+            second = visit()
+        events = [e for e in ctx.gallery.events() if e["kind"] == "access"]
+    assert [(d.outcome, d.name) for d in first] == [("denied", "Colin Powell")] and first == seen[:1]
+    assert "access refused: no rule allows Colin Powell at front now" in first[0].reason
+    assert [(d.outcome, d.name) for d in second] == [("granted", "Colin Powell")]
+    assert pulses(factory) == 1
+    assert [e["outcome"] for e in events] == ["denied", "granted"]
+    assert "staff-office (schedule office: not now)" in events[0]["detail"]["reason"]
+    assert events[1]["detail"]["rule"] == "staff-office"
