@@ -404,7 +404,7 @@ def test_loop_refuses_a_grant_the_rules_do_not_allow_then_grants_once_allowed(
         admin.add_schedule("never", spec("sun 03:00-03:01"))
         admin.add_rule("night-front", "night", doors="front", schedule="never")
     with Gallery(cfg.gallery_path) as gallery, open_door(cfg.door, pin_factory=factory) as door:
-        loop = DoorLoop(NoFaces(cfg), gallery, None, door, door_id="front")  # type: ignore[arg-type]
+        loop = DoorLoop(NoFaces(cfg), gallery, None, door, door_id="front")
         refused = loop._act(grant(ada.id, "Ada"), None, None)
         assert refused.outcome == DENIED and refused.person_id == ada.id and pulses(factory) == 0
         assert (
@@ -430,7 +430,7 @@ def test_loop_without_rules_grants_as_before(tmp_path: Path, factory: MockFactor
     cfg = loop_cfg(tmp_path)
     with Gallery(":memory:") as gallery, open_door(cfg.door, pin_factory=factory) as door:
         ada = gallery.add_person("Ada")
-        loop = DoorLoop(NoFaces(cfg), gallery, None, door)  # type: ignore[arg-type]
+        loop = DoorLoop(NoFaces(cfg), gallery, None, door)
         assert loop._act(grant(ada.id, "Ada"), None, None).granted and pulses(factory) == 1
         [event] = [e for e in gallery.events() if e["kind"] == "access"]
     assert event["outcome"] == "granted" and "rule" not in event["detail"]
@@ -442,7 +442,7 @@ def test_loop_denies_when_the_rules_cannot_be_read(
     cfg = loop_cfg(tmp_path)
     with Gallery(":memory:") as gallery, open_door(cfg.door, pin_factory=factory) as door:
         ada = gallery.add_person("Ada")
-        loop = DoorLoop(NoFaces(cfg), gallery, None, door)  # type: ignore[arg-type]
+        loop = DoorLoop(NoFaces(cfg), gallery, None, door)
 
         def locked() -> AccessTables:
             raise GalleryError("gallery is locked")

@@ -1,4 +1,6 @@
-"""``kiosk access groups | members | schedules | rules | check``: who may open which door when (docs/access-rules.md).
+"""``kiosk access groups | members | schedules | rules | check``: who may open which door, and when.
+
+The concepts, the schedule format and time zones are in docs/access-rules.md.
 """
 
 from __future__ import annotations
