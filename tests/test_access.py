@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from kiosk.config import Config, parse_config
+from kiosk.config import Config, load_config, parse_config
 from kiosk.context import Context
 from kiosk.door.access import NO_RULES, AccessPolicy
 from kiosk.door.camera import Frame
@@ -23,13 +23,15 @@ from kiosk.door.decide import DENIED, GRANTED, NOT_REQUIRED, Decision
 from kiosk.door.loop import DoorLoop
 from kiosk.door.relay import open_door
 from kiosk.enroll import enroll
-from kiosk.errors import DuplicateError, GalleryError, InputError, PersonNotFoundError, RecordNotFoundError
+from kiosk.errors import DuplicateError, ExitCode, GalleryError, InputError, PersonNotFoundError, RecordNotFoundError
 from kiosk.gallery import Gallery, TemplateIn
 from kiosk.gallery.access import AccessTables
+from kiosk.gallery.open import open_gallery
 from kiosk.gallery.schedules import parse_days, parse_doors, parse_window_spec, window, windows_from_json, windows_json
 from kiosk.recognition.pipeline import Thresholds
 from kiosk.screen.state import outcome_of, reason_code
 from kiosk.types import Image
+from tests.helpers import config_file, run_cli, run_main
 
 gpiozero = pytest.importorskip("gpiozero", reason="gpiozero (dev extra) is needed for the mock relay")
 from gpiozero.pins.mock import MockFactory  # noqa: E402
@@ -507,3 +509,68 @@ def test_recognised_person_not_allowed_now_is_denied_with_no_pulse(
     assert [e["outcome"] for e in events] == ["denied", "granted"]
     assert "staff-office (schedule office: not now)" in events[0]["detail"]["reason"]
     assert events[1]["detail"]["rule"] == "staff-office"
+
+
+# -- the command line ----------------------------------------------------------------------------------------------
+
+
+def test_cli_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg_path = config_file(tmp_path)
+    with open_gallery(load_config(cfg_path), need_key=False) as g:
+        g.add_person("Ada Lovelace")
+        g.add_person("Bob")
+
+    def kiosk(*argv: str) -> tuple[int, str, str]:
+        return run_cli(cfg_path, capsys, "access", *argv)
+
+    code, out, _ = kiosk("rules", "list")
+    assert code == 0 and "no access rules" in out
+    assert kiosk("groups", "add", "staff")[0] == 0
+    assert kiosk("groups", "add", "Staff")[0] == ExitCode.DUPLICATE
+    assert kiosk("members", "add", "staff", "ada lovelace")[0] == 0
+    code, _, err = kiosk("members", "add", "staff", "Nobody")
+    assert code == ExitCode.NOT_FOUND and "kiosk people list" in err
+    code, _, err = kiosk("members", "add", "nogroup", "Bob")
+    assert code == ExitCode.NOT_FOUND and "kiosk access groups list" in err
+    code, out, _ = kiosk("schedules", "add", "office", "--tz", "Europe/Paris", "--window", "mon-fri 08:00-18:00",
+                         "--window", "sat 22:00-02:00")  # fmt: skip
+    assert code == 0 and "sat 22:00-24:00; sun 00:00-02:00" in out
+    code, _, err = kiosk("schedules", "add", "bad", "--tz", "Mars/Base", "--window", "mon 08:00-09:00")
+    assert code == ExitCode.INPUT and "unknown time zone 'Mars/Base'" in err and "\n" not in err.strip()
+    code, _, err = run_main(capsys, "--config", str(cfg_path), "access", "schedules", "add", "x", "--window", "mon",
+                            catch_exit=True)  # fmt: skip
+    assert code == ExitCode.USAGE and "DAYS HH:MM-HH:MM" in err
+    code, out, _ = kiosk("rules", "add", "staff-office", "--group", "staff", "--doors", "front,back", "--schedule",
+                         "office")  # fmt: skip
+    assert code == 0 and "first rule" in out
+    code, _, err = kiosk("schedules", "remove", "office")
+    assert code == ExitCode.INPUT and "used by rule(s) staff-office" in err
+    code, out, _ = kiosk("rules", "list", "--json")
+    assert json.loads(out) == [
+        {"id": 1, "name": "staff-office", "group": "staff", "doors": "back,front", "schedule": "office"}
+    ]
+    code, out, _ = kiosk("groups", "list", "--json")
+    assert json.loads(out) == [{"id": 1, "name": "staff", "members": ["Ada Lovelace"]}]
+    code, out, _ = kiosk("schedules", "list", "--json")
+    assert json.loads(out)[0]["windows"][0] == {"days": ["mon", "tue", "wed", "thu", "fri"], "start": "08:00",
+                                                "end": "18:00"}  # fmt: skip
+    # Monday 09:00 in Paris is 08:00 UTC.
+    code, out, _ = kiosk("check", "Ada Lovelace", "--door", "front", "--at", "2026-12-07T09:00+01:00", "--json")
+    verdict = json.loads(out)
+    assert code == 0 and verdict["allowed"] and verdict["rule"] == "staff-office" and verdict["groups"] == ["staff"]
+    assert verdict["at"] == "2026-12-07T08:00:00+00:00"
+    code, out, _ = kiosk("check", "1", "--door", "front", "--at", "2026-12-07T18:30:00")
+    assert code == 1 and out.startswith("refused: no rule allows Ada Lovelace at front now")
+    code, out, _ = kiosk("check", "Bob", "--door", "garage")
+    assert code == 1 and "they are in no group" in out
+    assert kiosk("members", "remove", "staff", "Ada Lovelace")[0] == 0
+    assert kiosk("rules", "remove", "staff-office")[0] == 0
+    assert kiosk("schedules", "remove", "office")[0] == 0
+    code, out, _ = kiosk("groups", "remove", "staff")
+    assert code == 0 and "removed group" in out
+    code, out, _ = kiosk("check", "Bob", "--door", "garage")
+    assert code == 0 and out.startswith("allowed: no access rules: any enrolled person")
+    # Every change was made by the admin who ran the command, and says so.
+    with open_gallery(load_config(cfg_path), need_key=False) as g:
+        admin = [e for e in g.events() if e["kind"] == "admin" and e["outcome"] != "added"]
+    assert len(admin) == 8 and all(": kiosk access " in e["detail"]["by"] for e in admin)
