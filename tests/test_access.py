@@ -24,7 +24,7 @@ from kiosk.door.loop import DoorLoop
 from kiosk.door.relay import open_door
 from kiosk.enroll import enroll
 from kiosk.errors import DuplicateError, ExitCode, GalleryError, InputError, PersonNotFoundError, RecordNotFoundError
-from kiosk.gallery import Gallery, TemplateIn
+from kiosk.gallery import Gallery, TemplateIn, erase_from_backup
 from kiosk.gallery.access import AccessTables
 from kiosk.gallery.open import open_gallery
 from kiosk.gallery.schedules import parse_days, parse_doors, parse_window_spec, window, windows_from_json, windows_json
@@ -574,3 +574,14 @@ def test_cli_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     with open_gallery(load_config(cfg_path), need_key=False) as g:
         admin = [e for e in g.events() if e["kind"] == "admin" and e["outcome"] != "added"]
     assert len(admin) == 8 and all(": kiosk access " in e["detail"]["by"] for e in admin)
+
+
+def test_erasing_a_person_from_a_backup_takes_them_out_of_their_groups(tmp_path: Path) -> None:
+    with Gallery(tmp_path / "g.db") as g:
+        ada = g.add_person("Ada")
+        g.add_group("staff")
+        g.add_member("staff", "Ada")
+        g.backup(tmp_path / "b.db")
+    assert erase_from_backup(tmp_path / "b.db", ada.id)
+    with Gallery(tmp_path / "b.db") as b:
+        assert b.integrity_check() == [] and b.group("staff").members == ()
