@@ -108,8 +108,8 @@ class AccessPolicy:
     """An immutable snapshot of the access rules; ``decide`` is pure. Build with ``AccessPolicy.load(gallery)``."""
 
     def __init__(self, tables: AccessTables) -> None:
-        self.problems: list[str] = []
-        schedules = {int(r["id"]): _schedule(r, self.problems) for r in tables.schedules}
+        problems: list[str] = []
+        schedules = {int(r["id"]): _schedule(r, problems) for r in tables.schedules}
         group_names = {int(r["id"]): str(r["name"]) for r in tables.groups}
         rules_of_group: dict[int, list[_Rule]] = {}
         for r in sorted(tables.rules, key=lambda r: int(r["id"])):
@@ -136,7 +136,8 @@ class AccessPolicy:
                 groups=tuple(sorted(group_names.get(g, f"#{g}") for g in gids)),
                 rules=tuple(rules),
             )
-        for problem in self.problems:
+        self.problems = tuple(problems)  # stored schedules that cannot be read (they never open)
+        for problem in problems:
             log.warning("access rules: %s", problem)
 
     @classmethod
