@@ -17,6 +17,7 @@
     │   ├── GalleryLockedError
     │   ├── GalleryCorruptError
     │   ├── PersonNotFoundError (LookupError)  exit NOT_FOUND
+    │   ├── RecordNotFoundError (LookupError)  exit NOT_FOUND  no access group, schedule or rule of that name
     │   └── DuplicateError                  name taken, or face already enrolled as someone else
     ├── HardwareError                       exit HARDWARE      camera / GPIO
     ├── AccessDeniedError (PermissionError) exit DENIED        admin command run by a non-admin; web: a viewer's change
@@ -127,6 +128,12 @@ class GalleryCorruptError(GalleryError):
 
 
 class PersonNotFoundError(GalleryError, LookupError):
+    exit_code = ExitCode.NOT_FOUND
+
+
+class RecordNotFoundError(GalleryError, LookupError):
+    """No access group, schedule or rule of that name (``kiosk.gallery.access``)."""
+
     exit_code = ExitCode.NOT_FOUND
 
 

@@ -31,6 +31,7 @@ log = logging.getLogger("kiosk.cli")
 COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "recognize": ("enroll", "verify", "identify"),
     "people": ("people",),
+    "access": ("access",),
     "run": ("run", "events"),
     "door": ("door",),
     "admin": ("check", "models", "eval", "demo"),
@@ -42,7 +43,8 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
 }
 _MODULE_OF = {command: module for module, commands in COMMAND_MODULES.items() for command in commands}
 
-# Commands that read or change the gallery's people, templates, events or keys, or that unlock the door by hand.
+# Commands that read or change the gallery's people, access rules, templates, events or keys, or that unlock the door
+# by hand.
 # `door off` (locking is always safe; it is the service's ExecStopPost), `run`, `check`, `verify` (two photos, no
 # gallery), `eval`, `demo`, `models` and `web` (serving; its accounts are managed by `web user`) are open to the
 # service user and everyone else.
@@ -50,6 +52,7 @@ ADMIN_COMMANDS: frozenset[tuple[str, ...]] = frozenset(
     {
         ("enroll",),
         ("people",),
+        ("access",),
         ("identify",),
         ("events",),
         ("backup",),

@@ -17,11 +17,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from kiosk.door.access import AccessPolicy, AccessVerdict
 from kiosk.door.camera import Camera, Frame
-from kiosk.door.decide import NONE, Decider, Decision, Observation, continuity_allowance
+from kiosk.door.decide import DENIED, GRANTED, NONE, Decider, Decision, Observation, continuity_allowance
 from kiosk.door.notify import Notifier
 from kiosk.door.relay import Door
 from kiosk.door.snapshots import SnapshotStore
@@ -153,6 +154,7 @@ class DoorLoop:
         on_frame: Callable[[Frame, float], None] | None = None,
         on_event_error: Callable[[GalleryError], None] | None = None,
         screen: Screen | None = None,
+        door_id: str = "door",
     ) -> None:
         """``decider`` replaces the ``Decider`` built from ``decision`` config and ``liveness`` (a measuring tool
         passes one that records what it is asked; build it with the same liveness). ``on_frame(frame, ms)`` is called
@@ -161,7 +163,7 @@ class DoorLoop:
         write (the event stays queued, as without it): the soak counts locked-gallery hits with it. ``screen``
         (optional) is told about every frame, prompt and loop iteration (``Screen``); an error it raises is logged
         (rate-limited) and never stops the loop or fails a frame, except a relay fault of a manual unlock
-        (``FATAL_ERRORS``)."""
+        (``FATAL_ERRORS``). ``door_id`` is this door's id in the access rules (``kiosk.door.access``)."""
         self.cfg = pipeline.cfg
         self.pipeline = pipeline
         self.gallery = gallery
@@ -215,6 +217,9 @@ class DoorLoop:
         self._screen_error_logged = -float("inf")
         self.screen_errors = 0
         self.fleet: Any = None  # kiosk.fleet.service.DoorFleet when this door is part of a site (fleet.enabled)
+        self.door_id = door_id
+        self._policy: AccessPolicy | None = None
+        self._policy_version = -1
 
     # -- gallery ---------------------------------------------------------------------------------------------
 
@@ -242,6 +247,43 @@ class DoorLoop:
         """Reload the gallery matrix on the next frame that needs it (``kiosk.screen``'s ``reload`` request)."""
         self._matcher = None
         self._data_version = -1
+        self._policy = None
+
+    def access(self, person_id: int) -> AccessVerdict:
+        """May ``person_id`` open this door now? The access rules are reloaded when the gallery changed (only
+        grants ask: one cheap ``data_version`` read each). A gallery that cannot be read keeps the rules last
+        loaded; with none loaded yet the answer is no (fail secure)."""
+        try:
+            version = self.gallery.data_version()
+            if self._policy is None or version != self._policy_version:
+                self._policy, self._policy_version = AccessPolicy.load(self.gallery), version
+        except GalleryError as exc:
+            log.error(
+                "cannot read the access rules (%s); %s", exc, "using the last ones read" if self._policy else "denying"
+            )
+            if self._policy is None:
+                return AccessVerdict(False, None, f"the access rules cannot be read: {exc}")
+        if self.fleet is not None and self.fleet.stale() and (stale := self._stale_refusal(person_id)) is not None:
+            return stale
+        return self._policy.decide(person_id, self.door_id, utc_now())
+
+    def _stale_refusal(self, person_id: int) -> AccessVerdict | None:
+        """A door not confirmed in sync with its hub for ``fleet.stale_after_s`` no longer trusts its old gallery
+        (a revocation may not have reached it): ``fleet.stale_policy`` says whom it still lets in."""
+        fleet_cfg = self.pipeline.cfg.fleet
+        age = self.fleet.fleet.stale_for()
+        since = "never synced with the hub" if age is None else f"not in sync with the hub for {age / 3600:.1f} h"
+        if fleet_cfg.stale_policy == "continue":
+            return None
+        if fleet_cfg.stale_policy == "staff":
+            try:
+                groups = {g.casefold() for g in self.gallery.groups_of(person_id)}
+            except GalleryError as exc:
+                return AccessVerdict(False, None, f"{since}; staff only, and the groups cannot be read: {exc}")
+            if fleet_cfg.staff_group.casefold() in groups:
+                return None
+            return AccessVerdict(False, None, f"{since}: staff only (group {fleet_cfg.staff_group})")
+        return AccessVerdict(False, None, f"{since}: no one is let in (fleet.stale_policy: deny)")
 
     # -- one frame -------------------------------------------------------------------------------------------
 
@@ -268,8 +310,7 @@ class DoorLoop:
                 self.liveness.end(track.id)
             final = self.decider.end_track(track.id, t)
             if final is not None:
-                decisions.append(final)
-                self._act(final, None, None)
+                decisions.append(self._act(final, None, None))
         self.stats.frames += 1
         self.stats.faces += len(faces)
         if self.screen is not None:
@@ -318,8 +359,7 @@ class DoorLoop:
             if self.liveness is not None and self.decider.take_restart(track.id):
                 self.liveness.end(track.id)  # the face changed mid-challenge: the next match gets a fresh challenge
             if decision is not None:
-                decisions.append(decision)
-                self._act(decision, frame, track)
+                decisions.append(self._act(decision, frame, track))
         return decisions
 
     def _prompt(self, track_id: int, prompt: str) -> None:
@@ -376,7 +416,18 @@ class DoorLoop:
 
     # -- acting on a decision --------------------------------------------------------------------------------
 
-    def _act(self, d: Decision, frame: Frame | None, track: Track | None) -> None:
+    def _act(self, d: Decision, frame: Frame | None, track: Track | None) -> Decision:
+        """Act on a decision and record it; returns the decision acted on: a grant the access rules refuse becomes
+        a deny with their reason (the person stays named, so the screen shows ``denied``, not ``unknown``)."""
+        rule = None
+        if d.outcome == GRANTED and d.person_id is not None:
+            verdict = self.access(d.person_id)
+            if verdict.allowed:
+                rule = verdict.rule
+            else:
+                # NOTE: the decider counts this as a grant (the track is done, the person's cooldown runs): the
+                # person is not asked for liveness again on every frame, and a refusal is recorded once per cooldown.
+                d = replace(d, outcome=DENIED, reason=f"{d.reason}; access refused: {verdict.reason}")
         door_action = "none"
         if d.outcome == "granted":
             applied = self.door.pulse()
@@ -409,14 +460,19 @@ class DoorLoop:
         snapshot = None
         if self.snapshots is not None and frame is not None and track is not None:
             snapshot = self.snapshots.save(frame.image, track.face.box, d.outcome)
-        self._record(d, latency_ms, door_action, snapshot)
+        self._record(d, latency_ms, door_action, snapshot, rule)
         if self.on_decision is not None:
             self.on_decision(d, door_action)
+        return d
 
-    def _record(self, d: Decision, latency_ms: float, door_action: str, snapshot: str | None) -> None:
+    def _record(
+        self, d: Decision, latency_ms: float, door_action: str, snapshot: str | None, rule: str | None = None
+    ) -> None:
         detail: dict[str, Any] = {"reason": d.reason, "liveness": d.liveness.as_dict()}
         if snapshot:
             detail["snapshot"] = snapshot
+        if rule is not None:
+            detail["rule"] = rule
         self._store_event(
             "access",
             d.outcome,

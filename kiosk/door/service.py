@@ -142,6 +142,15 @@ def _quiet_native_logs() -> None:
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
+def _door_id(cfg: Config) -> str:
+    """This door's id in access rules and events: its fleet id, else ``door``."""
+    if cfg.fleet.enabled and cfg.fleet.credentials_file is not None:
+        from kiosk.fleet.secrets import read_bundle
+
+        return read_bundle(cfg.fleet.credentials_file.expanduser()).door
+    return "door"
+
+
 def _fleet(cfg: Config, loop: DoorLoop, pipeline: Pipeline) -> Any:
     """The door's fleet thread (kiosk.fleet): its gallery changes reload the loop's matrix at once, remote unlocks go
     through the loop's own relay and event log, and its heartbeats carry the loop's health."""
@@ -254,6 +263,7 @@ def run_kiosk(
                 on_prompt=on_prompt,
                 on_event_error=on_event_error,
                 screen=screen,
+                door_id=_door_id(cfg),
             )
             if cfg.fleet.enabled:
                 stack.enter_context(_fleet(cfg, loop, pipeline).running())

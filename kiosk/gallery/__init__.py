@@ -12,10 +12,11 @@ an ``admin`` event in the same transaction. ``backup``/``restore_from`` use SQLi
 kiosk keeps its connection and sees a restore as a change of ``data_version``.
 
 The package, one module per job: ``schema`` (tables, migrations), ``chain`` (the events' hash chain),
-``events`` (the event log), ``records`` (what is stored, and its checks), ``connection`` (the SQLite connection,
-its errors and checkpoints), ``db`` (``Gallery``: people, templates, their encryption), ``backup`` (backup,
-restore, the backup folder), ``open`` (``open_gallery``: the configured gallery, checked), ``permissions`` (the
-files are private), ``keys`` (the templates' encryption key) and ``sql`` (small SQLite helpers).
+``events`` (the event log), ``access`` and ``schedules`` (access groups, schedules and rules), ``records`` (what is
+stored, and its checks), ``connection`` (the SQLite connection, its errors and checkpoints), ``db`` (``Gallery``:
+people, templates, their encryption), ``backup`` (backup, restore, the backup folder), ``open`` (``open_gallery``:
+the configured gallery, checked), ``permissions`` (the files are private), ``keys`` (the templates' encryption key)
+and ``sql`` (small SQLite helpers).
 """
 
 from __future__ import annotations

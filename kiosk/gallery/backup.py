@@ -105,6 +105,8 @@ def erase_from_backup(path: Path, person_id: int) -> bool:
         conn.execute("BEGIN IMMEDIATE")
         try:
             found = conn.execute("DELETE FROM templates WHERE person_id = ?", [int(person_id)]).rowcount > 0
+            if "person_groups" in tables:  # foreign keys are off here: no cascade, and no row may point at nobody
+                conn.execute("DELETE FROM person_groups WHERE person_id = ?", [int(person_id)])
             found = conn.execute("DELETE FROM people WHERE id = ?", [int(person_id)]).rowcount > 0 or found
             conn.execute("COMMIT")
         except BaseException:

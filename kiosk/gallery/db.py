@@ -1,5 +1,5 @@
 """``Gallery``: the gallery database's people and their model-tagged templates, encrypted at rest with a
-``TemplateCipher``; events, backup and the connection come from the classes it builds on."""
+``TemplateCipher``; access rules, events, backup and the connection come from the classes it builds on."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from sqlite_utils import Database
 
 from kiosk.errors import DuplicateError, InputError, PersonNotFoundError
 from kiosk.gallery import utc_iso
+from kiosk.gallery.access import AccessStore
 from kiosk.gallery.backup import GalleryBackup
 from kiosk.gallery.connection import GalleryConnection
 from kiosk.gallery.events import EventLog
@@ -41,7 +42,7 @@ _PERSON_SQL = """SELECT p.id, p.name, p.created, p.enabled, p.valid_from, p.vali
     (SELECT count(*) FROM templates t WHERE t.person_id = p.id) AS templates FROM people p"""
 
 
-class Gallery(GalleryBackup, EventLog, GalleryConnection):
+class Gallery(AccessStore, GalleryBackup, EventLog, GalleryConnection):
     """The gallery database; ``Gallery(":memory:")`` for tests. A context manager; close() is idempotent.
 
     ``cipher`` encrypts new templates and decrypts stored ones (None: plaintext float32). ``actor`` (who runs an
