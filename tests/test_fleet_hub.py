@@ -16,6 +16,7 @@ import nats
 import numpy as np
 import pytest
 
+from kiosk.errors import PersonNotFoundError
 from kiosk.fleet import hubdb
 from kiosk.gallery import Gallery
 from tests.fleet_kit import run
@@ -364,3 +365,47 @@ def test_over_tls_a_door_trusts_only_the_hubs_own_certificate(tmp_path: Path) ->
                 )
 
         run(main)
+
+
+def test_access_rules_reach_the_doors_and_decide_there_as_at_the_hub(site: Site) -> None:
+    from datetime import UTC, datetime
+
+    from kiosk.door.access import AccessPolicy
+    from kiosk.gallery.schedules import parse_window_spec
+
+    with site.hub_gallery() as g:
+        ada, bob = g.enroll("Ada", [template(1)]), g.enroll("Bob", [template(2)])
+        g.add_group("staff")
+        g.add_member("staff", "Ada")
+        g.add_schedule("office", list(parse_window_spec("mon-fri 08:00-18:00")), tz="Europe/Paris")
+        g.add_rule("staff-front", "staff", doors="front", schedule="office")
+    monday_noon = datetime(2026, 12, 7, 11, 0, tzinfo=UTC)
+
+    def verdicts(gallery: Gallery) -> list[tuple[bool, str | None]]:
+        policy = AccessPolicy.load(gallery)
+        return [
+            (v.allowed, v.rule)
+            for pid in (ada.id, bob.id)
+            for door in ("front", "back")
+            for v in [policy.decide(pid, door, monday_noon)]
+        ]
+
+    async def main() -> None:
+        hub, door = site.hub(), site.door("front")
+        async with running(hub, door):
+            await until(lambda: door.live is not None and len(door.live.matrix) == 2, what="both")
+            with site.hub_gallery() as g:
+                g.add_member("staff", "Bob")  # a membership change travels with Bob's record
+            await until(lambda: _groups(site.door_db("front"), "Bob") == ["staff"], what="Bob in staff")
+
+    run(main)
+    with site.hub_gallery() as hub_g, Gallery(site.door_db("front")) as door_g:
+        assert verdicts(door_g) == verdicts(hub_g) == [(True, "staff-front"), (False, None)] * 2
+
+
+def _groups(path: Path, name: str) -> list[str]:
+    with Gallery(path) as g:
+        try:
+            return g.groups_of(g.get_person(name).id)
+        except PersonNotFoundError:
+            return []
