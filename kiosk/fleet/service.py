@@ -187,6 +187,11 @@ def status(cfg: Config, gallery: Gallery) -> list[dict[str, Any]]:
     return door_status(gallery, cfg.hub.heartbeat_timeout_s)
 
 
+async def _quiet(exc: Exception) -> None:
+    """nats-py logs every connection error with a traceback unless given a callback: the caller reports it once."""
+    log.debug("broker: %s", exc)
+
+
 def send_command(cfg: Config, door: str, name: str, *, timeout_s: float = 5.0, **kw: Any) -> dict[str, Any]:
     """Send a live command (``unlock``, ``resync``, ``ping``) to ``door`` as the hub and return its answer; KioskError
     when the broker or the door does not answer, or the door refuses. Nothing is queued: an unanswered command is
@@ -201,7 +206,8 @@ def send_command(cfg: Config, door: str, name: str, *, timeout_s: float = 5.0, *
     async def go() -> dict[str, Any]:
         try:
             nc = await nats.connect(hub_url(cfg), user=HUB_USER, password=hub_secrets(cfg).hub_password(),
-                                    tls=hub_ssl(cfg), allow_reconnect=False, connect_timeout=3)  # fmt: skip
+                                    tls=hub_ssl(cfg), allow_reconnect=False, connect_timeout=3,
+                                    error_cb=_quiet)  # fmt: skip
         except Exception as err:
             raise KioskError(f"cannot reach the site broker at {cfg.hub.server}: {err}") from None
         try:
