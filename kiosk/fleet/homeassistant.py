@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -199,7 +200,8 @@ class HomeAssistantBridge:
             "outcome": outcome,
         }
         ts = event.get("ts")
-        payload["ts"] = ts if isinstance(ts, int | float) and not isinstance(ts, bool) else _text(ts or "")
+        number = isinstance(ts, int | float) and not isinstance(ts, bool) and math.isfinite(ts)
+        payload["ts"] = ts if number else _text(ts or "")  # NaN is not JSON
         detail = event.get("detail")
         rule = detail.get("rule") if isinstance(detail, Mapping) else None
         payload["rule"] = _text(rule) if rule is not None else None
@@ -292,13 +294,14 @@ class HomeAssistantBridge:
         door_id = check_door_id(door_id)
         age = self._age_s(event.get("ts"))
         if age is not None and age > self.cfg.max_event_age_s:
-            self.stale_events += 1
+            with self._lock:
+                self.stale_events += 1
             self._throttle(
                 "stale",
                 logging.INFO,
-                "Home Assistant bridge: %s's events older than %.0f s are not sent (a door catching up)",
-                door_id,
+                "Home Assistant bridge: events older than %.0f s are not sent (door %s is catching up)",
                 self.cfg.max_event_age_s,
+                door_id,
             )
             return
         payload = json.dumps(self.event_payload(event), default=str)
