@@ -56,8 +56,11 @@ class Mosquitto:
     """A mosquitto process with its own config, password file and ACL in ``workdir``, on ``port``; ``kill`` is a
     crash (SIGKILL), ``start`` again brings it back on the same port with nothing retained (no persistence)."""
 
-    def __init__(self, workdir: Path, port: int, passwords: dict[str, str]) -> None:
+    def __init__(
+        self, workdir: Path, port: int, passwords: dict[str, str], tls: tuple[int, Path, Path] | None = None
+    ) -> None:
         self.workdir, self.port, self.passwords = workdir, port, passwords
+        self.tls = tls  # (port, certificate, key) of a second listener with TLS
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "mosquitto.log"
 
@@ -82,6 +85,10 @@ class Mosquitto:
             "log_dest stderr\n"
             "log_type all\n"
         )
+        if self.tls is not None:
+            tls_port, cert, key = self.tls
+            with conf.open("a") as f:
+                f.write(f"listener {tls_port} 127.0.0.1\ncertfile {cert}\nkeyfile {key}\n")
         return conf
 
     def start(self, timeout_s: float = 10.0) -> Mosquitto:

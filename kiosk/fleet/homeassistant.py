@@ -440,13 +440,13 @@ class HomeAssistantBridge:
             )
 
     def _on_connect_fail(self, client: Any, userdata: Any) -> None:
-        self.last_error = f"cannot reach the MQTT broker at {self.cfg.host}:{self.cfg.port}"
+        tls = f" (or did not accept its TLS certificate: check {KEY}.ca_file)" if self.cfg.tls else ""
+        self.last_error = f"cannot reach the MQTT broker at {self.cfg.host}:{self.cfg.port}{tls}"
         self._throttle(
             "unreachable",
             logging.WARNING,
-            "Home Assistant bridge: cannot reach the MQTT broker at %s:%d, retrying (the hub goes on)",
-            self.cfg.host,
-            self.cfg.port,
+            "Home Assistant bridge: %s, retrying (the hub goes on)",
+            self.last_error,
         )
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
