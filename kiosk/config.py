@@ -291,6 +291,16 @@ class WebConfig:
     )
 
 
+_SITE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")  # the fleet's DOOR_ID pattern: a topic level and a slug
+
+
+def _is_topic_prefix(value: str) -> bool:
+    """A topic prefix the bridge can publish under: levels that are not empty and hold no wildcard."""
+    if not 0 < len(value) <= 100 or not value.isprintable() or value.startswith("$"):  # $SYS/...: the broker's
+        return False
+    return all(level and "+" not in level and "#" not in level for level in value.split("/"))
+
+
 @dataclass(frozen=True)
 class HomeAssistantConfig:
     """The hub's optional bridge to the user's MQTT broker for Home Assistant (kiosk.fleet.homeassistant), attached
@@ -341,8 +351,8 @@ class HomeAssistantConfig:
             value: str = getattr(self, name)
             if not _is_topic_prefix(value):
                 raise ConfigError(
-                    f"{key}.{name}: must be MQTT topic levels without wildcards (+, #), empty levels or a leading or "
-                    f"trailing '/', at most 100 characters, got {_show(value)}"
+                    f"{key}.{name}: must be MQTT topic levels without wildcards (+, #), empty levels, a leading '$' "
+                    f"or a leading or trailing '/', at most 100 characters, got {_show(value)}"
                 )
         if not _SITE_ID.match(self.site):
             raise ConfigError(
@@ -358,16 +368,6 @@ class HomeAssistantConfig:
             raise ConfigError(f"{key}.client_id: must be 1-128 printable characters, got {_show(self.client_id)}")
         if not (0 < len(self.actor) <= 64 and self.actor.isprintable()):
             raise ConfigError(f"{key}.actor: must be 1-64 printable characters, got {_show(self.actor)}")
-
-
-_SITE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")  # the fleet's DOOR_ID pattern: a topic level and a slug
-
-
-def _is_topic_prefix(value: str) -> bool:
-    """A topic prefix the bridge can publish under: levels that are not empty and hold no wildcard."""
-    if not 0 < len(value) <= 100 or not value.isprintable():
-        return False
-    return all(level and "+" not in level and "#" not in level for level in value.split("/"))
 
 
 @dataclass(frozen=True)

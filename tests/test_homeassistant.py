@@ -480,6 +480,8 @@ def test_bad_credentials_are_a_clear_logged_error(
         ({"hots": "x"}, "hub.home_assistant.hots: unknown key"),
         ({"base_topic": "face-kiosk/#"}, "hub.home_assistant.base_topic: must be MQTT topic levels"),
         ({"discovery_prefix": "homeassistant/"}, "hub.home_assistant.discovery_prefix: must be MQTT topic levels"),
+        ({"base_topic": "$SYS/kiosk"}, "hub.home_assistant.base_topic: must be MQTT topic levels"),
+        ({"base_topic": "a//b"}, "hub.home_assistant.base_topic: must be MQTT topic levels"),
         ({"site": "Head Office"}, "hub.home_assistant.site: must be 1-63 of a-z"),
         ({"password_file": "/x"}, "hub.home_assistant.password_file: set hub.home_assistant.username too"),
         ({"ca_file": "/ca.pem"}, "hub.home_assistant.ca_file: set hub.home_assistant.tls: true"),
