@@ -518,3 +518,10 @@ def test_door_ids_are_checked(tmp_path: Path, unlocks: Unlocks) -> None:
             bridge.door_seen(bad, True)
         with pytest.raises(ConfigError):
             bridge.door_event(bad, {"outcome": "granted"})
+
+
+def test_an_event_before_the_first_heartbeat_announces_the_door(bridge: HomeAssistantBridge, ha: HomeAssistant) -> None:
+    bridge.door_event("side", {"kind": "access", "outcome": "denied", "ts": now_iso(), "door_action": "none"})
+    assert ha.last("homeassistant/event/face-kiosk-hq/side/config").json()["unique_id"] == "face-kiosk_hq_side_access"
+    ha.wait_payload(door_topic("side", "availability"), b"online")
+    assert ha.last(door_topic("side", "event")).json()["event_type"] == "denied"
