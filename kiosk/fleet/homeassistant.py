@@ -315,8 +315,8 @@ class HomeAssistantBridge:
                 self._throttle(
                     "dropped",
                     logging.WARNING,
-                    "Home Assistant bridge: MQTT broker unreachable, access "
-                    "events are dropped until it is back (the hub's database keeps them)",
+                    "Home Assistant bridge: MQTT broker unreachable, access events are dropped until it is back "
+                    "(the hub's database keeps them)",
                 )
             match = PULSE.match(str(event.get("door_action") or ""))
             if match:
@@ -325,6 +325,8 @@ class HomeAssistantBridge:
     # -- state ------------------------------------------------------------------------------------------------
 
     def _pulse(self, door_id: str, seconds: float) -> None:
+        if self._client is None:
+            return  # not started or stopped: no timer may outlive the bridge (the door relocks itself anyway)
         door = self._doors[door_id]
         if door.relock is not None:
             door.relock.cancel()
