@@ -291,6 +291,85 @@ class WebConfig:
     )
 
 
+_SITE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")  # the fleet's DOOR_ID pattern: a topic level and a slug
+
+
+def _is_topic_prefix(value: str) -> bool:
+    """A topic prefix the bridge can publish under: levels that are not empty and hold no wildcard."""
+    if not 0 < len(value) <= 100 or not value.isprintable() or value.startswith("$"):  # $SYS/...: the broker's
+        return False
+    return all(level and "+" not in level and "#" not in level for level in value.split("/"))
+
+
+@dataclass(frozen=True)
+class HomeAssistantConfig:
+    """The hub's optional bridge to the user's MQTT broker for Home Assistant (kiosk.fleet.homeassistant), attached
+    to the hub's config as ``hub.home_assistant``. Cross-field and topic checks run on construction, so a bad value
+    fails with its key path wherever the section is parsed."""
+
+    enabled: bool = field(default=False, metadata={"help": "publish doors to Home Assistant over MQTT discovery"})
+    host: str = field(default="127.0.0.1", metadata={"help": "the MQTT broker (Mosquitto) Home Assistant uses"})
+    port: int = field(default=1883, metadata={**_range(1, 65535), "help": "1883 plain, 8883 TLS by convention"})
+    username: str | None = field(default=None, metadata={"help": "the bridge's MQTT user; none: anonymous"})
+    password_file: Path | None = field(
+        default=None, metadata={"help": "file (0600) holding the MQTT password, read at start; needs username"}
+    )
+    tls: bool = field(default=False, metadata={"help": "TLS to the broker, the certificate checked"})
+    ca_file: Path | None = field(default=None, metadata={"help": "PEM CA for the broker's certificate; none: system"})
+    client_id: str | None = field(default=None, metadata={"help": "MQTT client id; none: face-kiosk-<site>"})
+    keepalive_s: int = field(
+        default=60, metadata={**_range(5, 3600), "help": "MQTT keepalive; a lost bridge shows offline ~1.5x this later"}
+    )
+    reconnect_max_s: int = field(
+        default=60, metadata={**_range(1, 3600), "help": "longest wait between reconnect attempts (from 1 s, doubling)"}
+    )
+    discovery_prefix: str = field(default="homeassistant", metadata={"help": "Home Assistant's MQTT discovery prefix"})
+    base_topic: str = field(default="face-kiosk", metadata={"help": "first level(s) of the bridge's own topics"})
+    site: str = field(
+        default="site", metadata={"help": "this site's id in topics and unique ids (a-z, 0-9, '-'); keep it fixed"}
+    )
+    include_names: bool = field(
+        default=False, metadata={"help": "put the recognised person's name in access events (off: outcome only)"}
+    )
+    allow_unlock: bool = field(
+        default=True, metadata={"help": "Home Assistant may unlock a door (UNLOCK on its lock); false: state only"}
+    )
+    max_event_age_s: float = field(
+        default=300.0,
+        metadata={
+            **_range(1.0, 86400.0),
+            "help": "access events older than this (a door catching up after an outage) are not sent to Home Assistant",
+        },
+    )
+    actor: str = field(
+        default="home-assistant", metadata={"help": "who the hub records as the actor of an unlock from Home Assistant"}
+    )
+
+    def __post_init__(self) -> None:
+        key = "hub.home_assistant"
+        for name in ("discovery_prefix", "base_topic"):
+            value: str = getattr(self, name)
+            if not _is_topic_prefix(value):
+                raise ConfigError(
+                    f"{key}.{name}: must be MQTT topic levels without wildcards (+, #), empty levels, a leading '$' "
+                    f"or a leading or trailing '/', at most 100 characters, got {_show(value)}"
+                )
+        if not _SITE_ID.match(self.site):
+            raise ConfigError(
+                f"{key}.site: must be 1-63 of a-z, 0-9 and '-', starting with a letter or digit, got {_show(self.site)}"
+            )
+        if not self.host.strip():
+            raise ConfigError(f"{key}.host: must not be empty")
+        if self.password_file is not None and not self.username:
+            raise ConfigError(f"{key}.password_file: set {key}.username too (the password is that user's)")
+        if self.ca_file is not None and not self.tls:
+            raise ConfigError(f"{key}.ca_file: set {key}.tls: true to use a CA file")
+        if self.client_id is not None and not (0 < len(self.client_id) <= 128 and self.client_id.isprintable()):
+            raise ConfigError(f"{key}.client_id: must be 1-128 printable characters, got {_show(self.client_id)}")
+        if not (0 < len(self.actor) <= 64 and self.actor.isprintable()):
+            raise ConfigError(f"{key}.actor: must be 1-64 printable characters, got {_show(self.actor)}")
+
+
 @dataclass(frozen=True)
 class LoggingConfig:
     level: str = field(default="INFO", metadata={"choices": ("DEBUG", "INFO", "WARNING", "ERROR")})
