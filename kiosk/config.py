@@ -432,6 +432,7 @@ class HubConfig:
             "help": "embedded broker: TLS with a self-signed certificate the doors pin (auto: unless loopback)",
         },
     )
+    home_assistant: HomeAssistantConfig = HomeAssistantConfig()
 
 
 @dataclass(frozen=True)

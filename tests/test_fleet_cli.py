@@ -95,6 +95,7 @@ def test_hub_serve_with_doors_added_and_removed_while_it_runs(
         secret = read_bundle(secret_path)
         path = tmp_path / secret.door / "gallery.db"
         path.parent.mkdir(exist_ok=True)
+
         def unlock(actor: str, reason: str) -> dict[str, Any]:
             unlocked.append((actor, reason))
             return {"pulse_s": 3.0}

@@ -104,6 +104,7 @@ class Hub:
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-db")
         self._gallery: Gallery | None = None
         self._beats: dict[str, tuple[str, dict[str, Any]]] = {}
+        self.online: dict[str, float] = {}  # door -> time.monotonic() of its last heartbeat (for integrations)
         self.nc: Any = None
         self.js: Any = None
         self._stop = asyncio.Event()

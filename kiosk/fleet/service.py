@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
 import signal
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from kiosk.config import Config
@@ -24,6 +26,9 @@ from kiosk.fleet.hub import Hub
 from kiosk.fleet.secrets import FleetSecrets, read_bundle
 from kiosk.gallery import Gallery
 from kiosk.gallery.keys import AesGcmCipher, key_source, read_key_file
+
+if TYPE_CHECKING:
+    from kiosk.fleet.homeassistant import HomeAssistantBridge
 
 log = logging.getLogger(__name__)
 DOORS_CHECK_S = 2.0
@@ -133,8 +138,9 @@ async def _serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(ValueError, RuntimeError):  # not the main thread (tests)
             loop.add_signal_handler(sig, hub.stop)
+    bridge = home_assistant(cfg, hub, loop) if cfg.hub.home_assistant.enabled else None
     task = asyncio.create_task(hub.run())
-    watch = asyncio.create_task(_watch_doors(cfg, hub, secrets, server))
+    watch = asyncio.create_task(_watch_doors(cfg, hub, secrets, server, bridge))
     try:
         await asyncio.wait([task, asyncio.create_task(hub.ready.wait())], return_when=asyncio.FIRST_COMPLETED)
         if hub.ready.is_set():
@@ -148,6 +154,8 @@ async def _serve(
         watch.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watch
+        if bridge is not None:
+            await asyncio.to_thread(bridge.stop)
 
 
 async def _ensure_consumer(hub: Hub, door: str) -> None:
@@ -161,12 +169,58 @@ async def _ensure_consumer(hub: Hub, door: str) -> None:
         await hub.ensure_door_consumer(door, 1)
 
 
-async def _watch_doors(cfg: Config, hub: Hub, secrets: FleetSecrets, server: NatsServer | None) -> None:
+def home_assistant(cfg: Config, hub: Hub, loop: asyncio.AbstractEventLoop) -> HomeAssistantBridge:
+    """The hub's Home Assistant bridge: every door event the hub records goes to it (as recorded: the hub's database
+    is the audit log, the bridge only mirrors), heartbeats say which doors are online, and an UNLOCK from Home
+    Assistant is a live command to the door, which pulses its relay and records it like any remote unlock."""
+    from kiosk.fleet.homeassistant import HomeAssistantBridge
+
+    ha = cfg.hub.home_assistant
+
+    def unlock(door: str, actor: str) -> bool:
+        call = hub.command(door, "unlock", actor=actor, reason="Home Assistant")
+        try:
+            return bool(asyncio.run_coroutine_threadsafe(call, loop).result(timeout=10).get("ok"))
+        except Exception as err:  # the door did not answer: Home Assistant's lock stays locked
+            log.warning("hub: Home Assistant's unlock of %s failed: %s", door, err)
+            return False
+
+    bridge = HomeAssistantBridge(ha, unlock=unlock)
+
+    def on_event(door: str, row: dict[str, Any]) -> None:
+        if row.get("kind") in ("access", "door"):
+            detail = row.get("detail")
+            with contextlib.suppress(ValueError, TypeError):
+                detail = json.loads(detail) if isinstance(detail, str) else detail
+            bridge.door_event(door, {**row, "detail": detail if isinstance(detail, dict) else {}})
+
+    def on_heartbeat(door: str, beat: dict[str, Any]) -> None:
+        if door not in hub.online:
+            bridge.door_seen(door, True)
+        hub.online[door] = time.monotonic()
+
+    hub.on_event, hub.on_heartbeat = on_event, on_heartbeat
+    bridge.start()
+    return bridge
+
+
+async def _watch_doors(
+    cfg: Config,
+    hub: Hub,
+    secrets: FleetSecrets,
+    server: NatsServer | None,
+    bridge: HomeAssistantBridge | None = None,
+) -> None:
     """Doors added or removed with ``kiosk hub add-door``/``remove-door`` while the hub runs: new broker users (a
-    reload of the embedded server) and consumers."""
+    reload of the embedded server) and consumers; and doors gone quiet, offline for Home Assistant."""
     known = set(secrets.doors())
     while True:
         await asyncio.sleep(DOORS_CHECK_S)
+        if bridge is not None:
+            quiet = [d for d, t in hub.online.items() if time.monotonic() - t > cfg.hub.heartbeat_timeout_s]
+            for door in quiet:
+                del hub.online[door]
+                bridge.door_seen(door, False)
         now = set(secrets.doors())
         if now == known:
             continue
