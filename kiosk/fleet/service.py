@@ -261,6 +261,7 @@ def send_command(cfg: Config, door: str, name: str, *, timeout_s: float = 5.0, *
         try:
             nc = await nats.connect(hub_url(cfg), user=HUB_USER, password=hub_secrets(cfg).hub_password(),
                                     tls=hub_ssl(cfg), allow_reconnect=False, connect_timeout=3,
+                                    max_reconnect_attempts=1,
                                     error_cb=_quiet)  # fmt: skip
         except Exception as err:
             raise KioskError(f"cannot reach the site broker at {cfg.hub.server}: {err}") from None
