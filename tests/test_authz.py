@@ -32,6 +32,8 @@ OPEN_COMMANDS = {
     ("bench",),
     ("verify",),
     ("door", "off"),
+    ("hub", "serve"),  # services, run as the service user like `run`
+    ("fleet", "run"),
 }
 SETPRIV = shutil.which("setpriv")
 NOBODY = 65534

@@ -165,6 +165,12 @@ def test_an_altered_door_event_breaks_its_chain_at_the_hub(site: Site) -> None:
             await hub.ready.wait()
             await until(lambda: hub.stats.chain_breaks == 1, what="a broken chain")
 
+            def all_stored() -> bool:
+                with site.hub_gallery() as g:
+                    return len(hubdb.event_keys(g)) == 4
+
+            await until(all_stored, what="all four events stored")
+
     run(main)
     with site.hub_gallery() as g:
         report = hubdb.chain_report(g)["front"]

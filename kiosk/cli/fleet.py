@@ -33,6 +33,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser("fleet", help="the site's doors: state, remote unlock, resync", description=__doc__)
     verbs = p.add_subparsers(dest="verb", metavar="VERB")
     verbs.required = True
+    v = verbs.add_parser("run", help="a door's fleet agent, beside `kiosk run`", description=cmd_run.__doc__)
+    v.set_defaults(func=cmd_run)
     v = verbs.add_parser("status", help="every door: online, revision, lag, outbox", description=cmd_status.__doc__)
     v.add_argument("--json", action="store_true", help="one JSON document")
     v.set_defaults(func=cmd_status)
@@ -96,6 +98,16 @@ def cmd_remove(args: argparse.Namespace, cfg: Config) -> int:
     if not removed:
         raise KioskError(f"no door {args.door!r} at this hub; see `kiosk fleet status`")
     print(f"door {args.door} removed")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, cfg: Config) -> int:
+    """On a door of a site: its fleet agent until SIGTERM, a process beside `kiosk run` (systemd kiosk-fleet.service)
+    so the door loop keeps its sandbox without a network. It keeps the door's gallery a replica of the hub's, sends
+    the door's events to the hub, beats, and carries out the hub's live commands through the loop's control socket."""
+    from kiosk.fleet.service import run_door_agent
+
+    run_door_agent(cfg)
     return 0
 
 

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kiosk.door.access import AccessPolicy, AccessVerdict
 from kiosk.door.camera import Camera, Frame
@@ -37,13 +37,16 @@ from kiosk.errors import (
     ModelError,
     TemplateKeyError,
 )
-from kiosk.gallery import Gallery, utc_now
+from kiosk.gallery import Gallery, GalleryMatrix, utc_now
 from kiosk.liveness import Liveness
 from kiosk.recognition.detect import select_faces
 from kiosk.recognition.match import Matcher
 from kiosk.recognition.pipeline import Pipeline
 from kiosk.stats import median
 from kiosk.types import QualityReport
+
+if TYPE_CHECKING:
+    from kiosk.fleet.replica import LiveMatrix
 
 log = logging.getLogger("kiosk.door.loop")
 
@@ -216,7 +219,8 @@ class DoorLoop:
         self._quality: dict[int, QualityReport] = {}
         self._screen_error_logged = -float("inf")
         self.screen_errors = 0
-        self.fleet: Any = None  # kiosk.fleet.service.DoorFleet when this door is part of a site (fleet.enabled)
+        self.fleet: Any = None  # kiosk.fleet.service.FleetState when this door is part of a site (fleet.enabled)
+        self._live: LiveMatrix | None = None
         self.door_id = door_id
         self._policy: AccessPolicy | None = None
         self._policy_version = -1
@@ -230,8 +234,8 @@ class DoorLoop:
         self._matrix_checked = now
         version = self.gallery.data_version()
         if self._matcher is None or version != self._data_version or now - self._matrix_loaded > VALIDITY_REFRESH_S:
-            spec = self.pipeline.embedder.spec
-            m = self.gallery.matrix(spec.id, spec.sha256)
+            full = self._matcher is None or now - self._matrix_loaded > VALIDITY_REFRESH_S
+            m = self._load_matrix(full)
             self._matcher = self.pipeline.matcher(m)
             if version != self._data_version:
                 log.info(
@@ -240,13 +244,32 @@ class DoorLoop:
                     len(set(m.person_ids.tolist())),
                     self._matcher.threshold,
                 )
-            self._data_version, self._matrix_loaded = version, now
+            self._data_version = version
+            if full:
+                self._matrix_loaded = now
         return self._matcher
 
+    def _load_matrix(self, full: bool) -> GalleryMatrix:
+        """The whole matrix from the gallery; at a fleet door (a replica) only the people the last sync changed are
+        re-read after the first load (``LiveMatrix.refresh``), so a revocation costs one person, not the gallery."""
+        spec = self.pipeline.embedder.spec
+        if self.fleet is None:
+            return self.gallery.matrix(spec.id, spec.sha256)
+        from kiosk.fleet.replica import LiveMatrix
+
+        self.fleet.ensure_site_key()
+        if self._live is None:
+            self._live = LiveMatrix(self.gallery, spec.id, spec.sha256)
+            return self._live.matrix
+        return self._live.reload() if full else self._live.refresh()
+
     def reload(self) -> None:
-        """Reload the gallery matrix on the next frame that needs it (``kiosk.screen``'s ``reload`` request)."""
-        self._matcher = None
+        """Reload the gallery matrix on the next frame that needs it (``kiosk.screen``'s ``reload`` request; a fleet
+        door's agent sends one after each sync: then only what changed is re-read)."""
+        if self.fleet is None:
+            self._matcher = None
         self._data_version = -1
+        self._matrix_checked = -float("inf")
         self._policy = None
 
     def access(self, person_id: int) -> AccessVerdict:
@@ -271,7 +294,7 @@ class DoorLoop:
         """A door not confirmed in sync with its hub for ``fleet.stale_after_s`` no longer trusts its old gallery
         (a revocation may not have reached it): ``fleet.stale_policy`` says whom it still lets in."""
         fleet_cfg = self.pipeline.cfg.fleet
-        age = self.fleet.fleet.stale_for()
+        age = self.fleet.stale_for()
         since = "never synced with the hub" if age is None else f"not in sync with the hub for {age / 3600:.1f} h"
         if fleet_cfg.stale_policy == "continue":
             return None

@@ -151,32 +151,6 @@ def _door_id(cfg: Config) -> str:
     return "door"
 
 
-def _fleet(cfg: Config, loop: DoorLoop, pipeline: Pipeline) -> Any:
-    """The door's fleet thread (kiosk.fleet): its gallery changes reload the loop's matrix at once, remote unlocks go
-    through the loop's own relay and event log, and its heartbeats carry the loop's health."""
-    from kiosk.fleet.service import DoorFleet
-
-    spec = pipeline.embedder.spec
-
-    def unlock(actor: str, reason: str) -> dict[str, Any]:
-        return {"pulse_s": loop.manual_unlock(f"hub:{actor}", reason, -1, -1)}
-
-    def changed(people: set[int], full: bool) -> None:
-        if loop.gallery.cipher is None and fleet.fleet.site_cipher is not None:  # the site key just arrived
-            loop.gallery._cipher = fleet.fleet.site_cipher
-        loop.reload()
-
-    fleet = DoorFleet(
-        cfg,
-        (spec.id, spec.sha256),
-        on_change=changed,
-        on_unlock=unlock,
-        health=loop.stats.as_dict,
-    )
-    loop.fleet = fleet
-    return fleet
-
-
 def run_kiosk(
     cfg: Config,
     *,
@@ -265,8 +239,10 @@ def run_kiosk(
                 screen=screen,
                 door_id=_door_id(cfg),
             )
-            if cfg.fleet.enabled:
-                stack.enter_context(_fleet(cfg, loop, pipeline).running())
+            if cfg.fleet.enabled:  # the replica is written by the fleet agent (`kiosk fleet run`), a process of its own
+                from kiosk.fleet.service import FleetState
+
+                loop.fleet = FleetState(cfg, gallery)
             limit = watchdog_limit(cfg)
             log.info("kiosk ready in %.1f s (models warm, camera started, relay off)", time.monotonic() - t0)
             if started is not None:

@@ -44,7 +44,7 @@ from kiosk.fleet.protocol import (
     hub_request_subject,
     unwrap_site_key,
 )
-from kiosk.fleet.replica import Applied, LiveMatrix, Message, Replica
+from kiosk.fleet.replica import FULL_RELOAD_OVER, Applied, LiveMatrix, Message, Replica
 from kiosk.fleet.secrets import DoorSecret
 from kiosk.gallery import Gallery, utc_iso
 from kiosk.gallery.keys import AesGcmCipher
@@ -54,7 +54,6 @@ T = TypeVar("T")
 
 BATCH = 1000
 WRAPPED_KEY_FILE = "site-key.wrapped"
-FULL_RELOAD_OVER = 500
 PRUNE_EVERY_S = 600.0
 PRUNE_RETRY_S = 5.0  # a batch changing more people than this reloads the matrix whole (still built aside)
 
@@ -366,8 +365,14 @@ class FleetDoor:
 
     async def _beat_loop(self) -> None:
         while True:
-            with contextlib.suppress(asyncio.TimeoutError, nats.errors.Error, ProtocolError):
+            try:
                 await self.beat()
+            except asyncio.CancelledError:
+                raise
+            except (TimeoutError, nats.errors.Error, ProtocolError) as err:
+                log.debug("fleet: heartbeat not answered (%s)", err)
+            except Exception as err:  # a heartbeat must never stop for good: the hub would show the door offline
+                log.warning("fleet: heartbeat failed: %s", err)
             await asyncio.sleep(self.heartbeat_s)
 
     async def status(self) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from kiosk.gallery import Gallery, GalleryMatrix, TemplateCipher, utc_iso
 
 log = logging.getLogger(__name__)
 
+FULL_RELOAD_OVER = 500  # more changed people than this: reload the matrix whole (still built aside)
 _STAGING = (
     "CREATE TABLE IF NOT EXISTS replica_staging (key TEXT PRIMARY KEY, seq INTEGER NOT NULL, record TEXT NOT NULL)"
 )
@@ -272,14 +273,32 @@ class LiveMatrix:
     def __init__(self, gallery: Gallery, model_id: str, model_sha256: str) -> None:
         self.gallery, self.model_id, self.model_sha256 = gallery, model_id, model_sha256
         self._lock = threading.Lock()
+        self.rev_seen = int(gallery._rows("SELECT coalesce(max(rev), 0) AS m FROM people")[0]["m"])
         self.matrix = gallery.matrix(model_id, model_sha256)
         self.version = 0
+
+    def refresh(self) -> GalleryMatrix:
+        """Patch for what changed in the replica since the last load or refresh, found by the hub revision every
+        replicated person carries (``people.rev``) and the people gone: the door loop's cheap path after a sync."""
+        rows = self.gallery._rows("SELECT coalesce(max(rev), 0) AS m FROM people")
+        newest = int(rows[0]["m"])
+        changed = {int(r["id"]) for r in self.gallery._rows("SELECT id FROM people WHERE rev > ?", [self.rev_seen])}
+        held = sorted(self.person_ids())
+        if held:
+            marks = ",".join("?" * len(held))
+            present = {int(r["id"]) for r in self.gallery._rows(f"SELECT id FROM people WHERE id IN ({marks})", held)}
+            changed |= set(held) - present
+        self.rev_seen = newest
+        if len(changed) > FULL_RELOAD_OVER:
+            return self.reload()
+        return self.patch(changed)
 
     def person_ids(self) -> set[int]:
         return set(self.matrix.person_ids.tolist())
 
     def reload(self) -> GalleryMatrix:
         """Whole, from the gallery (validity windows move with time): built aside, then swapped in."""
+        self.rev_seen = int(self.gallery._rows("SELECT coalesce(max(rev), 0) AS m FROM people")[0]["m"])
         fresh = self.gallery.matrix(self.model_id, self.model_sha256)
         with self._lock:
             self.matrix, self.version = fresh, self.version + 1

@@ -12,7 +12,7 @@ import signal
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -295,62 +295,99 @@ def door_site_cipher(cfg: Config) -> AesGcmCipher | None:
     return AesGcmCipher(site)
 
 
-class DoorFleet:
-    """The door's fleet service in its own thread with its own event loop; the frame loop never waits for it."""
+class FleetState:
+    """What the door loop knows of its fleet: when its replica was last confirmed up to date with the hub, as the
+    fleet agent (``kiosk fleet run``, another process) records it in the gallery. Read only at a grant."""
 
-    def __init__(self, cfg: Config, model: tuple[str, str] | None, **callbacks: Any) -> None:
-        if cfg.fleet.credentials_file is None:
-            raise ConfigError("fleet.credentials_file: required with fleet.enabled")
-        secret = read_bundle(Path(cfg.fleet.credentials_file).expanduser())
-        path = cfg.gallery_path
-        self.fleet = FleetDoor(
-            secret,
-            lambda: Gallery(path, busy_timeout_s=cfg.gallery.busy_timeout_s),
-            url=cfg.fleet.server,
-            state_dir=cfg.fleet_dir,
-            model=model,
-            heartbeat_s=cfg.fleet.heartbeat_s,
-            keep_events_s=None if cfg.fleet.keep_events_days is None else cfg.fleet.keep_events_days * 86400.0,
-            **callbacks,
-        )
-        self.cfg = cfg
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = threading.Thread(target=self._run, name="fleet", daemon=True)
-        self.error: BaseException | None = None
+    def __init__(self, cfg: Config, gallery: Gallery) -> None:
+        self.cfg, self.gallery = cfg, gallery
 
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as err:  # the door keeps deciding locally; the error is reported in its status
-            self.error = err
-            log.error("fleet: stopped: %s", err)
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        await self.fleet.run()
-
-    def start(self) -> DoorFleet:
-        self._thread.start()
-        return self
-
-    def poke(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self.fleet.poke)
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self.fleet.stop)
-        self._thread.join(timeout_s)
+    def stale_for(self, now: float | None = None) -> float | None:
+        """Seconds since the replica was last confirmed up to date (None: never, or unreadable)."""
+        rows = self.gallery._rows("SELECT value FROM replica_meta WHERE key = 'synced_at'")
+        if not rows:
+            return None
+        return max(0.0, (time.time() if now is None else now) - float(rows[0]["value"]))
 
     def stale(self) -> bool:
-        """True when the replica has not been confirmed up to date within ``fleet.stale_after_s`` (or never)."""
-        age = self.fleet.stale_for()
+        age = self.stale_for()
         return age is None or age > self.cfg.fleet.stale_after_s
 
-    @contextlib.contextmanager
-    def running(self) -> Iterator[DoorFleet]:
-        self.start()
+    def ensure_site_key(self) -> None:
+        """The replicated templates are under the site key, which the agent receives on its first contact with the
+        hub: until then the gallery holds none; once it is there, the loop's connection takes it."""
+        if self.gallery.cipher is None and (cipher := door_site_cipher(self.cfg)) is not None:
+            self.gallery._cipher = cipher
+
+
+def door_agent(cfg: Config, model: tuple[str, str] | None = None) -> FleetDoor:
+    """The door's fleet agent (``kiosk fleet run``, systemd ``kiosk-fleet.service``): a process of its own beside
+    the door loop, so the loop keeps its sandbox without a network. It writes the replica into the door's gallery
+    (the loop sees the change by ``data_version``, and at once through a ``reload`` request on its control socket),
+    publishes the loop's events from the same gallery, and carries out remote unlocks through that control socket —
+    the loop pulses the relay and records the unlock itself, exactly as for the admin app."""
+    from kiosk.errors import DoorUnavailableError
+    from kiosk.screen.client import DoorLink
+
+    if cfg.fleet.credentials_file is None:
+        raise ConfigError("fleet.credentials_file: required with fleet.enabled (made by `kiosk hub add-door ID`)")
+    secret = read_bundle(Path(cfg.fleet.credentials_file).expanduser())
+    link = DoorLink(cfg.runtime_dir)
+    path = cfg.gallery_path
+
+    def reload(people: set[int], full: bool) -> None:  # best effort: the loop polls data_version anyway
+        with contextlib.suppress(DoorUnavailableError):
+            asyncio.run(link.request({"op": "reload"}, timeout_s=2.0))
+
+    def unlock(actor: str, reason: str) -> dict[str, Any]:
         try:
-            yield self
+            reply = asyncio.run(link.request({"op": "unlock", "actor": f"hub:{actor}", "reason": reason}))
+        except DoorUnavailableError as err:
+            raise KioskError(f"the door loop is not running: {err}") from None
+        if not reply.get("ok"):
+            raise KioskError(f"the door loop refused the unlock: {reply.get('error') or reply}")
+        return {"pulse_s": reply.get("pulse_s")}
+
+    return FleetDoor(
+        secret,
+        lambda: Gallery(path, busy_timeout_s=cfg.gallery.busy_timeout_s),
+        url=cfg.fleet.server,
+        state_dir=cfg.fleet_dir,
+        model=model,
+        heartbeat_s=cfg.fleet.heartbeat_s,
+        keep_events_s=None if cfg.fleet.keep_events_days is None else cfg.fleet.keep_events_days * 86400.0,
+        on_change=lambda people, full: threading.Thread(target=reload, args=(people, full), daemon=True).start(),
+        on_unlock=unlock,
+        health=lambda: _loop_health(link),
+    )
+
+
+def _loop_health(link: Any) -> dict[str, Any]:
+    """The door loop's state as its screen socket last said it (fps, service state), for the heartbeat."""
+    state = link.state
+    return {"service": state.get("service"), "fps": state.get("fps")}
+
+
+def run_door_agent(cfg: Config) -> None:
+    """``kiosk fleet run``: the agent until SIGTERM or SIGINT."""
+    if not cfg.fleet.enabled:
+        raise ConfigError("fleet.enabled: false — this door is not part of a site (see docs/fleet.md)")
+    agent = door_agent(cfg)
+
+    async def main() -> None:
+        from kiosk.screen.client import DoorLink
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError, RuntimeError):
+                loop.add_signal_handler(sig, agent.stop)
+        link = DoorLink(cfg.runtime_dir)
+        await link.start()  # follows the loop's state socket, for the heartbeat's loop health
+        agent.health = lambda: _loop_health(link)
+        try:
+            log.info("fleet agent of door %s: broker %s", agent.door, cfg.fleet.server)
+            await agent.run()
         finally:
-            self.stop()
+            await link.stop()
+
+    asyncio.run(main())

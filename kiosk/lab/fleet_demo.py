@@ -1,8 +1,9 @@
-"""``kiosk demo --fleet``: a site on one machine — a hub and two doors, each its own process, as on real hardware.
+"""``kiosk demo --fleet``: a site on one machine — a hub and two doors, each its own processes, as on real hardware.
 
 In a throwaway folder it makes the hub's encrypted gallery and site key, registers doors ``front`` and ``back`` with
-``kiosk hub add-door``'s own code, starts ``kiosk hub serve`` (which runs nats-server from the fleet extra) and two
-``kiosk run`` doors on the demo clip replayed in a loop with simulated relays. Then, watching the events as the hub
+``kiosk hub add-door``'s own code, starts ``kiosk hub serve`` (which runs nats-server from the fleet extra) and, for
+each door, ``kiosk run`` on the demo clip replayed in a loop with a simulated relay and ``kiosk fleet run``, its
+agent (the door loop itself has no network). Then, watching the events as the hub
 receives them from the doors:
 
 1. nobody is enrolled: both doors turn the astronaut away;
@@ -76,7 +77,7 @@ def _configs(root: Path, cfg: Config, clip: Path, port: int) -> dict[str, Path]:
                     "mode": "active",
                     "active": {"timeout_s": DEMO_CHALLENGE_S, "challenges": ["blink"], "steps": 1},
                 },
-                "screen": {"enabled": False},
+                "screen": {"enabled": True},  # the loop's control socket: the fleet agent's reload and unlock
                 "fleet": {
                     "enabled": True,
                     "server": f"tls://127.0.0.1:{port}",
@@ -213,8 +214,12 @@ def run_fleet_demo(cfg: Config, *, as_json: bool = False, keep: Path | None = No
             procs = [hub]
             for door in DOORS:
                 p = stack.enter_context(_process([*kiosk, str(paths[door]), "run"], root / f"{door}.log"))
-                procs.append(p)
-                say(f"  door {door:5} pid {p.pid}: kiosk run, the demo clip on a loop, simulated relay")
+                a = stack.enter_context(
+                    _process([*kiosk, str(paths[door]), "fleet", "run"], root / f"{door}-fleet.log")
+                )
+                procs += [p, a]
+                say(f"  door {door:5} pid {p.pid}: kiosk run, the demo clip on a loop, simulated relay; "
+                    f"pid {a.pid}: kiosk fleet run, its agent")  # fmt: skip
 
             def online() -> bool:
                 with open_gallery(hub_cfg, check=False, need_key=False) as g:
