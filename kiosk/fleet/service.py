@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from kiosk.config import Config
-from kiosk.errors import ConfigError, KioskError
+from kiosk.errors import BrokerUnreachableError, ConfigError, DoorNoAnswerError, FleetError
 from kiosk.fleet import hubdb
 from kiosk.fleet.broker import BrokerConfig, NatsServer
 from kiosk.fleet.door import FleetDoor
@@ -25,6 +25,7 @@ from kiosk.gallery.keys import AesGcmCipher, key_source, read_key_file
 
 log = logging.getLogger(__name__)
 DOORS_CHECK_S = 2.0
+CONNECT_TIMEOUT_S = 5.0  # a live command's connection to the site broker
 
 
 def hub_secrets(cfg: Config) -> FleetSecrets:
@@ -138,33 +139,45 @@ def status(cfg: Config, gallery: Gallery) -> list[dict[str, Any]]:
 
 
 def send_command(cfg: Config, door: str, name: str, *, timeout_s: float = 5.0, **kw: Any) -> dict[str, Any]:
-    """Send a live command (``unlock``, ``resync``, ``ping``) to ``door`` as the hub and return its answer; KioskError
-    when the broker or the door does not answer, or the door refuses. Nothing is queued: an unanswered command is
-    never carried out later."""
+    """Send a live command (``unlock``, ``resync``, ``ping``) to ``door`` as the hub and return its answer;
+    BrokerUnreachableError when the broker cannot be reached, DoorNoAnswerError when the door does not answer,
+    FleetError when it refuses (all KioskErrors). Nothing is queued: an unanswered command is never carried out
+    later."""
     import nats
 
     from kiosk.fleet.broker import HUB_USER, check_door_id
     from kiosk.fleet.protocol import command_subject, decode, encode
 
     check_door_id(door)
+    password = hub_secrets(cfg).hub_password()
+
+    async def quiet(err: Exception) -> None:
+        log.debug("fleet command: broker connection: %s", err)
 
     async def go() -> dict[str, Any]:
         try:
-            nc = await nats.connect(cfg.hub.server, user=HUB_USER, password=hub_secrets(cfg).hub_password(),
-                                    allow_reconnect=False, connect_timeout=3)  # fmt: skip
+            # NOTE: nats-py retries the first connection max_reconnect_attempts times, even with allow_reconnect
+            # off (60 x 2 s by default, forever with 0): one attempt, so a broker that is down is an error at once.
+            nc = await asyncio.wait_for(
+                nats.connect(cfg.hub.server, user=HUB_USER, password=password, allow_reconnect=False,
+                             connect_timeout=3, max_reconnect_attempts=1, reconnect_time_wait=0.1, error_cb=quiet),
+                timeout=CONNECT_TIMEOUT_S,
+            )  # fmt: skip
         except Exception as err:
-            raise KioskError(f"cannot reach the site broker at {cfg.hub.server}: {err}") from None
+            raise BrokerUnreachableError(
+                f"cannot reach the site broker at {cfg.hub.server}: {err or type(err).__name__}"
+            ) from None
         try:
             msg = await nc.request(command_subject(door), encode({"cmd": name, **kw}), timeout=timeout_s)
         except Exception:
-            raise KioskError(f"door {door} did not answer (offline, or not this site's)") from None
+            raise DoorNoAnswerError(f"door {door} did not answer (offline, or not this site's)") from None
         finally:
             await nc.close()
         return decode(msg.data, f"door {door}'s answer")
 
     reply = asyncio.run(go())
     if not reply.get("ok"):
-        raise KioskError(f"door {door} refused {name}: {reply.get('error')}")
+        raise FleetError(f"door {door} refused {name}: {reply.get('error')}")
     return reply
 
 
