@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 import math
 import re
+import time
 import types
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from kiosk.errors import ConfigError, DoorNotFoundError, FleetError, InputError, KioskError
@@ -48,7 +50,15 @@ def _number(value: Any, kind: type) -> Any:
     return kind(value) if kind is float or float(value).is_integer() else None
 
 
-def _row(raw: dict[str, Any]) -> dict[str, Any]:
+def _age(when: str | None, now: float) -> float | None:
+    """Seconds since an ISO 8601 time (the page says "2 min ago"; the API gives the time itself)."""
+    try:
+        return None if when is None else max(0.0, now - datetime.fromisoformat(when).timestamp())
+    except ValueError:
+        return None
+
+
+def _row(raw: dict[str, Any], now: float) -> dict[str, Any]:
     row: dict[str, Any] = {
         "door": str(raw["door"]),
         "online": bool(raw.get("online")),
@@ -58,6 +68,7 @@ def _row(raw: dict[str, Any]) -> dict[str, Any]:
     }
     row |= {k: _number(raw.get(k), int) for k in _INT}
     row |= {k: _number(raw.get(k), float) for k in _FLOAT}
+    row["heard_s"] = _age(row["last_seen"], now)
     broken = _BROKEN_AT.fullmatch(row["chain"])
     row["chain_broken_at"] = int(broken.group(1)) if broken else None
     return row
@@ -70,7 +81,7 @@ def door_states(services: WebServices) -> list[dict[str, Any]]:
         raise DoorNotFoundError(NOT_A_HUB)
     service = fleet_service()
     with services.gallery(need_key=False) as g:
-        return [_row(r) for r in service.status(services.cfg, g)]
+        return [_row(r, time.time()) for r in service.status(services.cfg, g)]
 
 
 def check_door(services: WebServices, door: str) -> str:
