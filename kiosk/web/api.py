@@ -28,6 +28,7 @@ from kiosk.checks import model_list
 from kiosk.errors import AuthError, InputError, KioskError, LoginThrottledError
 from kiosk.gallery.backup import backup_gallery, list_backups
 from kiosk.web import doors, events, people
+from kiosk.web.accounts import Account
 from kiosk.web.people import VerdictCode
 from kiosk.web.security import AdminAccount, ViewerAccount, acting, client_address, csrf, services_of
 
@@ -489,7 +490,7 @@ def _reason(text: str) -> str:
     return reason
 
 
-async def _confirm_password(request: Request, account: Any, password: str, what: str) -> None:
+async def _confirm_password(request: Request, account: Account, password: str, what: str) -> None:
     """The account's password, entered again for an unlock; 403 when wrong (throttled like a login)."""
     services = services_of(request)
     try:
