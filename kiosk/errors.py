@@ -32,7 +32,11 @@
     ├── TamperedError                       exit TAMPERED      event hash chain broken, backup not a gallery
     ├── ScreenError                         exit FAILURE       the loop's sockets cannot be set up (kiosk.screen)
     ├── DoorUnavailableError                exit FAILURE       the loop's sockets cannot be reached (kiosk web)
-    └── WorkerError                         exit FAILURE       `kiosk web`'s model worker died or did not answer
+    ├── WorkerError                         exit FAILURE       `kiosk web`'s model worker died or did not answer
+    └── FleetError                          exit FAILURE       a site's fleet: a door refused a live command
+        ├── BrokerUnreachableError (ConnectionError)           the site broker cannot be reached
+        ├── DoorNoAnswerError (TimeoutError)                   a door did not answer a live command
+        └── DoorNotFoundError (LookupError) exit NOT_FOUND     no such door at this hub (or not a hub)
 
 systemd units list CONFIG, MODEL, INSECURE and KEY in ``RestartPreventExitStatus=``: a broken install must not
 restart-loop.
@@ -203,3 +207,21 @@ class DoorUnavailableError(KioskError):
 
 class WorkerError(KioskError):
     """``kiosk web``'s model worker process (``kiosk.web.worker``) died during a request or did not answer."""
+
+
+class FleetError(KioskError):
+    """A site's fleet (``kiosk.fleet``): a live command to a door was refused, or could not be sent."""
+
+
+class BrokerUnreachableError(FleetError, ConnectionError):
+    """The site broker cannot be reached (the hub's nats-server is down, or the address is wrong)."""
+
+
+class DoorNoAnswerError(FleetError, TimeoutError):
+    """A door did not answer a live command in time (offline, or not this site's): the command was not carried out."""
+
+
+class DoorNotFoundError(FleetError, LookupError):
+    """No door of that id at this hub, or this config is not a hub's."""
+
+    exit_code = ExitCode.NOT_FOUND

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import secrets
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,6 +120,11 @@ async def running(*services: Hub | FleetDoor) -> AsyncIterator[list[asyncio.Task
     finally:
         for s in services:
             s.stop()
+        finished, stuck = await asyncio.wait(tasks, timeout=20)
+        if stuck:  # a service that does not stop is a bug: show where every task waits
+            for t in asyncio.all_tasks():
+                t.print_stack(limit=6, file=sys.stderr)
+            raise AssertionError(f"{len(stuck)} fleet service(s) did not stop within 20 s")
         done = await asyncio.gather(*tasks, return_exceptions=True)
         errors = [d for d in done if isinstance(d, BaseException)]
         if errors:

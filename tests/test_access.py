@@ -588,7 +588,7 @@ def test_erasing_a_person_from_a_backup_takes_them_out_of_their_groups(tmp_path:
 
 
 class StaleFleet:
-    """Enough of ``kiosk.fleet.service.DoorFleet`` for the loop: a door not in sync with its hub since ``age``."""
+    """Enough of ``kiosk.fleet.service.FleetState`` for the loop: a door not in sync with its hub since ``age``."""
 
     def __init__(self, age: float | None) -> None:
         self.age = age

@@ -222,3 +222,43 @@ def test_delete_a_template_asks_first_and_remove_needs_the_box(page: Any, base: 
     assert page.get_by_text("Person removed and their templates erased.").is_visible()
     with services.gallery() as g:
         assert g.list_people() == []
+
+
+@pytest.mark.parametrize("viewport", [(1024, 600), (1920, 1080)])
+def test_doors_page_at_a_hub(page: Any, base: str, services: WebServices, axe_check: Any) -> None:
+    """A hub's admin app: every door with its state, refreshed live; a remote unlock through the form."""
+    import time
+
+    from kiosk.fleet import hubdb
+    from kiosk.gallery import utc_iso
+    from tests.doors_helpers import ScriptedCommands, make_hub
+
+    make_hub(services)
+    services.fleet_command = commands = ScriptedCommands()
+    log_in(page, base)
+    page.get_by_role("link", name="Doors").click()
+    page.wait_for_url(base + "/admin/doors")
+    assert page.get_by_role("heading", level=1).inner_text() == "Doors of the site"
+    rows = page.locator("#doors-rows tr")
+    assert rows.count() == 2
+    front, back = rows.filter(has_text="front"), rows.filter(has_text="back")
+    assert "Online" in front.inner_text() and "In sync" in front.inner_text() and "9.7" in front.inner_text()
+    assert "Offline" in back.inner_text() and "Broken at event 9" in back.inner_text()
+    axe_check(page)
+    # The door comes back: the table shows it at its next refresh (htmx, every 5 s), the form stays as typed.
+    page.get_by_label("Reason").fill("delivery at the back")
+    with services.gallery(need_key=False) as g:
+        beat = {"rev": 12, "digest": "older", "outbox_depth": 0, "last_event": 17, "loop": {"fps": 8.5},
+                "received": time.time()}  # fmt: skip
+        hubdb.save_heartbeats(g, {"back": (utc_iso(), beat)})
+    back.get_by_text("Online").wait_for(timeout=12_000)
+    assert page.get_by_label("Reason").input_value() == "delivery at the back"
+    page.get_by_label("Door", exact=True).select_option("back")
+    page.get_by_label("Your password, again").fill(PASSWORD)
+    page.get_by_role("button", name="Unlock now").click()
+    page.wait_for_url(base + "/admin/doors?done=door-unlocked")
+    assert page.get_by_role("status").inner_text().startswith("The door was unlocked")
+    assert commands.calls == [
+        {"door": "back", "cmd": "unlock", "actor": commands.calls[0]["actor"], "reason": "delivery at the back"}
+    ]
+    axe_check(page)

@@ -1,6 +1,7 @@
 """Fuzz the JSON API from its own OpenAPI document with schemathesis, logged in as an admin: no request may get a
 500, and every response must match what the document says (status code, content type, body schema).
 
+The app is a hub's (two doors in its tables, a scripted ``send_command``), so the Doors routes are fuzzed too.
 Bounded and deterministic: a few examples per operation (positive and negative data), hypothesis derandomised,
 no example database. Left out: the SSE stream (it never ends by design; tests/test_web_events.py covers it) and the
 session routes (a fuzzed DELETE /api/session would log the fuzzer out; tests/test_web_security.py covers them).
@@ -18,7 +19,9 @@ from hypothesis import strategies as st
 from schemathesis import checks
 from schemathesis.generation import GenerationMode
 
+from kiosk.errors import DoorNoAnswerError
 from kiosk.web.app import create_app
+from tests.doors_helpers import ScriptedCommands, make_hub
 from tests.web_helpers import PASSWORD, make_services
 from tests.webapi_support import api_config, client_for, powell
 
@@ -37,6 +40,9 @@ def test_api_fuzzed_from_its_openapi_document(tmp_path: Path, pipeline: Any) -> 
     services = make_services(tmp_path, api_config(tmp_path))
     services.use_pipeline(pipeline)
     services.accounts.add("ada", "admin", PASSWORD)
+    make_hub(services)  # a hub's admin app: the Doors routes answer with doors (door "back" does not answer)
+    services.fleet_command = commands = ScriptedCommands()
+    commands.replies["back"] = DoorNoAnswerError("door back did not answer (offline, or not this site's)")
     app = create_app(services)
     with client_for(services, "ada") as admin:
         # Something to find: a person with templates, events, a backup.

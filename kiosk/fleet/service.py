@@ -1,5 +1,5 @@
-"""Starting the fleet from a config: ``serve_hub`` (``kiosk hub serve``) and ``DoorFleet`` (the door service's
-fleet thread, when ``fleet.enabled``). Everything the fleet needs is built here, from one place."""
+"""Starting the fleet from a config: ``serve_hub`` (``kiosk hub serve``), ``run_door_agent`` (``kiosk fleet run``,
+a door's agent) and ``FleetState`` (what the door loop reads of it). Everything the fleet needs is built here."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from kiosk.config import Config
-from kiosk.errors import ConfigError, KioskError
+from kiosk.errors import BrokerUnreachableError, ConfigError, DoorNoAnswerError, FleetError, KioskError
 from kiosk.fleet import hubdb
 from kiosk.fleet.broker import BrokerConfig, NatsServer
 from kiosk.fleet.door import FleetDoor
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 DOORS_CHECK_S = 2.0
+CONNECT_TIMEOUT_S = 5.0  # a live command's connection to the site broker
 
 
 def hub_secrets(cfg: Config) -> FleetSecrets:
@@ -241,41 +242,46 @@ def status(cfg: Config, gallery: Gallery) -> list[dict[str, Any]]:
     return door_status(gallery, cfg.hub.heartbeat_timeout_s)
 
 
-async def _quiet(exc: Exception) -> None:
-    """nats-py logs every connection error with a traceback unless given a callback: the caller reports it once."""
-    log.debug("broker: %s", exc)
-
-
 def send_command(cfg: Config, door: str, name: str, *, timeout_s: float = 5.0, **kw: Any) -> dict[str, Any]:
-    """Send a live command (``unlock``, ``resync``, ``ping``) to ``door`` as the hub and return its answer; KioskError
-    when the broker or the door does not answer, or the door refuses. Nothing is queued: an unanswered command is
-    never carried out later."""
+    """Send a live command (``unlock``, ``resync``, ``ping``) to ``door`` as the hub and return its answer;
+    BrokerUnreachableError when the broker cannot be reached, DoorNoAnswerError when the door does not answer,
+    FleetError when it refuses (all KioskErrors). Nothing is queued: an unanswered command is never carried out
+    later."""
     import nats
 
     from kiosk.fleet.broker import HUB_USER, check_door_id
     from kiosk.fleet.protocol import command_subject, decode, encode
 
     check_door_id(door)
+    password = hub_secrets(cfg).hub_password()
+
+    async def quiet(err: Exception) -> None:
+        log.debug("fleet command: broker connection: %s", err)
 
     async def go() -> dict[str, Any]:
         try:
-            nc = await nats.connect(hub_url(cfg), user=HUB_USER, password=hub_secrets(cfg).hub_password(),
-                                    tls=hub_ssl(cfg), allow_reconnect=False, connect_timeout=3,
-                                    max_reconnect_attempts=1,
-                                    error_cb=_quiet)  # fmt: skip
+            # NOTE: nats-py retries the first connection max_reconnect_attempts times, even with allow_reconnect
+            # off (60 x 2 s by default, forever with 0): one attempt, so a broker that is down is an error at once.
+            nc = await asyncio.wait_for(
+                nats.connect(hub_url(cfg), user=HUB_USER, password=password, tls=hub_ssl(cfg), allow_reconnect=False,
+                             connect_timeout=3, max_reconnect_attempts=1, reconnect_time_wait=0.1, error_cb=quiet),
+                timeout=CONNECT_TIMEOUT_S,
+            )  # fmt: skip
         except Exception as err:
-            raise KioskError(f"cannot reach the site broker at {cfg.hub.server}: {err}") from None
+            raise BrokerUnreachableError(
+                f"cannot reach the site broker at {cfg.hub.server}: {err or type(err).__name__}"
+            ) from None
         try:
             msg = await nc.request(command_subject(door), encode({"cmd": name, **kw}), timeout=timeout_s)
         except Exception:
-            raise KioskError(f"door {door} did not answer (offline, or not this site's)") from None
+            raise DoorNoAnswerError(f"door {door} did not answer (offline, or not this site's)") from None
         finally:
             await nc.close()
         return decode(msg.data, f"door {door}'s answer")
 
     reply = asyncio.run(go())
     if not reply.get("ok"):
-        raise KioskError(f"door {door} refused {name}: {reply.get('error')}")
+        raise FleetError(f"door {door} refused {name}: {reply.get('error')}")
     return reply
 
 

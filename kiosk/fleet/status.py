@@ -35,7 +35,8 @@ def door_status(gallery: Gallery, heartbeat_timeout_s: float, now: float | None 
                 "online": isinstance(received, int | float) and now - received <= heartbeat_timeout_s,
                 "last_seen": r["last_seen"],
                 "rev": rev,
-                "lag": None if rev is None else max(0, hub_seq - int(rev)),
+                # NOTE: a heartbeat is the door's word: a revision that is not a number gives no lag, not an error
+                "lag": max(0, hub_seq - rev) if isinstance(rev, int) and not isinstance(rev, bool) else None,
                 "in_sync": None if not beat else beat.get("digest") == hub_digest,
                 "outbox_depth": beat.get("outbox_depth"),
                 "last_event": beat.get("last_event"),

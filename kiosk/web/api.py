@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Query, Request, UploadFile
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
@@ -26,7 +27,8 @@ from kiosk import authz
 from kiosk.checks import model_list
 from kiosk.errors import AuthError, InputError, KioskError, LoginThrottledError
 from kiosk.gallery.backup import backup_gallery, list_backups
-from kiosk.web import events, people
+from kiosk.web import doors, events, people
+from kiosk.web.accounts import Account
 from kiosk.web.people import VerdictCode
 from kiosk.web.security import AdminAccount, ViewerAccount, acting, client_address, csrf, services_of
 
@@ -176,6 +178,28 @@ class UnlockIn(BaseModel):
 
 
 class UnlockOut(BaseModel):
+    ok: bool
+    pulse_s: float | None
+
+
+class SiteDoorOut(BaseModel):
+    door: str = Field(description="the door's id at the hub")
+    online: bool = Field(description="heard from within hub.heartbeat_timeout_s")
+    last_seen: str | None = Field(description="when the hub last heard from it (UTC, ISO 8601)")
+    rev: int | None = Field(description="the site gallery revision (stream sequence) the door applied")
+    lag: int | None = Field(description="how many gallery changes the door is behind the hub")
+    in_sync: bool | None = Field(description="its gallery digest equals the hub's; null before its first heartbeat")
+    outbox_depth: int | None = Field(description="events the door holds that the hub has not confirmed")
+    last_event: int | None = Field(description="the id of the door's newest event")
+    events_at_hub: int | None = Field(description="the hub holds every event of the door up to this id, verified")
+    chain: str = Field(description="'ok', or 'broken at N': the door's event chain as the hub verified it")
+    chain_broken_at: int | None = Field(description="the first event id whose link failed; null when the chain is ok")
+    stale_s: float | None = Field(description="seconds since the door last confirmed its gallery up to date")
+    fps: float | None = Field(description="the door loop's frame rate in its last heartbeat")
+
+
+class DoorUnlockOut(BaseModel):
+    door: str
     ok: bool
     pulse_s: float | None
 
@@ -466,6 +490,18 @@ def _reason(text: str) -> str:
     return reason
 
 
+async def _confirm_password(request: Request, account: Account, password: str, what: str) -> None:
+    """The account's password, entered again for an unlock; 403 when wrong (throttled like a login)."""
+    services = services_of(request)
+    try:
+        await run_in_threadpool(services.accounts.authenticate, account.name, password, client_address(request))
+    except LoginThrottledError:
+        raise
+    except AuthError:
+        log.warning("%s refused for web account %s: wrong password", what, account.name)
+        raise HTTPException(403, "wrong password: the door was not unlocked") from None
+
+
 _REFUSALS = {"busy": 409, "unavailable": 503}
 
 
@@ -480,13 +516,7 @@ async def unlock(request: Request, account: AdminAccount, body: UnlockIn) -> Unl
     and records the unlock with the account and the reason in its event chain. 503 when the loop is down."""
     services = services_of(request)
     reason = _reason(body.reason)
-    try:
-        await run_in_threadpool(services.accounts.authenticate, account.name, body.password, client_address(request))
-    except LoginThrottledError:
-        raise
-    except AuthError:
-        log.warning("manual unlock refused for web account %s: wrong password", account.name)
-        raise HTTPException(403, "wrong password: the door was not unlocked") from None
+    await _confirm_password(request, account, body.password, "manual unlock")
     with acting(request, account):
         actor = authz.actor()
         try:
@@ -506,6 +536,53 @@ async def unlock(request: Request, account: AdminAccount, body: UnlockIn) -> Unl
     log.info("manual unlock by %s sent to the loop", account.name)
     pulse = reply.get("pulse_s")
     return UnlockOut(ok=True, pulse_s=float(pulse) if isinstance(pulse, int | float) else None)
+
+
+# -- the site's doors (fleet mode) ----------------------------------------------------------------------------------
+
+DOOR_ID = PathParam(max_length=63, description="a door id: 1-63 of a-z, 0-9 and '-'")
+FLEET_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": Problem, "description": "not a hub's admin app, or no such door at this hub"},
+    502: {"model": Problem, "description": "the door refused the command"},
+    503: {"model": Problem, "description": "the site broker or the gallery cannot be reached"},
+    504: {"model": Problem, "description": "the door did not answer: nothing was done"},
+}
+
+
+@router.get("/doors", tags=["doors"], responses={**ERRORS, 404: FLEET_ERRORS[404]})
+def get_doors(request: Request, account: ViewerAccount) -> list[SiteDoorOut]:
+    """Every door of the site as the hub last heard it (online, gallery revision and lag, in sync, outbox depth,
+    newest event, events held at the hub, chain, staleness, frame rate). 404 when the admin app does not run
+    against a site hub (``<data_dir>/fleet/hub.secret``)."""
+    return [SiteDoorOut(**row) for row in doors.door_states(services_of(request))]
+
+
+@router.post(
+    "/doors/{door}/unlock",
+    tags=["doors"],
+    dependencies=CHANGE,
+    responses={**ERRORS, **FLEET_ERRORS, 429: {"model": Problem}},
+)
+async def unlock_door(
+    request: Request, account: AdminAccount, body: UnlockIn, door: Annotated[str, DOOR_ID]
+) -> DoorUnlockOut:
+    """Unlock a door of the site once, now, through the hub: an admin, the password entered again and a reason.
+    The door pulses its relay and records the unlock with the account and the reason in its own event chain. Live
+    only: 504 when the door does not answer (it is not unlocked later), 502 when it refuses."""
+    services = services_of(request)
+    reason = _reason(body.reason)
+    await run_in_threadpool(doors.check_door, services, door)
+    await _confirm_password(request, account, body.password, f"remote unlock of door {door}")
+    with acting(request, account):
+        actor = authz.actor() or f"web:{account.name}"
+    try:
+        reply = await run_in_threadpool(doors.unlock, services, door, actor=actor, reason=reason)
+    except KioskError as exc:
+        log.warning("remote unlock of door %s by %s not confirmed: %s", door, account.name, exc)
+        raise
+    pulse = reply.get("pulse_s")
+    pulse_s = float(pulse) if isinstance(pulse, int | float) and not isinstance(pulse, bool) else None
+    return DoorUnlockOut(door=door, ok=True, pulse_s=pulse_s)
 
 
 # -- system and backups --------------------------------------------------------------------------------------------

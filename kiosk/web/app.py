@@ -39,6 +39,10 @@ ERROR_STATUS: tuple[tuple[str, int], ...] = (
     ("InputError", 422),
     ("FaceError", 422),
     ("DoorUnavailableError", 503),
+    ("DoorNotFoundError", 404),
+    ("DoorNoAnswerError", 504),
+    ("BrokerUnreachableError", 503),
+    ("FleetError", 502),
     ("GalleryLockedError", 503),
 )
 

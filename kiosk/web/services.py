@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,8 @@ class WebServices:
     link: DoorLink
     i18n: I18n
     templates: Jinja2Templates = field(default=None)  # type: ignore[assignment]
+    # ``kiosk.fleet.service.send_command``'s signature; None: the real one (tests pass a fake, ``kiosk.web.doors``).
+    fleet_command: Callable[..., dict[str, Any]] | None = field(default=None, repr=False)
     _worker: ModelWorker | InlineWorker | None = field(default=None, init=False, repr=False)
     _model: EnrolmentModel | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -40,6 +43,20 @@ class WebServices:
         from kiosk.gallery.open import open_gallery
 
         return open_gallery(self.cfg, check=False, need_key=need_key)
+
+    def is_hub(self) -> bool:
+        """Fleet mode: this config is a site hub's, so the app shows the site's doors. A hub is known by its broker
+        password, ``<data_dir>/fleet/hub.secret``, which ``kiosk hub serve`` and ``kiosk hub add-door`` write and a
+        door never has (``kiosk.fleet.secrets``). Checked on each use: a hub set up while the app runs shows up."""
+        return (self.cfg.fleet_dir / "hub.secret").is_file()
+
+    def send_command(self, door: str, name: str, **kw: Any) -> dict[str, Any]:
+        """A live command to a door of the site, as the hub (blocking: call it in a thread)."""
+        if self.fleet_command is not None:
+            return self.fleet_command(self.cfg, door, name, **kw)
+        from kiosk.fleet.service import send_command
+
+        return send_command(self.cfg, door, name, **kw)
 
     def worker(self) -> ModelWorker | InlineWorker:
         """The model worker (``kiosk.web.worker``): photos are decoded and judged, and the System page's checks run,

@@ -136,6 +136,61 @@ def build_dataset(services: Any) -> dict[str, int]:
     return ids
 
 
+# The Doors page of a hub's app: door id, online, gallery changes behind, events not yet at the hub, fps (made up)
+DOORS = (
+    ("main-entrance", True, 0, 0, 9.8),
+    ("loading-dock", True, 2, 3, 9.1),
+    ("lab-2", False, 7, 12, None),
+)
+HUB_SEQ = 48
+
+
+def _chain(n: int) -> list[dict[str, Any]]:
+    """Events 1..n of a door as it sends them to the hub, each linked to the one before."""
+    from kiosk.gallery import GENESIS_HASH, event_hash
+
+    prev, rows = GENESIS_HASH, []
+    start = datetime.now(UTC) - timedelta(hours=6)
+    for i in range(1, n + 1):
+        row: dict[str, Any] = {"id": i, "ts": (start + timedelta(minutes=2 * i)).isoformat(), "kind": "access",
+                               "outcome": "granted"}  # fmt: skip
+        row |= {"prev_hash": prev, "hash": event_hash(prev, row)}
+        prev = row["hash"]
+        rows.append(row)
+    return rows
+
+
+def build_doors(services: Any) -> None:
+    """Make the app a hub's (its broker password, ``kiosk.fleet.secrets``) with ``DOORS`` in its tables: each one's
+    last heartbeat and the events the hub holds (``kiosk.fleet.hubdb``), as ``kiosk hub serve`` would keep them."""
+    import time
+
+    from kiosk.fleet import hubdb
+    from kiosk.fleet.protocol import digest
+    from kiosk.fleet.secrets import FleetSecrets
+    from kiosk.gallery import utc_iso
+
+    FleetSecrets(services.cfg.fleet_dir).hub_password()
+    now = time.time()
+    with services.gallery(need_key=False) as g:
+        hubdb.install(g)
+        with g._write() as db:
+            hubdb.set_meta(db, "people_stream_seq", HUB_SEQ)
+        in_sync = digest(hubdb.live_revisions(g))
+        beats, events = {}, []
+        for i, (door, online, behind, outbox, fps) in enumerate(DOORS):
+            hubdb.add_door(g, door)
+            last = 140 - 37 * i
+            seen = now - (4 + i if online else 2 * 3600)
+            beat = {"rev": HUB_SEQ - behind, "digest": in_sync if not behind else "older", "outbox_depth": outbox,
+                    "last_event": last, "stale_s": round(now - seen + 2.5 + 40 * behind, 1),
+                    "loop": {"fps": fps} if fps else {}, "received": seen}  # fmt: skip
+            beats[door] = (utc_iso(datetime.fromtimestamp(seen, UTC)), beat)
+            events += [(door, e) for e in _chain(last - outbox)]
+        hubdb.save_heartbeats(g, beats)
+        hubdb.record_events(g, events)
+
+
 @dataclass
 class AdminScene:
     """The admin app over the dataset; ``open`` logs a fresh browser context in and goes to a page."""
@@ -165,7 +220,8 @@ class AdminScene:
 
 
 @contextlib.contextmanager
-def admin_environment(language: str) -> Iterator[AdminScene]:
+def admin_environment(language: str, *, hub: bool = False) -> Iterator[AdminScene]:
+    """The admin app over the dataset; ``hub``: a site hub's app, with the doors of ``DOORS``."""
     from kiosk.config import parse_config
     from kiosk.web.accounts import Accounts
     from kiosk.web.app import create_app
@@ -175,7 +231,10 @@ def admin_environment(language: str) -> Iterator[AdminScene]:
     from tools.measure.browser import LiveServer
 
     with tempfile.TemporaryDirectory(prefix="kiosk-screenshots-") as tmp:
-        cfg = parse_config({"data_dir": str(Path(tmp) / "data"), "screen": {"language": language}})
+        sections: dict[str, Any] = {"data_dir": str(Path(tmp) / "data"), "screen": {"language": language}}
+        if hub:
+            sections["hub"] = {"heartbeat_timeout_s": 600.0}  # online for the whole run, however long it takes
+        cfg = parse_config(sections)
         accounts = Accounts(cfg.web_db_path, cfg.web)
         services = WebServices(cfg=cfg, accounts=accounts, link=admin_link(), i18n=I18n())  # type: ignore[arg-type]
         services.templates = make_templates(services)
@@ -183,6 +242,8 @@ def admin_environment(language: str) -> Iterator[AdminScene]:
         try:
             accounts.add(ADMIN_NAME, "admin", ADMIN_PASSWORD)
             ids = build_dataset(services)
+            if hub:
+                build_doors(services)
             photo_dir = Path(tmp) / "photos"
             photo_dir.mkdir()
             for name, data in astronaut_photos().items():
@@ -225,4 +286,5 @@ ADMIN_SHOTS: list[dict[str, Any]] = [
     {**_page("admin-events", "/events", "#events-rows"), "viewport": (1280, 1100)},
     _page("admin-door", "/admin/door", "#live-status"),
     _page("admin-system", "/system", "pre.config"),
+    {**_page("admin-doors", "/admin/doors", "#doors-rows"), "app": "admin-hub", "viewport": (1280, 1100)},
 ]

@@ -109,6 +109,7 @@ def door_environment(language: str) -> Iterator[DoorScene]:
 ENVIRONMENTS: dict[str, Callable[[str], contextlib.AbstractContextManager[Any]]] = {
     "door": door_environment,
     "admin": admin_environment,
+    "admin-hub": lambda language: admin_environment(language, hub=True),  # a site hub's app: the Doors page
 }
 
 

@@ -83,6 +83,7 @@ def render(
         "section": "",
         "notice": None,
         "error": None,
+        "fleet_hub": services_of(request).is_hub(),  # the Doors entry of the menu (kiosk.web.doors)
     }
     return services_of(request).templates.TemplateResponse(request, template, base | context, status_code=status_code)
 
@@ -108,6 +109,7 @@ NOTICES = {
     "enrolled": "admin.notice.enrolled",
     "backup": "admin.notice.backup",
     "unlocked": "admin.notice.unlocked",
+    "door-unlocked": "admin.notice.door_unlocked",
 }
 
 
