@@ -11,6 +11,7 @@ An unexpected error in one frame is contained: logged (rate-limited), relay off,
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -21,8 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from kiosk.door.camera import Camera, Frame
-from kiosk.door.decide import NONE, Decider, Decision, Observation, continuity_allowance
+from kiosk.door.decide import DENIED, NONE, Decider, Decision, Observation, continuity_allowance
 from kiosk.door.notify import Notifier
+from kiosk.door.osdp import CardReader, CredentialError
 from kiosk.door.relay import Door
 from kiosk.door.snapshots import SnapshotStore
 from kiosk.door.track import Track, Tracker
@@ -267,8 +269,7 @@ class DoorLoop:
                 self.liveness.end(track.id)
             final = self.decider.end_track(track.id, t)
             if final is not None:
-                decisions.append(final)
-                self._act(final, None, None)
+                decisions.append(self._act(final, None, None))
         self.stats.frames += 1
         self.stats.faces += len(faces)
         if self.screen is not None:
@@ -317,8 +318,7 @@ class DoorLoop:
             if self.liveness is not None and self.decider.take_restart(track.id):
                 self.liveness.end(track.id)  # the face changed mid-challenge: the next match gets a fresh challenge
             if decision is not None:
-                decisions.append(decision)
-                self._act(decision, frame, track)
+                decisions.append(self._act(decision, frame, track))
         return decisions
 
     def _prompt(self, track_id: int, prompt: str) -> None:
@@ -375,13 +375,14 @@ class DoorLoop:
 
     # -- acting on a decision --------------------------------------------------------------------------------
 
-    def _act(self, d: Decision, frame: Frame | None, track: Track | None) -> None:
+    def _act(self, d: Decision, frame: Frame | None, track: Track | None) -> Decision:
+        """Open the door for a grant, log and record the decision; returns it as recorded (a grant an access panel
+        cannot be asked about is recorded as denied)."""
         door_action = "none"
         if d.outcome == "granted":
-            applied = self.door.pulse()
-            door_action = f"pulse {applied:.1f}s"
+            d, door_action = self._open(d)
+        if d.outcome == "granted":
             self.stats.granted += 1
-            self.stats.pulses += 1
         else:
             self.stats.denied += 1
         latency_ms = (d.t - d.first_seen) * 1000.0
@@ -411,6 +412,32 @@ class DoorLoop:
         self._record(d, latency_ms, door_action, snapshot)
         if self.on_decision is not None:
             self.on_decision(d, door_action)
+        return d
+
+    def _open(self, d: Decision) -> tuple[Decision, str]:
+        """A grant: pulse the relay; or, at a card reader of an access panel (``door.driver: osdp``), present the
+        person's credential and let the panel decide. Without a usable credential the grant becomes a deny: the
+        panel cannot be asked, and nothing is unlocked. Returns the decision as recorded and its door_action."""
+        if not isinstance(self.door, CardReader):
+            applied = self.door.pulse()
+            self.stats.pulses += 1
+            return d, f"pulse {applied:.1f}s"
+        who = f"{d.name!r} (person id {d.person_id})"
+        try:
+            credential = self.gallery.get_person(d.person_id).credential if d.person_id is not None else None
+            if credential is None:
+                log.warning("door: %s has no credential to present to the access panel", who)
+                reason = "no credential"
+                return dataclasses.replace(d, outcome=DENIED, reason=reason), f"osdp nothing sent: {reason}"
+            return d, self.door.present(credential, who)
+        except CredentialError as exc:
+            log.error("door: %s", exc)
+            reason = "credential does not fit the card format"
+            return dataclasses.replace(d, outcome=DENIED, reason=reason), f"osdp nothing sent: {reason}"
+        except GalleryError as exc:
+            log.error("door: the credential of %s cannot be read: %s", who, exc)
+            reason = "credential could not be read"
+            return dataclasses.replace(d, outcome=DENIED, reason=reason), f"osdp nothing sent: {reason}"
 
     def _record(self, d: Decision, latency_ms: float, door_action: str, snapshot: str | None) -> None:
         detail: dict[str, Any] = {"reason": d.reason, "liveness": d.liveness.as_dict()}
