@@ -428,3 +428,59 @@ def test_cli_people_credential(tmp_path: Path, cli: Callable[..., tuple[int, str
     assert cli("--config", str(osdp_cfg), "people", "credential", "Ada Lovelace", "65535")[0] == 0
     with open_gallery(load_config(f)) as g:
         assert g.get_person("Ada Lovelace").credential == "65535"
+
+
+# -- end to end: real models, a replayed camera, the real loop ---------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_door_loop_presents_the_recognised_persons_card_to_the_panel(tmp_path: Path, faces_dir: Path) -> None:
+    from kiosk.context import Context
+    from kiosk.door.service import run_kiosk
+    from kiosk.enroll import enroll
+    from tests.test_loop import _write_clip
+
+    lfw = faces_dir / "lfw" / "images"
+    colin = sorted((lfw / "Colin_Powell").glob("*.jpg"))
+    cfg = dataclasses.replace(
+        _cfg(tmp_path),
+        decision=dataclasses.replace(parse_config({}).decision, cooldown_s=60.0, track_max_age_s=0.6),
+        liveness=dataclasses.replace(parse_config({}).liveness, mode="off"),  # still photos: liveness has its tests
+        camera=dataclasses.replace(parse_config({}).camera, fps=10, stall_timeout_s=1.0),
+    )
+    with Context(cfg) as ctx:
+        enroll(ctx.pipeline, ctx.gallery, "Colin Powell", colin[:2])
+        ctx.gallery.set_credential("Colin Powell", "31337")
+    clip = tmp_path / "clip"
+    stranger = lfw / "Abel_Pacheco/Abel_Pacheco_0001.jpg"
+    _write_clip(clip, [("empty", None, 5), ("colin", colin[3], 12), ("empty", None, 10), ("stranger", stranger, 12)])
+    decisions: list[tuple[str, str]] = []
+    with rig(cfg) as (reader, panel):
+        assert panel is not None
+        assert wait_until(lambda: reader.status()["secure_channel"] and panel.secure(), SC_WAIT_S)
+        run_kiosk(
+            cfg, source=str(clip), door=reader, on_decision=lambda d, action: decisions.append((d.outcome, action))
+        )
+        reads = panel.card_reads(timeout=1.0)
+    assert decisions == [("granted", "osdp card sent"), ("denied", "none")]
+    assert [(e["length"], e["data"]) for e in reads] == [(26, _bytes_of(_wiegand26_bits(FC, 31337)))]
+    with Context(cfg) as ctx:
+        [grant] = [e for e in ctx.gallery.events() if e["kind"] == "access" and e["outcome"] == "granted"]
+    assert (grant["person_name"], grant["door_action"]) == ("Colin Powell", "osdp card sent")
+
+
+def test_door_cli_and_check_at_an_osdp_door(tmp_path: Path, cli: Callable[..., tuple[int, str, str]]) -> None:
+    from kiosk.checks import _check_door
+    from kiosk.config import load_config
+
+    text = f"door:\n  driver: osdp\n  osdp:\n    port: {tmp_path / 'ttyUSB7'}\n    scbk_file: {_key_file(tmp_path)}\n"
+    f = config_file(tmp_path, text)
+    code, out, _ = cli("--config", str(f), "door", "off")
+    assert code == 0 and "driver osdp has no relay" in out  # systemd's ExecStopPost= works, touching nothing
+    code, _, err = cli("--config", str(f), "door", "test")
+    assert code == 10 and "door.osdp.port: cannot open" in err  # the adapter is named
+    check = _check_door(load_config(f))
+    assert check["ok"] and "Secure Channel key readable" in check["detail"]
+    _key_file(tmp_path, text="short")
+    check = _check_door(load_config(f))
+    assert not check["ok"] and "door.osdp.scbk_file" in check["detail"] and "is not a key" in check["detail"]
