@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,9 +18,9 @@ import pytest
 from kiosk.config import Config, parse_config
 from kiosk.door.decide import Decider, Decision
 from kiosk.door.loop import DoorLoop
-from kiosk.door.osdp import CredentialError, OsdpReader, PipeEnd, encode_card, load_scbk, pipe_pair
+from kiosk.door.osdp import CredentialError, OsdpReader, encode_card, load_scbk, pipe_pair
 from kiosk.door.relay import open_door
-from kiosk.errors import ConfigError, InputError, InsecureStorageError, UnsupportedError
+from kiosk.errors import ConfigError, HardwareError, InputError, InsecureStorageError, UnsupportedError
 from kiosk.gallery import Gallery
 from kiosk.gallery.open import open_gallery
 from kiosk.types import LivenessResult
@@ -51,7 +52,7 @@ def _cfg(tmp_path: Path, **osdp_keys: Any) -> Config:
 class Panel:
     """A libosdp control panel polling one reader at ADDRESS on the panel end of the pipe."""
 
-    def __init__(self, end: PipeEnd, key: bytes | None = KEY) -> None:
+    def __init__(self, end: Any, key: bytes | None = KEY) -> None:
         flags = [osdp.LibFlag.EnforceSecure] if key is not None else []
         info = osdp.PDInfo(ADDRESS, end, scbk=key, flags=flags)
         self.cp = osdp.ControlPanel([info], log_level=osdp.LogLevel.Emergency)
@@ -368,9 +369,8 @@ def test_the_key_file_is_checked_and_never_shown(tmp_path: Path) -> None:
 
 def test_open_door_opens_the_serial_port_and_names_it_when_it_cannot(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path, port=str(tmp_path / "ttyUSB9"))
-    with pytest.raises(Exception, match=r"door\.osdp\.port: cannot open .*ttyUSB9 at 9600 baud") as err:
+    with pytest.raises(HardwareError, match=r"door\.osdp\.port: cannot open .*ttyUSB9 at 9600 baud"):
         open_door(cfg.door)
-    assert type(err.value).__name__ == "HardwareError"
     assert [t for t in threading.enumerate() if t.name == "osdp-pd"] == []
 
 
@@ -484,3 +484,53 @@ def test_door_cli_and_check_at_an_osdp_door(tmp_path: Path, cli: Callable[..., t
     _key_file(tmp_path, text="short")
     check = _check_door(load_config(f))
     assert not check["ok"] and "door.osdp.scbk_file" in check["detail"] and "is not a key" in check["detail"]
+
+
+class _PtyPanelEnd:
+    """The panel's end of a pseudo-terminal: the reader opens the other end with pyserial, as it would an adapter."""
+
+    id = 0
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def read(self, max_bytes: int) -> bytes:
+        try:
+            return os.read(self.fd, max_bytes)
+        except OSError:  # nothing to read (non-blocking), or closed
+            return b""
+
+    def write(self, buf: bytes) -> int:
+        return os.write(self.fd, buf)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_the_serial_port_through_a_pty_and_an_unplugged_adapter_stops_the_loop(tmp_path: Path) -> None:
+    master, slave = os.openpty()
+    os.set_blocking(master, False)
+    port = os.ttyname(slave)
+    cfg = _cfg(tmp_path, port=port, baud=115200)
+    try:
+        with no_new_threads(join_timeout=5.0):
+            door = open_door(cfg.door)  # the real driver table, pyserial and all
+            assert isinstance(door, OsdpReader) and door.backend == f"osdp address {ADDRESS} on {port}"
+            panel = Panel(_PtyPanelEnd(master))
+            try:
+                assert wait_until(lambda: door.status()["secure_channel"] and panel.secure(), SC_WAIT_S)
+                assert door.present("4660", "'Ada'") == SENT
+                assert [e["data"] for e in panel.card_reads(timeout=2.0)] == [_bytes_of(_wiegand26_bits(FC, 4660))]
+            finally:
+                panel.close()
+            door.check()
+            os.close(master)  # the adapter is pulled out
+            master = -1
+            assert wait_until(lambda: door.channel.fault is not None)
+            with pytest.raises(HardwareError, match=rf"^door\.osdp\.port {port}: read failed"):
+                door.check()  # the loop's next check() ends it; systemd restarts the service
+            door.close()
+    finally:
+        if master >= 0:
+            os.close(master)
+        os.close(slave)

@@ -297,17 +297,20 @@ class OsdpReader:
         sys_mod.set_loglevel(_LOG_ERROR)
         try:
             self._ctx = sys_mod.PeripheralDevice(info, capabilities=caps)
+            self._ctx.set_command_callback(self._on_command)
+            self._ctx.set_event_completion_callback(self._on_completion)
         except Exception as exc:
+            channel.close()
             raise HardwareError(f"libosdp cannot set up reader address {o.address}: {exc}") from exc
-        del scbk, info  # NOTE: the key lives on only inside libosdp
-        self._ctx.set_command_callback(self._on_command)
-        self._ctx.set_event_completion_callback(self._on_completion)
+        finally:
+            del scbk, info  # NOTE: the key lives on only inside libosdp
         self._lock = threading.Lock()  # libosdp's context is not thread-safe: refresh, submit and flush take it
         self._done = threading.Condition()
         self._waiting: tuple[bytes, int] | None = None
         self._completion: int | None = None
         self._online = False
         self._closed = False
+        self.fault: str | None = None  # libosdp's refresh failed: check() raises it
         self._stop = threading.Event()
         # NOTE: a daemon thread: a process that forgot close() still exits (the panel then sees the reader go offline).
         self._thread = threading.Thread(target=self._refresh, name="osdp-pd", daemon=True)
@@ -323,9 +326,11 @@ class OsdpReader:
                 try:
                     self._ctx.refresh()
                     up = bool(self._ctx.is_online()) and (bool(self._ctx.is_sc_active()) or not self.secure)
-                except Exception:
-                    log.exception("door: libosdp refresh failed")
+                except Exception as exc:  # NOTE: once, not every 20 ms: check() stops the loop with it
+                    log.exception("door: libosdp refresh failed; the reader stops answering the panel")
+                    self.fault = f"libosdp refresh failed: {type(exc).__name__}: {exc}"
                     up = False
+                    self._stop.set()
             if up != self._online:
                 self._online = up
                 self._emit("osdp_online" if up else "osdp_offline", {"address": self.osdp.address})
@@ -379,7 +384,10 @@ class OsdpReader:
         with self._done:
             self._waiting, self._completion = (data, length), None
         with self._lock:
-            self._ctx.submit_event(event)
+            queued = self._ctx.submit_event(event)
+        if queued is False:  # NOTE: libosdp's event queue is full (the panel has not polled for a long while)
+            log.warning("door: card read for %s not sent: libosdp's event queue is full", who)
+            return "osdp card not sent (queue full)"
         deadline = time.monotonic() + self.osdp.ack_timeout_s
         with self._done:
             while self._completion is None and (left := deadline - time.monotonic()) > 0:
@@ -417,6 +425,8 @@ class OsdpReader:
         fault = getattr(self.channel, "fault", None)
         if fault:
             raise HardwareError(f"door.osdp.port {fault}")
+        if self.fault:
+            raise HardwareError(f"door.driver osdp: {self.fault}")
 
     def close(self) -> None:
         """Stop the refresh thread and release the channel. Safe to call twice."""
