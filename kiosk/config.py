@@ -503,7 +503,7 @@ def _cross_checks(cfg: Config) -> None:
     door = cfg.door
     if door.pulse_s > door.max_pulse_s:
         raise ConfigError(f"door.pulse_s: must be at most door.max_pulse_s ({door.max_pulse_s}), got {door.pulse_s}")
-    _osdp_checks(door)
+    _osdp_checks(door, cfg.safety)
     cam = cfg.camera
     if cam.reconnect_min_s > cam.reconnect_max_s:
         raise ConfigError(
@@ -535,7 +535,7 @@ def _cross_checks(cfg: Config) -> None:
         )
 
 
-def _osdp_checks(door: DoorConfig) -> None:
+def _osdp_checks(door: DoorConfig, safety: SafetyConfig) -> None:
     o = door.osdp
     if o.baud not in OSDP_BAUDS:
         raise ConfigError(f"door.osdp.baud: must be one of {', '.join(map(str, OSDP_BAUDS))}, got {_show(o.baud)}")
@@ -547,6 +547,10 @@ def _osdp_checks(door: DoorConfig) -> None:
         raise ConfigError(
             "door.osdp.scbk_file: required with door.driver osdp (the panel's Secure Channel key for this reader); "
             "door.osdp.insecure_install_mode: true runs without one, card numbers then cross the wire in clear text"
+        )
+    if o.ack_timeout_s >= safety.watchdog_s:  # the loop waits this long on a grant: the watchdog must not fire
+        raise ConfigError(
+            f"door.osdp.ack_timeout_s: must be below safety.watchdog_s ({safety.watchdog_s}), got {o.ack_timeout_s}"
         )
 
 

@@ -327,6 +327,11 @@ def test_driver_osdp_needs_a_port_and_a_key(tmp_path: Path) -> None:
     assert "insecure_install_mode" in msg
     insecure = {"port": "/dev/ttyS0", "insecure_install_mode": True}
     assert parse_config({**base, "door": {"driver": "osdp", "osdp": insecure}}).door.osdp.scbk_file is None
+    slow = {"port": "/dev/ttyS0", "scbk_file": "k", "ack_timeout_s": 2.0}
+    msg = _config_error(
+        lambda: parse_config({**base, "door": {"driver": "osdp", "osdp": slow}, "safety": {"watchdog_s": 1}})
+    )
+    assert msg == "door.osdp.ack_timeout_s: must be below safety.watchdog_s (1.0), got 2.0"
     # The section may sit in a config whose door is a relay: it is checked, not required.
     assert parse_config({**base, "door": {"osdp": {"address": 3}}}).door.driver == "simulated"
 
