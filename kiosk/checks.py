@@ -185,6 +185,27 @@ def _check_camera(cfg: Config) -> dict[str, Any]:
     return {"check": "camera", "ok": True, "detail": f"{src.name} ({kind}; not opened, the kiosk may be using it)"}
 
 
+def _check_osdp(cfg: Config) -> dict[str, Any]:
+    """An OSDP reader: libosdp and pyserial importable, the key file readable (the port is not opened: the running
+    kiosk holds it)."""
+    import importlib.util
+
+    from kiosk.door.osdp import OSDP_EXTRA, load_scbk
+
+    o = cfg.door.osdp
+    where = f"osdp reader address {o.address} on {o.port} at {o.baud} baud, {o.format}"
+    missing = [m for m in ("osdp_sys", "serial") if importlib.util.find_spec(m) is None]
+    if missing:
+        return {"check": "door", "ok": False, "detail": f"{where}: {', '.join(missing)} not installed ({OSDP_EXTRA})"}
+    if o.scbk_file is None:
+        return {"check": "door", "ok": True, "detail": f"{where}; NO Secure Channel key (insecure_install_mode)"}
+    try:
+        load_scbk(o.scbk_file)
+    except KioskError as exc:
+        return {"check": "door", "ok": False, "detail": f"{where}: {exc}"}
+    return {"check": "door", "ok": True, "detail": f"{where}, Secure Channel key readable"}
+
+
 def _check_door(cfg: Config) -> dict[str, Any]:
     """The relay driver's library is importable (the pin is not touched: the running kiosk may hold it)."""
     import importlib.util
@@ -194,6 +215,8 @@ def _check_door(cfg: Config) -> dict[str, Any]:
         "jetson": ("Jetson", "pip install 'face-kiosk[jetson]'"),
     }
     d = cfg.door
+    if d.driver == "osdp":
+        return _check_osdp(cfg)
     where = f"{d.driver}, relay pin {d.relay_pin} active-{'high' if d.active_high else 'low'}, pulse {d.pulse_s:g} s"
     if d.driver in needs:
         module, hint = needs[d.driver]

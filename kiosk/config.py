@@ -170,9 +170,39 @@ class LivenessConfig:
         return self.mode in ("active", "both")
 
 
+OSDP_FORMATS = ("wiegand26", "raw")
+# NOTE: the rates OSDP defines (IEC 60839-11-5 osdp_COMSET); a panel and its readers must agree on one.
+OSDP_BAUDS = (9600, 19200, 38400, 57600, 115200, 230400)
+
+
+@dataclass(frozen=True)
+class OsdpConfig:
+    """``door.driver: osdp``: the door is a card reader (OSDP peripheral device) of an access panel (door/osdp.py)."""
+
+    port: str | None = field(default=None, metadata={"help": "serial device of the RS-485 adapter, e.g. /dev/ttyUSB0"})
+    baud: int = field(default=9600, metadata={"help": "9600, 19200, 38400, 57600, 115200 or 230400; as on the panel"})
+    address: int = field(default=0, metadata={**_range(0, 126), "help": "this reader's OSDP address on the bus"})
+    scbk_file: Path | None = field(
+        default=None, metadata={"help": "Secure Channel base key: 16 bytes, raw or 32 hex characters, mode 0600"}
+    )
+    insecure_install_mode: bool = field(
+        default=False,
+        metadata={"help": "run without a key: card numbers may cross the wire in clear text (commissioning only)"},
+    )
+    format: str = field(
+        default="wiegand26",
+        metadata={"choices": OSDP_FORMATS, "help": "wiegand26 (H10301, facility code + 16-bit card) or raw bits"},
+    )
+    facility_code: int = field(default=0, metadata={**_range(0, 255), "help": "wiegand26 only"})
+    bits: int = field(default=32, metadata={**_range(1, 64), "help": "raw only: the card number's length in bits"})
+    ack_timeout_s: float = field(
+        default=1.0, metadata={**_range(0.05, 3.0), "help": "wait this long for the panel to take a card read"}
+    )
+
+
 @dataclass(frozen=True)
 class DoorConfig:
-    driver: str = field(default="simulated", metadata={"choices": ("simulated", "gpiozero", "jetson")})
+    driver: str = field(default="simulated", metadata={"choices": ("simulated", "gpiozero", "jetson", "osdp")})
     relay_pin: int = field(default=17, metadata=_range(0, 1000))
     active_high: bool = True
     pin_factory: str | None = field(
@@ -184,6 +214,7 @@ class DoorConfig:
     contact_open_is_high: bool = True
     held_open_s: float = field(default=30.0, metadata=_range(1.0, 86400.0))
     exit_button_pin: int | None = field(default=None, metadata=_range(0, 1000))
+    osdp: OsdpConfig = OsdpConfig()
 
 
 @dataclass(frozen=True)
@@ -617,6 +648,7 @@ def _cross_checks(cfg: Config) -> None:
     door = cfg.door
     if door.pulse_s > door.max_pulse_s:
         raise ConfigError(f"door.pulse_s: must be at most door.max_pulse_s ({door.max_pulse_s}), got {door.pulse_s}")
+    _osdp_checks(door, cfg.safety)
     cam = cfg.camera
     if cam.reconnect_min_s > cam.reconnect_max_s:
         raise ConfigError(
@@ -650,6 +682,25 @@ def _cross_checks(cfg: Config) -> None:
     if q.min_brightness >= q.max_brightness:
         raise ConfigError(
             f"quality.min_brightness: must be below quality.max_brightness ({q.max_brightness}), got {q.min_brightness}"
+        )
+
+
+def _osdp_checks(door: DoorConfig, safety: SafetyConfig) -> None:
+    o = door.osdp
+    if o.baud not in OSDP_BAUDS:
+        raise ConfigError(f"door.osdp.baud: must be one of {', '.join(map(str, OSDP_BAUDS))}, got {_show(o.baud)}")
+    if door.driver != "osdp":
+        return
+    if not o.port:
+        raise ConfigError("door.osdp.port: required with door.driver osdp (the RS-485 adapter, e.g. /dev/ttyUSB0)")
+    if o.scbk_file is None and not o.insecure_install_mode:
+        raise ConfigError(
+            "door.osdp.scbk_file: required with door.driver osdp (the panel's Secure Channel key for this reader); "
+            "door.osdp.insecure_install_mode: true runs without one, card numbers then cross the wire in clear text"
+        )
+    if o.ack_timeout_s >= safety.watchdog_s:  # the loop waits this long on a grant: the watchdog must not fire
+        raise ConfigError(
+            f"door.osdp.ack_timeout_s: must be below safety.watchdog_s ({safety.watchdog_s}), got {o.ack_timeout_s}"
         )
 
 
@@ -691,6 +742,12 @@ def parse_config(data: Any, source: Path | None = None) -> Config:
             cfg.events, snapshot_dir=resolve(cfg.events.snapshot_dir) if cfg.events.snapshot_dir else None
         ),
         camera=dataclasses.replace(cfg.camera, source=_resolve_source(cfg.camera.source, base)),
+        door=dataclasses.replace(
+            cfg.door,
+            osdp=dataclasses.replace(
+                cfg.door.osdp, scbk_file=resolve(cfg.door.osdp.scbk_file) if cfg.door.osdp.scbk_file else None
+            ),
+        ),
         screen=dataclasses.replace(
             cfg.screen, runtime_dir=resolve(cfg.screen.runtime_dir) if cfg.screen.runtime_dir else None
         ),

@@ -19,7 +19,8 @@
     │   ├── PersonNotFoundError (LookupError)  exit NOT_FOUND
     │   ├── RecordNotFoundError (LookupError)  exit NOT_FOUND  no access group, schedule or rule of that name
     │   └── DuplicateError                  name taken, or face already enrolled as someone else
-    ├── HardwareError                       exit HARDWARE      camera / GPIO
+    ├── HardwareError                       exit HARDWARE      camera / GPIO / the OSDP serial adapter
+    ├── UnsupportedError                    exit FAILURE       an OSDP reader asked to unlock (no relay)
     ├── AccessDeniedError (PermissionError) exit DENIED        admin command run by a non-admin; web: a viewer's change
     │   └── AuthError                                         web login: wrong name or password, no/expired session
     │       └── LoginThrottledError                           too many failed logins; carries retry_after_s
@@ -147,6 +148,10 @@ class DuplicateError(GalleryError):
 
 class HardwareError(KioskError):
     exit_code = ExitCode.HARDWARE
+
+
+class UnsupportedError(KioskError):
+    """The configured door cannot do what was asked: an OSDP reader (``door.driver: osdp``) has no relay to pulse."""
 
 
 class AccessDeniedError(KioskError, PermissionError):

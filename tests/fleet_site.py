@@ -120,7 +120,7 @@ async def running(*services: Hub | FleetDoor) -> AsyncIterator[list[asyncio.Task
     finally:
         for s in services:
             s.stop()
-        finished, stuck = await asyncio.wait(tasks, timeout=20)
+        _, stuck = await asyncio.wait(tasks, timeout=20)
         if stuck:  # a service that does not stop is a bug: show where every task waits
             for t in asyncio.all_tasks():
                 t.print_stack(limit=6, file=sys.stderr)

@@ -370,13 +370,13 @@ def test_simulated_logs_and_records_a_timeline(caplog: pytest.LogCaptureFixture)
 
 
 def test_driver_table_and_unknown_driver() -> None:
-    assert set(DOOR_DRIVERS) == {"simulated", "gpiozero", "jetson"}
+    assert set(DOOR_DRIVERS) == {"simulated", "gpiozero", "jetson", "osdp"}
     with pytest.raises(ConfigError, match=r"door\.driver"):
         open_door(DoorConfig(driver="relayboard9000"))
 
 
 def test_door_module_imports_no_hardware_or_model_library() -> None:
-    heavy = "{'gpiozero', 'numpy', 'cv2', 'onnxruntime', 'Jetson'}"
+    heavy = "{'gpiozero', 'numpy', 'cv2', 'onnxruntime', 'Jetson', 'osdp_sys', 'serial'}"
     code = f"import sys, kiosk.door.relay; print(sorted({heavy} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"

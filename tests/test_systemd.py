@@ -207,7 +207,7 @@ def test_the_socket_folder_is_private_to_the_service_user_and_group() -> None:
 
 
 def test_drop_ins_open_only_what_they_are_for() -> None:
-    assert {p.name for p in DROP_INS} == {"encryption.conf", "ip-camera.conf", "jetson-gpu.conf"}
+    assert {p.name for p in DROP_INS} == {"encryption.conf", "ip-camera.conf", "jetson-gpu.conf", "osdp-serial.conf"}
     enc = directives((SYSTEMD_DIR / "drop-in" / "encryption.conf").read_text(encoding="utf-8"))
     assert enc == {"LoadCredential": ["gallery-key:/etc/face-kiosk/gallery.key"]}
     # The credential name the kiosk reads by default.
@@ -220,6 +220,11 @@ def test_drop_ins_open_only_what_they_are_for() -> None:
     assert "IPAddressDeny" not in ip and len(ip["IPAddressAllow"]) == 1  # deny-any stays; one address let through
     gpu = directives((SYSTEMD_DIR / "drop-in" / "jetson-gpu.conf").read_text(encoding="utf-8"))
     assert set(gpu) == {"DeviceAllow"}
+    serial = directives((SYSTEMD_DIR / "drop-in" / "osdp-serial.conf").read_text(encoding="utf-8"))
+    assert serial == {
+        "SupplementaryGroups": ["dialout"],
+        "DeviceAllow": ["char-ttyUSB rw", "char-ttyACM rw", "char-ttyAMA rw"],
+    }
 
 
 # --- systemd-analyze verify -----------------------------------------------------------------------------------------

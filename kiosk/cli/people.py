@@ -1,4 +1,4 @@
-"""``kiosk people list | show | rename | disable | enable | remove``."""
+"""``kiosk people list | show | rename | disable | enable | credential | remove``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from kiosk.errors import ExitCode, InputError
 from kiosk.gallery import Gallery, Person
 from kiosk.gallery.backup import remove_person
 from kiosk.gallery.open import open_gallery
+from kiosk.gallery.records import clean_credential
 
 
 def register(sub: Any) -> None:
@@ -36,6 +37,13 @@ def register(sub: Any) -> None:
         v = verbs.add_parser(verb, help=doc, description=doc[0].upper() + doc[1:] + ".")
         v.add_argument("person", help="name or id")
         v.set_defaults(func=cmd_enable, enabled=verb == "enable")
+    v = verbs.add_parser(
+        "credential", help="set or clear a person's card number for an access panel", description=cmd_credential.__doc__
+    )
+    v.add_argument("person", help="name or id")
+    v.add_argument("number", nargs="?", help="card number, digits only (at most 20)")
+    v.add_argument("--clear", action="store_true", help="remove the card number")
+    v.set_defaults(func=cmd_credential)
     v = verbs.add_parser("remove", help="remove a person and erase their templates", description=cmd_remove.__doc__)
     v.add_argument("person", help="name or id")
     v.add_argument("--yes", action="store_true", help="do not ask for confirmation")
@@ -56,6 +64,7 @@ def _person_dict(p: Person) -> dict[str, Any]:
         "valid_from": p.valid_from,
         "valid_until": p.valid_until,
         "templates": p.templates,
+        "credential": p.credential is not None,  # whether one is set; the number is shown nowhere
     }
 
 
@@ -99,6 +108,8 @@ def cmd_show(args: argparse.Namespace, cfg: Config) -> int:
         emit_json(info)
     else:
         for k, val in info.items():
+            if k == "credential":
+                val = "set" if val else None
             if k != "templates_by_model":
                 print(f"{k:12} {val if val is not None else '-'}")
         for model, n in by_model.items():
@@ -121,6 +132,24 @@ def cmd_enable(args: argparse.Namespace, cfg: Config) -> int:
         g.set_enabled(_ref(args.person), args.enabled)
         p = g.get_person(_ref(args.person))
     print(f"'{p.name}' is now {'enabled' if p.enabled else 'disabled'}")
+    return 0
+
+
+def cmd_credential(args: argparse.Namespace, cfg: Config) -> int:
+    """Set a person's card number, sent to the access panel when they are recognised (door.driver osdp), or clear
+    it with --clear. A person without one is recognised but denied: the panel has nothing to check."""
+    if args.clear == (args.number is not None):
+        raise InputError("give either a card number or --clear: kiosk people credential NAME NUMBER")
+    if args.number is not None and cfg.door.driver == "osdp":
+        from kiosk.door.osdp import CredentialError, encode_card
+
+        try:
+            encode_card(clean_credential(args.number), cfg.door.osdp, repr(args.person))
+        except CredentialError as exc:
+            raise InputError(str(exc)) from None
+    with _gallery(cfg) as g:
+        p = g.set_credential(_ref(args.person), None if args.clear else args.number)
+    print(f"'{p.name}' {'now has a card number' if p.credential is not None else 'has no card number now'}")
     return 0
 
 

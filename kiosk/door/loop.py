@@ -11,6 +11,7 @@ An unexpected error in one frame is contained: logged (rate-limited), relay off,
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -24,6 +25,7 @@ from kiosk.door.access import AccessPolicy, AccessVerdict
 from kiosk.door.camera import Camera, Frame
 from kiosk.door.decide import DENIED, GRANTED, NONE, Decider, Decision, Observation, continuity_allowance
 from kiosk.door.notify import Notifier
+from kiosk.door.osdp import CardReader, CredentialError
 from kiosk.door.relay import Door
 from kiosk.door.snapshots import SnapshotStore
 from kiosk.door.track import Track, Tracker
@@ -441,7 +443,8 @@ class DoorLoop:
 
     def _act(self, d: Decision, frame: Frame | None, track: Track | None) -> Decision:
         """Act on a decision and record it; returns the decision acted on: a grant the access rules refuse becomes
-        a deny with their reason (the person stays named, so the screen shows ``denied``, not ``unknown``)."""
+        a deny with their reason (the person stays named, so the screen shows ``denied``, not ``unknown``), and so
+        does a grant an access panel cannot be asked about (``_open``)."""
         rule = None
         if d.outcome == GRANTED and d.person_id is not None:
             verdict = self.access(d.person_id)
@@ -453,10 +456,9 @@ class DoorLoop:
                 d = replace(d, outcome=DENIED, reason=f"{d.reason}; access refused: {verdict.reason}")
         door_action = "none"
         if d.outcome == "granted":
-            applied = self.door.pulse()
-            door_action = f"pulse {applied:.1f}s"
+            d, door_action = self._open(d)
+        if d.outcome == "granted":
             self.stats.granted += 1
-            self.stats.pulses += 1
         else:
             self.stats.denied += 1
         latency_ms = (d.t - d.first_seen) * 1000.0
@@ -487,6 +489,31 @@ class DoorLoop:
         if self.on_decision is not None:
             self.on_decision(d, door_action)
         return d
+
+    def _open(self, d: Decision) -> tuple[Decision, str]:
+        """A grant: pulse the relay; or, at a card reader of an access panel (``door.driver: osdp``), present the
+        person's credential and let the panel decide. Without a usable credential the grant becomes a deny: the
+        panel cannot be asked, and nothing is unlocked. Returns the decision as recorded and its door_action."""
+        if not isinstance(self.door, CardReader):
+            applied = self.door.pulse()
+            self.stats.pulses += 1
+            return d, f"pulse {applied:.1f}s"
+        who = f"{d.name!r} (person id {d.person_id})"
+        try:
+            credential = self.gallery.get_person(d.person_id).credential if d.person_id is not None else None
+            if credential is None:
+                log.warning("door: %s has no credential to present to the access panel", who)
+                reason = "no credential"
+                return dataclasses.replace(d, outcome=DENIED, reason=reason), f"osdp nothing sent: {reason}"
+            return d, self.door.present(credential, who)
+        except CredentialError as exc:
+            log.error("door: %s", exc)
+            reason = "credential does not fit the card format"
+            return dataclasses.replace(d, outcome=DENIED, reason=reason), f"osdp nothing sent: {reason}"
+        except GalleryError as exc:
+            log.error("door: the credential of %s cannot be read: %s", who, exc)
+            reason = "credential could not be read"
+            return dataclasses.replace(d, outcome=DENIED, reason=reason), f"osdp nothing sent: {reason}"
 
     def _record(
         self, d: Decision, latency_ms: float, door_action: str, snapshot: str | None, rule: str | None = None

@@ -3,7 +3,8 @@
 Drivers, chosen by ``door.driver``: ``simulated`` (logs, and records a timeline for tests and the demo), ``gpiozero``
 (Raspberry Pi; the pin factory is injected, named in config, or gpiozero's default) and ``jetson`` (Jetson.GPIO).
 They share one base class for the timer, the cap and the input logic; only pin I/O differs. Hardware libraries are
-imported inside their driver. Optional inputs: a door contact (``door_forced_open``, ``door_held_open``,
+imported inside their driver. ``osdp`` (kiosk.door.osdp) drives no relay: it reports card reads to an access panel,
+which owns the lock. Optional inputs: a door contact (``door_forced_open``, ``door_held_open``,
 ``door_closed`` events) and a request-to-exit button (``exit_request``; it also pulses the door).
 """
 
@@ -21,6 +22,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from kiosk.config import DoorConfig
+from kiosk.door.osdp import OsdpReader
 from kiosk.errors import ConfigError, HardwareError
 
 log = logging.getLogger("kiosk.door.relay")
@@ -453,10 +455,11 @@ class JetsonDoor(RelayDoor):
         self._pins.clear()
 
 
-DOOR_DRIVERS: dict[str, type[SimulatedDoor | GpiozeroDoor | JetsonDoor]] = {
+DOOR_DRIVERS: dict[str, type[SimulatedDoor | GpiozeroDoor | JetsonDoor | OsdpReader]] = {
     "simulated": SimulatedDoor,
     "gpiozero": GpiozeroDoor,
     "jetson": JetsonDoor,
+    "osdp": OsdpReader,  # no relay: a card reader of an access panel (kiosk.door.osdp)
 }
 
 

@@ -32,13 +32,14 @@ from kiosk.gallery.records import (
     _opt_dt,
     _opt_iso,
     _template_aad,
+    clean_credential,
     clean_name,
 )
 
 # NOTE: the name of the module this code came from (kiosk/gallery.py), so log lines and their filters stay as they were.
 logger = logging.getLogger("kiosk.gallery")
 
-_PERSON_SQL = """SELECT p.id, p.name, p.created, p.enabled, p.valid_from, p.valid_until, p.note,
+_PERSON_SQL = """SELECT p.id, p.name, p.created, p.enabled, p.valid_from, p.valid_until, p.note, p.credential,
     (SELECT count(*) FROM templates t WHERE t.person_id = p.id) AS templates FROM people p"""
 
 
@@ -169,6 +170,18 @@ class Gallery(AccessStore, GalleryBackup, EventLog, GalleryConnection):
                 [window["valid_from"], window["valid_until"], person.id],
             )
             self._audit(db, "validity set", person.id, person.name, window)
+        return self.get_person(person.id)
+
+    def set_credential(self, ref: str | int, credential: str | None) -> Person:
+        """Set a person's card number for an access panel (``door.driver: osdp``), or clear it with None.
+        Digits only, at most 20 (``clean_credential``). The audit event and the log say that it changed, never
+        the number."""
+        value = None if credential is None else clean_credential(credential)
+        person = self.get_person(ref)
+        with self._write() as db:
+            db.execute("UPDATE people SET credential = ? WHERE id = ?", [value, person.id])
+            self._audit(db, "credential set" if value is not None else "credential cleared", person.id, person.name)
+        logger.info("gallery: person id=%d credential %s", person.id, "set" if value is not None else "cleared")
         return self.get_person(person.id)
 
     def remove(self, ref: str | int) -> int:

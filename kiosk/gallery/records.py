@@ -15,6 +15,8 @@ from kiosk.errors import InputError
 from kiosk.gallery import utc_iso
 
 MAX_NAME_LEN = 200
+# NOTE: 20 digits hold any 64-bit number: every common card format (26, 34, 35, 37, 48 bits) and door.osdp.bits.
+MAX_CREDENTIAL_DIGITS = 20
 
 
 class TemplateCipher(Protocol):
@@ -44,6 +46,7 @@ class Person:
     valid_until: datetime | None
     templates: int  # all templates, whichever model made them
     note: str | None = None
+    credential: str | None = None  # card number for an access panel (door.driver osdp); None = none
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,19 @@ def clean_name(name: str) -> str:
         # Cs: a lone surrogate (a non-UTF-8 byte in argv); bidi overrides can disguise a name in the audit log.
         raise InputError(f"person name {cleaned!r} contains control, line-break or text-direction characters")
     return cleaned
+
+
+def clean_credential(credential: str) -> str:
+    """A card number: ASCII digits only, at most 20 of them, leading zeros dropped ("00123" is card 123).
+    InputError otherwise; the message never repeats the number (it is a credential)."""
+    if not isinstance(credential, str):
+        raise InputError(f"a credential must be text, got {type(credential).__name__}")
+    text = credential.strip()
+    if not text or not (text.isascii() and text.isdecimal()):
+        raise InputError("a credential must be a card number: digits 0-9 only")
+    if len(text) > MAX_CREDENTIAL_DIGITS:
+        raise InputError(f"a credential has at most {MAX_CREDENTIAL_DIGITS} digits, got {len(text)}")
+    return str(int(text))
 
 
 def _has_surrogate(text: str) -> bool:
