@@ -742,3 +742,55 @@ def test_the_web_units_filters_deny_what_it_says(tmp_path: Path) -> None:
     assert out.stdout.split("\n")[:4] == [
         f"setuid {errno.EPERM}", f"wx {errno.EPERM}", f"netlink {errno.EAFNOSUPPORT}", "inet6 allowed",
     ], out.stdout + out.stderr  # fmt: skip
+
+
+# -- the fleet's units: the hub, and a door's fleet agent (docs/fleet.md) ------------------------------------------
+
+FLEET_UNITS = {"kiosk-hub.service": "hub serve", "kiosk-fleet.service": "fleet run"}
+
+
+def _local_unit_copy(name: str, directory: Path) -> Path:
+    kiosk = shutil.which("kiosk") or str(Path(sys.executable).with_name("kiosk"))
+    if not Path(kiosk).is_file():
+        kiosk = sys.executable
+    text = (SYSTEMD_DIR / name).read_text(encoding="utf-8")
+    assert text.count(INSTALLED_KIOSK) == 1, "ExecStart runs the installed kiosk"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text(text.replace(INSTALLED_KIOSK, kiosk), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(FLEET_UNITS))
+def test_fleet_units_run_their_command_as_the_service_user_with_no_devices(name: str) -> None:
+    d = directives((SYSTEMD_DIR / name).read_text(encoding="utf-8"))
+    assert d["ExecStart"] == [f"{INSTALLED_KIOSK} --config /etc/face-kiosk/config.yaml {FLEET_UNITS[name]}"]
+    assert d["Restart"] == ["on-failure"]
+    assert {int(c) for c in d["RestartPreventExitStatus"][0].split()} == {int(c) for c in UNFIXABLE}
+    assert d["User"] == ["kiosk"] and d["Group"] == ["kiosk"]  # the loop's user: same gallery, same sockets
+    assert "SupplementaryGroups" not in d and "DeviceAllow" not in d  # no camera, no GPIO, no relay
+    assert d["PrivateDevices"] == ["yes"] and d["DevicePolicy"] == ["closed"]
+    assert d["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"] and "PrivateNetwork" not in d
+    for key, value in {"NoNewPrivileges": "yes", "CapabilityBoundingSet": "", "ProtectSystem": "strict",
+                       "ProtectHome": "yes", "MemoryDenyWriteExecute": "yes", "UMask": "0077"}.items():  # fmt: skip
+        assert d.get(key) == [value], key
+    assert d["SystemCallFilter"] == ["@system-service", "~@privileged @resources"]
+
+
+def test_the_door_loop_keeps_no_network_its_fleet_agent_has_it() -> None:
+    loop = directives(UNIT.read_text(encoding="utf-8"))
+    assert loop["PrivateNetwork"] == ["yes"] and loop["RestrictAddressFamilies"] == ["AF_UNIX"]
+
+
+@needs_systemd_analyze
+@pytest.mark.parametrize("name", sorted(FLEET_UNITS))
+def test_fleet_units_verify_and_exposure(name: str, tmp_path: Path) -> None:
+    unit = _local_unit_copy(name, tmp_path / "unit")
+    result = _analyze("verify", str(unit))
+    assert result.returncode == 0 and result.stderr == "" and result.stdout == "", result.stderr + result.stdout
+    text = _analyze("security", "--offline=true", "--no-pager", str(unit))
+    assert text.returncode == 0 and text.stderr == "", text.stderr
+    m = re.search(rf"Overall exposure level for {re.escape(name)}: (\d+\.\d+) (\w+)", text.stdout)
+    assert m, text.stdout[-500:]
+    print(f"\n{name}: systemd-analyze security --offline=true: {m.group(1)} {m.group(2)}")
+    assert float(m.group(1)) <= WEB_MAX_EXPOSURE  # network services, like the web unit
