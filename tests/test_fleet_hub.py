@@ -188,6 +188,7 @@ def test_a_replica_changed_behind_its_back_resyncs_by_itself(site: Site) -> None
         async with running(hub, door):
             await until(lambda: door.live is not None and len(door.live.matrix) == 5, what="5 people")
             raw = sqlite3.connect(site.door_db("front"))
+            raw.create_function("replica_writer", 0, lambda: 1)  # past the read-only guard, as a careless tool might
             raw.execute("DELETE FROM people WHERE name = 'P0'")  # damage the replica outside the replica code
             raw.commit()
             raw.close()
@@ -415,3 +416,24 @@ def _groups(path: Path, name: str) -> list[str]:
             return g.groups_of(g.get_person(name).id)
         except PersonNotFoundError:
             return []
+
+
+def test_a_doors_replica_refuses_local_changes_to_people_and_rules(site: Site) -> None:
+    with site.hub_gallery() as g:
+        g.enroll("Ada", [template(1)])
+
+    async def main() -> None:
+        hub, door = site.hub(), site.door("front")
+        async with running(hub, door):
+            await until(lambda: door.live is not None and len(door.live.matrix) == 1, what="Ada")
+
+    run(main)
+    from kiosk.errors import GalleryError
+
+    with Gallery(site.door_db("front")) as g:
+        for change in (lambda: g.add_person("Mallory"), lambda: g.set_enabled("Ada", False), lambda: g.remove("Ada"),
+                       lambda: g.add_group("staff")):  # fmt: skip
+            with pytest.raises(GalleryError, match=r"replica of the site hub: make changes .* at the hub"):
+                change()
+        assert [p.name for p in g.list_people()] == ["Ada"] and g.get_person("Ada").enabled
+        g.add_event("access", "denied")  # the door's own events are its to write

@@ -38,6 +38,25 @@ _STAGING = (
 )
 
 
+REPLICA_TABLES = ("people", "templates", "person_groups", "groups", "schedules", "access_rules")
+READ_ONLY = "this door is a replica of the site hub: make changes to people and access rules at the hub"
+
+
+def _the_replica() -> int:
+    return 1
+
+
+def _guards() -> list[str]:
+    """Triggers that make the replicated tables read-only to every connection but the replica's (people are enrolled,
+    changed and removed at the hub: a local change would be lost at the next resync, or worse, diverge silently)."""
+    return [
+        f"CREATE TRIGGER IF NOT EXISTS replica_{table}_{op.lower()} BEFORE {op} ON {table} "
+        f"WHEN replica_writer() = 0 BEGIN SELECT RAISE(ABORT, '{READ_ONLY}'); END"
+        for table in REPLICA_TABLES
+        for op in ("INSERT", "UPDATE", "DELETE")
+    ]
+
+
 @dataclass(frozen=True)
 class Message:
     """One ``PEOPLE`` stream message as the door received it."""
@@ -66,8 +85,11 @@ class Replica:
     def __init__(self, gallery: Gallery, site: TemplateCipher) -> None:
         self.gallery = gallery
         self.site = site
+        gallery._db.conn.create_function("replica_writer", 0, _the_replica)
         with gallery._write() as db:
             db.execute(_STAGING)
+            for statement in _guards():
+                db.execute(statement)
         self.staging = self._meta("staging") == "1"
 
     # -- state -------------------------------------------------------------------------------------------------

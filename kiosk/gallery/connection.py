@@ -24,6 +24,10 @@ from kiosk.gallery.sql import _sql_message
 logger = logging.getLogger("kiosk.gallery")
 
 
+def _not_the_replica() -> int:
+    return 0
+
+
 class GalleryConnection:
     """The connection under ``Gallery`` (see there): opening, migrating, transactions, checkpoints, health."""
 
@@ -50,6 +54,9 @@ class GalleryConnection:
         try:
             with self._guard():
                 conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s)
+                # A fleet door's gallery is a replica: its triggers refuse changes to people and rules unless the
+                # connection is the replica's own (kiosk.fleet.replica), which answers 1 here.
+                conn.create_function("replica_writer", 0, _not_the_replica)
                 self._db = Database(conn, execute_plugins=False)
                 self._db.execute(f"PRAGMA busy_timeout = {round(self.busy_timeout_s * 1000)}")
                 self._db.execute("PRAGMA foreign_keys = ON")
