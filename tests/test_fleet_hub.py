@@ -8,6 +8,7 @@ import dataclasses
 import shutil
 import sqlite3
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -218,7 +219,7 @@ def test_a_full_resync_never_leaves_the_door_without_a_gallery(site: Site) -> No
                 sizes.append(len(door.live.matrix))
                 await asyncio.sleep(0)
             sizes.append(len(door.live.matrix))
-            assert min(sizes) == 300 and door.stats.resyncs == 1
+            assert min(sizes) == 300 and door.stats.resyncs == 1, (sizes[:5], sizes[-5:], door.stats)
 
     run(main)
 
@@ -437,3 +438,65 @@ def test_a_doors_replica_refuses_local_changes_to_people_and_rules(site: Site) -
                 change()
         assert [p.name for p in g.list_people()] == ["Ada"] and g.get_person("Ada").enabled
         g.add_event("access", "denied")  # the door's own events are its to write
+
+
+def test_a_second_hub_for_the_site_is_refused_by_compare_and_set(site: Site, tmp_path: Path) -> None:
+    with site.hub_gallery() as g:
+        g.enroll("Ada", [template(1)])
+    other_db = tmp_path / "other-hub.db"  # a second hub: another database, the same site key and broker
+
+    def other_gallery() -> Gallery:
+        from kiosk.gallery.keys import AesGcmCipher
+
+        return Gallery(other_db, cipher=AesGcmCipher(site.site_key), actor="test")
+
+    with other_gallery() as g:
+        g.enroll("Eve", [template(2)])  # person 1 there too: it would overwrite Ada at every door
+
+    async def main() -> None:
+        hub, door = site.hub(), site.door("front")
+        async with running(hub, door):
+            await until(lambda: door.live is not None and door.live.matrix.names == ["Ada"], what="Ada")
+            from kiosk.fleet.hub import Hub
+
+            rogue = Hub(other_gallery, site.site_key, site.secrets.doors, url=site.server.url,
+                        password=site.secrets.hub_password())  # fmt: skip
+            async with running(rogue):
+                await until(lambda: rogue.stats.split_brain is not None, what="the second hub refused")
+            assert "another writer" in (rogue.stats.split_brain or "")
+            with site.hub_gallery() as g:
+                g.enroll("Grace", [template(3)])  # the real hub carries on
+            await until(lambda: set(door.live.matrix.names) == {"Ada", "Grace"}, what="Grace, and still Ada")
+            assert hub.stats.split_brain is None
+
+    run(main)
+
+
+def test_a_hub_that_crashed_after_publishing_takes_its_own_records_as_done(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import kiosk.fleet.hub as hub_module
+
+    monkeypatch.setattr(hub_module, "DUPLICATE_WINDOW_S", 0.2)  # past the window: only compare-and-set can tell
+    with site.hub_gallery() as g:
+        g.enroll("Ada", [template(1)])
+    real = hubdb.mark_published
+    crashes: list[int] = []
+
+    def crash_once(*args: Any, **kw: Any) -> None:
+        if not crashes:
+            crashes.append(1)
+            time.sleep(0.5)  # the duplicate window passes too
+            raise OSError("power cut after publishing, before recording it")
+        real(*args, **kw)
+
+    monkeypatch.setattr(hubdb, "mark_published", crash_once)
+
+    async def main() -> None:
+        hub, door = site.hub(), site.door("front")
+        async with running(hub, door):
+            await until(lambda: door.live is not None and door.live.matrix.names == ["Ada"], what="Ada")
+            await until(lambda: hub.stats.published >= 2, what="published after the crash")
+            assert crashes and hub.stats.split_brain is None and hub.stats.recovered == 2  # Ada and the rules
+
+    run(main)

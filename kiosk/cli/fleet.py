@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -114,12 +115,16 @@ def cmd_run(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_status(args: argparse.Namespace, cfg: Config) -> int:
     """Every door as the hub last heard it: online, the gallery revision it applied and its lag, whether its digest
     matches the hub's, its outbox depth, newest event and how far the hub holds its events, chain, staleness."""
+    from kiosk.fleet import hubdb
     from kiosk.fleet.service import status
 
     with _hub_gallery(cfg) as g:
         rows = status(cfg, g)
+        conflict = hubdb.meta(g, "split_brain") or None
+    if conflict:
+        print(f"kiosk: warning: the hub stopped publishing: {conflict}", file=sys.stderr)
     if args.json:
-        emit_json({"doors": rows})
+        emit_json({"doors": rows, "hub": {"publishing_stopped": conflict}})
         return 0
     if not rows:
         print("no doors yet: `kiosk hub add-door ID`")

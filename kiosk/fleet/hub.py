@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from kiosk.errors import KioskError
 from kiosk.fleet import hubdb
@@ -58,6 +58,13 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 HUB_CONSUMER = "hub"
+WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream's "wrong last sequence" error codes
+
+
+class SplitBrainError(KioskError):
+    """Another writer published to this site's gallery stream: two hubs, or one restored from an old backup."""
+
+
 DUPLICATE_WINDOW_S = 600.0  # JetStream drops a re-published message id within this window; the hub dedupes forever
 PUBLISH_CHUNK = 256  # records published concurrently, then awaited together
 
@@ -71,6 +78,8 @@ class HubStats:
     chain_breaks: int = 0
     heartbeats: int = 0
     republished_all: int = 0
+    recovered: int = 0  # records found already published by this hub (it stopped before recording them)
+    split_brain: str | None = None  # set when another writer published to this site's gallery: publishing stopped
     last_publish_at: dict[str, float] = field(default_factory=dict)  # key -> time.time() its record was acked
 
 
@@ -104,6 +113,7 @@ class Hub:
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-db")
         self._gallery: Gallery | None = None
         self._beats: dict[str, tuple[str, dict[str, Any]]] = {}
+        self.hub_id = "hub"
         self.online: dict[str, float] = {}  # door -> time.monotonic() of its last heartbeat (for integrations)
         self.nc: Any = None
         self.js: Any = None
@@ -132,6 +142,8 @@ class Hub:
     async def run(self) -> None:
         """Serve until ``stop``; reconnects to the broker by itself."""
         await self._call(lambda: self.gallery)
+        self.hub_id = await self._call(hubdb.meta, self.gallery, "hub_id", "hub")
+        await self._call(hubdb.note, self.gallery, "split_brain", "")  # a restart after fixing it tries again
         connecting = asyncio.create_task(self._connect())
         stopping = asyncio.create_task(self._stop.wait())
         await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -249,6 +261,11 @@ class Hub:
                     await asyncio.sleep(self.poll_s)
             except asyncio.CancelledError:
                 raise
+            except SplitBrainError as err:
+                self.stats.split_brain = str(err)
+                log.critical("hub: %s", err)
+                await self._call(hubdb.note, self.gallery, "split_brain", str(err))  # for `kiosk fleet status`
+                return
             except Exception as err:  # broker away: the outbox keeps everything; try again
                 log.warning("hub: publishing paused (%s); the outbox keeps the changes", err)
                 await asyncio.sleep(0.5)
@@ -278,18 +295,22 @@ class Hub:
         for seq, key in rows:
             revs[key] = seq  # the newest change of each key is its revision
         records = await self._call(self._records, revs)
-        acks: list[Any] = []
+        expected = await self._call(hubdb.stream_seqs, self.gallery, [*records, "digest"])
+        acks: dict[str, Any] = {}
         items = list(records.items())
         for i in range(0, len(items), PUBLISH_CHUNK):
             chunk = items[i : i + PUBLISH_CHUNK]
-            acks += await asyncio.gather(*(self._publish(key, rec) for key, rec in chunk))
+            done_acks = await asyncio.gather(*(self._publish(key, rec, expected.get(key, 0)) for key, rec in chunk))
+            acks.update(zip((k for k, _ in chunk), done_acks, strict=True))
         done = time.time()
-        live = {key: (revs[key], not rec.get("deleted")) for key, rec in records.items()}
-        last_seq = max(int(a.seq) for a in acks)
+        live = {key: (revs[key], not rec.get("deleted"), int(acks[key].seq)) for key, rec in records.items()}
+        last_seq = max(int(a.seq) for a in acks.values())
         await self._call(hubdb.mark_published, self.gallery, live, through, last_seq)
         revisions = await self._call(hubdb.live_revisions, self.gallery)
-        ack = await self._publish("digest", {"rev": through, "digest": digest(revisions), "count": len(revisions)})
-        await self._call(hubdb.mark_published, self.gallery, {}, through, int(ack.seq))
+        summary = {"rev": through, "digest": digest(revisions), "count": len(revisions)}
+        ack = await self._publish("digest", summary, expected.get("digest", 0))
+        await self._call(hubdb.mark_published, self.gallery, {"digest": (through, False, int(ack.seq))}, through,
+                         int(ack.seq))  # fmt: skip
         for key in records:
             self.stats.last_publish_at[key] = done
         self.stats.published += len(records)
@@ -307,15 +328,36 @@ class Hub:
                 out[key] = {**record, "rev": rev}
         return out
 
-    async def _publish(self, key: str, record: dict[str, Any]) -> Any:
+    async def _publish(self, key: str, record: dict[str, Any], expected_seq: int) -> Any:
+        """Publish one sealed record, compare-and-set: JetStream takes it only if the subject's newest message is
+        still the one this hub published last (``expected_seq``; 0: none). Anything else means another writer — a
+        second hub, or a hub restored from an old backup — and this hub stops publishing (SplitBrainError) rather
+        than fight it over the doors' galleries."""
         if key == "digest":
             subject = DIGEST_SUBJECT
         elif key == ACCESS_KEY:
             subject = ACCESS_SUBJECT
         else:
             subject = person_subject(int(key[1:]))
-        payload = seal(self.site, subject, record)
-        return await self.js.publish(subject, payload, headers={"Nats-Msg-Id": f"{key}:{record['rev']}"})
+        # The hub's own id in the message id: its re-publication after a crash is dropped as a duplicate, while a
+        # second hub's record of the same key and revision is not, and meets the compare-and-set below.
+        msg_id = f"{self.hub_id}:{key}:{record['rev']}"
+        headers = {"Nats-Msg-Id": msg_id, "Nats-Expected-Last-Subject-Sequence": str(expected_seq)}
+        try:
+            return await self.js.publish(subject, seal(self.site, subject, record), headers=headers)
+        except APIError as err:
+            if err.err_code not in WRONG_LAST_SEQUENCE:
+                raise
+        # Ours already, if this hub published it and stopped before recording that (a crash): then take it as done.
+        last = await self.js.get_last_msg(PEOPLE_STREAM, subject)
+        if (last.headers or {}).get("Nats-Msg-Id") == msg_id:
+            self.stats.recovered += 1
+            return last
+        raise SplitBrainError(
+            f"{subject} was published by another writer (stream sequence {last.seq}, expected {expected_seq}): "
+            "is a second hub running for this site, or was this hub's database restored from a backup? This hub "
+            "stops publishing; stop the other one, then restart this one"
+        )
 
     # -- events ------------------------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,8 @@ from kiosk.gallery import GENESIS_HASH, Gallery, event_hash, utc_iso
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS fleet_outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS fleet_revs (key TEXT PRIMARY KEY, rev INTEGER NOT NULL, live INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS fleet_revs (key TEXT PRIMARY KEY, rev INTEGER NOT NULL, live INTEGER NOT NULL,
+    stream_seq INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS fleet_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS fleet_doors (id TEXT PRIMARY KEY, added TEXT NOT NULL, last_seen TEXT, status TEXT);
 CREATE TABLE IF NOT EXISTS fleet_events (door TEXT NOT NULL, seq INTEGER NOT NULL, ts TEXT, kind TEXT,
@@ -64,6 +66,7 @@ def install(gallery: Gallery) -> None:
         for trigger in _triggers():
             db.execute(trigger)
         if fresh:
+            set_meta(db, "hub_id", secrets.token_hex(8))  # this hub's name in message ids (see Hub._publish)
             db.execute("INSERT INTO fleet_outbox (key) SELECT 'p' || id FROM people ORDER BY id")
             db.execute("INSERT INTO fleet_outbox (key) VALUES ('access')")
 
@@ -80,6 +83,12 @@ def set_meta(db: Database, key: str, value: str | int) -> None:
     )
 
 
+def note(gallery: Gallery, key: str, value: str) -> None:
+    """Set one ``fleet_meta`` value in its own transaction ("" clears it)."""
+    with gallery._write() as db:
+        set_meta(db, key, value)
+
+
 def pending(gallery: Gallery, after: int, limit: int) -> list[tuple[int, str]]:
     """Outbox rows after ``after``, oldest first."""
     sql = "SELECT seq, key FROM fleet_outbox WHERE seq > ? ORDER BY seq LIMIT ?"
@@ -87,8 +96,10 @@ def pending(gallery: Gallery, after: int, limit: int) -> list[tuple[int, str]]:
 
 
 def requeue_all(gallery: Gallery) -> int:
-    """Queue every record again (the broker lost its store): returns how many keys."""
+    """Queue every record again (the broker lost its store): returns how many keys. The stream sequences known are
+    forgotten: the new stream starts empty, and each record's compare-and-set starts from nothing again."""
     with gallery._write() as db:
+        db.execute("UPDATE fleet_revs SET stream_seq = 0")
         db.execute("INSERT INTO fleet_outbox (key) SELECT key FROM fleet_revs WHERE live = 1 ORDER BY key")
         db.execute(
             "INSERT INTO fleet_outbox (key) SELECT 'p' || id FROM people WHERE 'p' || id NOT IN "
@@ -98,13 +109,21 @@ def requeue_all(gallery: Gallery) -> int:
         return int(db.execute("SELECT count(*) FROM fleet_outbox").fetchone()[0])
 
 
-def mark_published(gallery: Gallery, revs: Mapping[str, tuple[int, bool]], through: int, stream_seq: int) -> None:
-    """Record what was published (key -> (revision, live)) and drop the outbox rows it covered, in one transaction."""
+def stream_seqs(gallery: Gallery, keys: Iterable[str]) -> dict[str, int]:
+    """The stream sequence each key's newest record was published at (0: never): what its next record expects."""
+    wanted = set(keys)
+    rows = gallery._rows("SELECT key, stream_seq FROM fleet_revs")
+    return {str(r["key"]): int(r["stream_seq"]) for r in rows if r["key"] in wanted}
+
+
+def mark_published(gallery: Gallery, revs: Mapping[str, tuple[int, bool, int]], through: int, stream_seq: int) -> None:
+    """Record what was published (key -> (revision, live, stream sequence)) and drop the outbox rows it covered, in
+    one transaction."""
     with gallery._write() as db:
         db.conn.executemany(
-            "INSERT INTO fleet_revs (key, rev, live) VALUES (?, ?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET rev = excluded.rev, live = excluded.live",
-            [(k, rev, int(live)) for k, (rev, live) in revs.items()],
+            "INSERT INTO fleet_revs (key, rev, live, stream_seq) VALUES (?, ?, ?, ?) ON CONFLICT(key) DO UPDATE "
+            "SET rev = excluded.rev, live = excluded.live, stream_seq = excluded.stream_seq",
+            [(k, rev, int(live), seq) for k, (rev, live, seq) in revs.items()],
         )
         db.execute("DELETE FROM fleet_outbox WHERE seq <= ?", [through])
         set_meta(db, "published_through", through)
