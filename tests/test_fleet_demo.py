@@ -35,4 +35,4 @@ def test_the_site_demo_enrols_and_removes_at_the_hub() -> None:
         "front": (True, True, 0),
         "back": (True, True, 0),
     }
-    assert record["exit_codes"] == [0, 0, 0]
+    assert record["exit_codes"] == [0] * 5  # the hub, and each door's loop and fleet agent

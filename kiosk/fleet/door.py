@@ -230,7 +230,7 @@ class FleetDoor:
                 t.cancel()
             for t in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
+                    await asyncio.wait_for(t, 10)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(sub.unsubscribe(), 2)
             with contextlib.suppress(Exception):
@@ -277,7 +277,7 @@ class FleetDoor:
 
     async def _sync_loop(self) -> None:
         psub = None
-        while True:
+        while not self._stop.is_set():  # not only on cancel: nats-py can turn one into a TimeoutError
             try:
                 await self._ensure_key()
                 if psub is None:
@@ -364,7 +364,7 @@ class FleetDoor:
     # -- heartbeats, events, commands --------------------------------------------------------------------------
 
     async def _beat_loop(self) -> None:
-        while True:
+        while not self._stop.is_set():  # not only on cancel: nats-py can turn one into a TimeoutError
             try:
                 await self.beat()
             except asyncio.CancelledError:
@@ -418,7 +418,7 @@ class FleetDoor:
 
     async def _outbox_loop(self) -> None:
         assert self._outbox is not None
-        while True:
+        while not self._stop.is_set():  # not only on cancel: nats-py can turn one into a TimeoutError
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._poke.wait(), self.outbox_s)
             self._poke.clear()

@@ -171,7 +171,7 @@ class Hub:
                 t.cancel()
             for t in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
+                    await asyncio.wait_for(t, 10)
             for sub in subs:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(sub.unsubscribe(), 2)
@@ -255,7 +255,7 @@ class Hub:
     async def _publish_loop(self) -> None:
         await self.ready.wait()
         await self._check_stream_lost()
-        while True:
+        while not self._stop.is_set():  # not only on cancel: nats-py can turn one into a TimeoutError
             try:
                 if not await self.publish_pending():
                     await asyncio.sleep(self.poll_s)
@@ -364,7 +364,7 @@ class Hub:
     async def _events_loop(self) -> None:
         await self.ready.wait()
         sub = None
-        while True:
+        while not self._stop.is_set():  # not only on cancel: nats-py can turn one into a TimeoutError
             try:
                 if sub is None:
                     sub = await self.js.pull_subscribe_bind(HUB_CONSUMER, stream=EVENTS_STREAM)
@@ -424,7 +424,7 @@ class Hub:
             await msg.respond(encode({"events_through": through.get(door, 0), "people_seq": stream}))
 
     async def _flush_loop(self) -> None:
-        while True:
+        while not self._stop.is_set():  # not only on cancel: nats-py can turn one into a TimeoutError
             await asyncio.sleep(self.heartbeat_flush_s)
             with contextlib.suppress(KioskError):
                 await self._flush_heartbeats()
