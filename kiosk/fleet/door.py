@@ -104,6 +104,7 @@ class FleetDoor:
         self.live: LiveMatrix | None = None
         self._synced_at: float | None = None
         self._digest: str = ""
+        self._digest_at = -1  # the applied sequence self._digest was computed at
         self.nc: Any = None
         self.js: Any = None
         self._stop = asyncio.Event()
@@ -378,7 +379,9 @@ class FleetDoor:
     async def status(self) -> dict[str, Any]:
         replica = self.replica
         rev = await self._call(lambda: replica.applied_seq) if replica else 0
-        digest_ = await self._call(replica.digest) if replica else ""
+        if replica is not None and self._digest_at != rev:  # the replica changes only by applying: same seq, digest
+            self._digest, self._digest_at = await self._call(replica.digest), rev
+        digest_ = self._digest if replica else ""
         acked = self._outbox.acked if self._outbox else 0
         last = await self._call(self._last_event_id)
         stale = self.stale_for()
