@@ -500,3 +500,36 @@ def test_a_hub_that_crashed_after_publishing_takes_its_own_records_as_done(
             assert crashes and hub.stats.split_brain is None and hub.stats.recovered == 2  # Ada and the rules
 
     run(main)
+
+
+def test_a_staged_resync_that_the_hubs_digest_does_not_vouch_for_is_never_swapped_in(site: Site) -> None:
+    from kiosk.fleet.protocol import DIGEST_SUBJECT, digest, person_subject, seal
+    from kiosk.fleet.records import person_record
+    from kiosk.fleet.replica import Message, Replica
+    from kiosk.gallery.keys import AesGcmCipher
+
+    with site.hub_gallery() as g:
+        for i in range(3):
+            g.enroll(f"P{i}", [template(30 + i)])
+
+    async def main() -> None:
+        hub, door = site.hub(), site.door("front")
+        async with running(hub, door):
+            await until(lambda: door.live is not None and len(door.live.matrix) == 3, what="3 people")
+
+    run(main)
+    site_cipher = AesGcmCipher(site.site_key)
+    with site.hub_gallery() as hub_g:
+        full_digest = digest(hubdb.live_revisions(hub_g))
+        one = {**person_record(hub_g, 1, site_cipher.key_id), "rev": 1}
+    with Gallery(site.door_db("front"), cipher=site_cipher) as g:
+        replica = Replica(g, site_cipher)
+        replica.begin_resync()
+        # Only one person's record arrives before the newest message (a digest of all three): a partial staging.
+        batch = [
+            Message(900, person_subject(1), seal(site_cipher, person_subject(1), one)),
+            Message(901, DIGEST_SUBJECT, seal(site_cipher, DIGEST_SUBJECT, {"rev": 9, "digest": full_digest})),
+        ]
+        out = replica.apply(batch, pending=0)
+        assert out.staged_incomplete and not out.swapped and replica.staging
+        assert sorted(p.name for p in g.list_people()) == ["P0", "P1", "P2"]  # the gallery kept serving, whole

@@ -111,6 +111,8 @@ class FleetDoor:
         self._outbox: EventOutbox | None = None
         self._outbox_gallery: Gallery | None = None
         self._poke = asyncio.Event()
+        self._want_resync = asyncio.Event()
+        self._resync_begun = asyncio.Event()
         self.keep_events_s = keep_events_s  # prune events the hub holds once older than this (None: keep all)
         self._next_prune, self._pruned_through = -float("inf"), 0
 
@@ -268,11 +270,25 @@ class FleetDoor:
         self.live = LiveMatrix(self._gallery, *self.model)
 
     async def resync(self) -> None:
-        """Start a full resync: stage everything from the first record; the current gallery keeps serving."""
+        """Ask for a full resync and wait until it has begun (the sync loop starts it between two batches, so no
+        batch of the old consumer can land in the new staging): everything is staged from the first record while
+        the current gallery keeps serving."""
+        self._resync_begun.clear()
+        self._want_resync.set()
+        await self._resync_begun.wait()
+
+    async def _begin_resync(self, psub: Any) -> None:
+        """In the sync loop, between batches: drop the old subscription (late deliveries go with it), stage from
+        the first record, and have the hub deliver from there to a fresh subscription."""
         assert self.replica is not None
+        self._want_resync.clear()
+        if psub is not None:
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
         await self._call(self.replica.begin_resync)
         await self._ask_hub("consumer", {"from_seq": 1})
         self.stats.resyncs += 1
+        self._resync_begun.set()
 
     # -- sync --------------------------------------------------------------------------------------------------
 
@@ -281,6 +297,9 @@ class FleetDoor:
         while not self._stop.is_set():  # not only on cancel: nats-py can turn one into a TimeoutError
             try:
                 await self._ensure_key()
+                if self._want_resync.is_set():
+                    await self._begin_resync(psub)
+                    psub = None
                 if psub is None:
                     psub = await self._bind()
                 await self._pull(psub)
@@ -302,7 +321,7 @@ class FleetDoor:
                 info.state.last_seq,
                 applied,
             )
-            await self.resync()
+            await self._begin_resync(None)
         try:
             await self.js.consumer_info(PEOPLE_STREAM, f"door-{self.door}")
         except NotFoundError:
@@ -333,7 +352,10 @@ class FleetDoor:
         if applied.digest_ok is False:
             self.stats.digest_mismatches += 1
             log.warning("fleet: replica digest differs from the hub's: full resync")
-            await self.resync()
+            self._want_resync.set()
+        elif applied.staged_incomplete:
+            log.warning("fleet: the staged resync does not match the hub's digest: staging again from the start")
+            self._want_resync.set()
         elif pending == 0 and not self.replica.staging:
             await self._confirm_synced()
 
@@ -446,7 +468,7 @@ class FleetDoor:
                 result = await asyncio.get_running_loop().run_in_executor(None, self.on_unlock, actor, reason)
                 reply = {"ok": True, **result}
             elif cmd == "resync":
-                await self.resync()
+                self._want_resync.set()  # started by the sync loop between batches; answered at once
                 reply = {"ok": True}
             else:
                 raise ProtocolError(f"unknown command {cmd!r}")

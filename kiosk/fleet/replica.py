@@ -33,9 +33,8 @@ from kiosk.gallery import Gallery, GalleryMatrix, TemplateCipher, utc_iso
 log = logging.getLogger(__name__)
 
 FULL_RELOAD_OVER = 500  # more changed people than this: reload the matrix whole (still built aside)
-_STAGING = (
-    "CREATE TABLE IF NOT EXISTS replica_staging (key TEXT PRIMARY KEY, seq INTEGER NOT NULL, record TEXT NOT NULL)"
-)
+_STAGING = """CREATE TABLE IF NOT EXISTS replica_staging (key TEXT PRIMARY KEY, seq INTEGER NOT NULL,
+    rev INTEGER NOT NULL, live INTEGER NOT NULL, record TEXT NOT NULL)"""
 
 
 REPLICA_TABLES = ("people", "templates", "person_groups", "groups", "schedules", "access_rules")
@@ -77,6 +76,7 @@ class Applied:
     access: bool = False
     digest_ok: bool | None = None  # None: no digest to check (not the newest message)
     swapped: bool = False  # a staged resync replaced the gallery
+    staged_incomplete: bool = False  # the newest record is in but the staged set does not match the hub's digest
 
 
 class Replica:
@@ -131,6 +131,7 @@ class Replica:
         """Stage everything from now on until the newest record arrives; the gallery keeps serving meanwhile."""
         with self.gallery._write() as db:
             db.execute("DELETE FROM replica_staging")
+            db.execute("DELETE FROM replica_meta WHERE key = 'staging_digest'")
             self._set(db, "staging", "1")
             self._set(db, "applied_seq", 0)
         self.staging = True
@@ -155,12 +156,16 @@ class Replica:
                 out.records += 1
                 if key == "digest":
                     expected = str(record.get("digest"))
+                    if self.staging:
+                        self._set(db, "staging_digest", expected)
                     continue
                 if self.staging:
+                    live = int(not record.get("deleted"))
                     db.execute(
-                        "INSERT INTO replica_staging (key, seq, record) VALUES (?, ?, ?) ON CONFLICT(key) DO UPDATE "
-                        "SET seq = excluded.seq, record = excluded.record",
-                        [key, msg.seq, json.dumps(record)],
+                        "INSERT INTO replica_staging (key, seq, rev, live, record) VALUES (?, ?, ?, ?, ?) "
+                        "ON CONFLICT(key) DO UPDATE SET seq = excluded.seq, rev = excluded.rev, live = excluded.live, "
+                        "record = excluded.record",
+                        [key, msg.seq, int(record.get("rev", 0)), live, json.dumps(record)],
                     )
                 else:
                     self._apply_record(db, key, record, out)
@@ -169,7 +174,14 @@ class Replica:
                 self._set(db, "applied_seq", last)
             out.seq = max(last, applied)
             if self.staging and pending == 0:
-                self._swap(db, out)
+                # Swap only a staged set the hub's digest vouches for: a partial one (deliveries lost or mixed up
+                # around the start of the resync) must never replace the gallery, least of all with nothing.
+                row = db.execute("SELECT value FROM replica_meta WHERE key = 'staging_digest'").fetchone()
+                staged = db.execute("SELECT key, rev FROM replica_staging WHERE live = 1").fetchall()
+                if row is not None and digest((str(k), int(r)) for k, r in staged) == row[0]:
+                    self._swap(db, out)
+                else:
+                    out.staged_incomplete = True
         if out.swapped:
             self.staging = False
         newest_is_digest = bool(opened) and opened[-1][1] == "digest"
