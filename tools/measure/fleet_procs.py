@@ -154,6 +154,8 @@ class Watch:
     consistent_at: float | None = None  # first poll that found the replica digest == the hub's
     consistent_apply_at: float | None = None  # the door's apply that made it so
     resync_done_at: float | None = None
+    reconnected_at: float | None = None  # first sample connected after one disconnected
+    was_disconnected: bool = False
 
 
 class Worker:
@@ -210,6 +212,12 @@ class Worker:
             }
         if cmd == "status":
             return {d: await self.doors[d].status() for d in arg}
+        if cmd == "time_status":  # seconds per door.status() (the heartbeat's body: the replica digest, the outbox)
+            door, n = arg
+            t = time.perf_counter()
+            for _ in range(n):
+                await self.doors[door].status()
+            return (time.perf_counter() - t) / n
         if cmd == "watch":
             door, revoked, hub_digest = arg
             w = Watch(door, np.asarray(sorted(revoked), dtype=np.int64), hub_digest)
@@ -259,6 +267,10 @@ class Worker:
                 w.max_size = max(w.max_size, len(ids))
                 if w.revoked.size and np.isin(w.revoked, ids).any():
                     w.last_revoked_seen = now
+            if not door.stats.connected:
+                w.was_disconnected = True
+            elif w.was_disconnected and w.reconnected_at is None:
+                w.reconnected_at = now
             replica = door.replica
             if w.resync_done_at is None and replica is not None and not replica.staging and door.stats.resyncs:
                 w.resync_done_at = now

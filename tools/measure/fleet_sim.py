@@ -4,11 +4,11 @@
 Scenarios (``--scenario``, ``all`` runs each in turn on a fresh site):
 
 - ``revocation``: ``--doors`` (200) doors holding ``--people`` (1000) people, one 512-d template each, encrypted with
-  the site key. ``--sync-sample`` doors sync through NATS (timed); the others get a copy of one synced gallery
-  (``seeded_by_copy``) and their consumers start at its sequence + 1, as a door with a missing consumer asks. Then
-  ``--revocations`` people are disabled or removed at the hub one at a time, ``--gap`` seconds apart: for each
-  (door, revocation), hub commit (the time before the call) -> the door's apply that took them out of its match
-  matrix (``stats.applied_at``); every door's matrix is checked afterwards.
+  the site key, synced through NATS all at once (timed: ``initial_sync``); with ``--sync-sample K`` only K doors sync
+  and the others get a copy of one synced gallery (``seeded_by_copy``), their consumers starting at its sequence + 1
+  as a door with a missing consumer asks. Then ``--revocations`` people are disabled or removed at the hub one at a
+  time, ``--gap`` seconds apart: for each (door, revocation), hub commit (the time before the call) -> the door's
+  apply that took them out of its match matrix (``stats.applied_at``); every door's matrix is checked afterwards.
 - ``catch-up``: a door behind a TCP proxy is cut off while the hub makes ``--changes`` (1000) changes, 10 % of them
   revocations; heal; time to a replica digest equal to the hub's, and the latest moment (sampled every ~2 ms) a
   revoked person was still in the door's matrix, both from the heal.
@@ -29,6 +29,7 @@ import argparse
 import json
 import logging
 import multiprocessing as mp
+import os
 import random
 import shutil
 import sys
@@ -66,6 +67,28 @@ def _dist(values: list[float]) -> dict[str, Any]:
         "p99": round(percentile(values, 99), 4),
         "max": round(max(values), 4),
     }
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc; 0.0 elsewhere or when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds used by named processes between ``start`` and ``stop``, as a share of one core."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.t0, self.c0 = time.time(), {k: cpu_s(p) for k, p in pids.items()}
+
+    def stop(self) -> dict[str, Any]:
+        wall = time.time() - self.t0
+        used = {k: cpu_s(p) - self.c0[k] for k, p in self.pids.items()}
+        return {"wall_s": round(wall, 1), "cores_used": {k: round(v / wall, 3) for k, v in used.items()}}
 
 
 def wait_for(check: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.2) -> Any:
@@ -195,7 +218,7 @@ def door_ids(n: int) -> list[str]:
 
 def revocation(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     doors = door_ids(args.doors or 200)
-    sample = doors[: max(1, min(args.sync_sample, len(doors)))]
+    sample = doors[: max(1, min(args.sync_sample, len(doors)))] if args.sync_sample else doors
     out: dict[str, Any] = {"doors": len(doors), "people": args.people, "templates_per_person": 1, "dim": DIM}
     with running_site(root, doors) as (site, server):
         with site.hub_gallery() as g:
@@ -219,6 +242,7 @@ def revocation(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 "note": "from starting the worker processes (imports, key request, consumer) to every door synced",
             }
             out["seeded_by_copy"] = len(sample) < len(doors)
+            out["synced_through_nats"] = len(sample)
             seed = site.door_db(sample[0])
             for door in doors[len(sample) :]:
                 dst = site.door_db(door)
@@ -228,7 +252,13 @@ def revocation(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             w = Workers(site, server.url, doors, args.workers)
             try:
                 out["all_doors_ready_s"] = round(w.wait_ready(args.people, t0, 1800) - t0, 2)
+                pids = {"nats-server": server.proc.pid if server.proc else 0, "hub": hub.proc.pid}
+                pids |= {f"doors-{i}": p.pid for i, p in enumerate(w.procs)}
                 time.sleep(2.0)
+                idle = CpuMeter(pids)
+                time.sleep(10.0)
+                out["cpu_idle"] = idle.stop()
+                busy = CpuMeter(pids)
                 rng = random.Random(18)
                 revoked = rng.sample(people, min(args.revocations, len(people)))
                 committed: dict[int, float] = {}
@@ -254,7 +284,18 @@ def revocation(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                     applied = wait_for(all_applied, 60, "every door to apply every revocation", every_s=0.5)
                 except ToolError:
                     applied = w.merged("applied", revoked)
+                out["cpu_revoking"] = busy.stop()
                 lat = [t - committed[p] for per in applied.values() for p, t in per.items() if t is not None]
+                first = [
+                    min(per[p] for per in applied.values() if per[p] is not None) - committed[p]
+                    for p in revoked
+                    if any(per[p] is not None for per in applied.values())
+                ]
+                last = [
+                    max(per[p] for per in applied.values() if per[p] is not None) - committed[p]
+                    for p in revoked
+                    if any(per[p] is not None for per in applied.values())
+                ]
                 missing = sum(1 for per in applied.values() for t in per.values() if t is None)
                 still = w.merged("present", revoked)
                 out.update(
@@ -262,6 +303,8 @@ def revocation(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                     revocations_by=how,
                     gap_s=args.gap,
                     latency_s=_dist(lat),
+                    first_door_s=_dist(first),
+                    last_door_s=_dist(last),
                     pairs=len(lat),
                     not_applied_pairs=missing,
                     still_matchable_pairs=sum(len(v or []) for v in still.values()),
@@ -338,6 +381,7 @@ def catch_up(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 partitioned_for_s=round(t_heal - t_cut, 2),
                 catch_up_s=round(res["consistent_at"] - t_heal, 3),
                 catch_up_apply_s=round(res["consistent_apply_at"] - t_heal, 3),
+                reconnected_s=None if res["reconnected_at"] is None else round(res["reconnected_at"] - t_heal, 3),
                 revoked_matchable_until_s=(
                     None if res["last_revoked_seen"] is None else round(res["last_revoked_seen"] - t_heal, 3)
                 ),
@@ -348,7 +392,8 @@ def catch_up(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 matrix_min_size=res["min_size"],
                 control_door_consistent=status[doors[1]]["digest"] == want,
                 timing="heal -> first ~25 ms poll finding the replica digest equal to the hub's (catch_up_s); "
-                "heal -> the door's apply that made it so (catch_up_apply_s)",
+                "heal -> the door's apply that made it so (catch_up_apply_s); heal -> the door's client connected "
+                "again (reconnected_s); heal -> the last ~2 ms sample with a revoked person in the matrix",
             )
             out["door_errors"] = w.stop()
         finally:
@@ -467,7 +512,21 @@ def resync(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 time.sleep(0.5)
                 res = w.call("watch_result", "d000")[0]
                 status = w.merged("status", doors=doors)["d000"]
+                status_s = w.call("time_status", ("d000", 5))[0]
+                committed: dict[int, float] = {}
+                with site.hub_gallery() as g:
+                    for pid in range(1, 6):  # revocations at a door this size: the digest of 100k records each
+                        committed[pid] = time.time()
+                        g.set_enabled(pid, False)
+                        time.sleep(2.0)
+                applied = wait_for(
+                    lambda: (a := w.merged("applied", list(committed))["d000"]) and all(a.values()) and a,
+                    120,
+                    "the revocations at the big door",
+                )
+                out["revocation_latency_s"] = _dist([applied[p] - t for p, t in committed.items()])
                 out.update(
+                    status_ms=round(status_s * 1000, 1),
                     resync_s=round(res["resync_done_at"] - t_start, 2),
                     matrix_min_size=res["min_size"],
                     matrix_max_size=res["max_size"],
@@ -497,7 +556,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--people", type=int, default=1000, help="people at the hub (revocation, catch-up)")
     p.add_argument("--minutes", type=float, default=10.0, help="length of the events run")
     p.add_argument("--workers", type=int, default=2, help="door worker processes")
-    p.add_argument("--sync-sample", type=int, default=20, help="doors synced through NATS before the copy seeding")
+    p.add_argument(
+        "--sync-sample", type=int, default=0, help="doors synced through NATS, one copied to the rest (0: all)"
+    )
     p.add_argument("--revocations", type=int, default=50)
     p.add_argument("--gap", type=float, default=2.0, help="seconds between revocations")
     p.add_argument("--changes", type=int, default=1000, help="hub changes while a door is cut off (catch-up)")
