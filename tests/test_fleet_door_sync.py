@@ -44,3 +44,31 @@ def test_an_idle_door_confirms_its_sync_in_memory_and_saves_it_rarely(site: Site
 
     run(main)
     assert fleet_door.SYNCED_SAVE_S >= 30
+
+
+def test_a_door_stops_even_when_its_sync_loop_swallows_the_cancel(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python 3.11's asyncio.wait_for (inside nats-py's fetch) may swallow a cancel that lands as a message arrives;
+    the door's loops end on stop() by themselves too, or stop() never returned."""
+    with site.hub_gallery() as g:
+        g.enroll("Ada", [template(1)])
+    swallowed: list[bool] = []
+
+    async def main() -> None:
+        door = site.door("front")
+        real_pull = door._pull
+
+        async def pull(psub: object) -> None:
+            try:
+                await real_pull(psub)
+            except asyncio.CancelledError:
+                if swallowed:
+                    raise
+                swallowed.append(True)  # as wait_for does when the message and the cancel coincide
+
+        monkeypatch.setattr(door, "_pull", pull)
+        async with running(site.hub(), door):
+            await until(lambda: door.live is not None and door.stale_for() is not None, what="front synced")
+            await asyncio.sleep(0.3)  # idle: waiting in a fetch
+
+    run(main)  # fails after 30 s when the door does not stop
+    assert swallowed == [True]

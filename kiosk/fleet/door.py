@@ -205,6 +205,9 @@ class FleetDoor:
         try:
             await self._stop.wait()
         finally:
+            # NOTE: the loops also end by themselves once _stop is set: on Python 3.11 asyncio.wait_for (inside
+            # nats-py's fetch) can swallow a cancel that lands as its message arrives, and a loop that swallowed
+            # its one cancel ran for ever, so stop() never returned (seen in fleet-sim with 100 doors a process).
             for t in tasks:
                 t.cancel()
             for t in tasks:
@@ -254,7 +257,7 @@ class FleetDoor:
 
     async def _sync_loop(self) -> None:
         psub = None
-        while True:
+        while not self._stop.is_set():  # as well as cancelled: see _serve
             try:
                 await self._ensure_key()
                 if psub is None:
@@ -345,7 +348,7 @@ class FleetDoor:
     # -- heartbeats, events, commands --------------------------------------------------------------------------
 
     async def _beat_loop(self) -> None:
-        while True:
+        while not self._stop.is_set():
             with contextlib.suppress(asyncio.TimeoutError, nats.errors.Error, ProtocolError):
                 await self.beat()
             await asyncio.sleep(self.heartbeat_s)
@@ -379,7 +382,7 @@ class FleetDoor:
 
     async def _outbox_loop(self) -> None:
         assert self._outbox is not None
-        while True:
+        while not self._stop.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._poke.wait(), self.outbox_s)
             self._poke.clear()
