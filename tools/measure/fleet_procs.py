@@ -32,6 +32,7 @@ from kiosk.gallery import Gallery, TemplateIn
 from kiosk.gallery.keys import AesGcmCipher
 
 MODEL = ("sim-model", "5" * 64)
+STOP_WAIT_S = 120.0  # a worker's doors must stop within this
 DIM = 512
 
 
@@ -183,12 +184,20 @@ class Worker:
     async def stop(self) -> dict[str, Any]:
         for t in self.producers + self.watch_tasks:
             t.cancel()
-        for d in self.doors.values():
-            d.stop()
-        done = await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        for door in self.doors.values():
+            door.stop()
+        _, pending = await asyncio.wait(self.tasks.values(), timeout=STOP_WAIT_S)
         for p in self.proxies.values():
             await p.close()
-        return {d: repr(e) for d, e in zip(self.tasks, done, strict=True) if isinstance(e, BaseException)}
+        errors: dict[str, Any] = {}
+        for d, t in self.tasks.items():
+            if t.done() and not t.cancelled() and t.exception() is not None:
+                errors[d] = repr(t.exception())
+        if pending:  # where the doors that did not stop are waiting: the parent reports it
+            errors["doors_not_stopped"] = sorted(d for d, t in self.tasks.items() if t in pending)
+            me = asyncio.current_task()
+            errors["waiting_at"] = sorted({_where(t) for t in asyncio.all_tasks() if t is not me and not t.done()})
+        return errors
 
     # -- commands from the parent ----------------------------------------------------------------------------
 
@@ -305,6 +314,13 @@ class Worker:
         finally:
             await loop.run_in_executor(pool, gallery.close)
             pool.shutdown(wait=False)
+
+
+def _where(task: asyncio.Task[Any]) -> str:
+    """A task's coroutine and the line it waits at."""
+    frames = task.get_stack()
+    at = f" at {frames[-1].f_code.co_filename.rsplit('/', 2)[-1]}:{frames[-1].f_lineno}" if frames else ""
+    return f"{task.get_coro().__qualname__}{at}"  # type: ignore[union-attr]
 
 
 def _add_event(gallery: Gallery, k: int) -> int:
