@@ -278,27 +278,31 @@ def revocation(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                         committed[pid] = t
                         time.sleep(args.gap)
 
-                def all_applied() -> dict[str, Any] | None:
+                def revoked_at() -> dict[str, dict[int, float | None]]:
+                    """door -> person -> when the revocation took effect there; None: not yet (``applied_at`` also
+                    holds the person's earlier changes, the initial sync among them: only a later one counts)."""
                     got = w.merged("applied", revoked)
-                    ok = all(t is not None for per in got.values() for t in per.values())
-                    return got if ok else None
+                    return {
+                        d: {p: t if t is not None and t >= committed[p] else None for p, t in per.items()}
+                        for d, per in got.items()
+                    }
+
+                def all_applied() -> dict[str, dict[int, float | None]] | None:
+                    got = revoked_at()
+                    return got if all(t is not None for per in got.values() for t in per.values()) else None
 
                 try:
-                    applied = wait_for(all_applied, 60, "every door to apply every revocation", every_s=0.5)
+                    applied = wait_for(all_applied, 120, "every door to apply every revocation", every_s=0.5)
                 except ToolError:
-                    applied = w.merged("applied", revoked)
+                    applied = revoked_at()
                 out["cpu_revoking"] = busy.stop()
                 lat = [t - committed[p] for per in applied.values() for p, t in per.items() if t is not None]
-                first = [
-                    min(per[p] for per in applied.values() if per[p] is not None) - committed[p]
-                    for p in revoked
-                    if any(per[p] is not None for per in applied.values())
-                ]
-                last = [
-                    max(per[p] for per in applied.values() if per[p] is not None) - committed[p]
-                    for p in revoked
-                    if any(per[p] is not None for per in applied.values())
-                ]
+                first, last = [], []
+                for p in revoked:
+                    ts = [t for per in applied.values() if (t := per[p]) is not None]
+                    if ts:
+                        first.append(min(ts) - committed[p])
+                        last.append(max(ts) - committed[p])
                 missing = sum(1 for per in applied.values() for t in per.values() if t is None)
                 still = w.merged("present", revoked)
                 out.update(
