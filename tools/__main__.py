@@ -51,6 +51,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "tools.measure.passive_cv",
         "choose the passive liveness rule on Replay-Attack frames by identity-disjoint cross-validation",
     ),
+    "fleet-sim": (
+        "tools.measure.fleet_sim",
+        "a site on this machine (nats-server, hub, N doors): revocation latency, catch-up, event loss, full resync",
+    ),
     "continuity": (
         "tools.measure.continuity",
         "closed-eye similarity on the real blink recordings: chooses the liveness identity-continuity threshold",

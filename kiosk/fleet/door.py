@@ -55,7 +55,8 @@ T = TypeVar("T")
 BATCH = 1000
 WRAPPED_KEY_FILE = "site-key.wrapped"
 PRUNE_EVERY_S = 600.0
-PRUNE_RETRY_S = 5.0  # a batch changing more people than this reloads the matrix whole (still built aside)
+PRUNE_RETRY_S = 5.0
+SYNCED_SAVE_S = 60.0  # an idle door writes "still up to date" to its gallery at most this often
 
 
 @dataclass
@@ -103,6 +104,7 @@ class FleetDoor:
         self.replica: Replica | None = None
         self.live: LiveMatrix | None = None
         self._synced_at: float | None = None
+        self._synced_saved = 0.0
         self._digest: str = ""
         self._digest_at = -1  # the applied sequence self._digest was computed at
         self.nc: Any = None
@@ -229,6 +231,9 @@ class FleetDoor:
         try:
             await self._stop.wait()
         finally:
+            # NOTE: the loops also end by themselves once _stop is set: on Python 3.11 asyncio.wait_for (inside
+            # nats-py's fetch) can swallow a cancel that lands as its message arrives, and a loop that swallowed
+            # its one cancel ran for ever, so stop() never returned (seen in fleet-sim with 100 doors a process).
             for t in tasks:
                 t.cancel()
             for t in tasks:
@@ -380,8 +385,12 @@ class FleetDoor:
         now = time.time()
         if self.replica is None or self.replica.staging:
             return
-        if self._synced_at is None or now - self._synced_at > 1.0:
-            self._synced_at = now
+        self._synced_at = now
+        # NOTE: confirmed in memory every time, written at most every SYNCED_SAVE_S: a write a second was an fsync a
+        # second for ever on an idle door (an SD card's wear). After a restart the saved time is at most that much
+        # older than the truth: the door thinks itself staler, never fresher.
+        if now - self._synced_saved >= SYNCED_SAVE_S:
+            self._synced_saved = now
             await self._call(self.replica.mark_synced, now)
 
     # -- heartbeats, events, commands --------------------------------------------------------------------------
