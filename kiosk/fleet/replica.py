@@ -119,8 +119,9 @@ class Replica:
             self._set(db, "synced_at", repr(time.time() if when is None else when))
 
     def revisions(self) -> list[tuple[str, int]]:
-        rows = self.gallery._rows("SELECT id, rev FROM people WHERE rev IS NOT NULL")
-        revs = [(f"p{int(r['id'])}", int(r["rev"])) for r in rows]
+        with self.gallery._guard():  # raw tuples: this runs at every digest record, over the whole replica
+            rows = self.gallery._db.conn.execute("SELECT id, rev FROM people WHERE rev IS NOT NULL").fetchall()
+        revs = [(f"p{person_id}", int(rev)) for person_id, rev in rows]
         access = self._meta("access_rev")
         return revs + ([(ACCESS_KEY, int(access))] if access else [])
 
