@@ -147,29 +147,28 @@ def _s(value: Any) -> str:
     return str(value)
 
 
-def _command(cfg: Config, door: str, name: str, **kw: Any) -> dict[str, Any]:
-    from kiosk.fleet.service import send_command
-
-    return send_command(cfg, door, name, **kw)
-
-
 def cmd_unlock(args: argparse.Namespace, cfg: Config) -> int:
     """Unlock DOOR once, now (live only: a door that does not answer is not unlocked later). The door records who."""
     from kiosk.authz import actor
+    from kiosk.fleet.service import send_command
 
-    reply = _command(cfg, args.door, "unlock", actor=actor(), reason=args.reason)
+    reply = send_command(cfg, args.door, "unlock", actor=actor(), reason=args.reason)
     print(f"door {args.door} unlocked for {reply.get('pulse_s', '?')} s")
     return 0
 
 
 def cmd_resync(args: argparse.Namespace, cfg: Config) -> int:
     """Make DOOR reload the whole site gallery (staged: it keeps its current one until the new one is complete)."""
-    _command(cfg, args.door, "resync")
+    from kiosk.fleet.service import send_command
+
+    send_command(cfg, args.door, "resync")
     print(f"door {args.door} is resynchronising")
     return 0
 
 
 def cmd_ping(args: argparse.Namespace, cfg: Config) -> int:
     """Ask DOOR for its state, live."""
-    emit_json(_command(cfg, args.door, "ping"))
+    from kiosk.fleet.service import send_command
+
+    emit_json(send_command(cfg, args.door, "ping"))
     return 0

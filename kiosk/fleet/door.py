@@ -33,6 +33,7 @@ import nats
 from nats.js.errors import NotFoundError
 
 from kiosk.errors import KioskError
+from kiosk.fleet.aio import unless_stopped, wind_down
 from kiosk.fleet.broker import PEOPLE_STREAM, check_door_id, inbox_prefix
 from kiosk.fleet.outbox import EventOutbox
 from kiosk.fleet.protocol import (
@@ -170,17 +171,8 @@ class FleetDoor:
         try:
             while not self._stop.is_set():
                 try:
-                    # nats-py retries an unreachable broker forever (max_reconnect_attempts=-1): stop must not wait.
-                    connecting = asyncio.create_task(self._connect())
-                    stopping = asyncio.create_task(self._stop.wait())
-                    await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                    stopping.cancel()
-                    if not connecting.done():
-                        connecting.cancel()
-                        with contextlib.suppress(asyncio.CancelledError, Exception):
-                            await connecting
+                    if not await unless_stopped(self._connect(), self._stop):
                         break
-                    connecting.result()
                 except (TimeoutError, OSError, nats.errors.Error) as err:
                     self.stats.connected = False
                     log.debug("fleet: broker unreachable (%s); deciding locally, events queue on disk", err)
@@ -231,18 +223,7 @@ class FleetDoor:
         try:
             await self._stop.wait()
         finally:
-            # NOTE: the loops also end by themselves once _stop is set: on Python 3.11 asyncio.wait_for (inside
-            # nats-py's fetch) can swallow a cancel that lands as its message arrives, and a loop that swallowed
-            # its one cancel ran for ever, so stop() never returned (seen in fleet-sim with 100 doors a process).
-            for t in tasks:
-                t.cancel()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await asyncio.wait_for(t, 10)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(sub.unsubscribe(), 2)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.nc.close(), 5)
+            await wind_down(tasks, [sub], self.nc)
 
     # -- requests to the hub -----------------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from nats.js.errors import APIError, NotFoundError
 
 from kiosk.errors import KioskError
 from kiosk.fleet import hubdb
+from kiosk.fleet.aio import unless_stopped, wind_down
 from kiosk.fleet.broker import EVENTS_STREAM, HUB_USER, PEOPLE_STREAM
 from kiosk.fleet.protocol import (
     ACCESS_KEY,
@@ -144,18 +145,10 @@ class Hub:
         await self._call(lambda: self.gallery)
         self.hub_id = await self._call(hubdb.meta, self.gallery, "hub_id", "hub")
         await self._call(hubdb.note, self.gallery, "split_brain", "")  # a restart after fixing it tries again
-        connecting = asyncio.create_task(self._connect())
-        stopping = asyncio.create_task(self._stop.wait())
-        await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        if not connecting.done():  # stopped while the broker was unreachable (nats-py retries it forever)
-            connecting.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await connecting
+        if not await unless_stopped(self._connect(), self._stop):  # stopped while the broker was unreachable
             await self._call(self._close_gallery)
             self._db.shutdown(wait=True)
             return
-        connecting.result()
         self.js = self.nc.jetstream(timeout=5)
         subs = [
             await self.nc.subscribe("fleet.hb.*", cb=self._on_heartbeat),
@@ -167,18 +160,9 @@ class Hub:
             self.ready.set()
             await self._stop.wait()
         finally:
-            for t in tasks:
-                t.cancel()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await asyncio.wait_for(t, 10)
-            for sub in subs:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(sub.unsubscribe(), 2)
+            await wind_down(tasks, subs, self.nc)
             with contextlib.suppress(Exception):
                 await self._flush_heartbeats()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.nc.close(), 5)
             await self._call(self._close_gallery)
             self._db.shutdown(wait=True)
 
@@ -419,9 +403,9 @@ class Hub:
         if self.on_heartbeat is not None:
             self.on_heartbeat(door, beat)
         if msg.reply:
-            through = await self._call(hubdb.events_through, self.gallery)
+            through = await self._call(hubdb.door_events_through, self.gallery, door)
             stream = int(await self._call(hubdb.meta, self.gallery, "people_stream_seq", "0"))
-            await msg.respond(encode({"events_through": through.get(door, 0), "people_seq": stream}))
+            await msg.respond(encode({"events_through": through, "people_seq": stream}))
 
     async def _flush_loop(self) -> None:
         while not self._stop.is_set():  # not only on cancel: nats-py can turn one into a TimeoutError

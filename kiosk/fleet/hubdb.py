@@ -243,6 +243,12 @@ def _stored_row(db: Database, door: str, seq: int) -> dict[str, Any] | None:
     return None if found is None else dict(json.loads(found[0]))
 
 
+def door_events_through(gallery: Gallery, door: str) -> int:
+    """How far the hub holds one door's events (a heartbeat's answer: one row, not every door's)."""
+    rows = gallery._rows("SELECT head_seq FROM fleet_chain WHERE door = ?", [door])
+    return int(rows[0]["head_seq"]) if rows else 0
+
+
 def events_through(gallery: Gallery) -> dict[str, int]:
     """Per door, the newest event id up to which the hub holds every event, chain verified."""
     return {str(r["door"]): int(r["head_seq"]) for r in gallery._rows("SELECT door, head_seq FROM fleet_chain")}

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from kiosk.errors import KioskError
 from kiosk.fleet.broker import check_door_id
+from kiosk.fleet.protocol import events_subject
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class EventOutbox:
     def __init__(self, events: EventSource, door: str, state: Path, *, batch: int = 200) -> None:
         self.events = events
         self.door = check_door_id(door)
-        self.subject = f"fleet.events.{self.door}"
+        self.subject = events_subject(self.door)
         self.watermark = Watermark(state, self.door)
         self.acked = self.watermark.load()
         self.batch = batch

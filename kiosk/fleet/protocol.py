@@ -47,10 +47,6 @@ def person_subject(person_id: int) -> str:
     return f"{PERSON_PREFIX}{int(person_id)}"
 
 
-def person_key(person_id: int) -> str:
-    return f"p{int(person_id)}"
-
-
 def key_of(subject: str) -> str:
     """The record key of a ``PEOPLE`` subject: ``p<id>``, ``access`` or ``digest``."""
     if subject.startswith(PERSON_PREFIX):

@@ -28,7 +28,7 @@ import numpy as np
 from sqlite_utils import Database
 
 from kiosk.fleet.protocol import ACCESS_KEY, ProtocolError, digest, key_of, unseal
-from kiosk.gallery import Gallery, GalleryMatrix, TemplateCipher, utc_iso
+from kiosk.gallery import Gallery, GalleryMatrix, TemplateCipher
 
 log = logging.getLogger(__name__)
 
@@ -361,7 +361,3 @@ class LiveMatrix:
             )
             self.version += 1
             return self.matrix
-
-
-def stamp() -> str:
-    return utc_iso()

@@ -10,9 +10,6 @@ from kiosk.fleet import hubdb
 from kiosk.fleet.protocol import digest
 from kiosk.gallery import Gallery
 
-FIELDS = ("door", "online", "last_seen", "rev", "lag", "in_sync", "outbox_depth", "last_event", "events_at_hub",
-          "chain", "stale_s", "fps")  # fmt: skip
-
 
 def door_status(gallery: Gallery, heartbeat_timeout_s: float, now: float | None = None) -> list[dict[str, Any]]:
     """One row per door: ``online`` (heard from within ``heartbeat_timeout_s``), the gallery revision it applied and
