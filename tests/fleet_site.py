@@ -81,6 +81,15 @@ class Site:
     def hub_gallery(self) -> Gallery:
         return Gallery(self.hub_db, cipher=AesGcmCipher(self.site_key), actor="test")
 
+    def events_at_hub(self) -> int:
+        """How many (door, id) events the hub holds (0 before the hub made its tables)."""
+        from kiosk.fleet import hubdb
+
+        with self.hub_gallery() as g:
+            if not g._rows("SELECT 1 FROM sqlite_master WHERE name = 'fleet_events'"):
+                return 0
+            return len(hubdb.event_keys(g))
+
     def door_db(self, door: str) -> Path:
         return self.root / "doors" / door / "gallery.db"
 

@@ -80,11 +80,7 @@ def test_door_events_reach_the_hub_once_with_their_chain(site: Site) -> None:
         async with running(hub, *doors):
             await hub.ready.wait()
 
-            def all_in() -> bool:
-                with site.hub_gallery() as g:
-                    return len(hubdb.event_keys(g)) == 10
-
-            await until(all_in, what="10 events at the hub")
+            await until(lambda: site.events_at_hub() == 10, what="10 events at the hub")
             await until(lambda: all(d.stats.events_through == 5 for d in doors), what="watermark in heartbeats")
             assert (await hub.command("front", "ping"))["ok"] is True
 
@@ -166,11 +162,7 @@ def test_an_altered_door_event_breaks_its_chain_at_the_hub(site: Site) -> None:
             await hub.ready.wait()
             await until(lambda: hub.stats.chain_breaks == 1, what="a broken chain")
 
-            def all_stored() -> bool:
-                with site.hub_gallery() as g:
-                    return len(hubdb.event_keys(g)) == 4
-
-            await until(all_stored, what="all four events stored")
+            await until(lambda: site.events_at_hub() == 4, what="all four events stored")
 
     run(main)
     with site.hub_gallery() as g:
@@ -269,11 +261,7 @@ def test_with_the_broker_down_a_door_keeps_its_gallery_and_queues_events(site: S
         async with running(hub, door):
             await hub.ready.wait()
 
-            def arrived() -> bool:
-                with site.hub_gallery() as g:
-                    return len(hubdb.event_keys(g)) == 3
-
-            await until(arrived, what="the queued events at the hub")
+            await until(lambda: site.events_at_hub() == 3, what="the queued events at the hub")
 
     run(main)
 
@@ -294,11 +282,7 @@ def test_a_door_prunes_only_what_the_hub_holds_and_its_chain_still_verifies(site
             with Gallery(path) as g:
                 g.add_event("access", "granted")  # the chain goes on from the kept newest event
 
-            def at_hub() -> bool:
-                with site.hub_gallery() as g:
-                    return len(hubdb.event_keys(g)) == 11
-
-            await until(at_hub, what="event 11 at the hub")
+            await until(lambda: site.events_at_hub() == 11, what="event 11 at the hub")
 
     run(main)
     with Gallery(path) as g:
