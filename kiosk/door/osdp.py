@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
-import stat
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +24,7 @@ from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
 from kiosk.config import DoorConfig, OsdpConfig
-from kiosk.errors import ConfigError, HardwareError, InputError, InsecureStorageError, UnsupportedError
+from kiosk.errors import ConfigError, HardwareError, InputError, UnsupportedError
 
 log = logging.getLogger("kiosk.door.osdp")
 
@@ -103,23 +101,11 @@ def load_scbk(path: Path) -> bytes:
     """The Secure Channel base key: 16 raw bytes or 32 hex characters (a trailing newline allowed), in a regular
     file only its owner can read. ConfigError naming ``door.osdp.scbk_file`` otherwise; the key is never shown."""
     key = "door.osdp.scbk_file"
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except FileNotFoundError:
-        raise ConfigError(f"{key}: {path} does not exist (make one: docs/osdp.md#the-key)") from None
-    except OSError as err:
-        raise ConfigError(f"{key}: {path} cannot be read: {err.strerror or err}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"{key}: {path} is not a regular file")
-        mode = stat.S_IMODE(st.st_mode)
-        if mode & 0o077:
-            why = f"is readable by group or others (mode {mode:04o}): chmod 600 {path}"
-            raise InsecureStorageError(f"{key}: {path} {why}")
-        data = os.read(fd, 4 * SCBK_BYTES)
-    finally:
-        os.close(fd)
+    from kiosk.gallery.keys import read_secret_file
+
+    data = read_secret_file(
+        path, what=f"{key}:", error=ConfigError, follow_symlinks=False, hint="make one: docs/osdp.md#the-key"
+    )
     if len(data) == SCBK_BYTES:
         return data
     text = data.strip()

@@ -17,7 +17,7 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kiosk.errors import InputError, InsecureStorageError, TemplateKeyError
+from kiosk.errors import InputError, InsecureStorageError, KioskError, TemplateKeyError
 
 if TYPE_CHECKING:
     from kiosk.config import Config
@@ -96,30 +96,46 @@ def parse_key(data: bytes, source: str) -> bytes:
     )
 
 
-def read_key_file(path: Path, *, check_permissions: bool = True, what: str = "key file") -> bytes:
-    """Read and parse a key file; InsecureStorageError when group or others may read it."""
+def read_secret_file(
+    path: Path,
+    *,
+    what: str,
+    error: type[KioskError] = TemplateKeyError,
+    check_permissions: bool = True,
+    follow_symlinks: bool = True,
+    hint: str = "make one with `kiosk keys generate FILE`",
+) -> bytes:
+    """The bytes of a small secret file (a key): a regular file, at most 4 KiB, and (``check_permissions``) readable
+    by its owner only (InsecureStorageError). Any other problem is one ``error`` naming ``what`` and ``path``; the
+    content is never shown. The template key and an OSDP reader's Secure Channel key both come through here."""
+    flags = os.O_RDONLY | (0 if follow_symlinks else getattr(os, "O_NOFOLLOW", 0))
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, flags)
     except FileNotFoundError:
-        raise TemplateKeyError(f"{what} {path} does not exist (make one with `kiosk keys generate FILE`)") from None
+        raise error(f"{what} {path} does not exist ({hint})") from None
     except OSError as err:
-        raise TemplateKeyError(f"{what} {path} cannot be read: {err.strerror or err}") from None
+        raise error(f"{what} {path} cannot be read: {err.strerror or err}") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise TemplateKeyError(f"{what} {path} is not a regular file")
+            raise error(f"{what} {path} is not a regular file")
         mode = stat.S_IMODE(st.st_mode)
         if check_permissions and mode & 0o077:
             raise InsecureStorageError(
                 f"{what} {path} is readable by group or others (mode {mode:04o}): chmod 600 {path}"
             )
         if st.st_size > _MAX_KEY_FILE:
-            raise TemplateKeyError(f"{what} {path}: not a key ({st.st_size} bytes)")
-        data = os.read(fd, _MAX_KEY_FILE + 1)
+            raise error(f"{what} {path}: not a key ({st.st_size} bytes)")
+        return os.read(fd, _MAX_KEY_FILE + 1)
     except OSError as err:
-        raise TemplateKeyError(f"{what} {path} cannot be read: {err.strerror or err}") from None
+        raise error(f"{what} {path} cannot be read: {err.strerror or err}") from None
     finally:
         os.close(fd)
+
+
+def read_key_file(path: Path, *, check_permissions: bool = True, what: str = "key file") -> bytes:
+    """Read and parse a key file; InsecureStorageError when group or others may read it."""
+    data = read_secret_file(path, what=what, check_permissions=check_permissions)
     return parse_key(data, f"{what} {path}")
 
 
