@@ -1,4 +1,5 @@
-"""Face-recognition backbones people train with ArcFace loss (InsightFace ``arcface_torch`` layouts), for export.
+"""Face-recognition backbones people train with ArcFace loss (InsightFace ``arcface_torch`` layouts, plus the
+MobileFaceNet paper's width and DenseNet-121), for ``tools train`` and ``tools export``.
 
 ``build(name)`` returns an untrained module whose ``state_dict`` keys are exactly those of the reference
 implementation, so a ``backbone.pth`` saved by arcface_torch loads into it with ``strict=True``.
@@ -10,8 +11,9 @@ from collections.abc import Callable
 
 from torch import nn
 
+from tools.models.arch.densenet import densenet121
 from tools.models.arch.iresnet import DEPTHS, iresnet
-from tools.models.arch.mobilefacenet import mobilefacenet
+from tools.models.arch.mobilefacenet import MobileFaceNet, mobilefacenet
 
 
 def _iresnet_factory(name: str) -> Callable[[int], nn.Module]:
@@ -20,6 +22,10 @@ def _iresnet_factory(name: str) -> Callable[[int], nn.Module]:
 
 ARCHS: dict[str, Callable[[int], nn.Module]] = {name: _iresnet_factory(name) for name in DEPTHS}
 ARCHS["mobilefacenet"] = mobilefacenet
+# The MobileFaceNet paper's width (scale 1, ~1 M parameters at 128-D): 2.7x cheaper to train on a CPU than ``mbf``.
+ARCHS["mobilefacenet-s1"] = lambda num_features: MobileFaceNet(num_features, scale=1)
+# The origin's backbone (torchvision's layout, written out in tools/models/arch/densenet.py).
+ARCHS["densenet121"] = densenet121
 
 
 def build(name: str, num_features: int = 512) -> nn.Module:
