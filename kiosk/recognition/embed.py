@@ -6,7 +6,7 @@ import numpy as np
 
 from kiosk.errors import ModelError
 from kiosk.models.backends import Runner
-from kiosk.models.manifest import ModelSpec
+from kiosk.models.manifest import InputSpec, ModelSpec
 from kiosk.types import FloatArray, Image
 
 
@@ -19,8 +19,6 @@ class Embedder:
         self.spec = spec
         self._runner = runner
         self._input = spec.input.name or runner.input_names[0]
-        self._mean = np.asarray(spec.input.mean, dtype=np.float32)
-        self._inv_std = 1.0 / np.asarray(spec.input.std, dtype=np.float32)
         self.dim = spec.output_dim
 
     @property
@@ -29,33 +27,7 @@ class Embedder:
         return self.spec.input.size
 
     def preprocess(self, crops: list[Image]) -> FloatArray:
-        stacked = np.stack(crops)  # (N, H, W, 3) BGR uint8
-        if self.spec.input.normalize == "per_image":
-            batch = stacked.astype(np.float32)
-            if self.spec.input.color == "rgb":
-                batch = batch[..., ::-1]
-            # FaceNet prewhitening: each crop standardised over all its pixels and channels.
-            flat = batch.reshape(len(batch), -1)
-            mean = flat.mean(axis=1).reshape(-1, 1, 1, 1)
-            std = np.maximum(flat.std(axis=1), 1.0 / np.sqrt(flat.shape[1])).reshape(-1, 1, 1, 1)
-            batch = (batch - mean) / std
-            if self.spec.input.layout == "nchw":
-                batch = batch.transpose(0, 3, 1, 2)
-            return np.ascontiguousarray(batch, dtype=np.float32)
-        # One pass from the uint8 crops into the contiguous float32 input (channel swap and layout as views), then
-        # mean/std in place, skipped when they are the identity (SFace: 0 and 1).
-        src = stacked[..., ::-1] if self.spec.input.color == "rgb" else stacked
-        nchw = self.spec.input.layout == "nchw"
-        if nchw:
-            src = src.transpose(0, 3, 1, 2)
-        out = np.empty(src.shape, dtype=np.float32)
-        np.copyto(out, src)
-        shape = (3, 1, 1) if nchw else (3,)
-        if np.any(self._mean != 0.0):
-            out -= self._mean.reshape(shape)
-        if np.any(self._inv_std != 1.0):
-            out *= self._inv_std.reshape(shape)
-        return out
+        return preprocess(crops, self.spec.input)
 
     def embed(self, crops: list[Image]) -> FloatArray:
         """Embed aligned crops (each input_size, BGR uint8); returns (N, D) unit vectors."""
@@ -70,3 +42,38 @@ class Embedder:
             raise ModelError(f"model '{self.spec.id}' produced a non-finite or zero embedding")
         unit: FloatArray = (out / norms).astype(np.float32, copy=False)
         return unit
+
+
+def preprocess(crops: list[Image], spec: InputSpec) -> FloatArray:
+    """Aligned BGR uint8 crops → the recogniser's input as the manifest describes it (colour order, layout, fixed
+    mean/std or FaceNet's per-image standardisation). The one implementation: the door, ``kiosk eval`` and
+    ``tools train`` all feed a recogniser through it."""
+    stacked = np.stack(crops)  # (N, H, W, 3) BGR uint8
+    if spec.normalize == "per_image":
+        batch = stacked.astype(np.float32)
+        if spec.color == "rgb":
+            batch = batch[..., ::-1]
+        # FaceNet prewhitening: each crop standardised over all its pixels and channels.
+        flat = batch.reshape(len(batch), -1)
+        mean = flat.mean(axis=1).reshape(-1, 1, 1, 1)
+        std = np.maximum(flat.std(axis=1), 1.0 / np.sqrt(flat.shape[1])).reshape(-1, 1, 1, 1)
+        batch = (batch - mean) / std
+        if spec.layout == "nchw":
+            batch = batch.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(batch, dtype=np.float32)
+    # One pass from the uint8 crops into the contiguous float32 input (channel swap and layout as views), then
+    # mean/std in place, skipped when they are the identity (SFace: 0 and 1).
+    src = stacked[..., ::-1] if spec.color == "rgb" else stacked
+    nchw = spec.layout == "nchw"
+    if nchw:
+        src = src.transpose(0, 3, 1, 2)
+    out = np.empty(src.shape, dtype=np.float32)
+    np.copyto(out, src)
+    shape = (3, 1, 1) if nchw else (3,)
+    mean_arr = np.asarray(spec.mean, dtype=np.float32)
+    std_arr = np.asarray(spec.std, dtype=np.float32)
+    if np.any(mean_arr != 0.0):
+        out -= mean_arr.reshape(shape)
+    if np.any(std_arr != 1.0):
+        out *= (1.0 / std_arr).reshape(shape)
+    return out
