@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "tools.models.convert.facenet",
         "convert FaceNet 20180408 (Inception-ResNet-v1) from its GraphDef to ONNX",
     ),
+    "train": (
+        "tools.train.train",
+        "train a recogniser (ArcFace/CosFace/softmax; mobilefacenet, iresnet, densenet121; scratch or fine-tune)",
+    ),
     "quantize": (
         "tools.models.quantize",
         "static int8 quantisation with calibration on real faces and an accuracy gate",
