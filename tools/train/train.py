@@ -205,12 +205,12 @@ class Run:
             state = self._load_state()
         elif self.out.exists() and any(self.out.iterdir()) and not args.force:
             raise TrainError(f"{self.out} already holds a run: --resume to continue it, --force to start over", code=2)
+        samples = scan(args.data)
         self.out.mkdir(parents=True, exist_ok=True)
         random.seed(args.seed)
         np.random.seed(args.seed)
         torch.manual_seed(args.seed)
 
-        samples = scan(args.data)
         self.split: Split = split(
             samples,
             val_fraction=args.val_fraction,
