@@ -14,6 +14,8 @@ import pytest
 import yaml
 
 from kiosk.lab.evaluate import read_labels
+from kiosk.recognition.align import TEMPLATES
+from kiosk.recognition.detect import select_faces
 from kiosk.recognition.pipeline import Pipeline
 from tools.__main__ import main as tools_main
 from tools.train.align_dataset import Aligner
@@ -164,6 +166,22 @@ def test_crops_are_aligned_faces_by_the_kiosk_embedder(
     assert np.median(genuine) > np.percentile(impostor, 95)
 
 
+def test_crops_put_the_landmarks_on_the_template(
+    aligned: tuple[Path, int, str, dict[str, Any]], pipeline: Pipeline
+) -> None:
+    """The detector, run again on each crop (padded), finds the five landmarks where the template puts them: a few
+    px of detector jitter on aligned crops (centre crops of the same LFW photos are off by about 8 px)."""
+    dst, _, _, report = aligned
+    errors = []
+    for rec in report["written"]:
+        crop = cv2.imread(str(dst / rec["path"]))
+        padded = cv2.copyMakeBorder(crop, 56, 56, 56, 56, cv2.BORDER_CONSTANT, value=(128, 128, 128))
+        faces = select_faces(pipeline.detector.detect(padded), "largest", padded.shape)
+        assert faces, rec["path"]
+        errors.append(float(np.linalg.norm(faces[0].landmarks - 56 - TEMPLATES["arcface_112"].points, axis=1).mean()))
+    assert np.median(errors) < 5.0, errors
+
+
 def test_rerun_refuses_and_resume_does_no_extra_work(
     aligned: tuple[Path, int, str, dict[str, Any]], src: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -184,6 +202,25 @@ def test_rerun_refuses_and_resume_does_no_extra_work(
     # Other settings on resume: refused, DST untouched.
     code, _, err = _run(capsys, str(src), str(dst), "--resume", "--multi", "drop")
     assert code == 2 and "other settings (multi)" in err
+
+
+def test_resume_after_a_photo_left_src_removes_its_crop(
+    faces_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "src"
+    for name in PEOPLE[:2]:
+        (src / name).mkdir(parents=True)
+        for i in (1, 2, 3):
+            shutil.copy(_lfw(faces_dir, name, i), src / name)
+    dst = tmp_path / "d"
+    assert _run(capsys, str(src), str(dst))[0] == 0
+    gone = "Adrien_Brody/Adrien_Brody_0003.jpg"
+    assert (dst / gone).is_file()
+    (src / gone).unlink()
+    code, out, _ = _run(capsys, str(src), str(dst), "--resume")
+    assert code == 0 and "detected 0, carried over 5" in out
+    assert not (dst / gone).exists()
+    assert len(read_labels(dst / "labels.csv")) == 5 == len(list(dst.rglob("*.jpg")))
 
 
 def test_multi_drop_and_quality_gate(src: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -221,8 +258,6 @@ def test_inline_150_template_of_another_recogniser(
     manifest = yaml.safe_load((ROOT / "models" / "manifest.yaml").read_text())
     for entry in manifest["models"].values():
         entry["file"] = str(ROOT / "models" / entry["file"])
-    from kiosk.recognition.align import TEMPLATES
-
     points = (TEMPLATES["arcface_112"].points * (150 / 112)).tolist()
     manifest["models"]["sface150"] = {
         **manifest["models"]["sface"],

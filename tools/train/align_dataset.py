@@ -49,6 +49,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -142,7 +143,7 @@ def name_problem(name: str) -> str | None:
 
 
 def _out_name(stem: str, ext: str, used: set[str]) -> str:
-    """``<stem>.jpg``; if two photos share a stem: ``<stem>_<ext>.jpg``, else ``<stem>_N.jpg``."""
+    """``<stem>.jpg``; if two photos share a stem: ``<stem>_<ext>.jpg``, then ``<stem>_N.jpg``."""
     candidates = [f"{stem}.jpg", f"{stem}_{ext.lstrip('.').lower()}.jpg"]
     candidates += [f"{stem}_{i}.jpg" for i in range(2, 10_000)]
     for name in candidates:
@@ -273,11 +274,7 @@ def prepare_dst(opts: Options, settings: dict[str, Any]) -> dict[str, Any] | Non
     if not opts.force:
         raise AlignError(f"DST {display(dst)} is not empty: --resume to continue it, --force to replace its outputs")
     if previous is not None:  # --force: remove what the previous run recorded, nothing else
-        for rec in previous.get("written", []):
-            out = _safe_out(dst, rec.get("path") if isinstance(rec, dict) else None)
-            if out is not None:
-                out.unlink(missing_ok=True)
-                _rmdir_if_empty(out.parent, dst)
+        _remove_stale(dst, previous, set())
     for name in (LABELS, REPORT):
         (dst / name).unlink(missing_ok=True)
     return None
@@ -286,6 +283,16 @@ def prepare_dst(opts: Options, settings: dict[str, Any]) -> dict[str, Any] | Non
 def _rmdir_if_empty(folder: Path, dst: Path) -> None:
     if folder != dst and folder.is_dir() and not any(folder.iterdir()):
         folder.rmdir()
+
+
+def _remove_stale(dst: Path, previous: dict[str, Any], kept: set[str]) -> None:
+    """Remove the crops a previous run recorded that this run did not write (their photo left SRC)."""
+    for rec in previous.get("written", []):
+        rel = rec.get("path") if isinstance(rec, dict) else None
+        out = _safe_out(dst, rel)
+        if out is not None and rel not in kept:
+            out.unlink(missing_ok=True)
+            _rmdir_if_empty(out.parent, dst)
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -450,7 +457,7 @@ class Run:
         self.processed += 1
         return self.aligner.process(photo, sha)
 
-    def identity(self, name: str, photos: list[Photo], tick: Any) -> None:
+    def identity(self, name: str, photos: list[Photo], tick: Callable[[], object]) -> None:
         outcomes: list[Outcome] = []
         for photo in photos:
             outcomes.append(self.outcome(photo))
@@ -613,6 +620,8 @@ def run(opts: Options) -> tuple[dict[str, Any], int]:
     if interrupted:  # the report covers the identities finished; the unfinished one is not listed
         found = replace(found, identities={k: v for k, v in found.identities.items() if k in job.finished})
     report = build_report(opts, job, found, settings, pipeline, time.monotonic() - t0, interrupted)
+    if previous is not None and not interrupted:  # --resume: crops of photos gone from SRC since
+        _remove_stale(opts.dst, previous, {r["path"] for r in report["written"]})
     write_outputs(opts.dst, report)
     print(summary(report, opts.dst))
     if interrupted:
