@@ -365,3 +365,12 @@ def test_unknown_recognizer_is_one_line(src: Path, tmp_path: Path, capsys: pytes
     code, _, err = _run(capsys, str(src), str(tmp_path / "d"), "--recognizer", "no_such_model")
     assert code != 0 and "no_such_model" in err and err.count("\n") == 1
     assert not (tmp_path / "d").exists()
+
+
+def test_help_names_the_policies(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        tools_main(["align-dataset", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--multi", "--min-face", "--min-images", "--quality-gate", "--resume", "--force", "--recognizer"):
+        assert option in out
