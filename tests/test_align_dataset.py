@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,11 @@ def src(faces_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     for i in (1, 2):
         shutil.copy(_lfw(faces_dir, "Ana_Palacio", i), bad)
     (root / "loose.jpg").write_bytes(adrien.read_bytes())
+    (root / "Adrien_Brody" / "tab\tname.jpg").write_bytes(adrien.read_bytes()[:-1])  # not CSV-safe as a label
+    os.mkfifo(root / "Adrien_Brody" / "fifo.jpg")  # would block a naive open(); the reader refuses it
+    # The same stem twice: Amelie_Mauresmo_0001.jpg and .png become ..._0001.jpg and ..._0001_png.jpg.
+    amelie = cv2.imread(str(_lfw(faces_dir, "Amelie_Mauresmo", 1)))
+    _write(root / "Amelie_Mauresmo" / "Amelie_Mauresmo_0001.png", amelie)
     (root / ".hidden_person").mkdir()
     return root
 
@@ -113,17 +119,29 @@ def test_default_run_writes_aligned_crops_and_drops_each_hostile_file_with_its_r
     assert code == 0
     assert _reasons(report) == {
         "Adrien_Brody/broken.jpg": "unreadable",
+        "Adrien_Brody/fifo.jpg": "unreadable",
+        "Adrien_Brody/tab\tname.jpg": "bad_name",
         "Ana_Palacio/grey.PNG": "no_face",
         "Andy_Roddick/copy_of_adrien.jpg": "duplicate",
         "Andy_Roddick/tiny.jpg": "face_too_small",
         "Al_Sharpton/Al_Sharpton_0001.jpg": "too_few_images",
     }
     c = report["counts"]
-    assert c["dropped"] == {"duplicate": 1, "face_too_small": 1, "no_face": 1, "too_few_images": 1, "unreadable": 1}
+    assert c["dropped"] == {
+        "bad_name": 1,
+        "duplicate": 1,
+        "face_too_small": 1,
+        "no_face": 1,
+        "too_few_images": 1,
+        "unreadable": 2,
+    }
     assert c["ignored"] == {"hidden": 2, "not a photo (extension)": 1, "not in an identity folder": 1}
     assert c["identities_in"] == 5 and c["identities_out"] == 4 and c["identities_refused"] == 1
-    # 16 LFW photos + the pair (largest face) + the blurred one.
-    assert c["faces_written"] == len(report["written"]) == PHOTOS * len(PEOPLE) + 2
+    # 16 LFW photos + the pair (largest face) + the blurred one + the PNG copy.
+    assert c["faces_written"] == len(report["written"]) == PHOTOS * len(PEOPLE) + 3
+    assert {"Amelie_Mauresmo/Amelie_Mauresmo_0001.jpg", "Amelie_Mauresmo/Amelie_Mauresmo_0001_png.jpg"} <= {
+        r["path"] for r in report["written"]
+    }
     assert c["photos_in"] == c["faces_written"] + sum(c["dropped"].values())
     assert c["several_faces"] >= 1  # at least the side-by-side pair
     assert report["duplicates"] == [{"kept": "Adrien_Brody", "dropped": "Andy_Roddick", "count": 1}]
@@ -193,7 +211,8 @@ def test_rerun_refuses_and_resume_does_no_extra_work(
     assert code == 0 and "detected 0, carried over" in out
     again = _report(dst)
     assert again["counts"]["detected_this_run"] == 0
-    assert again["counts"]["carried_over"] == first["counts"]["photos_in"] - 1  # all but the duplicate (recomputed)
+    # All but the duplicate and the bad name, decided again without reading a pixel.
+    assert again["counts"]["carried_over"] == first["counts"]["photos_in"] - 2
     assert {k: v for k, v in again["counts"].items() if k not in ("detected_this_run", "carried_over")} == {
         k: v for k, v in first["counts"].items() if k not in ("detected_this_run", "carried_over")
     }
@@ -295,17 +314,19 @@ def test_interrupt_writes_what_was_done_and_resume_finishes(
     partial = _report(dst)
     assert partial["interrupted"] is True
     done_ids = {r["identity"] for r in partial["written"]}
-    # Sorted: Adrien_Brody (5 photos: calls 1-5), Al_Sharpton (1: dropped, too few), stopped inside Amelie_Mauresmo.
+    # Sorted: Adrien_Brody (6 photos read: calls 1-6, and the bad name), Al_Sharpton (1: dropped, too few), stopped
+    # inside Amelie_Mauresmo.
     assert done_ids == {"Adrien_Brody"}
-    assert partial["counts"]["photos_in"] == 6 and partial["counts"]["identities_in"] == 2
+    assert partial["counts"]["photos_in"] == 8 and partial["counts"]["identities_in"] == 2
     assert {x.identity for x in read_labels(dst / "labels.csv")} == done_ids
     monkeypatch.setattr(Aligner, "process", real)
     code, _, _ = _run(capsys, str(src), str(dst), "--resume")
     assert code == 0
     final = _report(dst)
     assert final["interrupted"] is False and final["counts"]["identities_out"] == 4
-    assert final["counts"]["carried_over"] == partial["counts"]["photos_in"]
-    assert final["counts"]["detected_this_run"] == final["counts"]["photos_in"] - 6 - 1  # less carried, duplicate
+    assert final["counts"]["carried_over"] == partial["counts"]["photos_in"] - 1  # the bad name is decided again
+    # Read this time: all but those carried over, the duplicate and the bad name.
+    assert final["counts"]["detected_this_run"] == final["counts"]["photos_in"] - 7 - 2
 
 
 @pytest.mark.parametrize(
@@ -344,6 +365,9 @@ def test_bad_src_and_dst(src: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
     (tmp_path / "full" / "x").write_text("x")
     code, _, err = _run(capsys, str(src), str(tmp_path / "full"), "--resume")
     assert code == 2 and "no align_report.json to resume from" in err
+    (tmp_path / "full" / "align_report.json").write_text("{")
+    code, _, err = _run(capsys, str(src), str(tmp_path / "full"), "--resume")
+    assert code == 2 and "cannot be read (JSONDecodeError): use --force" in err
     assert not (src / "out").exists()
 
 
@@ -357,7 +381,7 @@ def test_every_face_refused_is_an_error_with_a_report(
     assert "face_too_small" in out
     code, _, _ = _run(capsys, str(src), str(tmp_path / "e"), "--max-pixels", "50000")  # LFW photos are 250x250
     assert code == 1
-    assert set(_reasons(_report(tmp_path / "e")).values()) <= {"too_large", "duplicate", "unreadable", "no_face"}
+    assert set(_reasons(_report(tmp_path / "e")).values()) <= {"too_large", "duplicate", "unreadable", "bad_name"}
     assert "too_large" in _report(tmp_path / "e")["counts"]["dropped"]
 
 

@@ -444,7 +444,8 @@ class Run:
                 return Outcome(photo, sha, "duplicate", f"same file as {kept}")
             self.seen[sha] = photo.rel
         prev = self.previous.get(photo.rel)
-        if prev is not None and sha is not None and prev.get("sha256") == sha:
+        # sha None (not a regular file, or not readable): the reader refused it before and would again.
+        if prev is not None and prev.get("sha256") == sha:
             faces = prev.get("faces")
             return Outcome(
                 photo,
@@ -618,7 +619,11 @@ def run(opts: Options) -> tuple[dict[str, Any], int]:
     finally:
         bar.close()
     if interrupted:  # the report covers the identities finished; the unfinished one is not listed
-        found = replace(found, identities={k: v for k, v in found.identities.items() if k in job.finished})
+        found = replace(
+            found,
+            identities={k: v for k, v in found.identities.items() if k in job.finished},
+            bad_names=[p for p in found.bad_names if p.identity in job.finished],
+        )
     report = build_report(opts, job, found, settings, pipeline, time.monotonic() - t0, interrupted)
     if previous is not None and not interrupted:  # --resume: crops of photos gone from SRC since
         _remove_stale(opts.dst, previous, {r["path"] for r in report["written"]})
