@@ -242,6 +242,28 @@ def test_resume_after_a_photo_left_src_removes_its_crop(
     assert len(read_labels(dst / "labels.csv")) == 5 == len(list(dst.rglob("*.jpg")))
 
 
+def test_names_that_are_not_utf8_are_refused_and_reported(
+    faces_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "src"
+    (src / "Adrien_Brody").mkdir(parents=True)
+    for i in (1, 2):
+        shutil.copy(_lfw(faces_dir, "Adrien_Brody", i), src / "Adrien_Brody")
+    photo = _lfw(faces_dir, "Adrien_Brody", 3).read_bytes()
+    raw = os.fsencode(src)
+    with open(raw + b"/Adrien_Brody/caf\xe9.jpg", "wb") as f:  # Latin-1 bytes: not a UTF-8 name
+        f.write(photo)
+    os.mkdir(raw + b"/Jos\xe9")
+    dst = tmp_path / "d"
+    code, out, _ = _run(capsys, str(src), str(dst))
+    assert code == 0, out
+    report = _report(dst)
+    assert [d["reason"] for d in report["dropped"]] == ["bad_name"]
+    assert [r["reason"] for r in report["refused_identities"]] == ["identity folder name is not valid UTF-8"]
+    assert "refused identity 'Jos\\udce9'" in out
+    assert len(read_labels(dst / "labels.csv")) == 2
+
+
 def test_multi_drop_and_quality_gate(src: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = _run(capsys, str(src), str(tmp_path / "d"), "--multi", "drop", "--quality-gate")
     assert code == 0, out

@@ -16,24 +16,25 @@ Policies (each drop is listed in the report with its reason, paths relative to S
 - ``unreadable`` / ``too_large``: refused by the kiosk's reader (corrupt, truncated, not an image, a FIFO,
   above ``--max-pixels``, default the config's ``enroll.max_image_pixels``).
 - ``face_too_small``: the detector box's shorter side is below ``--min-face`` px (default 40; the same measure as
-  the enrolment gate's ``quality.min_face_px``, which is 48). A face that small is upsampled into the crop.
+  the enrolment gate's ``quality.min_face_px``, which is 48): below it the crop is mostly upsampled blur.
 - ``quality``: only with ``--quality-gate``: the kiosk's enrolment quality check refused the face (its reasons kept).
 - ``duplicate``: a file with the same sha256 as one already taken (in SRC's sorted order): the first is kept, the
   rest dropped, and each (kept identity, dropped identity) pair is counted in ``duplicates`` — a pair across two
   identities usually means a mislabelled photo, worth a look.
 - ``too_few_images``: an identity left with fewer than ``--min-images`` (default 2) faces is dropped whole (a single
   photo gives no genuine pair and no margin to learn); its photos are listed with this reason.
-- ``bad_name``: a photo whose name would not survive a labels CSV (control characters, leading/trailing spaces).
+- ``bad_name``: a photo whose name would not survive a labels CSV (not UTF-8, control characters, outer spaces).
 
 Ignored, counted and listed under ``ignored``: hidden files and folders, files that are not photos by extension,
-sub-folders inside an identity, files at SRC's top level. Identity folders whose names are unsafe (control characters,
-separators, leading/trailing spaces) are refused and listed under ``refused_identities``.
+sub-folders inside an identity, files at SRC's top level. Identity folders whose names are unsafe (not UTF-8, control
+characters, separators, leading/trailing spaces) are refused and listed under ``refused_identities``.
 
 DST must not be SRC, inside it, or hold it. An existing, non-empty DST is refused unless ``--resume`` (photos already
 recorded in its report with the same settings and the same sha256 are not detected again; a change of settings is
-refused) or ``--force`` (the crops, labels and report a previous run recorded are removed first; other files are left
-alone). Every file is written atomically (temporary file + rename); labels.csv and the report are written at the end
-and on Ctrl-C, covering the identities finished so far (exit 130). Nothing in SRC is ever written.
+refused; crops of photos gone from SRC are removed) or ``--force`` (the crops, labels and report a previous run
+recorded are removed first; other files are left alone). Every file is written atomically (temporary file + rename);
+labels.csv and the report are written at the end and on Ctrl-C, covering the identities finished so far (exit 130).
+Nothing in SRC is ever written.
 """
 
 from __future__ import annotations
@@ -135,6 +136,8 @@ def name_problem(name: str) -> str | None:
         return "not a name"
     if any(c in name for c in ("/", "\\", "\0")):
         return "holds a path separator"
+    if any("\udc80" <= c <= "\udcff" for c in name):  # undecodable bytes, kept by Python as lone surrogates
+        return "is not valid UTF-8"
     if not name.isprintable():
         return "holds a control character"
     if name != name.strip():
@@ -564,7 +567,11 @@ def write_outputs(dst: Path, report: dict[str, Any]) -> None:
     for rec in sorted(report["written"], key=lambda r: r["path"]):
         w.writerow([rec["path"], rec["identity"]])
     atomic_write(dst / LABELS, buf.getvalue().encode("utf-8"))
-    atomic_write(dst / REPORT, (json.dumps(report, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
+    try:
+        text = json.dumps(report, indent=1, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # a file name that is not UTF-8 (a lone surrogate): escape every non-ASCII character
+        text = json.dumps(report, indent=1).encode("ascii")
+    atomic_write(dst / REPORT, text + b"\n")
 
 
 def summary(report: dict[str, Any], dst: Path) -> str:
