@@ -293,6 +293,35 @@ def test_force_replaces_only_the_previous_outputs(
     assert (dst / "mine.txt").read_text() == "keep me\n"
 
 
+def test_a_hand_edited_report_cannot_make_force_delete_outside_dst(
+    faces_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "src"
+    (src / "Adrien_Brody").mkdir(parents=True)
+    for i in (1, 2):
+        shutil.copy(_lfw(faces_dir, "Adrien_Brody", i), src / "Adrien_Brody")
+    outside = tmp_path / "outside.jpg"
+    outside.write_bytes(b"keep")
+    dst = tmp_path / "d"
+    dst.mkdir()
+    hostile = {
+        "tool": "align-dataset",
+        "settings": [],
+        "written": [{"path": "../outside.jpg"}, {"path": str(outside)}, "junk", {"path": None}],
+        "dropped": 7,
+    }
+    (dst / "align_report.json").write_text(json.dumps(hostile))
+    code, _, err = _run(capsys, str(src), str(dst), "--resume")
+    assert code == 2 and "other settings" in err and err.count("\n") == 1
+    code, _, _ = _run(capsys, str(src), str(dst), "--force")
+    assert code == 0 and outside.read_bytes() == b"keep"
+    assert len(read_labels(dst / "labels.csv")) == 2
+    (dst / "align_report.json").write_text("{")  # unreadable: --resume refuses, --force replaces it
+    assert _run(capsys, str(src), str(dst), "--resume")[0] == 2
+    assert _run(capsys, str(src), str(dst), "--force")[0] == 0
+    assert _report(dst)["counts"]["faces_written"] == 2
+
+
 def test_inline_150_template_of_another_recogniser(
     src: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

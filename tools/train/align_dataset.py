@@ -260,13 +260,24 @@ def prepare_dst(opts: Options, settings: dict[str, Any]) -> dict[str, Any] | Non
     dst = opts.dst
     if not dst.exists() or not any(dst.iterdir()):
         return None
+    if opts.force:  # remove what the previous run recorded, nothing else; an unreadable report is just replaced
+        try:
+            previous = _read_previous(dst)
+        except AlignError:
+            previous = None
+        if previous is not None:
+            _remove_stale(dst, previous, set())
+        for name in (LABELS, REPORT):
+            (dst / name).unlink(missing_ok=True)
+        return None
     previous = _read_previous(dst)
     if opts.resume:
         if previous is None:
             raise AlignError(
                 f"DST {display(dst)} is not empty and has no {REPORT} to resume from: choose an empty DST or --force"
             )
-        old = previous.get("settings", {})
+        old = previous.get("settings")
+        old = old if isinstance(old, dict) else {}
         changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
         if changed:
             raise AlignError(
@@ -274,13 +285,13 @@ def prepare_dst(opts: Options, settings: dict[str, Any]) -> dict[str, Any] | Non
                 "re-run with the same ones, or --force to start over"
             )
         return previous
-    if not opts.force:
-        raise AlignError(f"DST {display(dst)} is not empty: --resume to continue it, --force to replace its outputs")
-    if previous is not None:  # --force: remove what the previous run recorded, nothing else
-        _remove_stale(dst, previous, set())
-    for name in (LABELS, REPORT):
-        (dst / name).unlink(missing_ok=True)
-    return None
+    raise AlignError(f"DST {display(dst)} is not empty: --resume to continue it, --force to replace its outputs")
+
+
+def _records(report: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    """The dict entries of a previous report's list ``key`` (a hand-edited report yields what is well formed)."""
+    items = report.get(key)
+    return [r for r in items if isinstance(r, dict)] if isinstance(items, list) else []
 
 
 def _rmdir_if_empty(folder: Path, dst: Path) -> None:
@@ -290,8 +301,8 @@ def _rmdir_if_empty(folder: Path, dst: Path) -> None:
 
 def _remove_stale(dst: Path, previous: dict[str, Any], kept: set[str]) -> None:
     """Remove the crops a previous run recorded that this run did not write (their photo left SRC)."""
-    for rec in previous.get("written", []):
-        rel = rec.get("path") if isinstance(rec, dict) else None
+    for rec in _records(previous, "written"):
+        rel = rec.get("path")
         out = _safe_out(dst, rel)
         if out is not None and rel not in kept:
             out.unlink(missing_ok=True)
@@ -412,11 +423,11 @@ def _previous_records(previous: dict[str, Any] | None) -> dict[str, dict[str, An
     out: dict[str, dict[str, Any]] = {}
     if previous is None:
         return out
-    for rec in previous.get("written", []):
-        if isinstance(rec, dict) and isinstance(rec.get("source"), str):
+    for rec in _records(previous, "written"):
+        if isinstance(rec.get("source"), str):
             out[rec["source"]] = {**rec, "status": FACE}
-    for rec in previous.get("dropped", []):
-        if not isinstance(rec, dict) or not isinstance(rec.get("path"), str):
+    for rec in _records(previous, "dropped"):
+        if not isinstance(rec.get("path"), str):
             continue
         if rec.get("reason") in PHOTO_REASONS:
             out[rec["path"]] = {**rec, "status": rec["reason"]}
