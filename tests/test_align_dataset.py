@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -449,3 +451,28 @@ def test_help_names_the_policies(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for option in ("--multi", "--min-face", "--min-images", "--quality-gate", "--resume", "--force", "--recognizer"):
         assert option in out
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_on_a_terminal_only(
+    faces_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "src"
+    (src / "Adrien_Brody").mkdir(parents=True)
+    for i in (1, 2):
+        shutil.copy(_lfw(faces_dir, "Adrien_Brody", i), src / "Adrien_Brody")
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert tools_main(["align-dataset", str(src), str(tmp_path / "a")]) == 0
+    assert "2/2" in terminal.getvalue() and "photo" in terminal.getvalue()
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert tools_main(["align-dataset", str(src), str(tmp_path / "b"), "--no-progress"]) == 0
+    assert terminal.getvalue() == ""
+    monkeypatch.undo()
+    assert tools_main(["align-dataset", str(src), str(tmp_path / "c")]) == 0  # not a terminal: no bar
+    assert capsys.readouterr().err == ""
