@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "tools.models.convert.facenet",
         "convert FaceNet 20180408 (Inception-ResNet-v1) from its GraphDef to ONNX",
     ),
+    "align-dataset": (
+        "tools.train.align_dataset",
+        "align a folder of identity photos with the kiosk's detector and template: crops, labels.csv, a report",
+    ),
     "train": (
         "tools.train.train",
         "train a recogniser (ArcFace/CosFace/softmax; mobilefacenet, iresnet, densenet121; scratch or fine-tune)",
