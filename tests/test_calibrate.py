@@ -24,10 +24,11 @@ from kiosk.lab.calibrate import (
     calibration_metrics,
     fit_calibration,
     fit_logistic,
+    label_pairs,
     pair_features,
     sigmoid,
 )
-from kiosk.lab.evaluate import _label_pairs, csv_kind, evaluate_pairs, fit_calibration_csv
+from kiosk.lab.evaluate import csv_kind, evaluate_pairs, fit_calibration_csv
 from tests.helpers import config_file, run_cli
 
 MODELS = {"detector": {"id": "fake-det", "sha256": "0" * 64}, "recognizer": {"id": "fake-rec", "sha256": "1" * 64}}
@@ -192,15 +193,15 @@ def test_embedding_calibration_has_one_weight_per_dimension() -> None:
 
 def test_label_pairs_enumerates_every_pair_or_a_seeded_sample() -> None:
     codes = np.array([0, 0, 0, 1, 1, 2, 3, 3, 3, 3], dtype=np.int64)
-    i, j, same, sampled = _label_pairs(codes, cap=1000)
+    i, j, same, sampled = label_pairs(codes, cap=1000)
     assert not sampled and i.size == 45 and np.all(i < j)
     assert same.sum() == 3 + 1 + 6 and np.array_equal(same, codes[i] == codes[j])
     assert len({(int(u), int(v)) for u, v in zip(i, j, strict=True)}) == 45
-    i, j, same, sampled = _label_pairs(np.arange(200, dtype=np.int64) // 4, cap=100)  # 300 genuine, 19,600 impostor
+    i, j, same, sampled = label_pairs(np.arange(200, dtype=np.int64) // 4, cap=100)  # 300 genuine, 19,600 impostor
     assert sampled and same.sum() == 100 and (~same).sum() == 100
     assert np.array_equal(same, (i // 4) == (j // 4)) and np.all(i < j)
     assert len({(int(u), int(v)) for u, v in zip(i, j, strict=True)}) == 200
-    again = _label_pairs(np.arange(200, dtype=np.int64) // 4, cap=100)
+    again = label_pairs(np.arange(200, dtype=np.int64) // 4, cap=100)
     assert np.array_equal(again[0], i) and np.array_equal(again[1], j)  # seeded: the same sample every run
 
 
@@ -264,6 +265,8 @@ def test_runner_fits_on_labels_and_applies_to_pairs(fake_set, tmp_path: Path) ->
     evaluate_pairs(pairs, models=MODELS, scores_csv=scores, **common)
     rows = list(csv.DictReader(scores.read_text().splitlines()))
     assert all(r["p_same"] == "" for r in rows) and all(r["cosine"] for r in rows[:-1])
+    with pytest.raises(InputError, match="cannot write the scores"):
+        evaluate_pairs(pairs, models=MODELS, scores_csv=tmp_path / "out", **common)  # a folder
 
 
 def test_runner_refuses_unusable_fit_files(fake_set) -> None:

@@ -205,6 +205,52 @@ def calibration_metrics(p: npt.ArrayLike, y: npt.ArrayLike, bins: int = ECE_BINS
     }
 
 
+MAX_FIT_VALUES = 1 << 22  # feature values per class in a labels fit: 4M cosines, or 32k pairs of 128-D products
+LABEL_PAIRS_SEED = 19
+
+
+def label_pairs(
+    codes: npt.NDArray[np.int64], cap: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.bool_], bool]:
+    """Index pairs ``(i, j)``, ``i < j``, of a labelled set and whether each is genuine: every pair of each class,
+    or a seeded random ``cap`` of a class that has more (then the last value is True)."""
+    n = codes.size
+    rng = np.random.default_rng(LABEL_PAIRS_SEED)
+    order = np.argsort(codes, kind="stable")
+    starts = np.flatnonzero(np.r_[True, codes[order][1:] != codes[order][:-1]])
+    sizes = np.diff(np.r_[starts, n])
+    gi, gj = [], []
+    for start, size in zip(starts, sizes, strict=True):
+        if size > 1:
+            a, b = np.triu_indices(int(size), 1)
+            members = np.sort(order[start : start + size])
+            gi.append(members[a])
+            gj.append(members[b])
+    g_i = np.concatenate(gi) if gi else np.empty(0, np.int64)
+    g_j = np.concatenate(gj) if gj else np.empty(0, np.int64)
+    sampled = False
+    if g_i.size > cap:
+        keep = rng.choice(g_i.size, cap, replace=False)
+        g_i, g_j, sampled = g_i[keep], g_j[keep], True
+    n_impostor = n * (n - 1) // 2 - int((sizes * (sizes - 1) // 2).sum())
+    if n_impostor <= cap:
+        i, j = np.triu_indices(n, 1)
+        diff = codes[i] != codes[j]
+        i_i, i_j = i[diff], j[diff]
+    else:  # draw pairs until ``cap`` distinct impostor pairs are found
+        sampled = True
+        found = np.empty(0, np.int64)
+        while found.size < cap:
+            x, y = rng.integers(0, n, size=(2, 2 * cap))
+            lo, hi = np.minimum(x, y), np.maximum(x, y)
+            keep = (lo != hi) & (codes[lo] != codes[hi])
+            found = np.unique(np.r_[found, lo[keep] * n + hi[keep]])
+        found = rng.choice(found, cap, replace=False)
+        i_i, i_j = found // n, found % n
+    same = np.r_[np.ones(g_i.size, bool), np.zeros(i_i.size, bool)]
+    return np.r_[g_i, i_i].astype(np.int64), np.r_[g_j, i_j].astype(np.int64), same, sampled
+
+
 @dataclass(frozen=True)
 class Calibration:
     """A fitted P(same) over ``features``: ``σ(coefficients · features(a, b) + intercept)``."""
@@ -303,10 +349,14 @@ def fit_calibration(
     features: str = DEFAULT_FEATURES,
     balanced: bool = False,
     l2: float = L2,
-    **about: Any,
+    fit_file: str = "",
+    fit_sha256: str = "",
+    fit_kind: str = "pairs",
+    n_skipped: int = 0,
+    sampled: bool = False,
 ) -> Calibration:
-    """Fit a :class:`Calibration` on pairs of embeddings ``a[i]``, ``b[i]`` labelled ``same[i]``; ``about`` fills
-    the descriptive fields (``fit_file``, ``fit_sha256``, ``fit_kind``, ``n_skipped``, ``sampled``)."""
+    """Fit a :class:`Calibration` on pairs of embeddings ``a[i]``, ``b[i]`` labelled ``same[i]`` (``balanced``:
+    class-balanced weights); the ``fit_*``, ``n_skipped`` and ``sampled`` arguments only describe the fit set."""
     y = np.asarray(same, dtype=bool).ravel()
     x = pair_features(features, a, b)
     fit = fit_logistic(x, y, sample_weight=balanced_weights(y) if balanced else None, l2=l2)
@@ -322,7 +372,9 @@ def fit_calibration(
         l2=l2,
         iterations=fit.iterations,
         fit_metrics={k: on_fit[k] for k in ("log_loss", "brier", "ece", "accuracy_at_0.5", "roc_auc")},
-        fit_file=str(about.pop("fit_file", "")),
-        fit_sha256=str(about.pop("fit_sha256", "")),
-        **about,
+        fit_file=fit_file,
+        fit_sha256=fit_sha256,
+        fit_kind=fit_kind,
+        n_skipped=n_skipped,
+        sampled=sampled,
     )

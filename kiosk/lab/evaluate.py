@@ -36,10 +36,12 @@ from kiosk.lab import metrics
 from kiosk.lab.cache import EmbeddingCache
 from kiosk.lab.calibrate import (
     FEATURES,
+    MAX_FIT_VALUES,
     MIN_PER_CLASS,
     Calibration,
     calibration_metrics,
     fit_calibration,
+    label_pairs,
     pair_features,
 )
 from kiosk.lab.plot import plot as plot_scores
@@ -517,12 +519,15 @@ def _write_scores(
         return "" if math.isnan(v) else f"{v:.6f}"
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path1", "path2", "same", "cosine", "p_same"])
-        for pair, c, p in zip(pairs, cosines, p_same, strict=True):
-            writer.writerow([pair.path1, pair.path2, int(pair.same), cell(float(c)), cell(float(p))])
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path1", "path2", "same", "cosine", "p_same"])
+            for pair, c, p in zip(pairs, cosines, p_same, strict=True):
+                writer.writerow([pair.path1, pair.path2, int(pair.same), cell(float(c)), cell(float(p))])
+    except OSError as err:
+        raise InputError(f"{display(out)}: cannot write the scores: {err.strerror or err}") from err
 
 
 def csv_kind(csv_path: Path) -> str:
@@ -541,52 +546,6 @@ def csv_kind(csv_path: Path) -> str:
     if {"path", "identity"} <= columns:
         return "labels"
     raise InputError(f"{name}: expected a pairs CSV (path1,path2,same[,fold]) or a labels CSV (path,identity)")
-
-
-MAX_FIT_VALUES = 1 << 22  # feature values per class in a labels fit: 4M cosines, or 32k pairs of 128-D products
-LABEL_PAIRS_SEED = 19
-
-
-def _label_pairs(
-    codes: npt.NDArray[np.int64], cap: int
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.bool_], bool]:
-    """Index pairs ``(i, j)``, ``i < j``, of a labelled set and whether each is genuine: every pair of each class,
-    or a seeded random ``cap`` of a class that has more (then the last value is True)."""
-    n = codes.size
-    rng = np.random.default_rng(LABEL_PAIRS_SEED)
-    order = np.argsort(codes, kind="stable")
-    starts = np.flatnonzero(np.r_[True, codes[order][1:] != codes[order][:-1]])
-    sizes = np.diff(np.r_[starts, n])
-    gi, gj = [], []
-    for start, size in zip(starts, sizes, strict=True):
-        if size > 1:
-            a, b = np.triu_indices(int(size), 1)
-            members = np.sort(order[start : start + size])
-            gi.append(members[a])
-            gj.append(members[b])
-    g_i = np.concatenate(gi) if gi else np.empty(0, np.int64)
-    g_j = np.concatenate(gj) if gj else np.empty(0, np.int64)
-    sampled = False
-    if g_i.size > cap:
-        keep = rng.choice(g_i.size, cap, replace=False)
-        g_i, g_j, sampled = g_i[keep], g_j[keep], True
-    n_impostor = n * (n - 1) // 2 - int((sizes * (sizes - 1) // 2).sum())
-    if n_impostor <= cap:
-        i, j = np.triu_indices(n, 1)
-        diff = codes[i] != codes[j]
-        i_i, i_j = i[diff], j[diff]
-    else:  # draw pairs until ``cap`` distinct impostor pairs are found
-        sampled = True
-        found = np.empty(0, np.int64)
-        while found.size < cap:
-            x, y = rng.integers(0, n, size=(2, 2 * cap))
-            lo, hi = np.minimum(x, y), np.maximum(x, y)
-            keep = (lo != hi) & (codes[lo] != codes[hi])
-            found = np.unique(np.r_[found, lo[keep] * n + hi[keep]])
-        found = rng.choice(found, cap, replace=False)
-        i_i, i_j = found // n, found % n
-    same = np.r_[np.ones(g_i.size, bool), np.zeros(i_i.size, bool)]
-    return np.r_[g_i, i_i].astype(np.int64), np.r_[g_j, i_j].astype(np.int64), same, sampled
 
 
 def fit_calibration_csv(
@@ -636,7 +595,7 @@ def fit_calibration_csv(
             raise InputError(f"{name}: fewer than two images with a usable face, nothing to fit a calibration on")
         vectors = np.stack([np.asarray(results[r.path][0]) for r in usable])
         width = pair_features(features, vectors[:1], vectors[:1]).shape[1]  # 1 for cosine, d for embedding
-        i, j, same, sampled = _label_pairs(codes, max(MIN_PER_CLASS, MAX_FIT_VALUES // width))
+        i, j, same, sampled = label_pairs(codes, max(MIN_PER_CLASS, MAX_FIT_VALUES // width))
         a, b, y = vectors[i], vectors[j], same
         skipped = len(rows) - len(usable)
         balanced = True
