@@ -44,6 +44,22 @@ def register(sub: Any) -> None:
         help="which face to use when a photo has several (default: central, as in LFW)",
     )
     p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
+    p.add_argument(
+        "--calibrate",
+        type=Path,
+        metavar="FIT.csv",
+        help="--pairs: also report a calibrated P(same person), fitted on this other pairs or labels CSV",
+    )
+    p.add_argument(
+        "--calibration-features",
+        choices=["cosine", "embedding"],
+        default="cosine",
+        help="what P(same) is fitted on: the cosine (Platt scaling, default) or the product of the two embeddings",
+    )
+    p.add_argument("--calibration-root", type=Path, metavar="DIR", help="folder FIT.csv's paths are relative to")
+    p.add_argument(
+        "--scores", type=Path, metavar="OUT.csv", help="--pairs: write path1,path2,same,cosine,p_same per pair"
+    )
     p.add_argument("--detector", metavar="ID", help="detector model id from the manifest (default: models.detector)")
     p.add_argument(
         "--recognizer", metavar="ID", help="recogniser model id from the manifest (default: models.recognizer)"
@@ -106,14 +122,26 @@ def cmd_check(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_eval(args: argparse.Namespace, cfg: Config) -> int:
     """Measure accuracy on labelled photos. --pairs: verification accuracy (10-fold when the CSV has folds),
     TAR at FAR 1e-2..1e-4, ROC AUC. --labels: all-pairs FNMR at FMR 1e-3..1e-6, rank-1 and open-set DIR.
+    --calibrate FIT.csv (with --pairs): a logistic P(same) fitted on another set, applied to this one.
     Embeddings are cached per (image sha256, pipeline fingerprint)."""
     from kiosk.lab.cache import EmbeddingCache, default_cache_path
-    from kiosk.lab.evaluate import evaluate_labels, evaluate_pairs
+    from kiosk.lab.evaluate import evaluate_labels, evaluate_pairs, fit_calibration_csv
+    from kiosk.models.manifest import sha256_file
     from kiosk.recognition.pipeline import Pipeline
 
     csv_path: Path = args.pairs or args.labels
     if not csv_path.is_file():
         raise InputError(f"{csv_path}: file not found")
+    if args.labels and (args.calibrate or args.scores):
+        raise InputError("--calibrate and --scores work on a --pairs evaluation (a labels file lists no pairs)")
+    if args.calibrate:
+        if not args.calibrate.is_file():
+            raise InputError(f"{args.calibrate}: file not found")
+        if sha256_file(args.calibrate) == sha256_file(csv_path):
+            raise InputError(
+                f"{args.calibrate}: same content as the evaluated {csv_path}; fit the calibration on another set than "
+                "the one it is measured on"
+            )
     cfg = dataclasses.replace(
         cfg,
         models=dataclasses.replace(
@@ -146,7 +174,19 @@ def cmd_eval(args: argparse.Namespace, cfg: Config) -> int:
     )
     with cache:
         if args.pairs:
-            report = evaluate_pairs(csv_path, threshold=args.threshold, **common)
+            calibration = None
+            if args.calibrate:
+                calibration = fit_calibration_csv(
+                    args.calibrate,
+                    features=args.calibration_features,
+                    root=args.calibration_root,
+                    **{k: common[k] for k in ("embed", "fingerprint", "cache")},
+                )
+            report = evaluate_pairs(
+                csv_path, threshold=args.threshold, calibration=calibration, scores_csv=args.scores, **common
+            )
+            if calibration is not None:
+                report["calibration"]["p_same_at"] = calibration.p_same_at(pipeline.embedder.spec.thresholds)
         else:
             report = evaluate_labels(csv_path, **common)
     report["config"] = {
@@ -184,6 +224,8 @@ def _print_eval(r: dict[str, Any]) -> None:
             a = r["at_threshold"]
             rates = f"accuracy {_pct(a['accuracy'])}, FMR {_pct(a['fmr'])}, FNMR {_pct(a['fnmr'])}"
             print(f"at threshold {a['threshold']:.3f}: {rates}")
+        if "calibration" in r:
+            _print_calibration(r["calibration"])
     else:
         print(f"images {r['n_images']} ({r['n_identities']} identities), without a usable face {r['n_failed']}")
         print(f"genuine pairs {r['n_genuine']:,}, impostor pairs {r['n_impostor']:,}")
@@ -193,6 +235,28 @@ def _print_eval(r: dict[str, Any]) -> None:
             )
         print(f"closed-set rank-1 {_pct(r['rank1'])}   open-set DIR @ FPIR 1e-2 {_pct(r['dir_at_fpir_1e-2'])}")
     print(f"{r['seconds']:.1f} s")
+
+
+def _print_calibration(c: dict[str, Any]) -> None:
+    fitted, applied = c["fitted_on"], c["applied"]
+    model = (
+        f"P(same) = σ({c['coefficients'][0]:.2f}·cos {'-' if c['intercept'] < 0 else '+'} {abs(c['intercept']):.2f})"
+        if c["features"] == "cosine"
+        else f"P(same) over a⊙b: {c['n_coefficients']} weights, norm {c['coefficient_norm']:.1f}"
+    )
+    counts = f"{fitted['n_genuine']} genuine, {fitted['n_impostor']} impostor"
+    print(f"calibration: {model}, fitted on {fitted['file']} ({counts})")
+    on_fit = c["fit"]["metrics"]
+    if applied.get("n_pairs"):
+        print(
+            f"  log-loss {applied['log_loss']:.3f} here ({on_fit['log_loss']:.3f} on the fit set)   "
+            f"accuracy at p≥0.5 {_pct(applied['accuracy_at_0.5'])} ({_pct(on_fit['accuracy_at_0.5'])})   "
+            f"Brier {applied['brier']:.4f}   ECE {applied['ece']:.3f}"
+        )
+    if c.get("p_same_at"):
+        print(
+            "  " + "   ".join(f"P(same | {k} {v['cosine']:.3f}) {v['p_same']:.3f}" for k, v in c["p_same_at"].items())
+        )
 
 
 def cmd_demo(args: argparse.Namespace, cfg: Config) -> int:

@@ -34,6 +34,16 @@ from kiosk.errors import FaceError, InputError
 from kiosk.imageio import display
 from kiosk.lab import metrics
 from kiosk.lab.cache import EmbeddingCache
+from kiosk.lab.calibrate import (
+    FEATURES,
+    MAX_FIT_VALUES,
+    MIN_PER_CLASS,
+    Calibration,
+    calibration_metrics,
+    fit_calibration,
+    label_pairs,
+    pair_features,
+)
 from kiosk.lab.plot import plot as plot_scores
 from kiosk.models.manifest import sha256_file
 
@@ -299,12 +309,19 @@ def evaluate_pairs(
     threshold: float | None = None,
     plot: Path | None = None,
     progress: bool | None = None,
+    calibration: Calibration | None = None,
+    scores_csv: Path | None = None,
 ) -> dict[str, Any]:
     """Pair verification on a ``path1,path2,same[,fold]`` CSV; returns the JSON-ready result dict.
 
     Keys: ``n_pairs``, ``n_failed``, ``failed_policy``, ``failed_images`` (up to 20 ``{"path", "reason"}``),
     ``accuracy_mean``, ``accuracy_std``, ``threshold``, ``tar_at_far``, ``roc_auc``, ``seconds``, ``models``,
-    and ``at_threshold`` when ``threshold`` is given.
+    ``at_threshold`` when ``threshold`` is given, and ``calibration`` (:meth:`Calibration.to_json` plus
+    ``applied``: :func:`kiosk.lab.calibrate.calibration_metrics` on this set) when ``calibration`` is given.
+    ``scores_csv`` gets one row per pair: ``path1,path2,same,cosine,p_same``.
+
+    Calibration leaves out pairs with a failed image (they have no embedding to compute P(same) from): they are
+    counted in ``applied.n_skipped`` and their ``cosine`` and ``p_same`` are empty in ``scores_csv``.
 
     Protocol: a pair with a failed image scores -1.0 (the lowest cosine) and so counts as "different": a
     genuine pair is a false non-match, an impostor pair a correct rejection. Other scores are cosines clipped
@@ -382,6 +399,15 @@ def evaluate_pairs(
             "fnmr": float(np.mean(genuine < threshold)),
         }
         marks["given"] = float(threshold)
+    p_same = np.full(len(pairs), np.nan)
+    if calibration is not None:
+        a, b, ok = _usable_pairs(pairs, results)
+        if ok.any():
+            p_same[ok] = calibration.predict(a, b)
+        applied = calibration_metrics(p_same[ok], same[ok]) if ok.any() else {"n_pairs": 0}
+        out["calibration"] = calibration.to_json() | {"applied": applied | {"n_skipped": int((~ok).sum())}}
+    if scores_csv is not None:
+        _write_scores(scores_csv, pairs, np.where(hit_failure, np.nan, scores), p_same)
     if plot is not None:
         fmr, tpr, _ = metrics.roc(genuine, impostor)
         plot_scores(plot, genuine, impostor, (fmr, tpr), marks, title=f"pairs: {pairs_csv.name}")
@@ -462,3 +488,138 @@ def evaluate_labels(
         )
     out["seconds"] = round(time.perf_counter() - started, 3)
     return out
+
+
+# ------------------------------------------------------------------------------------------------ calibration
+
+
+def _usable_pairs(pairs: Sequence[Pair], results: Mapping[str, Embedded]) -> tuple[F32, F32, npt.NDArray[np.bool_]]:
+    """The stacked embeddings of the pairs whose two images both have one, and a mask of which pairs those are."""
+    a: list[F32] = []
+    b: list[F32] = []
+    ok = np.zeros(len(pairs), dtype=bool)
+    for k, pair in enumerate(pairs):
+        u, v = results[pair.path1][0], results[pair.path2][0]
+        if u is not None and v is not None:
+            a.append(u)
+            b.append(v)
+            ok[k] = True
+    if not a:
+        return np.empty((0, 0), np.float32), np.empty((0, 0), np.float32), ok
+    return np.stack(a), np.stack(b), ok
+
+
+def _write_scores(
+    out: Path, pairs: Sequence[Pair], cosines: npt.NDArray[np.float64], p_same: npt.NDArray[np.float64]
+) -> None:
+    """``path1,path2,same,cosine,p_same`` per pair; an empty field where there is no value (a failed image, or no
+    calibration)."""
+
+    def cell(v: float) -> str:
+        return "" if math.isnan(v) else f"{v:.6f}"
+
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path1", "path2", "same", "cosine", "p_same"])
+            for pair, c, p in zip(pairs, cosines, p_same, strict=True):
+                writer.writerow([pair.path1, pair.path2, int(pair.same), cell(float(c)), cell(float(p))])
+    except OSError as err:
+        raise InputError(f"{display(out)}: cannot write the scores: {err.strerror or err}") from err
+
+
+def csv_kind(csv_path: Path) -> str:
+    """``"pairs"`` or ``"labels"`` from a CSV's header line; InputError for anything else."""
+    name = display(csv_path)
+    try:
+        with Path(csv_path).open(encoding="utf-8-sig", newline="") as f:
+            header = next(csv.reader(f), None)
+    except FileNotFoundError as err:
+        raise InputError(f"{name}: no such file") from err
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise InputError(f"{name}: cannot read: {' '.join(str(err).split())}") from err
+    columns = {c.strip() for c in header or ()}
+    if {"path1", "path2", "same"} <= columns:
+        return "pairs"
+    if {"path", "identity"} <= columns:
+        return "labels"
+    raise InputError(f"{name}: expected a pairs CSV (path1,path2,same[,fold]) or a labels CSV (path,identity)")
+
+
+def fit_calibration_csv(
+    fit_csv: Path,
+    *,
+    features: str,
+    root: Path | None,
+    embed: EmbedFn,
+    fingerprint: str,
+    cache: EmbeddingCache,
+    progress: bool | None = None,
+) -> Calibration:
+    """Fit a :class:`Calibration` on a pairs CSV (its pairs, unweighted) or a labels CSV (every genuine and every
+    impostor pair of its usable images, class-balanced weights; a seeded sample when a class has more than
+    :data:`MAX_FIT_VALUES` feature values), embedding the images with the same ``embed``/``cache`` as an evaluation.
+
+    Pairs with an image that has no usable face are left out (``n_skipped``: pairs of a pairs CSV, images of a
+    labels CSV). Too few pairs of either class is an
+    InputError, raised before any image is embedded when the CSV alone shows it.
+    """
+    fit_csv = Path(fit_csv)
+    if features not in FEATURES:
+        raise InputError(f"unknown calibration features {features!r}, expected one of {', '.join(FEATURES)}")
+    kind = csv_kind(fit_csv)
+    base = root if root is not None else fit_csv.parent
+    name = display(fit_csv)
+    common: dict[str, Any] = dict(root=base, embed=embed, fingerprint=fingerprint, cache=cache, progress=progress)
+    if kind == "pairs":
+        pairs = read_pairs(fit_csv)
+        n_genuine = sum(p.same for p in pairs)
+        if min(n_genuine, len(pairs) - n_genuine) < MIN_PER_CLASS:
+            raise InputError(
+                f"{name}: {n_genuine} genuine and {len(pairs) - n_genuine} impostor pairs, "
+                f"needs at least {MIN_PER_CLASS} of each to fit a calibration"
+            )
+        results = embed_images([p for pair in pairs for p in (pair.path1, pair.path2)], **common)
+        a, b, ok = _usable_pairs(pairs, results)
+        y = np.asarray([p.same for p in pairs], dtype=bool)[ok]
+        skipped, sampled, balanced = len(pairs) - len(y), False, False
+    else:
+        rows = [r for r in read_labels(fit_csv) if r.identity not in SPECIAL_IDENTITIES]
+        results = embed_images([r.path for r in rows], **common)
+        usable = [r for r in rows if results[r.path][0] is not None]
+        names = sorted({r.identity for r in usable})
+        codes = np.asarray([names.index(r.identity) for r in usable], dtype=np.int64)
+        if len(usable) < 2:
+            raise InputError(f"{name}: fewer than two images with a usable face, nothing to fit a calibration on")
+        vectors = np.stack([np.asarray(results[r.path][0]) for r in usable])
+        width = pair_features(features, vectors[:1], vectors[:1]).shape[1]  # 1 for cosine, d for embedding
+        i, j, same, sampled = label_pairs(codes, max(MIN_PER_CLASS, MAX_FIT_VALUES // width))
+        a, b, y = vectors[i], vectors[j], same
+        skipped = len(rows) - len(usable)
+        balanced = True
+        log.info(
+            "calibration fit on %s: %d genuine, %d impostor pairs%s",
+            name,
+            int(y.sum()),
+            int((~y).sum()),
+            " (sampled)" if sampled else "",
+        )
+    if not len(y):
+        raise InputError(f"{name}: no pair with two usable faces to fit a calibration on")
+    try:
+        return fit_calibration(
+            a,
+            b,
+            y,
+            features=features,
+            balanced=balanced,
+            fit_file=name,
+            fit_sha256=sha256_file(fit_csv),
+            fit_kind=kind,
+            n_skipped=skipped,
+            sampled=sampled,
+        )
+    except InputError as err:
+        raise InputError(f"{name}: {err}") from err
