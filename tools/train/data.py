@@ -142,8 +142,9 @@ def load_crops(root: Path, samples: Sequence[Sample], size: tuple[int, int]) -> 
         except KioskError as err:
             raise DataError(f"{sample.path}: {err}") from None
         if image.shape[1] != size[0] or image.shape[0] != size[1]:
-            image = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
-        out[k] = image
+            out[k] = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+        else:
+            out[k] = image
     return out
 
 
@@ -170,16 +171,16 @@ class Augment:
 
     def __call__(self, crop: U8, rng: np.random.Generator) -> U8:
         h, w = crop.shape[:2]
-        out = crop
+        out: Any = crop  # OpenCV's results are untyped arrays
         if rng.random() < self.flip:
             out = out[:, ::-1]
         angle = rng.uniform(-self.rotate_deg, self.rotate_deg)
         zoom = 1.0 + rng.uniform(-self.scale, self.scale)
         shift = self.shift_px * w / 112.0
-        m = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), angle, zoom)
+        m: Any = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), angle, zoom)
         m[:, 2] += rng.uniform(-shift, shift, 2)
         out = cv2.warpAffine(np.ascontiguousarray(out), m, (w, h), flags=cv2.INTER_LINEAR)
-        f = out.astype(np.float32)
+        f: Any = out.astype(np.float32)
         mean = float(f.mean())  # contrast about the crop's mean, then a brightness offset of up to ±brightness/2
         f = (f - mean) * (1.0 + rng.uniform(-self.contrast, self.contrast)) + mean
         f += 127.5 * rng.uniform(-self.brightness, self.brightness)
@@ -195,7 +196,8 @@ class Augment:
             ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(30, 90))])
             if ok:
                 out = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-        return np.ascontiguousarray(out)
+        result: U8 = np.ascontiguousarray(out, dtype=np.uint8)
+        return result
 
 
 AUGMENTS: dict[str, Augment | None] = {

@@ -166,7 +166,7 @@ class Progress:
     def __init__(self, total: int, desc: str, enabled: bool) -> None:
         self.bar: Any = None
         if enabled:
-            from tqdm import tqdm
+            from tqdm import tqdm  # type: ignore[import-untyped]
 
             self.bar = tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True, leave=False, file=sys.stderr)
 
@@ -258,12 +258,13 @@ class Run:
 
         model = self.trained.module.to(self.device)
         if self.device.type == "cpu":
-            model.to(memory_format=torch.channels_last)
+            model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.model = model
         self.head: Head = build_head(
             args.loss, self.trained.num_features, len(self.split.classes), args.scale, args.margin
         ).to(self.device)
-        decay, no_decay = [], []
+        decay: list[nn.Parameter] = []
+        no_decay: list[nn.Parameter] = []
         for p in model.parameters():
             (no_decay if p.ndim <= 1 else decay).append(p)
         groups = [
@@ -377,7 +378,7 @@ class Run:
                     "lower --lr or --scale, or raise --margin-warmup"
                 )
             self.opt.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
+            self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
             self.scaler.unscale_(self.opt)
             nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]], 10.0)
             self.scaler.step(self.opt)
