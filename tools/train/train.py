@@ -389,7 +389,7 @@ class Run:
             seen += len(y)
             losses += loss.item() * len(y)
             self.step += 1
-            bar.update(1, loss=f"{float(loss):.3f}", acc=f"{correct / seen:.3f}")
+    XX
         bar.close()
         seconds = time.perf_counter() - started
         return {
