@@ -435,6 +435,17 @@ def test_bad_gate_and_labels_arguments_are_one_line_errors(site: Site, capsys: p
     _one_line(site, [*ckpt, "--thresholds-from", str(singles), *gate], capsys, 2, "no genuine pair")
 
 
+def test_a_file_not_in_the_manifest_is_not_overwritten(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    stray = site.models / "mine.onnx"
+    stray.write_bytes(b"someone's file")
+    try:
+        argv = ["--checkpoint", str(site.random_ckpt), "--out", str(site.models), "--id", "mine"]
+        _one_line(site, [*argv, "--provisional-thresholds"], capsys, 1, "mine.onnx exists but is not in")
+        assert stray.read_bytes() == b"someone's file"
+    finally:
+        stray.unlink()
+
+
 def test_help_describes_the_gate(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["--help"])

@@ -53,6 +53,8 @@ __all__ = [
     "check_labels",
     "measure_thresholds",
     "open_gate",
+    "passed",
+    "refusal",
     "run_gate",
     "stage_spec",
 ]
@@ -194,6 +196,14 @@ def refusal(gate: dict[str, Any]) -> str:
         f"refused: TAR@FAR {GATE_FAR} on {gate['pairs_file']} is {_pct(gate['candidate_value'])} against "
         f"{_pct(gate['baseline_value'])} for the baseline {gate['baseline_id']}, {gate['drop_points']:.2f} points "
         f"worse > --max-drop {gate['max_drop_points']:g}; nothing registered"
+    )
+
+
+def passed(gate: dict[str, Any]) -> str:
+    """The line that says the candidate passed the gate, with both values."""
+    return (
+        f"gate passed: TAR@FAR {GATE_FAR} {_pct(gate['candidate_value'])} against {_pct(gate['baseline_value'])} "
+        f"({gate['baseline_id']}), drop {gate['drop_points']:+.2f} points <= {gate['max_drop_points']:g}"
     )
 
 
