@@ -325,6 +325,35 @@ def test_registered_onnx_through_the_kiosks_embedder_equals_pytorch(site: Site, 
     assert cos.min() > 0.9999, cos
 
 
+def test_the_embedding_cache_key_names_the_candidates_bytes(site: Site, baseline: str) -> None:
+    # Two candidates staged under the same id, same entry, one weight apart: they never share cached embeddings.
+    import onnx
+    from onnx import numpy_helper
+
+    from tools.models import deploy
+    from tools.models.quantize import _fingerprint
+
+    setup = deploy.open_gate(site.models, "sface", site.pairs, site.lfw, None, 0.0)
+    registered = read_manifest(site.models)["models"][baseline]
+    entry = {k: v for k, v in registered.items() if k not in ("sha256", "provenance")}
+    model = onnx.load(str(site.models / f"{baseline}.onnx"))
+    keys, shas = [], []
+    for n, bump in enumerate((0.0, 1e-3)):
+        init = model.graph.initializer[0]
+        weights = numpy_helper.to_array(init).copy()
+        weights.flat[0] += bump
+        init.CopyFrom(numpy_helper.from_array(weights, init.name))
+        folder = site.tmp / f"staged-{n}"
+        folder.mkdir()
+        onnx.save(model, str(folder / "cand.onnx"))
+        spec = deploy.stage_spec(folder, "cand", {**entry, "file": "cand.onnx"})
+        cfg, pipe = deploy.candidate_pipeline(setup, spec)
+        keys.append(_fingerprint(pipe, cfg))
+        shas.append(spec.sha256)
+    assert shas[0] == registered["sha256"] != shas[1], "the first copy is the registered bytes, the second is not"
+    assert keys[0] != keys[1]
+
+
 def test_equal_to_the_baseline_passes_but_labels_that_fail_to_embed_refuse(
     site: Site, baseline: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
