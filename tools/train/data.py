@@ -2,9 +2,8 @@
 
 A dataset folder holds either ``labels.csv`` (``path,identity``, paths relative to the folder: what
 ``python -m tools align-dataset`` writes and ``kiosk eval --labels`` reads) or one sub-folder per identity. Crops must
-already be aligned onto the kiosk's template (``align-dataset`` does it with the door's own detector); a crop whose
-size differs from the backbone's input is resized to it (the backbones that are not 112x112 use the ArcFace template
-scaled, so the geometry is the same).
+already be aligned onto a kiosk template (``align-dataset`` does it with the door's own detector; ``arcface_112`` by
+default); for a backbone with another framing each crop is warped once more, from that template onto the backbone's.
 
 The split is identity-disjoint: validation people are never seen in training. Which identities go to validation is a
 function of the seed and the names only (a hash order), so it does not change when photos are added.
@@ -32,6 +31,7 @@ from kiosk.errors import KioskError
 from kiosk.imageio import read_image
 from kiosk.lab.evaluate import read_labels
 from kiosk.models.manifest import InputSpec
+from kiosk.recognition.align import Template, similarity_transform
 from kiosk.recognition.embed import preprocess
 from tools.errors import ToolError
 
@@ -128,23 +128,43 @@ def split(
 # --------------------------------------------------------------------------------------------------- loading
 
 
-def load_crops(root: Path, samples: Sequence[Sample], size: tuple[int, int]) -> U8:
-    """All crops as one (N, H, W, 3) BGR uint8 array at the backbone's input ``size`` (width, height).
+def rewarp(source: Template, target: Template) -> npt.NDArray[np.float32] | None:
+    """The similarity transform from crops aligned onto ``source`` to crops aligned onto ``target`` (None: the same).
+
+    The door warps a photo onto the target template directly; a crop already warped onto another template reaches
+    the same geometry through this second warp, with black (the kiosk's warp fill) where the target framing reaches
+    beyond the source crop.
+    """
+    if source.size == target.size and np.allclose(source.points, target.points):
+        return None
+    return similarity_transform(source.points, target.points)
+
+
+def load_crops(root: Path, samples: Sequence[Sample], source: Template, target: Template) -> U8:
+    """All crops as one (N, H, W, 3) BGR uint8 array, moved from the ``source`` template the folder was aligned to
+    (``arcface_112``: what ``align-dataset`` and the shared set hold) onto the backbone's ``target`` template.
 
     Held in memory: 8,000 crops at 112x112 are 300 MB, and decoding them once instead of every epoch saves more CPU
     than the network's forward pass costs on small backbones.
     """
-    out = np.empty((len(samples), size[1], size[0], 3), dtype=np.uint8)
+    w, h = target.size
+    matrix = rewarp(source, target)
+    out = np.empty((len(samples), h, w, 3), dtype=np.uint8)
     for k, sample in enumerate(samples):
         path = root / sample.path
         try:
             image = read_image(path, max_pixels=MAX_CROP_PIXELS)
         except KioskError as err:
             raise DataError(f"{sample.path}: {err}") from None
-        if image.shape[1] != size[0] or image.shape[0] != size[1]:
-            out[k] = cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
-        else:
+        if (image.shape[1], image.shape[0]) != source.size:
+            raise DataError(
+                f"{sample.path} is {image.shape[1]}x{image.shape[0]}, not {source.size[0]}x{source.size[1]}: "
+                "not a crop aligned onto --data-template (align the folder with python -m tools align-dataset)"
+            )
+        if matrix is None:
             out[k] = image
+        else:
+            out[k] = cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
     return out
 
 

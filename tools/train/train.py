@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kiosk.lab import machine
+from kiosk.recognition.align import TEMPLATES, get_template
 from tools import ROOT
 from tools.errors import ToolError, run_tool
 from tools.train.backbones import BACKBONES, INITS, Trained, create, load_trained, save_backbone
@@ -67,6 +68,12 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("data", type=Path, help="folder of aligned crops: labels.csv (path,identity) or one folder a person")
     p.add_argument("--out", type=Path, required=True, help="run folder (log.json, plot.png, checkpoints)")
+    p.add_argument(
+        "--data-template",
+        default="arcface_112",
+        choices=sorted(TEMPLATES),
+        help="the template DATA's crops are aligned to (align-dataset's default)",
+    )
     p.add_argument("--arch", choices=list(BACKBONES), default="mobilefacenet-s1", help="backbone")
     p.add_argument("--features", type=int, help="embedding size (default: the backbone's)")
     p.add_argument(
@@ -228,16 +235,17 @@ class Run:
         print(
             f"train: {len(self.split.train)} images of {len(self.split.classes)} identities for training, "
             f"{len(self.split.val)} of {len({s.identity for s in self.split.val})} held out; "
-            f"loading crops at {self.size[0]}x{self.size[1]}",
+            f"loading crops at {self.size[0]}x{self.size[1]} ({args.data_template} -> {self.trained.arch}'s framing)",
             flush=True,
         )
         t0 = time.perf_counter()
-        crops = load_crops(args.data, self.split.train, self.size)
+        templates = (get_template(args.data_template), get_template(self.trained.align_template))
+        crops = load_crops(args.data, self.split.train, *templates)
         index = {c: i for i, c in enumerate(self.split.classes)}
         labels = np.asarray([index[s.identity] for s in self.split.train], dtype=np.int64)
         self.batches = Batches(crops, labels, spec, args.batch_size, AUGMENTS[args.augment])
         self.heldout = (
-            HeldOutValidation(args.data, self.split.val, self.size, self.out, args.seed) if self.split.val else None
+            HeldOutValidation(args.data, self.split.val, templates, self.out, args.seed) if self.split.val else None
         )
         print(f"train: crops loaded in {time.perf_counter() - t0:.1f} s", flush=True)
         self.pairs: PairsValidation | None = None

@@ -30,7 +30,7 @@ from kiosk.imageio import read_image
 from kiosk.lab.cache import EmbeddingCache
 from kiosk.lab.evaluate import evaluate_labels, evaluate_pairs, read_pairs
 from kiosk.models.manifest import InputSpec, ModelSpec
-from kiosk.recognition.align import get_template
+from kiosk.recognition.align import Template, get_template
 from kiosk.recognition.detect import select_faces
 from kiosk.recognition.embed import Embedder
 from kiosk.recognition.pipeline import Pipeline
@@ -160,10 +160,12 @@ class PairsValidation:
 class HeldOutValidation:
     """The training folder's held-out identities: balanced pairs (accuracy) and all pairs (FNMR at FMR, rank-1)."""
 
-    def __init__(self, data_root: Path, samples: Sequence[Sample], size: tuple[int, int], run_dir: Path, seed: int):
+    def __init__(
+        self, data_root: Path, samples: Sequence[Sample], templates: tuple[Template, Template], run_dir: Path, seed: int
+    ) -> None:
         self.root = data_root
         self.samples = list(samples)
-        self.crops = load_crops(data_root, self.samples, size)
+        self.crops = load_crops(data_root, self.samples, *templates)
         self.labels_csv = run_dir / "val_labels.csv"
         write_labels(self.labels_csv, self.samples)
         self.pairs_csv = run_dir / "val_pairs.csv"
