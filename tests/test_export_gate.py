@@ -39,7 +39,7 @@ from kiosk.recognition.pipeline import Pipeline  # noqa: E402
 from tests.helpers import run_main  # noqa: E402
 from tools import ROOT  # noqa: E402
 from tools.models.export import PROVISIONAL, main  # noqa: E402
-from tools.models.quantize import measured_thresholds  # noqa: E402
+from tools.models.quantize import measured_thresholds, round_up  # noqa: E402
 from tools.models.registry import read_manifest, write_manifest  # noqa: E402
 from tools.train.backbones import create, load_trained, save_backbone  # noqa: E402
 
@@ -242,7 +242,8 @@ def test_gate_passes_and_measured_thresholds_are_registered(site: Site, deployed
     assert thresholds == measured_thresholds(labels) == deployed["thresholds"]["values"]
     assert set(thresholds) == {"accept", "likely", "fmr_1e-3", "fmr_1e-4", "fmr_1e-5"}
     assert thresholds["likely"] <= thresholds["accept"] < PROVISIONAL
-    assert thresholds["accept"] == round(labels["fnmr_at_fmr"]["1e-5"]["threshold"], 2)
+    assert thresholds["accept"] == round_up(labels["fnmr_at_fmr"]["1e-5"]["threshold"])
+    assert thresholds["accept"] >= labels["fnmr_at_fmr"]["1e-5"]["threshold"], "rounded up, never below the measure"
 
     prov = entry["provenance"]
     gate = prov["gate"]
@@ -267,8 +268,8 @@ def test_kiosk_eval_measures_the_same_thresholds_on_the_registered_file(
     fnmr = json.loads(out.read_text(encoding="utf-8"))["fnmr_at_fmr"]
     entry = read_manifest(site.models)["models"]["dlib128"]["thresholds"]
     assert (
-        round(fnmr["1e-5"]["threshold"], 2) == entry["accept"]
-        and round(fnmr["1e-3"]["threshold"], 2) == entry["likely"]
+        round_up(fnmr["1e-5"]["threshold"]) == entry["accept"]
+        and round_up(fnmr["1e-3"]["threshold"]) == entry["likely"]
     )
 
 

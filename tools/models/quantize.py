@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import sys
 import tempfile
@@ -487,11 +488,19 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         )
 
 
+def round_up(threshold: float, places: int = 2) -> float:
+    """``threshold`` rounded up to ``places`` decimals (0.9706 -> 0.98, 0.95 -> 0.95)."""
+    scale = 10**places
+    return math.ceil(round(threshold * scale, 6)) / scale
+
+
 def measured_thresholds(labels_report: dict[str, Any]) -> dict[str, float]:
     fnmr = labels_report["fnmr_at_fmr"]
     if fnmr.get(ACCEPT_FMR) is None or fnmr.get(LIKELY_FMR) is None:
         raise QuantizeError(f"--labels has too few impostor pairs to set thresholds at FMR {ACCEPT_FMR}")
-    out = {"accept": round(fnmr[ACCEPT_FMR]["threshold"], 2), "likely": round(fnmr[LIKELY_FMR]["threshold"], 2)}
+    # Rounded up to 0.01, never down: a threshold below the measured one would let more impostors through than the
+    # FMR it is named for.
+    out = {"accept": round_up(fnmr[ACCEPT_FMR]["threshold"]), "likely": round_up(fnmr[LIKELY_FMR]["threshold"])}
     # The impostor tail the door scales its threshold along (kiosk/recognition/openset.py): FMR 1e-3 … 1e-5 only;
     # below that LFW's label errors dominate its impostor pairs.
     for fmr in ("1e-3", "1e-4", "1e-5"):
