@@ -56,7 +56,13 @@ class MarginHead(Head):
     def __init__(self, dim: int, classes: int, s: float, m1: float, m2: float, m3: float) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(classes, dim))
-        nn.init.normal_(self.weight, std=0.01)
+        # Class centres start at unit length. The logits see only their direction, so the gradient is orthogonal to
+        # them and scales with 1/length: from arcface_torch's std 0.01 (length ~0.1) the first steps are huge, the
+        # centres grow to length ~20 and the effective learning rate collapses. On 50 classes of fixed, separable
+        # features (tests/test_train.py) that stalled training accuracy at 53 %; from unit length it reaches 83 %.
+        nn.init.normal_(self.weight)
+        with torch.no_grad():
+            self.weight.copy_(F.normalize(self.weight))
         self.s, self.m1, self.m2, self.m3 = s, m1, m2, m3
 
     def cosine(self, emb: torch.Tensor) -> torch.Tensor:
