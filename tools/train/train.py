@@ -228,7 +228,7 @@ class Run:
         if state is None:
             self.trained, init_prov = create(args.arch, args.features, args.init)
         else:
-            self.trained, init_prov = self._restore_backbone(state), state["log"]["backbone"]["init"]
+            self.trained, init_prov = self._restore_backbone(state), json.loads(state["log_json"])["backbone"]["init"]
         spec = input_spec(self.trained.input)
         assert spec.size is not None
         self.spec, self.size = spec, spec.size
@@ -342,7 +342,7 @@ class Run:
         self.step, self.epoch, self.best = int(state["step"]), int(state["epoch"]), state.get("best")
         self.rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
-        self.log = state["log"]
+        self.log = json.loads(state["log_json"])
         self.log.setdefault("resumed", []).append({"at_epoch": self.epoch, "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
         print(f"train: resumed {self.out} after epoch {self.epoch} (step {self.step})", flush=True)
 
@@ -440,14 +440,6 @@ class Run:
     # ---- persistence
 
     def save(self) -> None:
-        self.trained.training = {
-            "run": self.out.name,
-            "epoch": self.epoch,
-            "loss": self.args.loss,
-            "data": self.log["data"],
-            "validation": self.log["epochs"][-1]["val"] if self.log["epochs"] else None,
-            "init": self.log["backbone"]["init"],
-        }
         state = {
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.args).items()},
             "backbone": {
@@ -466,7 +458,8 @@ class Run:
             "best": self.best,
             "rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
-            "log": self.log,
+            # as JSON text: the log holds numpy scalars, which torch.load(weights_only=True) refuses to unpickle
+            "log_json": json.dumps(self.log, default=float),
         }
         tmp = self.out / (CHECKPOINT + ".tmp")
         torch.save(state, tmp)
@@ -483,9 +476,17 @@ class Run:
     def record(self, entry: dict[str, Any]) -> None:
         self.log["epochs"].append(entry)
         val = entry["val"]
+        self.trained.training = {  # what backbone.pt says about itself
+            "run": self.out.name,
+            "epoch": self.epoch,
+            "loss": self.args.loss,
+            "data": self.log["data"],
+            "validation": val,
+            "init": self.log["backbone"]["init"],
+        }
         value = self.score(val)
         if self.best is None or value > self.best["score"]:
-            self.best = {"epoch": self.epoch, "score": value}
+            self.best = {"epoch": self.epoch, "score": float(value)}
             save_backbone(self.out / BACKBONE, self.trained)  # trained.module is self.model
         self.save()
         self.write_log()
