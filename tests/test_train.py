@@ -283,6 +283,7 @@ def test_a_tiny_run_on_real_faces_learns_and_resumes(tmp_path: Path, faces_dir: 
     assert (run / "plot.png").stat().st_size > 1000
     best = load_trained(run / "backbone.pt")
     assert best.training["epoch"] == log["best"]["epoch"]
+    assert load_trained(run / "backbone-last.pt").training["epoch"] == 2
 
     # resume: one more epoch continues from the checkpoint rather than starting over
     code, run = _train(tmp_path, faces_dir, "--epochs", "3", "--resume")

@@ -7,8 +7,9 @@ Each epoch is validated through the kiosk's own evaluation code: on the held-out
 aligns exactly as the door does. Epoch 0 is the network before training: the figure every later epoch is compared to.
 
 RUN receives ``log.json`` (configuration, machine, one record per epoch), ``plot.png`` (loss and validation accuracy
-by epoch), ``checkpoint.pt`` (everything ``--resume`` needs) and ``backbone.pt`` (the best epoch by validation
-accuracy), which ``python -m tools export --checkpoint RUN/backbone.pt`` turns into a gated, registered model.
+by epoch), ``checkpoint.pt`` (everything ``--resume`` needs), ``backbone.pt`` (the best epoch by validation
+accuracy) and ``backbone-last.pt`` (the last epoch), which ``python -m tools export --checkpoint RUN/backbone.pt``
+turns into a gated, registered model.
 
 CUDA and mixed precision (fp16 autocast with a gradient scaler) are used when a GPU is present (``--device``,
 ``--amp``); on a CPU training is fp32.
@@ -45,6 +46,7 @@ from tools.train.validate import HeldOutValidation, PairsValidation, embedder_fo
 
 CHECKPOINT = "checkpoint.pt"
 BACKBONE = "backbone.pt"
+BACKBONE_LAST = "backbone-last.pt"
 LOG = "log.json"
 PLOT = "plot.png"
 
@@ -488,6 +490,7 @@ class Run:
         if self.best is None or value > self.best["score"]:
             self.best = {"epoch": self.epoch, "score": float(value)}
             save_backbone(self.out / BACKBONE, self.trained)  # trained.module is self.model
+        save_backbone(self.out / BACKBONE_LAST, self.trained)
         self.save()
         self.write_log()
         print(describe_epoch(entry), flush=True)
