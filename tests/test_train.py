@@ -342,7 +342,7 @@ def test_margin_heads_learn_fixed_separable_features() -> None:
             idx = torch.randint(0, n, (64,))
             loss = torch.nn.functional.cross_entropy(head(x[idx], y[idx]), y[idx])
             opt.zero_grad()
-            loss.backward()  # type: ignore[no-untyped-call]
+            loss.backward()
             opt.step()
         accuracy = float((head.logits(x).argmax(1) == y).float().mean())
         assert accuracy > 0.75, (kind, accuracy)  # softmax on the same features: 0.81

@@ -491,7 +491,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 def round_up(threshold: float, places: int = 2) -> float:
     """``threshold`` rounded up to ``places`` decimals (0.9706 -> 0.98, 0.95 -> 0.95)."""
     scale = 10**places
-    return math.ceil(round(threshold * scale, 6)) / scale
+    return float(math.ceil(round(threshold * scale, 6)) / scale)
 
 
 def measured_thresholds(labels_report: dict[str, Any]) -> dict[str, float]:

@@ -193,8 +193,9 @@ class Progress:
 
 
 class Run:
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, argv: list[str] | None = None) -> None:
         self.args = args
+        self.argv = list(sys.argv[1:] if argv is None else argv)
         self.out: Path = args.out
         self.device = pick_device(args.device)
         self.amp = self.device.type == "cuda" and args.amp != "off"
@@ -295,7 +296,7 @@ class Run:
         self.rng = np.random.default_rng(args.seed)
         n_params = sum(p.numel() for p in model.parameters())
         self.log = {
-            "command": "python -m tools train " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+            "command": "python -m tools train " + shlex.join(self.argv),
             "git_commit": git_commit(),
             "machine": {**machine.describe(), "device": str(self.device), "torch": torch.__version__},
             "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -537,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         try:
-            Run(args).run()
+            Run(args, argv).run()
         except KeyboardInterrupt:
             print("train: interrupted; the last finished epoch is in checkpoint.pt (--resume)", file=sys.stderr)
             return 130
