@@ -53,16 +53,19 @@ class SoftmaxHead(Head):
 class MarginHead(Head):
     """``s·(cos(m1·θ + m2) − m3)`` on the target class, ``s·cos θ`` elsewhere."""
 
-    def __init__(self, dim: int, classes: int, s: float, m1: float, m2: float, m3: float) -> None:
+    def __init__(self, dim: int, classes: int, s: float, m1: float, m2: float, m3: float, init: str = "small") -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(classes, dim))
-        # Class centres start at unit length. The logits see only their direction, so the gradient is orthogonal to
-        # them and scales with 1/length: from arcface_torch's std 0.01 (length ~0.1) the first steps are huge, the
-        # centres grow to length ~20 and the effective learning rate collapses. On 50 classes of fixed, separable
-        # features (tests/test_train.py) that stalled training accuracy at 53 %; from unit length it reaches 83 %.
-        nn.init.normal_(self.weight)
-        with torch.no_grad():
-            self.weight.copy_(F.normalize(self.weight))
+        nn.init.normal_(self.weight, std=0.01)
+        if init == "unit":
+            # The logits see only the centres' direction, so the gradient is orthogonal to them and scales with
+            # 1/length: from std 0.01 (length ~0.1) the first steps are huge and the centres grow ~20x. On fixed,
+            # separable features that stalls a margin head (tests/test_train.py); on real from-scratch training a
+            # partial run with unit centres did not learn faster (docs/results/train/README.md).
+            with torch.no_grad():
+                self.weight.copy_(F.normalize(self.weight))
+        elif init != "small":
+            raise ValueError(f"head init must be one of {HEAD_INITS}, got {init!r}")
         self.s, self.m1, self.m2, self.m3 = s, m1, m2, m3
 
     def cosine(self, emb: torch.Tensor) -> torch.Tensor:
@@ -89,22 +92,28 @@ class MarginHead(Head):
         return self.s * out
 
 
+HEAD_INITS = ("small", "unit")  # class centres: arcface_torch's normal(std 0.01), or the same scaled to unit length
+
+
 @dataclass(frozen=True)
 class HeadKind:
-    build: Callable[[int, int, float, float], Head]  # (dim, classes, s, m) -> head
+    build: Callable[[int, int, float, float, str], Head]  # (dim, classes, s, m, init) -> head
     scale: float  # default s
     margin: float  # default m (for combined: m2; m3 = 0.2)
     note: str
 
 
 HEADS: dict[str, HeadKind] = {
-    "softmax": HeadKind(lambda d, c, s, m: SoftmaxHead(d, c), 1.0, 0.0, "plain softmax cross-entropy (baseline)"),
-    "cosface": HeadKind(lambda d, c, s, m: MarginHead(d, c, s, 1.0, 0.0, m), 64.0, 0.35, "s·(cos θ − m)"),
-    "arcface": HeadKind(lambda d, c, s, m: MarginHead(d, c, s, 1.0, m, 0.0), 64.0, 0.5, "s·cos(θ + m)"),
-    "combined": HeadKind(lambda d, c, s, m: MarginHead(d, c, s, 1.0, m, 0.2), 64.0, 0.3, "s·(cos(θ + m) − 0.2)"),
+    "softmax": HeadKind(lambda d, c, s, m, i: SoftmaxHead(d, c), 1.0, 0.0, "plain softmax cross-entropy (baseline)"),
+    "cosface": HeadKind(lambda d, c, s, m, i: MarginHead(d, c, s, 1.0, 0.0, m, i), 64.0, 0.35, "s·(cos θ − m)"),
+    "arcface": HeadKind(lambda d, c, s, m, i: MarginHead(d, c, s, 1.0, m, 0.0, i), 64.0, 0.5, "s·cos(θ + m)"),
+    "combined": HeadKind(lambda d, c, s, m, i: MarginHead(d, c, s, 1.0, m, 0.2, i), 64.0, 0.3, "s·(cos(θ + m) − 0.2)"),
 }
 
 
-def build_head(kind: str, dim: int, classes: int, scale: float | None, margin: float | None) -> Head:
+def build_head(
+    kind: str, dim: int, classes: int, scale: float | None, margin: float | None, init: str = "small"
+) -> Head:
     spec = HEADS[kind]
-    return spec.build(dim, classes, spec.scale if scale is None else scale, spec.margin if margin is None else margin)
+    s = spec.scale if scale is None else scale
+    return spec.build(dim, classes, s, spec.margin if margin is None else margin, init)

@@ -40,7 +40,7 @@ from tools import ROOT
 from tools.errors import ToolError, run_tool
 from tools.train.backbones import BACKBONES, INITS, Trained, create, load_trained, save_backbone
 from tools.train.data import AUGMENTS, Batches, Split, input_spec, load_crops, scan, split
-from tools.train.heads import HEADS, Head, build_head
+from tools.train.heads import HEAD_INITS, HEADS, Head, build_head
 from tools.train.plot import plot_training
 from tools.train.validate import HeldOutValidation, PairsValidation, embedder_for
 
@@ -87,6 +87,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, help="logit scale s (default: the loss's, 64 for margin losses)")
     p.add_argument("--margin", type=float, help="margin m (default: arcface 0.5, cosface 0.35, combined 0.3)")
     p.add_argument("--margin-warmup", type=float, default=1.0, help="epochs over which the margin ramps up from 0")
+    p.add_argument(
+        "--head-init",
+        choices=HEAD_INITS,
+        default="small",
+        help="margin heads' class centres: arcface_torch's normal(std 0.01), or scaled to unit length",
+    )
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
@@ -272,7 +278,7 @@ class Run:
             model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.model = model
         self.head: Head = build_head(
-            args.loss, self.trained.num_features, len(self.split.classes), args.scale, args.margin
+            args.loss, self.trained.num_features, len(self.split.classes), args.scale, args.margin, args.head_init
         ).to(self.device)
         decay: list[nn.Parameter] = []
         no_decay: list[nn.Parameter] = []
@@ -325,7 +331,8 @@ class Run:
         except Exception as exc:  # a torn or foreign file
             raise TrainError(f"--resume: {path} is not a training checkpoint ({type(exc).__name__})") from None
         saved = state.get("args", {})
-        for key in ("arch", "features", "loss", "batch_size", "seed", "val_fraction", "min_images", "limit_identities"):
+        keys = ("arch", "features", "loss", "batch_size", "seed", "val_fraction", "min_images", "limit_identities")
+        for key in (*keys, "head_init"):
             if key in saved:
                 setattr(self.args, key, saved[key])
         self.args.init = saved.get("init")
